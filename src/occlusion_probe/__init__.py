@@ -1,0 +1,43 @@
+"""occlusion_probe: which parts of an image does a classifier rely on?
+
+Occlude a grid of regions with a sweep of fill values, collect every class output, and
+verify the finding by keeping only the chosen regions.
+
+>>> import torch, occlusion_probe as op
+>>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+>>> result = op.sweep(model, torch.rand(4, 1, 48, 48), op.grid(48, 48), progress=False)
+>>> tuple(result.occluded.shape)
+(4, 16, 6, 7)
+"""
+
+from __future__ import annotations
+
+from . import plot, stats
+from .collect import ClassMeanResult
+from .errors import InputTypeError, InputValueError, OcclusionProbeError
+from .regions import Regions, grid, sliding_windows
+from .result import OcclusionProbeWarning, SweepResult
+from .sweep import DEFAULT_FILLS, sweep
+from .verify import ConfusionReport, confusion_report, keep_only
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_FILLS",
+    "ClassMeanResult",
+    "ConfusionReport",
+    "InputTypeError",
+    "InputValueError",
+    "OcclusionProbeError",
+    "OcclusionProbeWarning",
+    "Regions",
+    "SweepResult",
+    "captum",
+    "confusion_report",
+    "grid",
+    "keep_only",
+    "plot",
+    "sliding_windows",
+    "stats",
+    "sweep",
+]

@@ -1,0 +1,208 @@
+"""Image input: one tensor, or a stream of ``(images, labels)`` batches such as a DataLoader.
+
+Both are turned into a sequence of validated chunks ``(images (n, C, H, W), labels (n,) or
+None)``, so the rest of the library handles a tensor and a DataLoader the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from typing_extensions import TypeAlias
+
+from .errors import InputTypeError, InputValueError, describe
+
+__all__ = ["Chunk", "ImageSource", "Images", "as_image_source", "check_labels"]
+
+Images: TypeAlias = Union[Tensor, np.ndarray, Iterable[object]]
+
+# Images handled together between checkpoints and progress updates when a single tensor
+# is given; the engines split further by `batch_size`.
+DEFAULT_CHUNK_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A validated piece of the input: images (n, C, H, W) and labels (n,) or None."""
+
+    index: int
+    images: Tensor
+    labels: Tensor | None
+
+
+def _as_image_tensor(name: str, images: object, height: int, width: int) -> tuple[Tensor, bool]:
+    """Validate one image tensor; returns it as (n, C, H, W) and whether it was (n, H, W)."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, Tensor):
+        raise InputTypeError(
+            f"{name}: expected a float Tensor of shape (N, C, H, W) or (N, H, W), got {describe(images)}"
+        )
+    if not images.is_floating_point():
+        raise InputTypeError(
+            f"{name}: expected a floating-point tensor, got dtype {images.dtype}; "
+            "convert explicitly (e.g. images.float() / 255) so the fill values mean what you intend"
+        )
+    if images.dim() not in (3, 4):
+        raise InputValueError(
+            f"{name}: expected shape (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}"
+        )
+    single_channel = images.dim() == 3
+    if single_channel:
+        images = images.unsqueeze(1)
+    if (images.shape[-2], images.shape[-1]) != (height, width):
+        raise InputValueError(
+            f"{name}: image size {images.shape[-2]}x{images.shape[-1]} does not match the "
+            f"regions' {height}x{width}"
+        )
+    return images, single_channel
+
+
+def check_labels(name: str, labels: object, n: int) -> Tensor:
+    """Validate labels for n images: an integer tensor (n,). Range is checked later, once K is known."""
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    elif isinstance(labels, (list, tuple)):
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
+            raise InputTypeError(f"{name}: expected integer class labels, got {describe(labels)}")
+        labels = torch.tensor(labels, dtype=torch.int64)
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"{name}: expected an integer Tensor of shape ({n},), got {describe(labels)}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise InputTypeError(f"{name}: expected an integer dtype, got {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise InputValueError(
+            f"{name}: expected one label per image, shape ({n},), got shape {tuple(labels.shape)}"
+        )
+    return labels.to(torch.int64)
+
+
+def check_label_range(name: str, labels: Tensor, num_classes: int) -> None:
+    """Raise when a label is outside [0, num_classes)."""
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = torch.nonzero((labels < 0) | (labels >= num_classes)).flatten()[:10].tolist()
+        raise InputValueError(
+            f"{name}: expected class labels in [0, {num_classes - 1}] (the model has {num_classes} "
+            f"outputs), got values {low}..{high}; first offending positions {bad}"
+        )
+
+
+def _check_finite(name: str, images: Tensor, offset: int) -> None:
+    finite = torch.isfinite(images.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = (torch.nonzero(~finite).flatten()[:10] + offset).tolist()
+        raise InputValueError(f"{name}: images contain NaN or inf values (first images {bad})")
+
+
+class ImageSource:
+    """Iterates validated `Chunk`s of a tensor or of a stream of batches.
+
+    Attributes known before iterating: ``single_channel``, ``image_shape`` (C, H, W) and,
+    for a tensor, ``num_images``.
+    """
+
+    def __init__(
+        self,
+        images: Images,
+        labels: object,
+        height: int,
+        width: int,
+        chunk_images: int = DEFAULT_CHUNK_IMAGES,
+    ) -> None:
+        self.height, self.width = height, width
+        self._stream: Iterable[object] | None = None
+        self._tensor: Tensor | None = None
+        self._labels: Tensor | None = None
+        self.chunk_images = chunk_images
+        self._first: object = None
+        if isinstance(images, (Tensor, np.ndarray)):
+            tensor, self.single_channel = _as_image_tensor("images", images, height, width)
+            if tensor.shape[0] == 0:
+                raise InputValueError("images: expected at least one image, got an empty batch (N = 0)")
+            _check_finite("images", tensor, 0)
+            self._tensor = tensor
+            self.num_images: int | None = int(tensor.shape[0])
+            if labels is not None:
+                self._labels = check_labels("labels", labels, int(tensor.shape[0]))
+            self.image_shape = tuple(int(s) for s in tensor.shape[1:])
+        elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
+            if labels is not None:
+                raise InputValueError(
+                    "labels: must be None when images is a stream of (images, labels) batches; "
+                    "the labels come with the batches"
+                )
+            self._stream = images
+            self.num_images = None
+            # Peek at the first batch so shapes are known before the run starts.
+            iterator = iter(images)
+            try:
+                first = next(iterator)
+            except StopIteration:
+                raise InputValueError("images: the stream of batches is empty") from None
+            self._first = first
+            self._iterator = iterator
+            batch_images, _ = self._split_batch(first, 0)
+            tensor, self.single_channel = _as_image_tensor("images[batch 0]", batch_images, height, width)
+            self.image_shape = tuple(int(s) for s in tensor.shape[1:])
+        else:
+            raise InputTypeError(
+                "images: expected a Tensor (N, C, H, W) / (N, H, W) or an iterable of "
+                f"(images, labels) batches, got {describe(images)}"
+            )
+
+    @property
+    def is_stream(self) -> bool:
+        return self._stream is not None
+
+    @staticmethod
+    def _split_batch(batch: object, index: int) -> tuple[object, object]:
+        if isinstance(batch, (tuple, list)):
+            if len(batch) != 2:
+                raise InputValueError(
+                    f"images[batch {index}]: expected a pair (images, labels), got {len(batch)} items"
+                )
+            return batch[0], batch[1]
+        if isinstance(batch, dict) and "images" in batch:
+            return batch["images"], batch.get("labels")
+        return batch, None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        if self._tensor is not None:
+            for index, start in enumerate(range(0, self._tensor.shape[0], self.chunk_images)):
+                stop = start + self.chunk_images
+                labels = None if self._labels is None else self._labels[start:stop]
+                yield Chunk(index, self._tensor[start:stop], labels)
+            return
+        offset = 0
+        batches = self._chain_first()
+        for index, batch in enumerate(batches):
+            raw_images, raw_labels = self._split_batch(batch, index)
+            name = f"images[batch {index}]"
+            tensor, single = _as_image_tensor(name, raw_images, self.height, self.width)
+            if single != self.single_channel or tuple(tensor.shape[1:]) != self.image_shape:
+                raise InputValueError(
+                    f"{name}: expected images of shape {self.image_shape} like the first batch, "
+                    f"got {tuple(tensor.shape[1:])}"
+                )
+            if tensor.shape[0] == 0:
+                continue
+            _check_finite(name, tensor, offset)
+            labels = None if raw_labels is None else check_labels(f"labels[batch {index}]", raw_labels, tensor.shape[0])
+            yield Chunk(index, tensor, labels)
+            offset += int(tensor.shape[0])
+
+    def _chain_first(self) -> Iterator[object]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            yield from self._iterator
+        elif self._stream is not None:
+            yield from self._stream

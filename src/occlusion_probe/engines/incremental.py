@@ -1,0 +1,937 @@
+"""Incremental engine: exact occlusion outputs of plain conv nets, recomputing only what changes.
+
+The idea of Krypton (Nakandala, Kumar, Papakonstantinou, SIGMOD 2019). Occluding a region
+changes the input only inside the region's bounding box. A convolution or pooling layer then
+changes only the outputs whose receptive field meets that box (the box's *projective field*),
+and an elementwise layer changes only the box itself. So the unoccluded activations of every
+spatial layer are computed once per image (the cache), and for each occluded image only the
+changed box is carried from layer to layer: the layer is run on the smallest input window
+that produces the new box, read from the cache with the changed box written in, and padded
+only where the window crosses the true border of the map. When the box has grown to cover
+most of a map, or the spatial layers end (at ``Flatten``), the box is written into a copy of
+the cached map and the remaining layers run in full, once per occluded image.
+
+All occluded images of one region share the same boxes at every layer, and so do regions
+whose boxes have the same sizes and the same offsets within their windows (e.g. the interior
+cells of a grid), so the work is batched over (regions x images x fills): one gather, one
+layer call and one scatter per layer and batch, with no Python loop over images and no
+host-device synchronisation inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from occlusion_probe.errors import InputTypeError, InputValueError, describe
+
+__all__ = ["DENSE_SWITCH_FRACTION", "run_incremental", "unsupported_reason"]
+
+#: When a layer's changed box covers more than this fraction of its output map, the rest of the
+#: network is run in full: past that point the gathers and the halo recomputation around the
+#: box cost about as much as the full layer, and full maps batch better.
+DENSE_SWITCH_FRACTION = 0.6
+
+# Layers that act on each activation (or each channel of each position) independently, so a
+# changed box stays the same box. BatchNorm2d is among them in eval mode with running stats.
+_ELEMENTWISE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.Tanh,
+    nn.Tanhshrink,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Softplus,
+    nn.Softsign,
+)
+# Identities in eval mode (run_incremental refuses a model in training mode).
+_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+_LOCAL_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool2d,
+)
+_SUPPORTED_SPATIAL = ", ".join(
+    t.__name__ for t in (*_LOCAL_TYPES, nn.BatchNorm2d, *_ELEMENTWISE_TYPES, *_DROPOUT_TYPES)
+)
+_SUPPORTED_HEAD = ", ".join(
+    t.__name__
+    for t in (
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.Flatten,
+        nn.Softmax,
+        nn.LogSoftmax,
+        *_ELEMENTWISE_TYPES,
+        *_DROPOUT_TYPES,
+    )
+)
+
+
+# ----------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Geometry of a convolution or pooling layer along one spatial axis.
+
+    Output ``o`` reads the padded input positions ``o * stride + t * dilation`` for
+    ``t < kernel``; padded position ``q`` is input position ``q - pad_before``.
+    """
+
+    kernel: int
+    stride: int
+    dilation: int
+    pad_before: int
+    pad_after: int
+    in_size: int
+    out_size: int
+
+    @property
+    def extent(self) -> int:
+        """Number of padded input positions one output spans."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    def affected(self, start: int, stop: int) -> tuple[int, int]:
+        """Output range ``[lo, hi)`` whose receptive fields meet input range ``[start, stop)``;
+        ``lo >= hi`` when no output reads the range (a stride larger than the extent)."""
+        # lo = ceil((start + pad_before - extent + 1) / stride), clamped to the map.
+        lo = max(0, -((self.extent - 1 - start - self.pad_before) // self.stride))
+        hi = min(self.out_size, (stop - 1 + self.pad_before) // self.stride + 1)
+        return lo, hi
+
+    def window(self, lo: int, hi: int) -> tuple[int, int]:
+        """Padded input range ``[start, stop)`` that outputs ``[lo, hi)`` read."""
+        return lo * self.stride, (hi - 1) * self.stride + self.extent
+
+
+def _make_axis(
+    kernel: int, stride: int, dilation: int, pad_before: int, pad_after: int, in_size: int
+) -> _Axis:
+    span = in_size + pad_before + pad_after - (dilation * (kernel - 1) + 1)
+    out_size = span // stride + 1 if span >= 0 else 0
+    return _Axis(kernel, stride, dilation, pad_before, pad_after, in_size, out_size)
+
+
+@dataclass(frozen=True, eq=False)
+class _LocalLayer:
+    """A convolution or pooling layer, with what is needed to run it on one input window.
+
+    ``operation`` selects the functional op; the window is explicitly padded (by reading it
+    from the padded cache) so the op always runs with padding 0. ``divisor`` is the
+    ``divisor_override`` of an average pool (``None``: the kernel area); ``exclude_pad`` marks an
+    average pool whose divisor is the number of non-padding inputs, applied afterwards from a
+    per-position count map.
+    """
+
+    module: nn.Module
+    operation: Literal["conv", "max", "avg"]
+    rows: _Axis
+    cols: _Axis
+    conv: nn.Conv2d | None = None
+    divisor: int | None = None
+    exclude_pad: bool = False
+
+    @property
+    def padded(self) -> bool:
+        """Whether the layer reads beyond the border of its input."""
+        return any(
+            (self.rows.pad_before, self.rows.pad_after, self.cols.pad_before, self.cols.pad_after)
+        )
+
+    def pad(self, activation: Tensor) -> Tensor:
+        """activation (b, C, H, W) -> (b, C, H + pads, W + pads) with the layer's pad value."""
+        if not self.padded:
+            return activation
+        # Max pooling ignores padding, which is what -inf padding does.
+        value = float("-inf") if self.operation == "max" else 0.0
+        pads = (
+            self.cols.pad_before,
+            self.cols.pad_after,
+            self.rows.pad_before,
+            self.rows.pad_after,
+        )
+        return F.pad(activation, pads, value=value)
+
+    def on_window(self, window: Tensor) -> Tensor:
+        """Run the layer on an already padded window (b, C, h, w) -> (b, C', h', w')."""
+        stride = (self.rows.stride, self.cols.stride)
+        kernel = (self.rows.kernel, self.cols.kernel)
+        dilation = (self.rows.dilation, self.cols.dilation)
+        conv = self.conv
+        if conv is not None:
+            return F.conv2d(window, conv.weight, conv.bias, stride, 0, dilation, conv.groups)
+        if self.operation == "max":
+            return F.max_pool2d(window, kernel, stride, 0, dilation)
+        # With explicit zero padding and padding 0 the pool divides by the kernel area, as
+        # count_include_pad=True does; exclude_pad pools take the sum and divide by counts later.
+        divisor = 1 if self.exclude_pad else self.divisor
+        return F.avg_pool2d(window, kernel, stride, 0, False, True, divisor)
+
+    def pad_counts(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(H_out, W_out): number of non-padding inputs under each output of the layer."""
+        ones = torch.ones((1, 1, self.rows.in_size, self.cols.in_size), device=device, dtype=dtype)
+        kernel = (self.rows.kernel, self.cols.kernel)
+        stride = (self.rows.stride, self.cols.stride)
+        return F.avg_pool2d(self.pad(ones), kernel, stride, 0, False, True, 1)[0, 0]
+
+
+_SpatialLayer = _LocalLayer | nn.Module
+
+
+@dataclass(frozen=True, eq=False)
+class _Architecture:
+    """A qualifying model split at its first Flatten.
+
+    spatial : layers before the Flatten; ``_LocalLayer`` or an elementwise module
+    head : the Flatten and everything after it (run in full on every occluded image)
+    shapes : (C, H, W) of every spatial activation; ``shapes[j]`` is the input of ``spatial[j]``
+    num_outputs : K, the length of the model's output vector
+    """
+
+    spatial: tuple[_SpatialLayer, ...]
+    head: tuple[nn.Module, ...]
+    shapes: tuple[tuple[int, int, int], ...]
+    num_outputs: int
+
+
+def _pair(value: object) -> tuple[int, int] | None:
+    """(a, b) from an int or a pair of ints; None for anything else (e.g. 'same')."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        first, second = value[0], value[1]
+        if isinstance(first, int) and isinstance(second, int):
+            return first, second
+    return None
+
+
+def _flatten_sequential(model: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
+    layers: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        path = f"{prefix}{name}"
+        if type(child) is nn.Sequential:
+            layers.extend(_flatten_sequential(child, f"{path}."))
+        else:
+            layers.append((path, child))
+    return layers
+
+
+def _label(name: str, layer: nn.Module) -> str:
+    return f"layer {name} ({type(layer).__name__})"
+
+
+def _conv_layer(
+    name: str, conv: nn.Conv2d, shape: tuple[int, int, int]
+) -> tuple[_LocalLayer, tuple[int, int, int]] | str:
+    channels, height, width = shape
+    if conv.padding_mode != "zeros":
+        return f"{_label(name, conv)} uses padding_mode={conv.padding_mode!r}; only 'zeros' is supported"
+    if conv.in_channels != channels:
+        return f"{_label(name, conv)} expects {conv.in_channels} input channels but receives {channels}"
+    kernel, stride, dilation = conv.kernel_size, conv.stride, conv.dilation
+    pads: list[tuple[int, int]] = []
+    for axis in range(2):
+        if conv.padding == "valid":
+            pads.append((0, 0))
+        elif conv.padding == "same":
+            # The split PyTorch uses for 'same': the odd extra position goes after.
+            total = dilation[axis] * (kernel[axis] - 1)
+            pads.append((total // 2, total - total // 2))
+        else:
+            padding = _pair(conv.padding)
+            if padding is None:
+                return f"{_label(name, conv)} has unsupported padding {conv.padding!r}"
+            pads.append((padding[axis], padding[axis]))
+    rows = _make_axis(kernel[0], stride[0], dilation[0], *pads[0], height)
+    cols = _make_axis(kernel[1], stride[1], dilation[1], *pads[1], width)
+    if rows.out_size < 1 or cols.out_size < 1:
+        return f"{_label(name, conv)} gets a {height}x{width} input, smaller than its kernel"
+    return _LocalLayer(conv, "conv", rows, cols, conv), (
+        conv.out_channels,
+        rows.out_size,
+        cols.out_size,
+    )
+
+
+def _pool_layer(
+    name: str, pool: nn.Module, shape: tuple[int, int, int]
+) -> tuple[_LocalLayer, tuple[int, int, int]] | str:
+    channels, height, width = shape
+    if isinstance(pool, nn.AdaptiveMaxPool2d | nn.AdaptiveAvgPool2d):
+        if isinstance(pool, nn.AdaptiveMaxPool2d) and pool.return_indices:
+            return f"{_label(name, pool)} returns indices; only plain outputs are supported"
+        requested = pool.output_size
+        if isinstance(requested, int) or requested is None:
+            requested = (requested, requested)
+        sizes: list[int] = []
+        for wanted, size in zip(requested, (height, width), strict=True):
+            wanted = size if wanted is None else int(wanted)
+            if wanted < 1 or size % wanted != 0:
+                return (
+                    f"{_label(name, pool)} maps a {height}x{width} input to {requested}, which is "
+                    "not a whole-number pooling window; only evenly dividing sizes are supported"
+                )
+            sizes.append(size // wanted)
+        # An evenly dividing adaptive pool is a fixed pool with kernel = stride = size / output.
+        rows = _make_axis(sizes[0], sizes[0], 1, 0, 0, height)
+        cols = _make_axis(sizes[1], sizes[1], 1, 0, 0, width)
+        operation: Literal["max", "avg"] = (
+            "max" if isinstance(pool, nn.AdaptiveMaxPool2d) else "avg"
+        )
+        return _LocalLayer(pool, operation, rows, cols), (channels, rows.out_size, cols.out_size)
+    if not isinstance(pool, nn.MaxPool2d | nn.AvgPool2d):
+        return f"{_label(name, pool)} is not a pooling layer"
+    if pool.ceil_mode:
+        return f"{_label(name, pool)} uses ceil_mode=True; only ceil_mode=False is supported"
+    kernel = _pair(pool.kernel_size)
+    stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    padding = _pair(pool.padding)
+    dilation = _pair(pool.dilation) if isinstance(pool, nn.MaxPool2d) else (1, 1)
+    if kernel is None or stride is None or padding is None or dilation is None:
+        return f"{_label(name, pool)} has an unsupported kernel, stride, padding or dilation"
+    rows = _make_axis(kernel[0], stride[0], dilation[0], padding[0], padding[0], height)
+    cols = _make_axis(kernel[1], stride[1], dilation[1], padding[1], padding[1], width)
+    if rows.out_size < 1 or cols.out_size < 1:
+        return f"{_label(name, pool)} gets a {height}x{width} input, smaller than its kernel"
+    out_shape = (channels, rows.out_size, cols.out_size)
+    if isinstance(pool, nn.MaxPool2d):
+        if pool.return_indices:
+            return f"{_label(name, pool)} returns indices; only plain outputs are supported"
+        return _LocalLayer(pool, "max", rows, cols), out_shape
+    divisor = pool.divisor_override
+    exclude_pad = divisor is None and not pool.count_include_pad and any(padding)
+    return _LocalLayer(pool, "avg", rows, cols, None, divisor, exclude_pad), out_shape
+
+
+def _elementwise_reason(name: str, layer: nn.Module, features: int) -> str | None:
+    """Why `layer` cannot act position by position on `features` channels, or None."""
+    if type(layer) is nn.PReLU and layer.num_parameters not in (1, features):
+        return (
+            f"{_label(name, layer)} has {layer.num_parameters} parameters for {features} channels"
+        )
+    if type(layer) in (nn.BatchNorm2d, nn.BatchNorm1d):
+        if not isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            return f"{_label(name, layer)} is not a batch norm"
+        if layer.running_mean is None or layer.running_var is None:
+            # Without running statistics eval mode normalises with batch statistics, which mixes
+            # the occluded images of a batch: not a per-image function.
+            return f"{_label(name, layer)} has track_running_stats=False; running statistics are needed"
+        if layer.num_features != features:
+            return f"{_label(name, layer)} expects {layer.num_features} features but receives {features}"
+    return None
+
+
+def _analyse(model: object, image_shape: tuple[int, int, int]) -> _Architecture | str:
+    """The model's layers and shapes when it qualifies, else the reason it does not."""
+    if type(model) is not nn.Sequential:
+        return (
+            f"model ({type(model).__name__}) is not an nn.Sequential; the incremental engine needs "
+            "a plain nn.Sequential of convolution, pooling and elementwise layers, a Flatten and "
+            "dense layers"
+        )
+    layers = _flatten_sequential(model, "")
+    if not layers:
+        return "model is an empty nn.Sequential"
+    shape = image_shape
+    shapes: list[tuple[int, int, int]] = []
+    spatial: list[_SpatialLayer] = []
+    flatten_at: int | None = None
+    for position, (name, layer) in enumerate(layers):
+        kind = type(layer)
+        shapes.append(shape)
+        if kind is nn.Flatten:
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return f"{_label(name, layer)} has start_dim={layer.start_dim}, end_dim={layer.end_dim}; only Flatten(1, -1) is supported"
+            flatten_at = position
+            break
+        if kind is nn.Conv2d and isinstance(layer, nn.Conv2d):
+            made = _conv_layer(name, layer, shape)
+        elif kind in _LOCAL_TYPES:
+            made = _pool_layer(name, layer, shape)
+        elif kind in _ELEMENTWISE_TYPES or kind in _DROPOUT_TYPES or kind is nn.BatchNorm2d:
+            reason = _elementwise_reason(name, layer, shape[0])
+            if reason is not None:
+                return reason
+            spatial.append(layer)
+            continue
+        else:
+            return (
+                f"{_label(name, layer)} is not a supported spatial layer before the Flatten; "
+                f"supported: {_SUPPORTED_SPATIAL}"
+            )
+        if isinstance(made, str):
+            return made
+        local, shape = made
+        spatial.append(local)
+    if flatten_at is None:
+        return "model has no Flatten layer; the incremental engine needs spatial layers, a Flatten and dense layers"
+    if not spatial:
+        return (
+            f"{_label(*layers[0])} comes first, so the model has no spatial layers before the "
+            "Flatten and nothing to compute incrementally"
+        )
+    features = shape[0] * shape[1] * shape[2]
+    for name, layer in layers[flatten_at + 1 :]:
+        kind = type(layer)
+        if kind is nn.Linear and isinstance(layer, nn.Linear):
+            if layer.in_features != features:
+                return f"{_label(name, layer)} expects {layer.in_features} features but receives {features}"
+            features = layer.out_features
+        elif kind in (nn.Softmax, nn.LogSoftmax):
+            if layer.dim not in (1, -1):
+                return f"{_label(name, layer)} has dim={layer.dim}; only dim=1 or -1 is supported"
+        elif kind is nn.Flatten:
+            if layer.start_dim != 1 or layer.end_dim != -1:
+                return f"{_label(name, layer)} has start_dim={layer.start_dim}, end_dim={layer.end_dim}; only Flatten(1, -1) is supported"
+        elif kind in _ELEMENTWISE_TYPES or kind in _DROPOUT_TYPES or kind is nn.BatchNorm1d:
+            reason = _elementwise_reason(name, layer, features)
+            if reason is not None:
+                return reason
+        else:
+            return (
+                f"{_label(name, layer)} is not a supported layer after the Flatten; "
+                f"supported: {_SUPPORTED_HEAD}"
+            )
+    head = tuple(layer for _, layer in layers[flatten_at:])
+    return _Architecture(tuple(spatial), head, tuple(shapes[: len(spatial) + 1]), features)
+
+
+def _check_image_shape(image_shape: object) -> tuple[int, int, int]:
+    if (
+        not isinstance(image_shape, Sequence)
+        or len(image_shape) != 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in image_shape)
+    ):
+        raise InputValueError(
+            f"image_shape: expected (C, H, W) of three positive ints, got {describe(image_shape)}"
+        )
+    return int(image_shape[0]), int(image_shape[1]), int(image_shape[2])
+
+
+def unsupported_reason(model: object, image_shape: tuple[int, int, int]) -> str | None:
+    """None when `model` qualifies for the incremental engine on images of shape (C, H, W),
+    else one sentence naming the first offending layer and why.
+
+    Qualifies: an ``nn.Sequential`` (nested ones are flattened) of Conv2d (zero padding, any
+    stride, dilation, groups), MaxPool2d / AvgPool2d (ceil_mode=False), evenly dividing
+    AdaptiveMax/AvgPool2d, BatchNorm2d with running statistics, elementwise activations and
+    Dropout, then ``Flatten()`` and Linear / BatchNorm1d / activation / Dropout / Softmax layers.
+    At least one layer must come before the Flatten.
+    """
+    shape = _check_image_shape(image_shape)
+    analysed = _analyse(model, shape)
+    return analysed if isinstance(analysed, str) else None
+
+
+# ----------------------------------------------------------------------------- region routes
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One local layer run on a patch; the same for every region of a group.
+
+    position : index of the layer in ``_Architecture.spatial``
+    window : (h, w) of the padded input window the new patch needs
+    crop : (r0, r1, c0, c1), the part of the incoming patch inside that window
+    place : (y, x) where the cropped patch lands in the window
+    output : (h, w) of the new patch
+    """
+
+    position: int
+    window: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    place: tuple[int, int]
+    output: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Everything about a region's computation except where its boxes are (the group key).
+
+    box : (h, w) of the region's bounding box in the input
+    steps : the local layers run on patches, in order
+    switch : index into ``spatial`` from which the layers run on full maps
+        (``len(spatial)``: only the head does)
+    """
+
+    box: tuple[int, int]
+    steps: tuple[_Step, ...]
+    switch: int
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one region's boxes are.
+
+    origin : (y, x) of the bounding box in the input
+    windows : (y, x) of each step's window, in padded coordinates of the step's input
+    outputs : (y, x) of each step's output patch
+    final : (y, x) of the patch at the switch layer's input
+    """
+
+    origin: tuple[int, int]
+    windows: tuple[tuple[int, int], ...]
+    outputs: tuple[tuple[int, int], ...]
+    final: tuple[int, int]
+
+
+def _route(
+    arch: _Architecture, top: int, bottom: int, left: int, right: int
+) -> tuple[_Route, _Placement] | None:
+    """Trace the changed box [top, bottom) x [left, right) through the spatial layers;
+    None when it stops reaching any output (so the outputs equal the unoccluded ones)."""
+    box = (bottom - top, right - left)
+    origin = (top, left)
+    steps: list[_Step] = []
+    windows: list[tuple[int, int]] = []
+    outputs: list[tuple[int, int]] = []
+    switch = len(arch.spatial)
+    for position, layer in enumerate(arch.spatial):
+        if not isinstance(layer, _LocalLayer):
+            continue
+        rows, cols = layer.rows, layer.cols
+        out_top, out_bottom = rows.affected(top, bottom)
+        out_left, out_right = cols.affected(left, right)
+        if out_top >= out_bottom or out_left >= out_right:
+            return None
+        changed = (out_bottom - out_top) * (out_right - out_left)
+        if changed > DENSE_SWITCH_FRACTION * rows.out_size * cols.out_size:
+            switch = position
+            break
+        win_top, win_bottom = rows.window(out_top, out_bottom)
+        win_left, win_right = cols.window(out_left, out_right)
+        # The window may not cover the whole patch (a stride longer than the kernel skips
+        # positions), so only the overlap is written in.
+        patch_top, patch_left = top + rows.pad_before, left + cols.pad_before
+        inner_top = max(patch_top, win_top)
+        inner_bottom = min(bottom + rows.pad_before, win_bottom)
+        inner_left = max(patch_left, win_left)
+        inner_right = min(right + cols.pad_before, win_right)
+        steps.append(
+            _Step(
+                position,
+                (win_bottom - win_top, win_right - win_left),
+                (
+                    inner_top - patch_top,
+                    inner_bottom - patch_top,
+                    inner_left - patch_left,
+                    inner_right - patch_left,
+                ),
+                (inner_top - win_top, inner_left - win_left),
+                (out_bottom - out_top, out_right - out_left),
+            )
+        )
+        windows.append((win_top, win_left))
+        outputs.append((out_top, out_left))
+        top, bottom, left, right = out_top, out_bottom, out_left, out_right
+    route = _Route(box, tuple(steps), switch)
+    return route, _Placement(origin, tuple(windows), tuple(outputs), (top, left))
+
+
+def _bounding_boxes(masks: Tensor) -> list[tuple[int, int, int, int] | None]:
+    """(top, bottom, left, right) of every mask's True pixels, None for an empty mask."""
+    rows_any = masks.any(dim=2).cpu()
+    cols_any = masks.any(dim=1).cpu()
+    height, width = rows_any.shape[1], cols_any.shape[1]
+    # argmax returns the first maximum: the first True from either end.
+    tops = rows_any.to(torch.uint8).argmax(dim=1).tolist()
+    bottoms = (height - rows_any.flip(1).to(torch.uint8).argmax(dim=1)).tolist()
+    lefts = cols_any.to(torch.uint8).argmax(dim=1).tolist()
+    rights = (width - cols_any.flip(1).to(torch.uint8).argmax(dim=1)).tolist()
+    nonempty = rows_any.any(dim=1).tolist()
+    return [
+        (t, b, le, ri) if keep else None
+        for t, b, le, ri, keep in zip(tops, bottoms, lefts, rights, nonempty, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------------------- batched kernels
+
+
+@dataclass(frozen=True, eq=False)
+class _Boxes:
+    """Top-left corners of one box per region of a region batch, ready for gathers.
+
+    ``corners`` are host ints (slicing when the batch holds one region); ``rows`` (G, h) and
+    ``cols`` (G, w) are device index tensors (advanced indexing when it holds several).
+    """
+
+    corners: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+    rows: Tensor | None
+    cols: Tensor | None
+
+    @classmethod
+    def build(
+        cls, corners: Sequence[tuple[int, int]], size: tuple[int, int], device: torch.device
+    ) -> _Boxes:
+        if len(corners) == 1:
+            return cls(tuple(corners), size, None, None)
+        corner = torch.tensor(corners, dtype=torch.long, device=device)
+        rows = corner[:, :1] + torch.arange(size[0], device=device)
+        cols = corner[:, 1:] + torch.arange(size[1], device=device)
+        return cls(tuple(corners), size, rows, cols)
+
+    def gather(self, source: Tensor, lead: tuple[Tensor, ...]) -> Tensor:
+        """Read the boxes out of `source` for every item.
+
+        source : (*L, C, H, W) with one dim per index in `lead`
+        lead : index tensors, each (B,), selecting the item's map in the leading dims
+        returns : (G, B, C, h, w)
+        """
+        height, width = self.size
+        if self.rows is None or self.cols is None:
+            top, left = self.corners[0]
+            return source[..., top : top + height, left : left + width][lead].unsqueeze(0)
+        # Channels last, so each gathered element is a contiguous run of channels.
+        by_position = source.movedim(-3, -1)
+        index = (
+            *(i[None, :, None, None] for i in lead),
+            self.rows[:, None, :, None],
+            self.cols[:, None, None, :],
+        )
+        return by_position[index].permute(0, 1, 4, 2, 3)
+
+    def crop(self, source: Tensor) -> Tensor:
+        """The boxes of a single map `source` (H, W) -> (G, h, w)."""
+        height, width = self.size
+        if self.rows is None or self.cols is None:
+            top, left = self.corners[0]
+            return source[None, top : top + height, left : left + width]
+        return source[self.rows[:, :, None], self.cols[:, None, :]]
+
+    def scatter(self, target: Tensor, patch: Tensor) -> None:
+        """Write `patch` (G, B, C, h, w) into the boxes of `target` (G, B, C, H, W), in place."""
+        height, width = self.size
+        if self.rows is None or self.cols is None:
+            top, left = self.corners[0]
+            target[:, :, :, top : top + height, left : left + width] = patch
+            return
+        regions = torch.arange(len(self.corners), device=target.device)[:, None, None]
+        # Advanced indices on dims 0, 3, 4 around sliced dims: indexed shape (G, h, w, B, C).
+        target[regions, :, :, self.rows[:, :, None], self.cols[:, None, :]] = patch.permute(
+            0, 3, 4, 1, 2
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _RegionBatch:
+    """Regions of one route processed together, with their boxes as gather-ready indices."""
+
+    route: _Route
+    regions: Tensor  # (G,) region ids, long, on the device
+    masks: Tensor  # (G, h, w) bool: each region's mask inside its bounding box
+    origin: _Boxes
+    windows: tuple[_Boxes, ...]
+    outputs: tuple[_Boxes, ...]
+    final: _Boxes
+
+
+def _region_batches(
+    arch: _Architecture, masks: Tensor, regions_per_batch: int
+) -> tuple[list[_RegionBatch], list[int]]:
+    """Group regions by route into batches of at most `regions_per_batch`; also return the
+    regions whose occlusion changes nothing the model reads."""
+    device = masks.device
+    groups: dict[_Route, list[tuple[int, _Placement]]] = {}
+    unaffected: list[int] = []
+    for region, box in enumerate(_bounding_boxes(masks)):
+        traced = None if box is None else _route(arch, *box)
+        if traced is None:
+            unaffected.append(region)
+        else:
+            groups.setdefault(traced[0], []).append((region, traced[1]))
+    batches: list[_RegionBatch] = []
+    for route, members in groups.items():
+        for start in range(0, len(members), regions_per_batch):
+            chunk = members[start : start + regions_per_batch]
+            placements = [placement for _, placement in chunk]
+            origin = _Boxes.build([p.origin for p in placements], route.box, device)
+            height, width = route.box
+            box_masks = torch.stack(
+                [
+                    masks[region, top : top + height, left : left + width]
+                    for region, (top, left) in zip(
+                        (region for region, _ in chunk), origin.corners, strict=True
+                    )
+                ]
+            )
+            final_size = route.steps[-1].output if route.steps else route.box
+            batches.append(
+                _RegionBatch(
+                    route,
+                    torch.tensor([region for region, _ in chunk], dtype=torch.long, device=device),
+                    box_masks,
+                    origin,
+                    tuple(
+                        _Boxes.build([p.windows[k] for p in placements], step.window, device)
+                        for k, step in enumerate(route.steps)
+                    ),
+                    tuple(
+                        _Boxes.build([p.outputs[k] for p in placements], step.output, device)
+                        for k, step in enumerate(route.steps)
+                    ),
+                    _Boxes.build([p.final for p in placements], final_size, device),
+                )
+            )
+    return batches, unaffected
+
+
+@dataclass(frozen=True, eq=False)
+class _Cache:
+    """Unoccluded activations of one chunk of images.
+
+    padded : activation j padded for local layer j, for every j some route runs a step at
+    plain : activation j as is, for switch points not in ``padded``
+    baseline : (n, K) the model's output on the unoccluded images
+    """
+
+    padded: dict[int, Tensor]
+    plain: dict[int, Tensor]
+    baseline: Tensor
+
+    def activation(self, arch: _Architecture, position: int) -> Tensor:
+        """(n, C, H, W): the unpadded activation at the input of spatial layer `position`."""
+        if position in self.plain:
+            return self.plain[position]
+        layer = arch.spatial[position]
+        if not isinstance(layer, _LocalLayer):
+            raise KeyError(position)
+        rows, cols = layer.rows, layer.cols
+        return self.padded[position][
+            :,
+            :,
+            rows.pad_before : rows.pad_before + rows.in_size,
+            cols.pad_before : cols.pad_before + cols.in_size,
+        ]
+
+
+def _run_head(layers: Sequence[nn.Module], activation: Tensor) -> Tensor:
+    for layer in layers:
+        activation = layer(activation)
+    return activation
+
+
+def _build_cache(
+    arch: _Architecture, images: Tensor, padded_at: set[int], plain_at: set[int]
+) -> _Cache:
+    padded: dict[int, Tensor] = {}
+    plain: dict[int, Tensor] = {}
+    activation = images
+    for position, layer in enumerate(arch.spatial):
+        if position in padded_at and isinstance(layer, _LocalLayer):
+            padded[position] = layer.pad(activation)
+        elif position in plain_at:
+            # Only local layers (never in place) read this tensor, so it is kept uncopied.
+            plain[position] = activation
+        activation = (layer.module if isinstance(layer, _LocalLayer) else layer)(activation)
+    if len(arch.spatial) in plain_at:
+        # The head may start with an in-place op on a view of this tensor.
+        plain[len(arch.spatial)] = activation.clone()
+    return _Cache(padded, plain, _run_head(arch.head, activation))
+
+
+def _occluded_outputs(
+    arch: _Architecture,
+    cache: _Cache,
+    batch: _RegionBatch,
+    images: Tensor,
+    fill_images: Tensor,
+    item_image: Tensor,
+    item_fill: Tensor,
+    pad_counts: dict[int, Tensor],
+) -> Tensor:
+    """Model outputs (G * B, K) for the regions of `batch` x the items (image, fill).
+
+    images : (n, C, H, W); fill_images : (V, n, C, H, W); item_image, item_fill : (B,)
+    Rows are in (region, item) order.
+    """
+    route = batch.route
+    regions, items = len(batch.origin.corners), item_image.shape[0]
+    channels = images.shape[1]
+    height, width = route.box
+    inside = batch.origin.gather(images, (item_image,))
+    fill = batch.origin.gather(fill_images, (item_fill, item_image))
+    patch = torch.where(batch.masks[:, None, None], fill, inside).reshape(
+        regions * items, channels, height, width
+    )
+    steps = iter(enumerate(route.steps))
+    for position in range(route.switch):
+        layer = arch.spatial[position]
+        if not isinstance(layer, _LocalLayer):
+            patch = layer(patch)
+            continue
+        k, step = next(steps)
+        window = batch.windows[k].gather(cache.padded[position], (item_image,)).flatten(0, 1)
+        r0, r1, c0, c1 = step.crop
+        y, x = step.place
+        window[:, :, y : y + r1 - r0, x : x + c1 - c0] = patch[:, :, r0:r1, c0:c1]
+        patch = layer.on_window(window)
+        if layer.exclude_pad:
+            # Each region's output patch sits elsewhere, so it has its own divisors.
+            counts = batch.outputs[k].crop(pad_counts[position])
+            grouped = patch.reshape(regions, items, *patch.shape[1:])
+            patch = (grouped / counts[:, None, None]).flatten(0, 1)
+    base = cache.activation(arch, route.switch)
+    full = base.index_select(0, item_image.repeat(regions)).contiguous()
+    full = full.reshape(regions, items, *full.shape[1:])
+    batch.final.scatter(full, patch.reshape(regions, items, *patch.shape[1:]))
+    activation = full.flatten(0, 1)
+    for layer in arch.spatial[route.switch :]:
+        activation = (layer.module if isinstance(layer, _LocalLayer) else layer)(activation)
+    return _run_head(arch.head, activation)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _check_inputs(
+    model: nn.Module, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+) -> Tensor:
+    """Validate the arguments; return fill_images expanded to (V, n, C, H, W)."""
+    if not isinstance(model, nn.Module):
+        raise InputTypeError(f"model: expected an nn.Module, got {describe(model)}")
+    for name, value in (("images", images), ("fill_images", fill_images), ("masks", masks)):
+        if not isinstance(value, Tensor):
+            raise InputTypeError(f"{name}: expected a torch.Tensor, got {describe(value)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputValueError(f"batch_size: expected a positive int, got {describe(batch_size)}")
+    if images.ndim != 4 or not images.is_floating_point():
+        raise InputValueError(
+            f"images: expected a float tensor of shape (n, C, H, W), got {describe(images)}"
+        )
+    n, channels, height, width = images.shape
+    if masks.ndim != 3 or masks.dtype != torch.bool or tuple(masks.shape[1:]) != (height, width):
+        raise InputValueError(
+            f"masks: expected a bool tensor of shape (R, {height}, {width}), got {describe(masks)}"
+        )
+    if fill_images.ndim != 5:
+        raise InputValueError(
+            f"fill_images: expected shape (V, {n}, {channels}, {height}, {width}), "
+            f"got {describe(fill_images)}"
+        )
+    try:
+        expanded = fill_images.expand(fill_images.shape[0], n, channels, height, width)
+    except RuntimeError as error:
+        raise InputValueError(
+            f"fill_images: expected shape (V, {n}, {channels}, {height}, {width}) or one "
+            f"broadcastable to it, got {describe(fill_images)}"
+        ) from error
+    for name, value in (("fill_images", fill_images), ("masks", masks)):
+        if value.device != images.device:
+            raise InputValueError(
+                f"{name}: expected a tensor on the images' device {images.device}, got {value.device}"
+            )
+    if any(module.training for module in model.modules()):
+        raise InputValueError(
+            "model: expected a model in eval mode (call model.eval()), got one in training mode"
+        )
+    return expanded
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def run_incremental(
+    model: nn.Module, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+) -> Tensor:
+    """Exact outputs of `model` on every occluded image, recomputing only what occlusion changes.
+
+    model : a module for which ``unsupported_reason`` returns None, in eval mode
+    images : Tensor, shape (n, C, H, W), float, on the model's device
+    fill_images : Tensor, shape (V, n, C, H, W), or broadcastable to it (e.g. an expanded view
+        of constant fills)
+    masks : Tensor, shape (R, H, W), bool, same device; any shapes (grid cells, superpixels,
+        overlapping windows)
+    batch_size : int, about how many occluded images are processed at once (bounds memory)
+    returns : Tensor, shape (n, R, V, K): entry (i, r, v) equals
+        ``model(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]`` up to
+        floating-point rounding (different convolution algorithms for patches and full maps).
+    """
+    fills = _check_inputs(model, images, fill_images, masks, batch_size)
+    n, channels, height, width = images.shape
+    analysed = _analyse(model, (channels, height, width))
+    if isinstance(analysed, str):
+        raise InputValueError(
+            f"model: expected a model the incremental engine supports; {analysed}"
+        )
+    arch = analysed
+    num_fills, num_regions = fills.shape[0], masks.shape[0]
+    device = images.device
+    out = torch.empty(
+        (n, num_regions, num_fills, arch.num_outputs), dtype=images.dtype, device=device
+    )
+    if out.numel() == 0:
+        return out
+    # Image chunks hold about batch_size (image, fill) items, so one region's items fill a
+    # batch, and the cache (one unoccluded forward's activations) stays that size too.
+    images_per_chunk = max(1, batch_size // num_fills)
+    items_per_batch = min(images_per_chunk * num_fills, batch_size)
+    regions_per_batch = max(1, batch_size // (images_per_chunk * num_fills))
+    with torch.inference_mode():
+        batches, unaffected = _region_batches(arch, masks, regions_per_batch)
+        padded_at = {step.position for b in batches for step in b.route.steps}
+        plain_at = {b.route.switch for b in batches} - padded_at
+        pad_counts = {
+            position: layer.pad_counts(device, images.dtype)
+            for position, layer in enumerate(arch.spatial)
+            if isinstance(layer, _LocalLayer) and layer.exclude_pad and position in padded_at
+        }
+        unaffected_ids = torch.tensor(unaffected, dtype=torch.long, device=device)
+        for start, stop in _chunks(n, images_per_chunk):
+            chunk_images = images[start:stop]
+            chunk_fills = fills[:, start:stop]
+            chunk_out = out[start:stop]
+            cache = _build_cache(arch, chunk_images, padded_at, plain_at)
+            chunk_out[:, unaffected_ids] = cache.baseline[:, None, None].to(out.dtype)
+            num_items = (stop - start) * num_fills
+            for batch in batches:
+                for first, last in _chunks(num_items, items_per_batch):
+                    item = torch.arange(first, last, device=device)
+                    item_image, item_fill = item // num_fills, item % num_fills
+                    outputs = _occluded_outputs(
+                        arch,
+                        cache,
+                        batch,
+                        chunk_images,
+                        chunk_fills,
+                        item_image,
+                        item_fill,
+                        pad_counts,
+                    )
+                    regions = batch.regions.shape[0]
+                    chunk_out[
+                        item_image.repeat(regions),
+                        batch.regions.repeat_interleave(last - first),
+                        item_fill.repeat(regions),
+                    ] = outputs.to(out.dtype)
+    return out

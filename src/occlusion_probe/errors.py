@@ -1,0 +1,34 @@
+"""Exception types raised at the public boundary.
+
+They subclass the built-in ``ValueError`` / ``TypeError`` so that callers who catch those keep
+working, while callers who want to tell our validation apart from other failures can catch
+``OcclusionProbeError``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputTypeError", "InputValueError", "OcclusionProbeError"]
+
+
+class OcclusionProbeError(Exception):
+    """Base class of every error raised by occlusion_probe's argument checks."""
+
+
+class InputValueError(OcclusionProbeError, ValueError):
+    """An argument has the right type but an unusable value (shape, range, size...)."""
+
+
+class InputTypeError(OcclusionProbeError, TypeError):
+    """An argument has a type occlusion_probe cannot work with."""
+
+
+def describe(value: object) -> str:
+    """A short description of `value` for error messages (type, and shape/dtype for arrays)."""
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None:
+        return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"

@@ -1,0 +1,153 @@
+"""Fill specifications: what an occluded pixel is set to.
+
+A fill is one of
+
+* a number: every occluded pixel gets that value (the paper's 0.0, 0.2, ..., 1.0);
+* a tensor broadcastable to one image (C, H, W): e.g. the data set mean image, or a
+  per-channel colour of shape (C, 1, 1);
+* a callable ``images -> fill images``: gets a batch (n, C, H, W) and returns tensors
+  broadcastable to it, e.g. a blurred copy of each image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from typing_extensions import Protocol, TypeAlias, runtime_checkable
+
+from .errors import InputTypeError, InputValueError, describe
+
+__all__ = ["Fill", "FillFunction", "FillSpec", "resolve_fills", "stack_fills"]
+
+
+@runtime_checkable
+class FillFunction(Protocol):
+    """A callable that makes fill images from a batch: (n, C, H, W) -> broadcastable to it."""
+
+    def __call__(self, images: Tensor, /) -> Tensor: ...
+
+
+FillSpec: TypeAlias = Union[float, int, Tensor, FillFunction]
+
+
+@dataclass(frozen=True, eq=False)
+class Fill:
+    """One resolved fill: a constant, a fixed tensor, or a function of the images.
+
+    Exactly one of ``value``, ``tensor`` and ``function`` is set.
+    """
+
+    label: str
+    value: float | None = None
+    tensor: Tensor | None = None
+    function: FillFunction | None = None
+
+    def for_batch(self, images: Tensor) -> Tensor:
+        """The fill for a batch of images (n, C, H, W), as a tensor broadcastable to it."""
+        if self.value is not None:
+            return torch.full((1, 1, 1, 1), self.value, dtype=images.dtype, device=images.device)
+        if self.tensor is not None:
+            return self.tensor.to(device=images.device, dtype=images.dtype).unsqueeze(0)
+        if self.function is None:  # unreachable by construction; keeps the type checker honest
+            raise InputValueError(f"fill {self.label!r}: has neither value, tensor nor function")
+        made = self.function(images)
+        if not isinstance(made, Tensor):
+            raise InputTypeError(
+                f"fills: the callable {self.label!r} must return a Tensor, got {describe(made)}"
+            )
+        try:
+            torch.broadcast_shapes(made.shape, images.shape)
+        except RuntimeError as error:
+            raise InputValueError(
+                f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
+                f"not broadcastable to the batch shape {tuple(images.shape)}"
+            ) from error
+        if torch.broadcast_shapes(made.shape, images.shape) != images.shape:
+            raise InputValueError(
+                f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
+                f"which would enlarge the batch shape {tuple(images.shape)}"
+            )
+        return made.to(device=images.device, dtype=images.dtype)
+
+
+def _label_of_number(value: float) -> str:
+    return repr(float(value))
+
+
+def resolve_fills(fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, int, int]) -> tuple[Fill, ...]:
+    """Check and normalise the `fills` argument for images of shape (C, H, W).
+
+    A single number, tensor or callable is accepted as one fill. Raises `InputValueError`
+    for an empty sequence and for tensors that do not broadcast to one image.
+    """
+    if isinstance(fills, (int, float, np.number, Tensor)) or callable(fills):
+        fills = [fills]  # type: ignore[list-item]
+    if isinstance(fills, (str, bytes)) or not isinstance(fills, Sequence):
+        raise InputTypeError(
+            f"fills: expected a sequence of numbers, tensors or callables, got {describe(fills)}"
+        )
+    if len(fills) == 0:
+        raise InputValueError("fills: expected at least one fill value, got an empty sequence")
+    resolved: list[Fill] = []
+    for position, spec in enumerate(fills):
+        name = f"fills[{position}]"
+        if isinstance(spec, bool):
+            raise InputTypeError(f"{name}: expected a number, tensor or callable, got bool {spec}")
+        if isinstance(spec, (int, float, np.integer, np.floating)):
+            value = float(spec)
+            if not np.isfinite(value):
+                raise InputValueError(f"{name}: expected a finite number, got {value}")
+            resolved.append(Fill(label=_label_of_number(value), value=value))
+        elif isinstance(spec, Tensor):
+            if spec.dim() == 0:
+                # 7 significant digits: a float32 0.3 is labelled "0.3", not "0.30000001192092896".
+                value = float(f"{float(spec):.7g}")
+                if not np.isfinite(value):
+                    raise InputValueError(f"{name}: expected a finite number, got {value}")
+                resolved.append(Fill(label=_label_of_number(value), value=value))
+                continue
+            if not spec.is_floating_point():
+                raise InputTypeError(f"{name}: expected a floating-point tensor, got {describe(spec)}")
+            try:
+                shape = torch.broadcast_shapes(spec.shape, image_shape)
+            except RuntimeError:
+                shape = None
+            if shape != torch.Size(image_shape):
+                raise InputValueError(
+                    f"{name}: expected a tensor broadcastable to one image of shape {image_shape}, "
+                    f"got shape {tuple(spec.shape)}"
+                )
+            if not bool(torch.isfinite(spec).all()):
+                raise InputValueError(f"{name}: the fill tensor contains NaN or inf values")
+            resolved.append(Fill(label=f"tensor{position}", tensor=spec.detach()))
+        elif callable(spec):
+            label = getattr(spec, "__name__", type(spec).__name__)
+            resolved.append(Fill(label=str(label), function=spec))
+        else:
+            raise InputTypeError(f"{name}: expected a number, tensor or callable, got {describe(spec)}")
+    labels = [fill.label for fill in resolved]
+    if len(set(labels)) != len(labels):
+        # Repeated labels would make fill lookups by label ambiguous; number them instead.
+        resolved = [
+            Fill(label=f"{fill.label}#{i}", value=fill.value, tensor=fill.tensor, function=fill.function)
+            if labels.count(fill.label) > 1
+            else fill
+            for i, fill in enumerate(resolved)
+        ]
+    return tuple(resolved)
+
+
+def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
+    """All fills for a batch, stacked: Tensor, shape (V, n or 1, C or 1, H or 1, W or 1).
+
+    Constants stay (V, 1, 1, 1, 1), so building occluded images broadcasts them instead of
+    materialising V full images.
+    """
+    parts = [fill.for_batch(images) for fill in fills]
+    shape = torch.broadcast_shapes(*(part.shape for part in parts))
+    return torch.stack([part.expand(shape) for part in parts])

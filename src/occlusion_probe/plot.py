@@ -1,0 +1,350 @@
+"""Matplotlib figures of sweep results and keep-only reports.
+
+Each function builds a ``matplotlib.figure.Figure`` directly (no pyplot: no global state, no
+window, nothing is shown) or draws into the ``ax`` it is given, and returns the figure.
+Save it with ``fig.savefig("curves.png")``.
+
+- `class_curves`: the paper's Figs 4-9, mean class output against the occluded region, one
+  line per fill, optionally with bootstrap confidence bands;
+- `heatmap`: the mean output drop of each region painted over an example image;
+- `confusion`: a keep-only confusion matrix (rows = true class, row-normalised percent).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure, SubFigure
+from torch import Tensor
+
+from .errors import InputTypeError, InputValueError, describe
+from .result import OcclusionProbeWarning, SweepResult
+
+if TYPE_CHECKING:
+    from .verify import ConfusionReport
+
+__all__ = ["class_curves", "confusion", "heatmap"]
+
+# Above this many regions, tick labels are thinned so that they stay readable.
+_MAX_TICK_LABELS = 24
+
+
+def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is None:
+        figure = Figure(figsize=figsize, layout="constrained")
+        return figure, figure.add_subplot()
+    if not isinstance(ax, Axes):
+        raise InputTypeError(f"ax: expected a matplotlib Axes or None, got {describe(ax)}")
+    parent = ax.figure
+    # A subfigure's axes still belong to one root figure, which is what callers save.
+    root = parent.figure if isinstance(parent, SubFigure) else parent
+    return root, ax
+
+
+def _class_name(result: SweepResult, index: int) -> str:
+    if result.class_names is not None:
+        return result.class_names[index]
+    return f"class {index}"
+
+
+def _output_label(result: SweepResult) -> str:
+    if result.output == "logits":
+        return "logit"
+    return f"{result.output} output"
+
+
+def _selection_label(result: SweepResult, correct_only: bool) -> str:
+    if result.labels is None:
+        return "images (all, unlabelled)"
+    if correct_only:
+        return "correctly classified images"
+    return "images of this class"
+
+
+def class_curves(
+    result: SweepResult,
+    cls: int | str,
+    correct_only: bool = True,
+    bands: bool = False,
+    ax: Axes | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Figure:
+    """Mean output of class `cls` against the occluded region, one line per fill (Figs 4-9).
+
+    The x axis lists the region ids (1..16 for the paper's 4x4 grid), the y axis the mean
+    output of class `cls` over the selected images (those of class `cls`, correctly
+    classified when `correct_only`), with that region set to each fill. A dashed horizontal
+    line marks the mean unoccluded output of the same images; the title names the class and
+    the image count. With `bands`, each line gets a shaded 95 % percentile bootstrap band
+    (`SweepResult.curve_bands` with `n_resamples` and `seed`).
+
+    When no image is selected (a class the model never gets right, like the paper's Disgust)
+    the figure says so in place of the curves and an `OcclusionProbeWarning` is issued.
+
+    Returns the `Figure` (the one holding `ax` when given).
+
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> result = op.sweep(model, torch.rand(20, 1, 8, 8), op.grid(8, 8, 2, 2),
+    ...                   labels=torch.arange(20) % 3, progress=False)
+    >>> fig = class_curves(result, 0, correct_only=False, bands=True, n_resamples=100)
+    >>> len(fig.axes[0].get_lines())  # 6 fills and the unoccluded level
+    7
+    """
+    index = result._class_index(cls)
+    chosen = result.selection(index, correct_only)
+    count = int(chosen.sum())
+    name = _class_name(result, index)
+    figure, axes = _target_axes(ax, (7.0, 4.5))
+    axes.set_xlabel("occluded region")
+    axes.set_ylabel(f"mean {_output_label(result)} of {name}")
+    axes.set_title(f"{name}: mean over {count} {_selection_label(result, correct_only)}")
+    if count == 0:
+        warnings.warn(
+            f"class_curves: no image selected for class {cls!r} (correct_only={correct_only}); "
+            "the figure has no curves",
+            OcclusionProbeWarning,
+            stacklevel=2,
+        )
+        axes.text(
+            0.5, 0.5, "no images selected", transform=axes.transAxes, ha="center", va="center"
+        )
+        return figure
+
+    curves = result.class_curves(index, correct_only).double().cpu().numpy()  # (R, V)
+    unoccluded = float(result.baseline[chosen, index].double().mean())
+    positions = np.arange(len(result.regions))
+    # The fills are usually an ordered scale (0.0 .. 1.0), so a sequential colour map reads
+    # better than the default colour cycle.
+    colours = _sequential_colours(len(result.fill_labels))
+    if bands:
+        low, high = result.curve_bands(index, correct_only, n_resamples=n_resamples, seed=seed)
+        low_np, high_np = low.double().cpu().numpy(), high.double().cpu().numpy()
+        for column, colour in enumerate(colours):
+            axes.fill_between(
+                positions,
+                low_np[:, column],
+                high_np[:, column],
+                color=colour,
+                alpha=0.2,
+                linewidth=0,
+            )
+    for column, (label, colour) in enumerate(zip(result.fill_labels, colours, strict=True)):
+        axes.plot(positions, curves[:, column], marker="o", markersize=3, color=colour, label=label)
+    axes.axhline(unoccluded, color="black", linestyle="--", linewidth=1, label="unoccluded")
+    _region_ticks(axes, result.regions.ids)
+    axes.legend(title="fill", fontsize="small", loc="best")
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def _sequential_colours(count: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    if count == 1:
+        return [cmap(0.0)]
+    # Stop short of viridis' pale yellow end, which vanishes on a white background.
+    return [cmap(0.9 * i / (count - 1)) for i in range(count)]
+
+
+def _region_ticks(axes: Axes, ids: Sequence[int]) -> None:
+    step = max(1, -(-len(ids) // _MAX_TICK_LABELS))
+    shown = list(range(0, len(ids), step))
+    axes.set_xticks(shown, [str(ids[i]) for i in shown])
+
+
+def _display_image(image: Tensor, height: int, width: int) -> np.ndarray:
+    if not isinstance(image, Tensor):
+        raise InputTypeError(
+            f"image: expected a Tensor of shape (C, H, W) or (H, W), got {describe(image)}"
+        )
+    if image.dim() == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() == 2:
+        pixels = image
+    elif image.dim() == 3 and image.shape[0] == 3:
+        pixels = image.permute(1, 2, 0)
+    else:
+        raise InputValueError(
+            f"image: expected shape (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}"
+        )
+    if tuple(pixels.shape[:2]) != (height, width):
+        raise InputValueError(
+            f"image: expected spatial size ({height}, {width}) to match the regions, "
+            f"got {tuple(pixels.shape[:2])}"
+        )
+    array = pixels.detach().to("cpu", torch.float64).numpy()
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return np.zeros_like(array)
+    low, high = float(finite.min()), float(finite.max())
+    # Min-max to [0, 1] so that whitened or GCN-normalised inputs display as images.
+    span = high - low if high > low else 1.0
+    return np.clip(np.nan_to_num((array - low) / span), 0.0, 1.0)
+
+
+def heatmap(
+    result: SweepResult,
+    cls: int | str,
+    image: Tensor,
+    correct_only: bool = True,
+    fill: int | float | str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Mean output drop of class `cls` per region, painted over an example image.
+
+    Parameters
+    ----------
+    result : SweepResult
+    cls : class index or name
+    image : Tensor, shape (H, W), (1, H, W) or (3, H, W)
+        Shown in gray or colour, min-max normalised for display (so whitened inputs work).
+    correct_only : bool
+        Which images `SweepResult.mean_drop` averages over (as in `class_curves`).
+    fill : position, value or label of one fill; None averages over the fills.
+    ax : Axes to draw into; a new figure when None.
+
+    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill)``
+    (red: occluding lowers the output, blue: raises it; pixels of overlapping regions get
+    the mean), its id and its rank (#1 = largest drop) are written at the region's centroid,
+    and a colour bar gives the scale. Raises `InputValueError` when no image is selected.
+
+    Returns the `Figure`.
+
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> images = torch.rand(10, 1, 8, 8)
+    >>> result = op.sweep(model, images, op.grid(8, 8, 2, 2), progress=False)
+    >>> fig = heatmap(result, 1, images[0], correct_only=False)
+    >>> fig.axes[0].get_title()
+    'class 1: drop of softmax output\\n(mean over fills, 10 images)'
+    """
+    index = result._class_index(cls)
+    regions = result.regions
+    display = _display_image(image, regions.height, regions.width)
+    drops = result.mean_drop(index, fill=fill, correct_only=correct_only).double().cpu()
+    count = int(result.selection(index, correct_only).sum())
+    order = torch.sort(drops, descending=True, stable=True).indices.tolist()
+    rank_of = {position: rank for rank, position in enumerate(order, start=1)}
+
+    masks = regions.masks.cpu().to(torch.float64)
+    coverage = masks.sum(dim=0)
+    painted = torch.einsum("r,rhw->hw", drops, masks) / coverage.clamp(min=1.0)
+    overlay = np.ma.masked_array(painted.numpy(), mask=(coverage == 0).numpy())
+    finite = drops[torch.isfinite(drops)]
+    limit = float(finite.abs().max()) if finite.numel() else 0.0
+    limit = limit if limit > 0.0 else 1.0
+
+    name = _class_name(result, index)
+    figure, axes = _target_axes(ax, (5.5, 4.8))
+    if display.ndim == 2:
+        axes.imshow(display, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        axes.imshow(display, interpolation="nearest")
+    painted_image = axes.imshow(
+        overlay,
+        cmap="coolwarm",
+        norm=Normalize(vmin=-limit, vmax=limit),
+        alpha=0.55,
+        interpolation="nearest",
+    )
+    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
+    for position, region_id in enumerate(regions.ids):
+        rows, cols = torch.nonzero(regions.masks[position].cpu(), as_tuple=True)
+        axes.text(
+            float(cols.double().mean()),
+            float(rows.double().mean()),
+            f"{region_id}\n#{rank_of[position]}",
+            ha="center",
+            va="center",
+            fontsize="x-small",
+            color="white",
+            path_effects=outline,
+        )
+    fill_text = (
+        "mean over fills"
+        if fill is None
+        else f"fill {result.fill_labels[result.fill_position(fill)]}"
+    )
+    axes.set_title(f"{name}: drop of {_output_label(result)}\n({fill_text}, {count} images)")
+    axes.set_axis_off()
+    figure.colorbar(painted_image, ax=axes, label=f"mean drop of {_output_label(result)}")
+    return figure
+
+
+def confusion(
+    report: ConfusionReport,
+    class_names: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """A keep-only confusion matrix: rows = true class, columns = predicted class.
+
+    Each cell is coloured by its row-normalised percentage (``report.percent``) and shows the
+    count and the percentage; the diagonal is the per-class recall. The title states the
+    convention and the accuracy (and the kept regions, when the report has them).
+
+    class_names : names of the K classes; defaults to ``report.class_names``, then indices.
+
+    Returns the `Figure`.
+
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> images, labels = torch.rand(30, 1, 8, 8), torch.arange(30) % 3
+    >>> report = op.keep_only(model, images, labels, op.grid(8, 8, 2, 2), keep=[1, 2], progress=False)
+    >>> fig = confusion(report, class_names=["a", "b", "c"])
+    >>> fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()
+    ('Predicted class', 'True class')
+    """
+    percent = np.asarray(report.percent.detach().cpu().to(torch.float64).numpy())
+    counts = np.asarray(report.confusion.detach().cpu().numpy())
+    if percent.ndim != 2 or percent.shape[0] != percent.shape[1] or counts.shape != percent.shape:
+        raise InputValueError(
+            "report: expected square confusion and percent matrices of equal shape (K, K), got "
+            f"{counts.shape} and {percent.shape}"
+        )
+    k = percent.shape[0]
+    names = class_names if class_names is not None else report.class_names
+    if names is None:
+        labels = [str(i) for i in range(k)]
+    else:
+        labels = [str(n) for n in names]
+        if len(labels) != k:
+            raise InputValueError(
+                f"class_names: expected {k} names (one per class), got {len(labels)}"
+            )
+
+    side = max(4.0, 0.75 * k + 2.5)
+    figure, axes = _target_axes(ax, (side + 1.0, side))
+    image = axes.imshow(percent, cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
+    for row in range(k):
+        for column in range(k):
+            value = percent[row, column]
+            axes.text(
+                column,
+                row,
+                f"{int(counts[row, column])}\n{value:.1f}%",
+                ha="center",
+                va="center",
+                fontsize="small",
+                # Dark cells need light text to stay legible.
+                color="white" if value > 60.0 else "black",
+            )
+    axes.set_xticks(range(k), labels, rotation=45 if max(len(s) for s in labels) > 3 else 0)
+    axes.set_yticks(range(k), labels)
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    title = f"rows = true class, row-normalised %\naccuracy {100.0 * float(report.accuracy):.2f} %"
+    if report.kept_ids:
+        title += f", kept regions {list(report.kept_ids)}"
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="% of the true class")
+    return figure

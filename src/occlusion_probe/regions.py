@@ -1,0 +1,299 @@
+"""Regions of an image: which pixels each occlusion covers.
+
+A `Regions` object holds boolean masks of shape (R, H, W) and the integer id of each mask.
+`grid` numbers the cells of a rows x cols grid 1..R row-major, as the paper numbers its 16
+areas; `Regions.from_label_map` turns any integer map (superpixels, captum's ``feature_mask``)
+into regions; `sliding_windows` makes (possibly overlapping) square or rectangular windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputTypeError, InputValueError, describe
+
+__all__ = ["Regions", "grid", "sliding_windows"]
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputTypeError(f"{name}: expected a positive int, got {describe(value)}")
+    if value < 1:
+        raise InputValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def _pair(name: str, value: object) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise InputValueError(
+                f"{name}: expected an int or a pair (height, width), got {value!r}"
+            )
+        return _positive_int(f"{name}[0]", value[0]), _positive_int(f"{name}[1]", value[1])
+    size = _positive_int(name, value)
+    return size, size
+
+
+@dataclass(frozen=True, eq=False)
+class Regions:
+    """Boolean masks of the regions to occlude, with their ids.
+
+    Parameters
+    ----------
+    masks : Tensor, shape (R, H, W), dtype bool
+        ``masks[r]`` is True on the pixels region ``ids[r]`` covers. Every region must cover
+        at least one pixel. Regions may overlap (e.g. `sliding_windows`).
+    ids : tuple of int, length R
+        Distinct region ids, in the order of ``masks``.
+
+    Example
+    -------
+    >>> regions = grid(48, 48, rows=4, cols=4)
+    >>> len(regions), regions.ids[:3], tuple(regions.masks.shape)
+    (16, (1, 2, 3), (16, 48, 48))
+    >>> int(regions.union([10, 11]).sum())
+    288
+    """
+
+    masks: Tensor
+    ids: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        masks = self.masks
+        if not isinstance(masks, Tensor):
+            raise InputTypeError(
+                f"Regions.masks: expected a bool torch.Tensor of shape (R, H, W), got {describe(masks)}"
+            )
+        if masks.dtype != torch.bool or masks.dim() != 3:
+            raise InputValueError(
+                f"Regions.masks: expected a bool tensor of shape (R, H, W), got {describe(masks)}"
+            )
+        if masks.shape[0] == 0:
+            raise InputValueError("Regions.masks: expected at least one region, got R = 0")
+        ids = tuple(int(i) for i in self.ids)
+        if len(ids) != masks.shape[0]:
+            raise InputValueError(
+                f"Regions.ids: expected {masks.shape[0]} ids (one per mask), got {len(ids)}"
+            )
+        if len(set(ids)) != len(ids):
+            raise InputValueError(f"Regions.ids: expected distinct ids, got {ids}")
+        sizes = masks.flatten(1).sum(dim=1)
+        empty = [ids[r] for r in torch.nonzero(sizes == 0).flatten().tolist()]
+        if empty:
+            raise InputValueError(
+                f"Regions.masks: every region must cover at least one pixel; regions {empty} are empty"
+            )
+        object.__setattr__(self, "ids", ids)
+
+    # -- basic facts --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def __repr__(self) -> str:
+        kind = "partition" if self.is_partition else "regions"
+        return f"Regions({len(self)} {kind} of {self.height}x{self.width}, ids {self.ids[0]}..{self.ids[-1]})"
+
+    @property
+    def height(self) -> int:
+        return int(self.masks.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.masks.shape[2])
+
+    @property
+    def coverage(self) -> Tensor:
+        """How many regions cover each pixel: Tensor, shape (H, W), int64."""
+        return self.masks.sum(dim=0, dtype=torch.int64)
+
+    @property
+    def is_partition(self) -> bool:
+        """True when every pixel belongs to exactly one region."""
+        return bool((self.coverage == 1).all())
+
+    # -- selection ----------------------------------------------------------------------------
+    def positions(self, ids: Iterable[int]) -> list[int]:
+        """Positions (0-based indices into ``masks``) of the given region ids, in that order.
+
+        Raises `InputValueError` naming the unknown ids and the valid ones.
+        """
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+            ids = [int(ids)]
+        wanted = list(ids)
+        lookup = {region_id: position for position, region_id in enumerate(self.ids)}
+        bad_type = [i for i in wanted if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if bad_type:
+            raise InputTypeError(f"ids: expected integer region ids, got {bad_type!r}")
+        unknown = [int(i) for i in wanted if int(i) not in lookup]
+        if unknown:
+            raise InputValueError(
+                f"ids: unknown region ids {unknown}; valid ids are {_id_summary(self.ids)}"
+            )
+        return [lookup[int(i)] for i in wanted]
+
+    def select(self, ids: Iterable[int]) -> Regions:
+        """The sub-collection of regions with the given ids (order as given).
+
+        >>> grid(48, 48).select([10, 11]).ids
+        (10, 11)
+        """
+        positions = self.positions(ids)
+        if not positions:
+            raise InputValueError("ids: expected at least one region id, got an empty list")
+        return Regions(self.masks[positions], tuple(self.ids[p] for p in positions))
+
+    def union(self, ids: Iterable[int] | None = None) -> Tensor:
+        """Pixels covered by any of the given regions (all regions when ids is None).
+
+        Returns Tensor, shape (H, W), bool.
+        """
+        if ids is None:
+            return self.masks.any(dim=0)
+        positions = self.positions(ids)
+        if not positions:
+            return torch.zeros(self.height, self.width, dtype=torch.bool, device=self.masks.device)
+        return self.masks[positions].any(dim=0)
+
+    def to(self, device: torch.device | str) -> Regions:
+        """The same regions with masks on `device`."""
+        return Regions(self.masks.to(device), self.ids)
+
+    def label_map(self) -> Tensor:
+        """The regions as an integer map, shape (H, W): each pixel holds its region's id.
+
+        Only defined for partitions (every pixel in exactly one region); this is the
+        ``feature_mask`` captum's FeatureAblation takes.
+        """
+        if not self.is_partition:
+            raise InputValueError(
+                "label_map: the regions must cover every pixel exactly once; these overlap or leave gaps"
+            )
+        id_tensor = torch.tensor(self.ids, dtype=torch.int64, device=self.masks.device)
+        return (self.masks.to(torch.int64) * id_tensor[:, None, None]).sum(dim=0)
+
+    # -- constructors -------------------------------------------------------------------------
+    @classmethod
+    def from_label_map(
+        cls, label_map: Tensor | np.ndarray, ignore: int | None = None
+    ) -> Regions:
+        """Regions from an integer label map (superpixels, hand-drawn parts, captum feature_mask).
+
+        Parameters
+        ----------
+        label_map : Tensor or ndarray of integers, shape (H, W), or with leading singleton
+            dimensions such as captum's (1, 1, H, W) ``feature_mask``.
+        ignore : int, optional
+            A label that is not a region (e.g. a background label); its pixels are never occluded.
+
+        Returns `Regions` with ids = the distinct labels in increasing order.
+
+        >>> Regions.from_label_map(torch.tensor([[0, 0, 1], [2, 2, 1]])).ids
+        (0, 1, 2)
+        """
+        if isinstance(label_map, np.ndarray):
+            label_map = torch.from_numpy(label_map)
+        if not isinstance(label_map, Tensor):
+            raise InputTypeError(
+                f"label_map: expected an integer Tensor or ndarray of shape (H, W), got {describe(label_map)}"
+            )
+        if label_map.dtype == torch.bool or label_map.is_floating_point() or label_map.is_complex():
+            raise InputTypeError(
+                f"label_map: expected an integer dtype, got {label_map.dtype}; "
+                "convert it explicitly (e.g. label_map.long()) if the values are whole numbers"
+            )
+        if label_map.dim() < 2 or any(size != 1 for size in label_map.shape[:-2]):
+            raise InputValueError(
+                "label_map: expected shape (H, W) or (1, ..., 1, H, W) (one map shared by all "
+                f"images), got shape {tuple(label_map.shape)}"
+            )
+        flat = label_map.reshape(label_map.shape[-2], label_map.shape[-1]).to(torch.int64)
+        labels = torch.unique(flat)
+        if ignore is not None:
+            labels = labels[labels != ignore]
+        if labels.numel() == 0:
+            raise InputValueError("label_map: no region labels left (every pixel is ignored)")
+        masks = flat.unsqueeze(0) == labels[:, None, None]
+        return cls(masks, tuple(int(v) for v in labels.tolist()))
+
+
+def _id_summary(ids: Sequence[int]) -> str:
+    if len(ids) > 1 and list(ids) == list(range(ids[0], ids[0] + len(ids))):
+        return f"{ids[0]}..{ids[-1]}"
+    return str(list(ids))
+
+
+def _cuts(size: int, parts: int) -> list[int]:
+    # floor(i * size / parts): parts differ by at most one pixel and tile [0, size) exactly.
+    return [i * size // parts for i in range(parts + 1)]
+
+
+def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions:
+    """Split an image of size height x width into a rows x cols grid.
+
+    Cells are numbered 1..rows*cols row-major (left to right, top to bottom), as the paper
+    numbers its 16 areas (6 and 7 hold the eyes, 10 and 11 the mouth of an aligned face).
+    Sizes that do not divide evenly give cells whose sizes differ by at most one pixel; every
+    pixel belongs to exactly one cell.
+
+    Returns `Regions` with masks of shape (rows * cols, height, width).
+
+    >>> r = grid(50, 47, rows=4, cols=4)
+    >>> bool((r.coverage == 1).all()), len(r)
+    (True, 16)
+    """
+    height = _positive_int("height", height)
+    width = _positive_int("width", width)
+    rows = _positive_int("rows", rows)
+    cols = _positive_int("cols", cols)
+    if rows > height:
+        raise InputValueError(f"rows: expected at most height={height} rows, got {rows}")
+    if cols > width:
+        raise InputValueError(f"cols: expected at most width={width} columns, got {cols}")
+    row_cuts, col_cuts = _cuts(height, rows), _cuts(width, cols)
+    row_index = torch.bucketize(torch.arange(height), torch.tensor(row_cuts[1:-1]), right=True)
+    col_index = torch.bucketize(torch.arange(width), torch.tensor(col_cuts[1:-1]), right=True)
+    cell = row_index[:, None] * cols + col_index[None, :]
+    masks = cell.unsqueeze(0) == torch.arange(rows * cols)[:, None, None]
+    return Regions(masks, tuple(range(1, rows * cols + 1)))
+
+
+def sliding_windows(
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+) -> Regions:
+    """Rectangular windows slid over the image; they overlap when stride < window.
+
+    Windows start at 0, stride, 2*stride, ... and stay inside the image, as captum's
+    ``Occlusion`` places them; pixels past the last window are not covered (see
+    ``Regions.coverage``). Ids are 1..R row-major.
+
+    Returns `Regions` with masks of shape (R, height, width).
+
+    >>> sliding_windows(8, 8, window=4, stride=2).masks.shape
+    torch.Size([9, 8, 8])
+    """
+    height = _positive_int("height", height)
+    width = _positive_int("width", width)
+    window_h, window_w = _pair("window", window)
+    stride_h, stride_w = _pair("stride", stride)
+    if window_h > height or window_w > width:
+        raise InputValueError(
+            f"window: expected at most the image size ({height}, {width}), got ({window_h}, {window_w})"
+        )
+    tops = torch.arange(0, height - window_h + 1, stride_h)
+    lefts = torch.arange(0, width - window_w + 1, stride_w)
+    rows_in = (torch.arange(height)[None, :] >= tops[:, None]) & (
+        torch.arange(height)[None, :] < tops[:, None] + window_h
+    )
+    cols_in = (torch.arange(width)[None, :] >= lefts[:, None]) & (
+        torch.arange(width)[None, :] < lefts[:, None] + window_w
+    )
+    masks = (rows_in[:, None, :, None] & cols_in[None, :, None, :]).reshape(-1, height, width)
+    return Regions(masks, tuple(range(1, masks.shape[0] + 1)))

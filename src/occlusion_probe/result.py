@@ -1,0 +1,418 @@
+"""SweepResult: every class output of every occluded image, and what to read from it."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputTypeError, InputValueError, describe
+from .regions import Regions
+
+if TYPE_CHECKING:
+    from .stats import SignificanceTable
+
+__all__ = ["OcclusionProbeWarning", "SweepResult"]
+
+_FORMAT_VERSION = 1
+
+
+class OcclusionProbeWarning(UserWarning):
+    """Doubtful but legal input or an undefined statistic (e.g. a curve over zero images)."""
+
+
+def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # Write beside the target, flush to disk, then rename: a reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """All class outputs of a sweep over images x regions x fills.
+
+    Attributes
+    ----------
+    baseline : Tensor, shape (N, K)
+        Output of each unoccluded image (after the ``output`` transform, e.g. softmax).
+    occluded : Tensor, shape (N, R, V, K)
+        ``occluded[n, r, v, k]``: output k of image n with region r set to fill v.
+    labels : Tensor, shape (N,), int64, or None
+        True classes, when given to `sweep`.
+    regions : Regions
+        The R regions, in the order of the R axis.
+    fill_labels : tuple of str, length V
+        A readable name of each fill (``"0.2"`` for a number, ``"tensor"``, a callable's name).
+    class_names : tuple of str or None
+    image_shape : tuple of int
+        Shape of one image as given to `sweep`: (C, H, W), or (H, W) for single-channel input.
+    output : str
+        ``"softmax"``, ``"logits"`` or the name of the callable applied to the model output.
+    engine : str
+        The engine that computed ``occluded``: ``"dense"`` or ``"incremental"``.
+    engine_note : str
+        Why that engine was used (e.g. why ``engine="auto"`` fell back to dense).
+
+    Example
+    -------
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> result = op.sweep(model, torch.rand(5, 1, 8, 8), op.grid(8, 8, 2, 2),
+    ...                   labels=torch.tensor([0, 1, 2, 0, 1]), progress=False)
+    >>> tuple(result.occluded.shape), tuple(result.class_curves(0, correct_only=False).shape)
+    ((5, 4, 6, 3), (4, 6))
+    """
+
+    baseline: Tensor
+    occluded: Tensor
+    labels: Tensor | None
+    regions: Regions
+    fill_labels: tuple[str, ...]
+    class_names: tuple[str, ...] | None = None
+    image_shape: tuple[int, ...] = ()
+    output: str = "softmax"
+    engine: str = "dense"
+    engine_note: str = ""
+
+    def __post_init__(self) -> None:
+        n, k = self.baseline.shape
+        expected = (n, len(self.regions), len(self.fill_labels), k)
+        if tuple(self.occluded.shape) != expected:
+            raise InputValueError(
+                f"occluded: expected shape {expected} (N, R, V, K), got {tuple(self.occluded.shape)}"
+            )
+        if self.labels is not None and tuple(self.labels.shape) != (n,):
+            raise InputValueError(
+                f"labels: expected shape ({n},), got {tuple(self.labels.shape)}"
+            )
+        if self.class_names is not None and len(self.class_names) != k:
+            raise InputValueError(
+                f"class_names: expected {k} names (one per class output), got {len(self.class_names)}"
+            )
+
+    # -- sizes and simple views ---------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return int(self.baseline.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.baseline.shape[1])
+
+    @property
+    def predicted(self) -> Tensor:
+        """Predicted class of each unoccluded image: Tensor, shape (N,), int64."""
+        return self.baseline.argmax(dim=1)
+
+    @property
+    def correct(self) -> Tensor:
+        """Whether each unoccluded image is classified correctly: Tensor, shape (N,), bool."""
+        if self.labels is None:
+            raise InputValueError(
+                "correct: this result has no labels; pass labels= to sweep to know which images are correct"
+            )
+        return self.predicted == self.labels
+
+    @property
+    def delta(self) -> Tensor:
+        """``baseline - occluded``: Tensor, shape (N, R, V, K). Positive = the occlusion lowered the output."""
+        return self.baseline[:, None, None, :] - self.occluded
+
+    # -- selections ---------------------------------------------------------------------------
+    def _class_index(self, cls: int | str) -> int:
+        if isinstance(cls, str):
+            if self.class_names is None or cls not in self.class_names:
+                raise InputValueError(
+                    f"cls: unknown class name {cls!r}; known names are {self.class_names}"
+                )
+            return self.class_names.index(cls)
+        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
+            raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
+        if not 0 <= int(cls) < self.num_classes:
+            raise InputValueError(
+                f"cls: expected a class index in [0, {self.num_classes - 1}], got {cls}"
+            )
+        return int(cls)
+
+    def fill_position(self, fill: int | float | str) -> int:
+        """Position on the V axis of a fill given as its position (int), value (float) or label (str)."""
+        if isinstance(fill, bool):
+            raise InputTypeError(f"fill: expected an int position, float value or label, got {fill!r}")
+        if isinstance(fill, (int, np.integer)):
+            if not 0 <= int(fill) < len(self.fill_labels):
+                raise InputValueError(
+                    f"fill: expected a position in [0, {len(self.fill_labels) - 1}], got {fill}"
+                )
+            return int(fill)
+        if isinstance(fill, float):
+            for position, label in enumerate(self.fill_labels):
+                try:
+                    if float(label) == fill:
+                        return position
+                except ValueError:
+                    continue
+            raise InputValueError(f"fill: no fill with value {fill}; fills are {self.fill_labels}")
+        if isinstance(fill, str):
+            if fill not in self.fill_labels:
+                raise InputValueError(f"fill: unknown fill {fill!r}; fills are {self.fill_labels}")
+            return self.fill_labels.index(fill)
+        raise InputTypeError(f"fill: expected an int position, float value or label, got {describe(fill)}")
+
+    def selection(self, cls: int | str, correct_only: bool = True) -> Tensor:
+        """Which images the class statistics of `cls` use: Tensor, shape (N,), bool.
+
+        With labels: the images whose true class is `cls` (and, if `correct_only`, that are
+        classified correctly: the paper's choice). Without labels: all images
+        (``correct_only`` must then be False).
+        """
+        index = self._class_index(cls)
+        if self.labels is None:
+            if correct_only:
+                raise InputValueError(
+                    "correct_only: True needs labels; pass labels= to sweep, or correct_only=False "
+                    "to use every image"
+                )
+            return torch.ones(self.num_images, dtype=torch.bool)
+        chosen = self.labels == index
+        if correct_only:
+            chosen = chosen & self.correct
+        return chosen
+
+    def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
+        """Mean output of class `cls` per region and fill over the selected images (Figs 4-9).
+
+        Returns Tensor, shape (R, V). With no selected image the curves are NaN and an
+        `OcclusionProbeWarning` says so (e.g. a class the model never gets right).
+
+        >>> # result.class_curves(3)[9]  ->  Happiness output with area 10 occluded, per fill
+        """
+        index = self._class_index(cls)
+        chosen = self.selection(index, correct_only)
+        count = int(chosen.sum())
+        if count == 0:
+            warnings.warn(
+                f"class_curves: no image selected for class {cls!r} "
+                f"(correct_only={correct_only}); the curves are NaN",
+                OcclusionProbeWarning,
+                stacklevel=2,
+            )
+            return torch.full(
+                (len(self.regions), len(self.fill_labels)), float("nan"), dtype=self.occluded.dtype
+            )
+        return self.occluded[chosen, :, :, index].mean(dim=0)
+
+    def mean_drop(
+        self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
+    ) -> Tensor:
+        """Mean of ``delta[..., cls]`` per region over the selected images (and fills, when
+        `fill` is None). Returns Tensor, shape (R,)."""
+        index = self._class_index(cls)
+        chosen = self.selection(index, correct_only)
+        if int(chosen.sum()) == 0:
+            raise InputValueError(
+                f"cls: no image selected for class {cls!r} (correct_only={correct_only}); "
+                "nothing to rank"
+            )
+        drops = self.delta[chosen, :, :, index]
+        if fill is not None:
+            drops = drops[:, :, self.fill_position(fill)]
+            return drops.mean(dim=0)
+        return drops.mean(dim=(0, 2))
+
+    def ranking(
+        self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
+    ) -> list[int]:
+        """Region ids ordered by mean drop of class `cls`, largest first (ties: lower position first)."""
+        drops = self.mean_drop(cls, fill=fill, correct_only=correct_only)
+        order = torch.sort(drops, descending=True, stable=True).indices
+        return [self.regions.ids[i] for i in order.tolist()]
+
+    def attribution(self, target: int | Tensor, fill: int | float | str | None = None) -> Tensor:
+        """Per-pixel attribution with captum's sign convention (output drop when occluded).
+
+        Each pixel gets ``baseline[n, target] - occluded[n, r, v, target]`` of the region r
+        that covers it, averaged over the fills when `fill` is None and over the regions
+        when several cover it (overlapping windows, as captum's ``Occlusion`` averages);
+        uncovered pixels get 0. For a partition and one fill this equals captum's
+        ``FeatureAblation(forward).attribute(images, target=target, baselines=fill,
+        feature_mask=regions.label_map())``.
+
+        target : int, or Tensor of shape (N,) with one target per image.
+        Returns Tensor shaped like the images: (N, C, H, W), or (N, H, W).
+        """
+        n = self.num_images
+        if isinstance(target, Tensor):
+            if target.shape != (n,) or target.is_floating_point():
+                raise InputValueError(
+                    f"target: expected an int or an integer tensor of shape ({n},), got {describe(target)}"
+                )
+            if n and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
+                raise InputValueError(
+                    f"target: expected class indices in [0, {self.num_classes - 1}], got values "
+                    f"{int(target.min())}..{int(target.max())}"
+                )
+            targets = target.to(torch.int64).cpu()
+        else:
+            targets = torch.full((n,), self._class_index(target), dtype=torch.int64)
+        index = targets[:, None, None, None].expand(n, len(self.regions), len(self.fill_labels), 1)
+        drops = self.delta.gather(3, index)[..., 0]  # (N, R, V)
+        if fill is None:
+            per_region = drops.mean(dim=2)
+        else:
+            per_region = drops[:, :, self.fill_position(fill)]
+        masks = self.regions.masks.to(per_region.dtype)
+        coverage = masks.sum(dim=0).clamp(min=1.0)
+        pixels = torch.einsum("nr,rhw->nhw", per_region, masks) / coverage
+        if len(self.image_shape) == 3:
+            return pixels[:, None].expand(n, *self.image_shape).clone()
+        return pixels
+
+    def significance(
+        self,
+        cls: int | str,
+        fill: int | float | str | None = None,
+        correct_only: bool = True,
+        alternative: str = "greater",
+    ) -> SignificanceTable:
+        """Per region, a paired Wilcoxon signed-rank test of unoccluded vs occluded output of
+        class `cls` over the selected images, Holm-corrected across regions.
+
+        With `fill` None the occluded output is averaged over the fills per image first.
+        ``alternative="greater"`` tests whether occluding lowers the output. See
+        `occlusion_probe.stats.significance` for the columns.
+        """
+        from .stats import significance
+
+        index = self._class_index(cls)
+        chosen = self.selection(index, correct_only)
+        before = self.baseline[chosen, index]
+        after = self.occluded[chosen, :, :, index]
+        after = after.mean(dim=2) if fill is None else after[:, :, self.fill_position(fill)]
+        return significance(before, after, self.regions.ids, alternative=alternative)
+
+    def curve_bands(
+        self,
+        cls: int | str,
+        correct_only: bool = True,
+        n_resamples: int = 1000,
+        confidence: float = 0.95,
+        seed: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        """Bootstrap percentile confidence band of `class_curves` (resampling images).
+
+        Returns (low, high), each Tensor of shape (R, V).
+        """
+        from .stats import bootstrap_bands
+
+        index = self._class_index(cls)
+        chosen = self.selection(index, correct_only)
+        return bootstrap_bands(
+            self.occluded[chosen, :, :, index],
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+
+    # -- combination and storage --------------------------------------------------------------
+    @classmethod
+    def concatenate(cls, parts: Sequence[SweepResult]) -> SweepResult:
+        """Join results of the same sweep over consecutive image subsets (along N)."""
+        if not parts:
+            raise InputValueError("parts: expected at least one SweepResult, got none")
+        first = parts[0]
+        for part in parts[1:]:
+            if (
+                part.fill_labels != first.fill_labels
+                or part.regions.ids != first.regions.ids
+                or part.num_classes != first.num_classes
+                or (part.labels is None) != (first.labels is None)
+            ):
+                raise InputValueError(
+                    "parts: the results come from different sweeps (regions, fills, classes or labels differ)"
+                )
+        labels = None
+        if first.labels is not None:
+            labels = torch.cat([p.labels for p in parts if p.labels is not None])
+        return cls(
+            baseline=torch.cat([p.baseline for p in parts]),
+            occluded=torch.cat([p.occluded for p in parts]),
+            labels=labels,
+            regions=first.regions,
+            fill_labels=first.fill_labels,
+            class_names=first.class_names,
+            image_shape=first.image_shape,
+            output=first.output,
+            engine=first.engine,
+            engine_note=first.engine_note,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result to an ``.npz`` file (no pickles), atomically. Returns the path."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.array(_FORMAT_VERSION),
+            "baseline": self.baseline.cpu().numpy(),
+            "occluded": self.occluded.cpu().numpy(),
+            "region_ids": np.array(self.regions.ids, dtype=np.int64),
+            "region_masks": self.regions.masks.cpu().numpy(),
+            "fill_labels": np.array(self.fill_labels, dtype=np.str_),
+            "image_shape": np.array(self.image_shape, dtype=np.int64),
+            "output": np.array(self.output, dtype=np.str_),
+            "engine": np.array(self.engine, dtype=np.str_),
+            "engine_note": np.array(self.engine_note, dtype=np.str_),
+        }
+        if self.labels is not None:
+            arrays["labels"] = self.labels.cpu().numpy()
+        if self.class_names is not None:
+            arrays["class_names"] = np.array(self.class_names, dtype=np.str_)
+        _atomic_write_npz(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SweepResult:
+        """Read a result written by `save` (``allow_pickle=False``: nothing is executed)."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                version = int(data["format_version"])
+                if version != _FORMAT_VERSION:
+                    raise InputValueError(
+                        f"path: expected a SweepResult file of format {_FORMAT_VERSION}, got format {version}"
+                    )
+                return cls(
+                    baseline=torch.from_numpy(data["baseline"]),
+                    occluded=torch.from_numpy(data["occluded"]),
+                    labels=torch.from_numpy(data["labels"]) if "labels" in data else None,
+                    regions=Regions(
+                        torch.from_numpy(data["region_masks"]),
+                        tuple(int(i) for i in data["region_ids"]),
+                    ),
+                    fill_labels=tuple(str(s) for s in data["fill_labels"]),
+                    class_names=(
+                        tuple(str(s) for s in data["class_names"]) if "class_names" in data else None
+                    ),
+                    image_shape=tuple(int(s) for s in data["image_shape"]),
+                    output=str(data["output"]),
+                    engine=str(data["engine"]),
+                    engine_note=str(data["engine_note"]),
+                )
+        except (KeyError, OSError, EOFError, ValueError) as error:
+            if isinstance(error, InputValueError):
+                raise
+            raise InputValueError(
+                f"path: {os.fspath(path)!r} is not a readable SweepResult file ({type(error).__name__}: {error})"
+            ) from error

@@ -1,0 +1,310 @@
+"""sweep(): occlude every region with every fill, run the model, keep every class output."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Literal, overload
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import distributed
+from .checkpoint import Checkpoint, Fingerprint
+from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
+from .data import Chunk, ImageSource, Images, check_label_range
+from .engines.dense import run_dense
+from .errors import InputTypeError, InputValueError, describe
+from .fills import FillSpec, resolve_fills, stack_fills
+from .model import (
+    Model,
+    OutputSpec,
+    checked_forward,
+    evaluation_mode,
+    model_device,
+    output_name,
+    transform_outputs,
+)
+from .regions import Regions
+from .result import SweepResult
+
+__all__ = ["DEFAULT_FILLS", "auto_batch_size", "choose_engine", "sweep"]
+
+DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured on
+# the paper CNN (benchmarks/): CPU throughput is flat from ~256 images of 48x48 upwards and
+# larger batches only cost memory; on CUDA a larger budget keeps the GPU busy.
+_AUTO_BATCH_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
+
+
+def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int) -> int:
+    """Occluded images per model call for `batch_size="auto"`, from a memory budget.
+
+    The budget (8 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
+    smaller) divided by the bytes of one image, as a power of two, at most `items`.
+    """
+    bytes_per_image = 4 * math.prod(image_shape)
+    budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = min(budget, free // 16)
+    size = max(1, budget // bytes_per_image)
+    size = 2 ** int(math.log2(size))
+    return max(1, min(size, items))
+
+
+def choose_engine(
+    engine: str, model: object, image_shape: tuple[int, int, int], single_channel: bool
+) -> tuple[str, str]:
+    """Pick the engine; returns (name, note explaining the choice)."""
+    if engine not in ("auto", "dense", "incremental"):
+        raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
+    if engine == "dense":
+        return "dense", "dense engine requested"
+    from .engines.incremental import unsupported_reason
+
+    reason = unsupported_reason(model, image_shape)
+    if reason is None and single_channel:
+        reason = "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
+    if reason is None:
+        return "incremental", "the model is a supported conv stack; only changed patches are recomputed"
+    if engine == "incremental":
+        raise InputValueError(f'engine: "incremental" cannot run this model: {reason}')
+    return "dense", f"incremental engine not applicable: {reason}"
+
+
+def _resolve_device(device: torch.device | str | None, model: object) -> torch.device:
+    own = model_device(model)
+    if device is None:
+        return own if own is not None else torch.device("cpu")
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
+    if own is not None and own.type != wanted.type:
+        raise InputValueError(
+            f"device: the model's parameters are on {own}, but device={str(wanted)!r} was given; "
+            "move the model (model.to(device)) or leave device=None"
+        )
+    return wanted
+
+
+def _check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
+    finite = torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = (torch.nonzero(~finite).flatten()[:10] + offset).tolist()
+        raise InputValueError(
+            f"model: produced NaN or inf outputs for {what} of images {bad} (first offending "
+            "image indices); check the model and the input range"
+        )
+
+
+@overload
+def sweep(
+    model: Model,
+    images: Images,
+    regions: Regions,
+    fills: Sequence[FillSpec] | FillSpec = ...,
+    labels: Tensor | Sequence[int] | None = ...,
+    *,
+    output: OutputSpec = ...,
+    batch_size: int | Literal["auto"] = ...,
+    device: torch.device | str | None = ...,
+    progress: bool = ...,
+    class_names: Sequence[str] | None = ...,
+    engine: Literal["auto", "dense", "incremental"] = ...,
+    reduce: None = ...,
+    checkpoint: str | os.PathLike[str] | None = ...,
+) -> SweepResult: ...
+
+
+@overload
+def sweep(
+    model: Model,
+    images: Images,
+    regions: Regions,
+    fills: Sequence[FillSpec] | FillSpec = ...,
+    labels: Tensor | Sequence[int] | None = ...,
+    *,
+    output: OutputSpec = ...,
+    batch_size: int | Literal["auto"] = ...,
+    device: torch.device | str | None = ...,
+    progress: bool = ...,
+    class_names: Sequence[str] | None = ...,
+    engine: Literal["auto", "dense", "incremental"] = ...,
+    reduce: Literal["class_mean"],
+    checkpoint: str | os.PathLike[str] | None = ...,
+) -> ClassMeanResult: ...
+
+
+def sweep(
+    model: Model,
+    images: Images,
+    regions: Regions,
+    fills: Sequence[FillSpec] | FillSpec = DEFAULT_FILLS,
+    labels: Tensor | Sequence[int] | None = None,
+    *,
+    output: OutputSpec = "softmax",
+    batch_size: int | Literal["auto"] = "auto",
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+    engine: Literal["auto", "dense", "incremental"] = "auto",
+    reduce: Literal["class_mean"] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> SweepResult | ClassMeanResult:
+    """Occlude every region with every fill and record all class outputs.
+
+    Parameters
+    ----------
+    model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
+        Any classifier. It runs under ``torch.inference_mode()`` in eval mode; each module's
+        train/eval flag is restored afterwards. Preprocessing that must follow the mask
+        (normalisation, whitening) belongs inside the model.
+    images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
+        Raw images in the space where the fills make sense (e.g. pixels in [0, 1]).
+        (N, H, W) is one channel, and the model is then called with (B, H, W).
+    regions : Regions, masks (R, H, W)
+    fills : sequence of V fills (numbers, tensors broadcastable to one image, or callables
+        ``images (n, C, H, W) -> fill images``). Default: the paper's 0.0, 0.2, ..., 1.0.
+    labels : Tensor, shape (N,), optional
+        True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
+    output : "softmax" (default), "logits", or a callable applied to the (B, K) outputs.
+    batch_size : occluded images per model call, or "auto" (from a memory budget).
+    device : where masks are built and the model runs; default: the model's device.
+    progress : show a tqdm progress bar.
+    class_names : K names, kept on the result.
+    engine : "dense" (any model), "incremental" (exact, recomputes only changed patches of a
+        conv stack), or "auto" (incremental when the model qualifies; ``result.engine_note``
+        says why not otherwise).
+    reduce : None keeps every output (`SweepResult`); "class_mean" keeps per-true-class sums
+        only (`ClassMeanResult`), in memory that does not grow with N.
+    checkpoint : path of a checkpoint file: completed chunks are saved atomically, and a
+        rerun with the same path resumes; a checkpoint of a different model, regions,
+        fills or images is refused.
+
+    Returns
+    -------
+    SweepResult with ``baseline`` (N, K) and ``occluded`` (N, R, V, K), or ClassMeanResult.
+
+    Under ``torch.distributed`` (e.g. launched with ``torchrun``) each rank sweeps its shard
+    of the images and every rank receives the full result.
+
+    Example
+    -------
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 4))
+    >>> result = op.sweep(model, torch.rand(3, 2, 8, 8), op.grid(8, 8, rows=2, cols=2), progress=False)
+    >>> tuple(result.occluded.shape)
+    (3, 4, 6, 4)
+    """
+    if not callable(model):
+        raise InputTypeError(f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}")
+    if not isinstance(regions, Regions):
+        raise InputTypeError(f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}")
+    if reduce not in (None, "class_mean"):
+        raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
+    out_name = output_name(output)
+    names = tuple(class_names) if class_names is not None else None
+    source = ImageSource(images, labels, regions.height, regions.width)
+    image_shape = source.image_shape
+    c, h, w = image_shape
+    fill_list = resolve_fills(fills, (c, h, w))
+    run_device = _resolve_device(device, model)
+    engine_name, engine_note = choose_engine(engine, model, (c, h, w), source.single_channel)
+    masks = regions.masks.to(run_device)
+    r, v = len(regions), len(fill_list)
+    per_call = (
+        auto_batch_size(image_shape, run_device, max(1, r * v * (source.num_images or 1)))
+        if batch_size == "auto"
+        else batch_size
+    )
+    meta = SweepMeta(
+        regions=regions,
+        fill_labels=tuple(f.label for f in fill_list),
+        class_names=names,
+        image_shape=tuple(image_shape) if not source.single_channel else (h, w),
+        output=out_name,
+        engine=engine_name,
+        engine_note=engine_note,
+    )
+    collector: FullCollector | ClassMeanCollector = (
+        ClassMeanCollector() if reduce == "class_mean" else FullCollector()
+    )
+    shard = distributed.current_shard()
+    store = None
+    if checkpoint is not None:
+        fingerprint = Fingerprint.of(model, regions, fill_list, out_name, reduce, source)
+        store = Checkpoint(checkpoint if shard is None else distributed.rank_path(checkpoint, shard))
+        done_chunks = store.resume(fingerprint, collector)
+    else:
+        fingerprint, done_chunks = None, 0
+
+    forward = checked_forward(model, source.single_channel)
+    bar = tqdm(
+        total=None if source.num_images is None else source.num_images * r * v,
+        disable=not progress,
+        unit="img",
+        desc="occlusion sweep",
+        file=sys.stderr,
+    )
+    num_classes: int | None = None
+    chunk: Chunk | None = None
+    try:
+        with evaluation_mode(model):
+            for chunk in source:
+                if shard is not None and not shard.owns(chunk.index):
+                    continue
+                if fingerprint is not None and store is not None:
+                    fingerprint.add_chunk(chunk)
+                    store.check_images(fingerprint, chunk.index)
+                if chunk.index < done_chunks:
+                    bar.update(chunk.images.shape[0] * r * v)
+                    continue
+                x = chunk.images.to(run_device)
+                baseline_raw = torch.cat([forward(x[i : i + per_call]) for i in range(0, x.shape[0], per_call)])
+                num_classes = int(baseline_raw.shape[1])
+                fill_images = stack_fills(fill_list, x)
+                if engine_name == "incremental":
+                    from .engines.incremental import run_incremental
+
+                    expanded = fill_images.expand(v, *x.shape)
+                    if not isinstance(model, nn.Module):  # choose_engine only picks modules
+                        raise InputTypeError(f"model: the incremental engine needs an nn.Module, got {describe(model)}")
+                    occluded_raw = run_incremental(model, x, expanded, masks, per_call)
+                    bar.update(x.shape[0] * r * v)
+                else:
+                    occluded_raw = run_dense(forward, x, fill_images, masks, per_call, num_classes, bar.update)
+                baseline = transform_outputs(baseline_raw, output).float().cpu()
+                occluded = transform_outputs(occluded_raw, output).float().cpu()
+                first_image = chunk.index * source.chunk_images if not source.is_stream else 0
+                _check_finite_outputs(baseline, first_image, "the unoccluded copies")
+                _check_finite_outputs(occluded, first_image, "occluded copies")
+                if chunk.labels is not None:
+                    name = "labels" if not source.is_stream else f"labels[batch {chunk.index}]"
+                    check_label_range(name, chunk.labels, num_classes)
+                collector.add(baseline, occluded, chunk.labels, chunk.index)
+                if store is not None and fingerprint is not None:
+                    store.save(fingerprint, chunk.index + 1, collector)
+    except KeyboardInterrupt:
+        if store is not None:
+            print(
+                f"\nocclusion_probe: interrupted; completed chunks are saved in {store.path}. "
+                "Run the same call again with the same checkpoint= to resume.",
+                file=sys.stderr,
+            )
+        raise
+    finally:
+        bar.close()
+    if shard is not None:
+        merged = distributed.gather_collector(collector, shard)
+        return merged.result(meta)
+    return collector.result(meta)

@@ -1,0 +1,199 @@
+"""keep_only(): verify a finding by hiding everything except the chosen regions."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data import ImageSource, Images, check_label_range
+from .errors import InputTypeError, InputValueError, describe
+from .fills import FillSpec, resolve_fills, stack_fills
+from .model import Model, checked_forward, evaluation_mode
+from .regions import Regions
+from .sweep import _resolve_device, auto_batch_size
+
+__all__ = ["ConfusionReport", "confusion_report", "keep_only"]
+
+CONVENTION = "rows = true class, columns = predicted class, each row normalised to 100 %"
+
+
+@dataclass(frozen=True, eq=False)
+class ConfusionReport:
+    """A confusion matrix with the paper's table convention made explicit.
+
+    Attributes
+    ----------
+    confusion : Tensor, shape (K, K), int64
+        ``confusion[t, p]``: images of true class t predicted as p (rows = true class).
+    percent : Tensor, shape (K, K), float64
+        Each row normalised to 100; rows of classes with no image are all zero.
+    accuracy : float
+        Fraction of images classified correctly, in [0, 1].
+    recall : Tensor, shape (K,), float64
+        Per-class recall (the diagonal of ``percent`` / 100); 0 for absent classes.
+    class_names : tuple of str or None
+    kept_ids : tuple of int
+        The regions that stayed visible.
+    """
+
+    confusion: Tensor
+    percent: Tensor
+    accuracy: float
+    recall: Tensor
+    class_names: tuple[str, ...] | None = None
+    kept_ids: tuple[int, ...] = ()
+
+    @property
+    def num_images(self) -> int:
+        return int(self.confusion.sum())
+
+    def to_markdown(self, class_names: Sequence[str] | None = None, digits: int = 1) -> str:
+        """The percent table as markdown, with the row/column convention stated above it."""
+        names = list(class_names) if class_names is not None else self.class_names
+        k = self.confusion.shape[0]
+        if names is None:
+            names = [str(i) for i in range(k)]
+        if len(names) != k:
+            raise InputValueError(f"class_names: expected {k} names, got {len(names)}")
+        kept = f"kept regions {list(self.kept_ids)}; " if self.kept_ids else ""
+        lines = [
+            f"Confusion matrix in percent ({CONVENTION}); {kept}accuracy "
+            f"{100 * self.accuracy:.{digits}f} % over {self.num_images} images.",
+            "",
+            "| true \\ predicted | " + " | ".join(names) + " |",
+            "| --- |" + " ---: |" * k,
+        ]
+        for t in range(k):
+            cells = " | ".join(f"{float(self.percent[t, p]):.{digits}f}" for p in range(k))
+            lines.append(f"| {names[t]} | {cells} |")
+        return "\n".join(lines) + "\n"
+
+
+def confusion_report(
+    labels: Tensor,
+    predicted: Tensor,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    kept_ids: Iterable[int] = (),
+) -> ConfusionReport:
+    """A `ConfusionReport` from true labels (n,) and predicted classes (n,)."""
+    if labels.shape != predicted.shape or labels.dim() != 1:
+        raise InputValueError(
+            f"labels, predicted: expected two (n,) tensors, got {tuple(labels.shape)} and {tuple(predicted.shape)}"
+        )
+    check_label_range("labels", labels, num_classes)
+    confusion = torch.bincount(
+        labels.to(torch.int64) * num_classes + predicted.to(torch.int64), minlength=num_classes**2
+    ).reshape(num_classes, num_classes)
+    return _report_from_counts(confusion, class_names, tuple(kept_ids))
+
+
+def _report_from_counts(
+    confusion: Tensor, class_names: Sequence[str] | None, kept_ids: tuple[int, ...]
+) -> ConfusionReport:
+    counts = confusion.to(torch.float64)
+    totals = counts.sum(dim=1, keepdim=True)
+    percent = torch.where(totals > 0, 100 * counts / totals.clamp(min=1), torch.zeros_like(counts))
+    total = float(counts.sum())
+    return ConfusionReport(
+        confusion=confusion,
+        percent=percent,
+        accuracy=float(counts.diagonal().sum()) / total if total else float("nan"),
+        recall=percent.diagonal() / 100,
+        class_names=tuple(class_names) if class_names is not None else None,
+        kept_ids=kept_ids,
+    )
+
+
+def keep_only(
+    model: Model,
+    images: Images,
+    labels: Tensor | Sequence[int] | None,
+    regions: Regions,
+    keep: Iterable[int] = (10, 11),
+    fill: FillSpec = 0.0,
+    *,
+    batch_size: int | str = "auto",
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+) -> ConfusionReport:
+    """Classify the images with every pixel outside the `keep` regions set to `fill`.
+
+    The paper's verification (Tables 3 and 4): keep areas {10, 11} (the mouth), or
+    {6, 7, 10, 11} (eyes and mouth), and see which classes survive.
+
+    Parameters
+    ----------
+    model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
+    images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
+    labels : Tensor, shape (N,) (None when the batches carry labels)
+    regions : Regions, masks (R, H, W)
+    keep : region ids that stay visible; ``keep=regions.ids`` gives the plain confusion matrix.
+    fill : a number, a tensor broadcastable to one image, or a callable images -> fill images.
+
+    Returns
+    -------
+    ConfusionReport with ``confusion`` (K, K) counts, rows = true class.
+
+    Example
+    -------
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> report = op.keep_only(model, torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]),
+    ...                       op.grid(8, 8, 2, 2), keep=[1, 4], progress=False)
+    >>> tuple(report.confusion.shape), int(report.confusion.sum())
+    ((3, 3), 6)
+    """
+    if not callable(model):
+        raise InputTypeError(f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}")
+    if not isinstance(regions, Regions):
+        raise InputTypeError(f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
+    kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
+    source = ImageSource(images, labels, regions.height, regions.width)
+    if not source.is_stream and labels is None:
+        raise InputValueError("labels: keep_only needs the true class of every image, got None")
+    (fill_spec,) = resolve_fills([fill], source.image_shape)  # type: ignore[arg-type]
+    run_device = _resolve_device(device, model)
+    visible = regions.union(kept_ids).to(run_device)
+    per_call = (
+        auto_batch_size(source.image_shape, run_device, source.num_images or 1024)
+        if batch_size == "auto"
+        else int(batch_size)
+    )
+    forward = checked_forward(model, source.single_channel)
+    all_labels: list[Tensor] = []
+    all_predicted: list[Tensor] = []
+    num_classes = 0
+    bar = tqdm(total=source.num_images, disable=not progress, unit="img", desc="keep-only", file=sys.stderr)
+    try:
+        with evaluation_mode(model):
+            for chunk in source:
+                if chunk.labels is None:
+                    raise InputValueError(f"images[batch {chunk.index}]: keep_only needs labels with every batch")
+                x = chunk.images.to(run_device)
+                masked = torch.where(visible, x, stack_fills([fill_spec], x)[0])
+                for start in range(0, masked.shape[0], per_call):
+                    outputs = forward(masked[start : start + per_call])
+                    num_classes = int(outputs.shape[1])
+                    finite = torch.isfinite(outputs).all(dim=1)
+                    if not bool(finite.all()):
+                        raise InputValueError(
+                            "model: produced NaN or inf outputs for masked images "
+                            f"{(torch.nonzero(~finite).flatten()[:10] + start).tolist()} of batch {chunk.index}"
+                        )
+                    all_predicted.append(outputs.argmax(dim=1).cpu())
+                all_labels.append(chunk.labels)
+                bar.update(x.shape[0])
+    finally:
+        bar.close()
+    return confusion_report(
+        torch.cat(all_labels), torch.cat(all_predicted), num_classes, class_names, kept_ids
+    )

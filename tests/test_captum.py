@@ -1,0 +1,227 @@
+"""occlusion_probe.captum.GridOcclusion: the same numbers as captum, from one sweep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import Attribution, FeatureAblation, Occlusion
+from captum.metrics import infidelity, sensitivity_max
+from torch import Tensor, nn
+
+from occlusion_probe.captum import GridOcclusion
+from occlusion_probe.errors import InputTypeError, InputValueError
+from occlusion_probe.regions import Regions, grid, sliding_windows
+from occlusion_probe.sweep import sweep
+
+N, C, H, W, K = 4, 3, 12, 12, 5
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(C, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(6 * (H // 2) * (W // 2), K),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Sequential:
+    return _cnn()
+
+
+@pytest.fixture(scope="module")
+def inputs() -> Tensor:
+    return torch.rand(N, C, H, W, generator=torch.Generator().manual_seed(1))
+
+
+def _grid_mask(rows: int = 4, cols: int = 4) -> Tensor:
+    return grid(H, W, rows, cols).label_map()[None, None]
+
+
+def _assert_same(ours: Tensor, theirs: Tensor) -> None:
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_is_a_captum_attribution(model: nn.Module) -> None:
+    method = GridOcclusion(model)
+    assert isinstance(method, Attribution) and method.forward_func is model
+    assert method.get_name() == "Grid Occlusion" and not method.has_convergence_delta()
+    with pytest.raises(InputTypeError, match="forward_func: expected a callable"):
+        GridOcclusion(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (3, 5)])
+def test_grid_int_target_equals_feature_ablation(
+    model: nn.Module, inputs: Tensor, rows: int, cols: int
+) -> None:
+    ours = GridOcclusion(model).attribute(inputs, target=2, rows=rows, cols=cols)
+    theirs = FeatureAblation(model).attribute(inputs, target=2, feature_mask=_grid_mask(rows, cols))
+    _assert_same(ours, theirs)
+
+
+def test_label_map_mask_and_per_example_target(model: nn.Module, inputs: Tensor) -> None:
+    # An irregular map with non-contiguous labels, like superpixels.
+    labels = torch.randint(0, 6, (H, W), generator=torch.Generator().manual_seed(2)) * 3
+    target = torch.tensor([0, 4, 2, 1])
+    theirs = FeatureAblation(model).attribute(
+        inputs, target=target, feature_mask=labels[None, None]
+    )
+    _assert_same(
+        GridOcclusion(model).attribute(inputs, target=target, feature_mask=labels[None, None]),
+        theirs,
+    )
+    _assert_same(
+        GridOcclusion(model).attribute(inputs, target=target.tolist(), feature_mask=labels), theirs
+    )
+    regions = Regions.from_label_map(labels)
+    _assert_same(GridOcclusion(model).attribute(inputs, target=target, regions=regions), theirs)
+
+
+@pytest.mark.parametrize(
+    "baseline",
+    [
+        0.5,
+        torch.tensor(-1.0),
+        torch.tensor([0.2, 0.5, 0.8])[:, None, None],  # one colour per channel
+        torch.rand(1, C, H, W, generator=torch.Generator().manual_seed(3)),  # e.g. a mean image
+        torch.rand(N, C, H, W, generator=torch.Generator().manual_seed(4)),  # one per example
+    ],
+    ids=["scalar", "0-d", "per-channel", "image", "per-example"],
+)
+def test_baselines_equal_feature_ablation(
+    model: nn.Module, inputs: Tensor, baseline: float | Tensor
+) -> None:
+    ours = GridOcclusion(model).attribute(inputs, target=3, baselines=baseline)
+    captum_baseline = (
+        baseline[None] if isinstance(baseline, Tensor) and baseline.dim() == 3 else baseline
+    )
+    theirs = FeatureAblation(model).attribute(
+        inputs, target=3, baselines=captum_baseline, feature_mask=_grid_mask()
+    )
+    _assert_same(ours, theirs)
+
+
+def test_one_output_per_example_without_target(model: nn.Module, inputs: Tensor) -> None:
+    def score(x: Tensor) -> Tensor:  # (B,): e.g. a logit margin
+        logits = model(x)
+        return logits[:, 1] - logits[:, 0]
+
+    mask = _grid_mask()
+    _assert_same(
+        GridOcclusion(score).attribute(inputs),
+        FeatureAblation(score).attribute(inputs, feature_mask=mask),
+    )
+
+    def column(x: Tensor) -> Tensor:  # (B, 1)
+        return score(x)[:, None]
+
+    _assert_same(
+        GridOcclusion(column).attribute(inputs),
+        FeatureAblation(column).attribute(inputs, feature_mask=mask),
+    )
+
+
+def test_additional_forward_args(model: nn.Module, inputs: Tensor) -> None:
+    def scaled(x: Tensor, temperature: float, bias: Tensor) -> Tensor:
+        return torch.log_softmax(model(x) / temperature + bias, dim=1)
+
+    mask = _grid_mask()
+    bias = torch.linspace(-1, 1, K)  # constant: its first dimension is K, not N
+    args = (2.0, bias)
+    ours = GridOcclusion(scaled).attribute(inputs, target=1, additional_forward_args=args)
+    theirs = FeatureAblation(scaled).attribute(
+        inputs, target=1, additional_forward_args=args, feature_mask=mask
+    )
+    _assert_same(ours, theirs)
+
+    def shifted(x: Tensor, shift: Tensor) -> Tensor:
+        return model(x) * shift
+
+    per_example = torch.rand(N, 1, generator=torch.Generator().manual_seed(5)) + 0.5  # first dim N
+    ours = GridOcclusion(shifted).attribute(inputs, target=4, additional_forward_args=per_example)
+    theirs = FeatureAblation(shifted).attribute(
+        inputs, target=4, additional_forward_args=per_example, feature_mask=mask
+    )
+    _assert_same(ours, theirs)
+
+
+def test_overlapping_windows_equal_captum_occlusion(model: nn.Module, inputs: Tensor) -> None:
+    ours = GridOcclusion(model).attribute(
+        inputs, target=0, regions=sliding_windows(H, W, 4, 2), batch_size=7
+    )
+    theirs = Occlusion(model).attribute(
+        inputs, target=0, sliding_window_shapes=(C, 4, 4), strides=(C, 2, 2)
+    )
+    _assert_same(ours, theirs)
+
+
+def test_tuple_input_gives_tuple_and_captum_metrics_run(model: nn.Module, inputs: Tensor) -> None:
+    method = GridOcclusion(model)
+    (attributions,) = method.attribute((inputs,), target=2)
+    assert attributions.shape == inputs.shape
+
+    def perturb(x: Tensor) -> tuple[Tensor, Tensor]:
+        noise = 0.01 * torch.randn_like(x)
+        return noise, x - noise
+
+    torch.manual_seed(6)
+    scores = infidelity(model, perturb, inputs, attributions, target=2, n_perturb_samples=3)
+    assert scores.shape == (N,) and bool(torch.isfinite(scores).all())
+    sensitivity = sensitivity_max(
+        method.attribute, inputs, target=2, n_perturb_samples=2, rows=2, cols=2
+    )
+    assert sensitivity.shape == (N,) and bool((sensitivity >= 0).all())
+
+
+def test_sweep_with_several_fills_is_the_mean_of_captum_attributions(
+    model: nn.Module, inputs: Tensor
+) -> None:
+    fills = (0.0, 0.5, 1.0)
+    result = sweep(
+        model, inputs, grid(H, W), fills=fills, output="logits", progress=False, engine="dense"
+    )
+    target = torch.tensor([1, 1, 3, 0])
+    mean_of_captum = torch.stack(
+        [
+            FeatureAblation(model).attribute(
+                inputs, target=target, baselines=fill, feature_mask=_grid_mask()
+            )
+            for fill in fills
+        ]
+    ).mean(dim=0)
+    torch.testing.assert_close(result.attribution(target), mean_of_captum, atol=1e-6, rtol=0)
+
+
+def test_errors(model: nn.Module, inputs: Tensor) -> None:
+    method = GridOcclusion(model)
+    with pytest.raises(
+        InputValueError, match=r"target: None needs forward_func to return one output"
+    ):
+        method.attribute(inputs)
+    with pytest.raises(InputValueError, match=r"target: expected class indices in \[0, 4\]"):
+        method.attribute(inputs, target=torch.tensor([0, 1, 2, 9]))
+    with pytest.raises(
+        InputValueError, match=r"target: expected an integer tensor of shape \(4,\)"
+    ):
+        method.attribute(inputs, target=torch.tensor([0, 1]))
+    with pytest.raises(InputTypeError, match="target: expected an int"):
+        method.attribute(inputs, target=(0, 1))  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match="inputs: expected one tensor"):
+        method.attribute((inputs, inputs), target=0)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"inputs: expected shape \(N, C, H, W\)"):
+        method.attribute(inputs[0], target=0)
+    with pytest.raises(InputValueError, match="feature_mask, regions: pass at most one"):
+        method.attribute(inputs, target=0, feature_mask=_grid_mask(), regions=grid(H, W))
+    with pytest.raises(
+        InputValueError, match="baselines: expected a leading dimension of 1 or N = 4"
+    ):
+        method.attribute(inputs, target=0, baselines=torch.zeros(2, C, H, W))
+    with pytest.raises(InputValueError, match="forward_func: expected outputs of shape"):
+        GridOcclusion(lambda x: model(x).sum()).attribute(inputs, target=0)

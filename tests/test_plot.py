@@ -1,0 +1,238 @@
+"""occlusion_probe.plot: figures render to real images, carry the right labels, never show()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless, before anything imports pyplot
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+
+from occlusion_probe import plot
+from occlusion_probe.errors import InputTypeError, InputValueError
+from occlusion_probe.regions import grid
+from occlusion_probe.result import OcclusionProbeWarning, SweepResult
+from occlusion_probe.verify import confusion_report
+
+FILLS = ("0.0", "0.2", "0.4", "0.6", "0.8", "1.0")
+NAMES = ("An", "Di", "Fe", "Ha", "Sa", "Su", "Ne")
+
+
+def _result(n: int = 40, seed: int = 0) -> SweepResult:
+    """7 classes on a 4x4 grid of 16x16 images; occluding areas 10, 11 lowers Happiness.
+
+    Nobody is labelled Disgust, so the Disgust selection is empty (as in the paper).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k, regions = len(NAMES), grid(16, 16)
+    labels = torch.tensor([0, 2, 3, 3, 4, 5, 6, 3])[torch.arange(n) % 8]
+    logits = torch.randn(n, k, generator=gen)
+    logits[torch.arange(n), labels] += 4.0
+    baseline = torch.softmax(logits, dim=1)
+    occluded = baseline[:, None, None, :].repeat(1, 16, 6, 1)
+    occluded += 0.01 * torch.randn(occluded.shape, generator=gen)
+    occluded[:, [9, 10], :, 3] -= torch.linspace(0.1, 0.4, 6)
+    return SweepResult(
+        baseline=baseline,
+        occluded=occluded,
+        labels=labels,
+        regions=regions,
+        fill_labels=FILLS,
+        class_names=NAMES,
+        image_shape=(1, 16, 16),
+        output="softmax",
+    )
+
+
+def _render(figure: Figure, path: Path) -> np.ndarray:
+    figure.savefig(path, dpi=50)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 50 and pixels.shape[1] > 50
+    return pixels
+
+
+def _distinct_colours(pixels: np.ndarray) -> int:
+    rgb = (pixels[..., :3] * 255).round().astype(np.uint8).reshape(-1, 3)
+    return len(np.unique(rgb, axis=0))
+
+
+# -- class_curves -----------------------------------------------------------------------------
+
+
+def test_class_curves_figure(tmp_path: Path) -> None:
+    result = _result()
+    figure = plot.class_curves(result, "Ha")
+    axes = figure.axes[0]
+    lines = axes.get_lines()
+    assert len(lines) == len(FILLS) + 1  # one per fill and the dashed unoccluded level
+    assert lines[-1].get_linestyle() == "--"
+    happy = result.selection(3)
+    assert lines[-1].get_ydata()[0] == pytest.approx(float(result.baseline[happy, 3].mean()))
+    np.testing.assert_allclose(
+        lines[0].get_ydata(), result.class_curves(3)[:, 0].numpy(), rtol=1e-6
+    )
+    assert [t.get_text() for t in axes.get_xticklabels()] == [str(i) for i in range(1, 17)]
+    legend = axes.get_legend()
+    assert legend is not None and legend.get_title().get_text() == "fill"
+    assert [t.get_text() for t in legend.get_texts()] == [*FILLS, "unoccluded"]
+    count = int(happy.sum())
+    assert axes.get_title() == f"Ha: mean over {count} correctly classified images"
+    assert "softmax" in axes.get_ylabel() and axes.get_xlabel() == "occluded region"
+    assert _distinct_colours(_render(figure, tmp_path / "curves.png")) > 20
+
+
+def test_class_curves_bands_and_given_axes(tmp_path: Path) -> None:
+    result = _result()
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    returned = plot.class_curves(result, 3, bands=True, ax=right, n_resamples=100)
+    assert returned is figure and not left.get_lines()
+    bands = [c for c in right.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == len(FILLS)
+    assert _distinct_colours(_render(figure, tmp_path / "bands.png")) > 20
+
+
+def test_class_curves_subfigure_returns_root_figure() -> None:
+    figure = Figure()
+    (sub,) = figure.subfigures(1, 1, squeeze=False)[0]
+    assert plot.class_curves(_result(), "Sa", correct_only=False, ax=sub.add_subplot()) is figure
+
+
+def test_class_curves_without_labels_and_empty_selection(tmp_path: Path) -> None:
+    result = _result()
+    unlabelled = SweepResult(
+        baseline=result.baseline,
+        occluded=result.occluded,
+        labels=None,
+        regions=result.regions,
+        fill_labels=FILLS,
+        class_names=NAMES,
+    )
+    figure = plot.class_curves(unlabelled, "Ne", correct_only=False)
+    assert "40 images (all, unlabelled)" in figure.axes[0].get_title()
+    with pytest.warns(OcclusionProbeWarning, match="no image selected for class 'Di'"):
+        empty = plot.class_curves(result, "Di")
+    assert not empty.axes[0].get_lines()
+    assert "no images selected" in [t.get_text() for t in empty.axes[0].texts]
+    _render(empty, tmp_path / "empty.png")
+
+
+def test_class_curves_bad_class() -> None:
+    result = _result()
+    with pytest.raises(InputValueError, match="cls: unknown class name 'Joy'"):
+        plot.class_curves(result, "Joy")
+    with pytest.raises(InputValueError, match=r"cls: expected a class index in \[0, 6\], got 7"):
+        plot.class_curves(result, 7)
+    with pytest.raises(InputTypeError, match="cls: expected a class index or name"):
+        plot.class_curves(result, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="ax: expected a matplotlib Axes"):
+        plot.class_curves(result, 3, ax="left")  # type: ignore[arg-type]
+
+
+# -- heatmap ----------------------------------------------------------------------------------
+
+
+def test_heatmap_gray(tmp_path: Path) -> None:
+    result = _result()
+    image = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(1)) * 4 - 2  # whitened
+    figure = plot.heatmap(result, "Ha", image)
+    axes = figure.axes[0]
+    assert len(figure.axes) == 2  # the image and its colour bar
+    labels = [t.get_text() for t in axes.texts]
+    assert len(labels) == 16
+    ranking = result.ranking("Ha")
+    assert labels[9] == f"10\n#{ranking.index(10) + 1}" and ranking[:2] in ([10, 11], [11, 10])
+    drawn = axes.get_images()
+    assert len(drawn) == 2
+    painted = np.ma.getdata(drawn[1].get_array())
+    drops = result.mean_drop("Ha").numpy()
+    assert painted[10, 5] == pytest.approx(drops[9])  # pixel (row 10, column 5) is in area 10
+    assert "mean over fills" in axes.get_title()
+    assert _distinct_colours(_render(figure, tmp_path / "heat.png")) > 50
+
+
+def test_heatmap_rgb_one_fill_and_uncovered_pixels(tmp_path: Path) -> None:
+    from occlusion_probe.regions import Regions
+
+    base = _result()
+    partial = Regions(grid(16, 16, 2, 2).masks[:3], (1, 2, 3))  # the bottom-right quarter is bare
+    occluded = base.occluded[:, :3]
+    result = SweepResult(
+        baseline=base.baseline,
+        occluded=occluded,
+        labels=base.labels,
+        regions=partial,
+        fill_labels=FILLS,
+        class_names=NAMES,
+        image_shape=(3, 16, 16),
+    )
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2))
+    figure = plot.heatmap(result, 3, image, fill=0.4)
+    axes = figure.axes[0]
+    background, overlay = axes.get_images()
+    assert background.get_array().shape == (16, 16, 3)
+    assert np.ma.getmaskarray(overlay.get_array())[12, 12]
+    assert not np.ma.getmaskarray(overlay.get_array())[2, 2]
+    assert "fill 0.4" in axes.get_title()
+    assert _distinct_colours(_render(figure, tmp_path / "rgb.png")) > 50
+
+
+def test_heatmap_errors() -> None:
+    result = _result()
+    with pytest.raises(InputValueError, match=r"image: expected spatial size \(16, 16\)"):
+        plot.heatmap(result, "Ha", torch.rand(1, 8, 8))
+    with pytest.raises(
+        InputValueError, match=r"image: expected shape \(H, W\), \(1, H, W\) or \(3, H, W\)"
+    ):
+        plot.heatmap(result, "Ha", torch.rand(2, 16, 16))
+    with pytest.raises(InputTypeError, match="image: expected a Tensor"):
+        plot.heatmap(result, "Ha", np.zeros((16, 16)))  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match="cls: no image selected"):
+        plot.heatmap(result, "Di", torch.rand(16, 16))
+    with pytest.raises(InputValueError, match="cls: unknown class name"):
+        plot.heatmap(result, "Joy", torch.rand(16, 16))
+
+
+# -- confusion --------------------------------------------------------------------------------
+
+
+def test_confusion_figure(tmp_path: Path) -> None:
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    predicted = torch.tensor([0, 0, 2, 0, 0, 2, 2, 2, 1, 0])
+    report = confusion_report(labels, predicted, 4, kept_ids=(10, 11))
+    figure = plot.confusion(report, class_names=["An", "Di", "Fe", "Ha"])
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "Predicted class" and axes.get_ylabel() == "True class"
+    title = axes.get_title()
+    assert "rows = true class, row-normalised %" in title
+    assert "accuracy 50.00 %" in title and "kept regions [10, 11]" in title
+    cells = [t.get_text() for t in axes.texts]
+    assert len(cells) == 16
+    assert cells[0] == "2\n66.7%" and cells[4] == "2\n100.0%" and cells[1] == "0\n0.0%"
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["An", "Di", "Fe", "Ha"]
+    assert _distinct_colours(_render(figure, tmp_path / "confusion.png")) > 20
+
+
+def test_confusion_names_default_and_mismatch() -> None:
+    report = confusion_report(
+        torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]), 3, class_names=["x", "y", "z"]
+    )
+    figure = plot.confusion(report)
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["x", "y", "z"]
+    unnamed = confusion_report(torch.tensor([0, 1]), torch.tensor([0, 1]), 2)
+    assert [t.get_text() for t in plot.confusion(unnamed).axes[0].get_xticklabels()] == ["0", "1"]
+    with pytest.raises(InputValueError, match="class_names: expected 3 names"):
+        plot.confusion(report, class_names=["a", "b"])
+
+
+def test_plot_never_touches_pyplot() -> None:
+    # Figures are built with matplotlib.figure.Figure: no pyplot state, no window, no show().
+    source = Path(plot.__file__).read_text()
+    assert "matplotlib.pyplot" not in source and "plt." not in source and ".show(" not in source
