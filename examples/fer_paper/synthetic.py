@@ -71,6 +71,7 @@ _NOSTRIL_ROW_OFFSET = 2.5
 _POSITION_JITTER = 2.0  # face centre uniform in +-2 pixels on each axis
 _MAX_OCCLUDERS = 2
 _OCCLUDER_SIDE = (4.0, 20.0)  # occluder height and width, pixels
+_FRAME_WINDOW_SIDE = (12.0, 40.0)  # sides of the window a frame leaves visible, pixels
 
 Range = tuple[float, float]
 
@@ -201,6 +202,11 @@ class FaceParameters:
     occluder_height: NDArray[np.float64]
     occluder_width: NDArray[np.float64]
     occluder_tone: NDArray[np.float64]
+    frame_top: NDArray[np.float64]
+    frame_left: NDArray[np.float64]
+    frame_height: NDArray[np.float64]
+    frame_width: NDArray[np.float64]
+    frame_tone: NDArray[np.float64]
 
     def __len__(self) -> int:
         return int(self.center_row.shape[0])
@@ -249,7 +255,10 @@ def _uniform(rng: np.random.Generator, low: NDArray[np.float64], high: NDArray[n
 
 
 def sample_face_parameters(
-    labels: NDArray[np.int64], rng: np.random.Generator, occluder_probability: float = 0.5
+    labels: NDArray[np.int64],
+    rng: np.random.Generator,
+    occluder_probability: float = 0.5,
+    frame_probability: float = 0.15,
 ) -> FaceParameters:
     """Draw a random identity and the expression parameters of each label.
 
@@ -289,7 +298,7 @@ def sample_face_parameters(
         "light_col": identity(-0.3, 0.3),
         "light_row": identity(-0.15, 0.15),
         "brightness": identity(0.85, 1.15),
-        "noise_std": identity(0.01, 0.05),
+        "noise_std": identity(0.005, 0.03),
     }
     for field in ExpressionSpec.__dataclass_fields__:
         ranges = np.array([getattr(spec, field) for spec in EXPRESSIONS], dtype=np.float64)
@@ -303,6 +312,12 @@ def sample_face_parameters(
     params["occluder_top"] = rng.uniform(0.0, 1.0, slots) * (IMAGE_SIZE - params["occluder_height"])
     params["occluder_left"] = rng.uniform(0.0, 1.0, slots) * (IMAGE_SIZE - params["occluder_width"])
     params["occluder_tone"] = rng.uniform(0.0, 1.0, slots)
+    framed = rng.random(n) < frame_probability
+    for side in ("height", "width"):
+        params[f"frame_{side}"] = np.where(framed, rng.uniform(*_FRAME_WINDOW_SIDE, n), IMAGE_SIZE)
+    params["frame_top"] = rng.uniform(0.0, 1.0, n) * (IMAGE_SIZE - params["frame_height"])
+    params["frame_left"] = rng.uniform(0.0, 1.0, n) * (IMAGE_SIZE - params["frame_width"])
+    params["frame_tone"] = rng.uniform(0.0, 1.0, n)
     return FaceParameters(**params)
 
 
@@ -400,6 +415,12 @@ def render_faces(params: FaceParameters, rng: np.random.Generator) -> NDArray[np
     image = paint(image, inside, 0.5 * feature)
     image = paint(image, lips, feature)
 
+    # Lighting: a linear gradient in both directions and a global brightness, then noise.
+    light = p["brightness"] * (
+        1.0 + p["light_col"] * (col - cx) / 24.0 + p["light_row"] * (row - cy) / 24.0
+    )
+    image = image * light + p["noise_std"] * rng.standard_normal(image.shape, dtype=np.float32)
+
     # Occluders: uniform rectangles in front of the face (hands, hair, glasses, captions);
     # unused slots have zero height.
     for slot in range(params.occluder_top.shape[1]):
@@ -410,11 +431,11 @@ def render_faces(params: FaceParameters, rng: np.random.Generator) -> NDArray[np
         cover = (row >= top) & (row < top + height) & (col >= left) & (col < left + width)
         image = paint(image, cover.astype(np.float32), tone)
 
-    # Lighting: a linear gradient in both directions and a global brightness, then noise.
-    light = p["brightness"] * (
-        1.0 + p["light_col"] * (col - cx) / 24.0 + p["light_row"] * (row - cy) / 24.0
-    )
-    image = image * light + p["noise_std"] * rng.standard_normal(image.shape, dtype=np.float32)
+    # Frame: a uniform border outside a window (padded or cropped photos); an unused frame's
+    # window is the whole image.
+    top, left = p["frame_top"], p["frame_left"]
+    window = (row >= top) & (row < top + p["frame_height"]) & (col >= left) & (col < left + p["frame_width"])
+    image = paint(image, (~window).astype(np.float32), p["frame_tone"])
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
@@ -423,6 +444,7 @@ def make_synthetic_faces(
     seed: int,
     frequencies: Sequence[float] | None = None,
     occluder_probability: float = 0.5,
+    frame_probability: float = 0.15,
     chunk_size: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """Generate `n` labelled synthetic faces, reproducibly.
@@ -449,7 +471,7 @@ def make_synthetic_faces(
     counts = class_counts(n, frequencies)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), counts))
-    params = sample_face_parameters(labels, rng, occluder_probability)
+    params = sample_face_parameters(labels, rng, occluder_probability, frame_probability)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for start in range(0, n, chunk_size):
         chunk = slice(start, min(start + chunk_size, n))

@@ -12,7 +12,7 @@ verify the finding by keeping only the chosen regions.
 
 from __future__ import annotations
 
-from . import plot, stats
+from . import captum, plot, stats
 from .collect import ClassMeanResult
 from .errors import InputTypeError, InputValueError, OcclusionProbeError
 from .regions import Regions, grid, sliding_windows
@@ -23,9 +23,9 @@ from .verify import ConfusionReport, confusion_report, keep_only
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_FILLS",
     "ClassMeanResult",
     "ConfusionReport",
+    "DEFAULT_FILLS",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions, grid
+from .sweep import sweep
 
 __all__ = ["GridOcclusion"]
 
@@ -57,7 +58,6 @@ class _Forward:
         self.per_example = per_example
         self.single_output = single_output
         self.dtype: torch.dtype | None = None
-        self.__name__ = "forward_func"
 
     def __call__(self, batch: Tensor) -> Tensor:
         size = batch.shape[0]
@@ -275,8 +275,6 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
 
         Returns Tensor (N, C, H, W) in the dtype of forward_func's outputs (or a 1-tuple).
         """
-        from .sweep import sweep
-
         images, as_tuple = _single_input(inputs)
         n, _, height, width = images.shape
         checked_target = _check_target(target, n)

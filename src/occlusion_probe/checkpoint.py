@@ -122,7 +122,8 @@ class Checkpoint:
         if not self.path.exists():
             return 0
         try:
-            with np.load(self.path, allow_pickle=False) as data:
+            # Our own file handle: np.load leaks its handle when the zip is unreadable.
+            with open(self.path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
             raise CheckpointError(

@@ -199,7 +199,7 @@ class SweepResult:
         Returns Tensor, shape (R, V). With no selected image the curves are NaN and an
         `OcclusionProbeWarning` says so (e.g. a class the model never gets right).
 
-        >>> # result.class_curves(3)[9]  ->  Happiness output with area 10 occluded, per fill
+        >>> # result.class_curves(3)[9]  ->  class-3 output with area 10 occluded, one value per fill
         """
         index = self._class_index(cls)
         chosen = self.selection(index, correct_only)
@@ -387,7 +387,8 @@ class SweepResult:
     def load(cls, path: str | os.PathLike[str]) -> SweepResult:
         """Read a result written by `save` (``allow_pickle=False``: nothing is executed)."""
         try:
-            with np.load(Path(path), allow_pickle=False) as data:
+            # Our own file handle: np.load leaks its handle when the zip is unreadable.
+            with open(Path(path), "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 version = int(data["format_version"])
                 if version != _FORMAT_VERSION:
                     raise InputValueError(

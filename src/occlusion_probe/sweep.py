@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Literal, overload
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpoint, Fingerprint
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
-from .data import Chunk, ImageSource, Images, check_label_range
+from .data import DEFAULT_CHUNK_IMAGES, Chunk, ImageSource, Images, check_label_range
 from .engines.dense import run_dense
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, resolve_fills, stack_fills
@@ -214,7 +215,12 @@ def sweep(
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     out_name = output_name(output)
     names = tuple(class_names) if class_names is not None else None
-    source = ImageSource(images, labels, regions.height, regions.width)
+    shard = distributed.current_shard()
+    chunk_images = DEFAULT_CHUNK_IMAGES
+    if shard is not None and isinstance(images, (Tensor, np.ndarray)):
+        # Chunks are the unit of sharding: make sure every rank gets a share of a small N.
+        chunk_images = max(1, min(chunk_images, -(-int(images.shape[0]) // shard.world_size)))
+    source = ImageSource(images, labels, regions.height, regions.width, chunk_images)
     image_shape = source.image_shape
     c, h, w = image_shape
     fill_list = resolve_fills(fills, (c, h, w))
@@ -239,7 +245,6 @@ def sweep(
     collector: FullCollector | ClassMeanCollector = (
         ClassMeanCollector() if reduce == "class_mean" else FullCollector()
     )
-    shard = distributed.current_shard()
     store = None
     if checkpoint is not None:
         fingerprint = Fingerprint.of(model, regions, fill_list, out_name, reduce, source)

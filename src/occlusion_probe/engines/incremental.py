@@ -20,7 +20,8 @@ host-device synchronisation inside the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -575,83 +576,45 @@ def _bounding_boxes(masks: Tensor) -> list[tuple[int, int, int, int] | None]:
 # ----------------------------------------------------------------------------- batched kernels
 
 
-@dataclass(frozen=True, eq=False)
-class _Boxes:
-    """Top-left corners of one box per region of a region batch, ready for gathers.
+def _fast_call(layer: _SpatialLayer) -> Callable[[Tensor], Tensor]:
+    """A function equal to `layer` on tensors the engine owns (fresh patches and maps).
 
-    ``corners`` are host ints (slicing when the batch holds one region); ``rows`` (G, h) and
-    ``cols`` (G, w) are device index tensors (advanced indexing when it holds several).
+    Common activations run in place, which saves a fresh allocation per call (a large part
+    of their cost on CPU); Dropout in eval mode and Identity are skipped.
     """
+    if isinstance(layer, _LocalLayer):
+        return layer.module
+    kind = type(layer)
+    if kind in _DROPOUT_TYPES or kind is nn.Identity:
+        return _identity
+    if kind is nn.ReLU:
+        return torch.relu_
+    if kind is nn.LeakyReLU and isinstance(layer, nn.LeakyReLU):
+        return functools.partial(F.leaky_relu_, negative_slope=layer.negative_slope)
+    if kind in (nn.Hardtanh, nn.ReLU6) and isinstance(layer, nn.Hardtanh):
+        return functools.partial(F.hardtanh_, min_val=layer.min_val, max_val=layer.max_val)
+    if kind is nn.SiLU:
+        return functools.partial(F.silu, inplace=True)
+    return layer
 
-    corners: tuple[tuple[int, int], ...]
-    size: tuple[int, int]
-    rows: Tensor | None
-    cols: Tensor | None
 
-    @classmethod
-    def build(
-        cls, corners: Sequence[tuple[int, int]], size: tuple[int, int], device: torch.device
-    ) -> _Boxes:
-        if len(corners) == 1:
-            return cls(tuple(corners), size, None, None)
-        corner = torch.tensor(corners, dtype=torch.long, device=device)
-        rows = corner[:, :1] + torch.arange(size[0], device=device)
-        cols = corner[:, 1:] + torch.arange(size[1], device=device)
-        return cls(tuple(corners), size, rows, cols)
-
-    def gather(self, source: Tensor, lead: tuple[Tensor, ...]) -> Tensor:
-        """Read the boxes out of `source` for every item.
-
-        source : (*L, C, H, W) with one dim per index in `lead`
-        lead : index tensors, each (B,), selecting the item's map in the leading dims
-        returns : (G, B, C, h, w)
-        """
-        height, width = self.size
-        if self.rows is None or self.cols is None:
-            top, left = self.corners[0]
-            return source[..., top : top + height, left : left + width][lead].unsqueeze(0)
-        # Channels last, so each gathered element is a contiguous run of channels.
-        by_position = source.movedim(-3, -1)
-        index = (
-            *(i[None, :, None, None] for i in lead),
-            self.rows[:, None, :, None],
-            self.cols[:, None, None, :],
-        )
-        return by_position[index].permute(0, 1, 4, 2, 3)
-
-    def crop(self, source: Tensor) -> Tensor:
-        """The boxes of a single map `source` (H, W) -> (G, h, w)."""
-        height, width = self.size
-        if self.rows is None or self.cols is None:
-            top, left = self.corners[0]
-            return source[None, top : top + height, left : left + width]
-        return source[self.rows[:, :, None], self.cols[:, None, :]]
-
-    def scatter(self, target: Tensor, patch: Tensor) -> None:
-        """Write `patch` (G, B, C, h, w) into the boxes of `target` (G, B, C, H, W), in place."""
-        height, width = self.size
-        if self.rows is None or self.cols is None:
-            top, left = self.corners[0]
-            target[:, :, :, top : top + height, left : left + width] = patch
-            return
-        regions = torch.arange(len(self.corners), device=target.device)[:, None, None]
-        # Advanced indices on dims 0, 3, 4 around sliced dims: indexed shape (G, h, w, B, C).
-        target[regions, :, :, self.rows[:, :, None], self.cols[:, None, :]] = patch.permute(
-            0, 3, 4, 1, 2
-        )
+def _identity(activation: Tensor) -> Tensor:
+    return activation
 
 
 @dataclass(frozen=True, eq=False)
 class _RegionBatch:
-    """Regions of one route processed together, with their boxes as gather-ready indices."""
+    """Regions of one route processed together.
+
+    regions : (G,) long tensor of region ids, on the device
+    masks : G bool tensors (h, w), each region's mask inside its bounding box
+    placements : where each region's boxes are
+    """
 
     route: _Route
-    regions: Tensor  # (G,) region ids, long, on the device
-    masks: Tensor  # (G, h, w) bool: each region's mask inside its bounding box
-    origin: _Boxes
-    windows: tuple[_Boxes, ...]
-    outputs: tuple[_Boxes, ...]
-    final: _Boxes
+    regions: Tensor
+    masks: tuple[Tensor, ...]
+    placements: tuple[_Placement, ...]
 
 
 def _region_batches(
@@ -659,7 +622,6 @@ def _region_batches(
 ) -> tuple[list[_RegionBatch], list[int]]:
     """Group regions by route into batches of at most `regions_per_batch`; also return the
     regions whose occlusion changes nothing the model reads."""
-    device = masks.device
     groups: dict[_Route, list[tuple[int, _Placement]]] = {}
     unaffected: list[int] = []
     for region, box in enumerate(_bounding_boxes(masks)):
@@ -670,43 +632,22 @@ def _region_batches(
             groups.setdefault(traced[0], []).append((region, traced[1]))
     batches: list[_RegionBatch] = []
     for route, members in groups.items():
+        height, width = route.box
         for start in range(0, len(members), regions_per_batch):
             chunk = members[start : start + regions_per_batch]
-            placements = [placement for _, placement in chunk]
-            origin = _Boxes.build([p.origin for p in placements], route.box, device)
-            height, width = route.box
-            box_masks = torch.stack(
-                [
-                    masks[region, top : top + height, left : left + width]
-                    for region, (top, left) in zip(
-                        (region for region, _ in chunk), origin.corners, strict=True
-                    )
-                ]
+            ids = [region for region, _ in chunk]
+            box_masks = tuple(
+                masks[region, top : top + height, left : left + width]
+                for region, (top, left) in zip(ids, (p.origin for _, p in chunk), strict=True)
             )
-            final_size = route.steps[-1].output if route.steps else route.box
-            batches.append(
-                _RegionBatch(
-                    route,
-                    torch.tensor([region for region, _ in chunk], dtype=torch.long, device=device),
-                    box_masks,
-                    origin,
-                    tuple(
-                        _Boxes.build([p.windows[k] for p in placements], step.window, device)
-                        for k, step in enumerate(route.steps)
-                    ),
-                    tuple(
-                        _Boxes.build([p.outputs[k] for p in placements], step.output, device)
-                        for k, step in enumerate(route.steps)
-                    ),
-                    _Boxes.build([p.final for p in placements], final_size, device),
-                )
-            )
+            regions = torch.tensor(ids, dtype=torch.long, device=masks.device)
+            batches.append(_RegionBatch(route, regions, box_masks, tuple(p for _, p in chunk)))
     return batches, unaffected
 
 
 @dataclass(frozen=True, eq=False)
 class _Cache:
-    """Unoccluded activations of one chunk of images.
+    """Unoccluded activations of one chunk of images, channels last.
 
     padded : activation j padded for local layer j, for every j some route runs a step at
     plain : activation j as is, for switch points not in ``padded``
@@ -733,7 +674,7 @@ class _Cache:
         ]
 
 
-def _run_head(layers: Sequence[nn.Module], activation: Tensor) -> Tensor:
+def _run_layers(layers: Sequence[Callable[[Tensor], Tensor]], activation: Tensor) -> Tensor:
     for layer in layers:
         activation = layer(activation)
     return activation
@@ -742,71 +683,151 @@ def _run_head(layers: Sequence[nn.Module], activation: Tensor) -> Tensor:
 def _build_cache(
     arch: _Architecture, images: Tensor, padded_at: set[int], plain_at: set[int]
 ) -> _Cache:
+    """Run the model on the unoccluded `images` (n, C, H, W), keeping the activations routes read."""
     padded: dict[int, Tensor] = {}
     plain: dict[int, Tensor] = {}
     activation = images
     for position, layer in enumerate(arch.spatial):
         if position in padded_at and isinstance(layer, _LocalLayer):
-            padded[position] = layer.pad(activation)
+            padded[position] = layer.pad(activation).contiguous(memory_format=torch.channels_last)
         elif position in plain_at:
-            # Only local layers (never in place) read this tensor, so it is kept uncopied.
-            plain[position] = activation
+            # Only a local layer reads this tensor (never in place), so a view is safe.
+            plain[position] = activation.contiguous(memory_format=torch.channels_last)
         activation = (layer.module if isinstance(layer, _LocalLayer) else layer)(activation)
     if len(arch.spatial) in plain_at:
-        # The head may start with an in-place op on a view of this tensor.
-        plain[len(arch.spatial)] = activation.clone()
-    return _Cache(padded, plain, _run_head(arch.head, activation))
+        # A copy: the head may start with an in-place op on a view of this tensor.
+        plain[len(arch.spatial)] = activation.clone(memory_format=torch.channels_last)
+    return _Cache(padded, plain, _run_layers(arch.head, activation))
+
+
+def _assemble(
+    source: Tensor,
+    images: slice,
+    num_fills: int,
+    corners: Sequence[tuple[int, int]],
+    size: tuple[int, int],
+    patch: Tensor,
+    places: Sequence[tuple[int, int]],
+) -> Tensor:
+    """Maps (G * nI * nV, C, h, w) in (region, image, fill) order: region g's box of the cached
+    `source` at `corners[g]`, with the region's new values `patch` written at `places[g]`.
+
+    source : (n, C, Hs, Ws), a cached activation (padded when it feeds a window)
+    images : the chunk images the items come from (nI); each is paired with num_fills fills
+    size : (h, w) of the boxes
+    patch : (G * nI * nV, C, ph, pw), already cropped to lie inside the boxes
+    """
+    regions, count = len(corners), images.stop - images.start
+    channels, (height, width) = source.shape[1], size
+    patch_height, patch_width = patch.shape[-2:]
+    # Channels last: every copy moves runs of (width x channels) contiguous values, and the
+    # convolution and pooling kernels are fastest on this layout on CPU.
+    maps = torch.empty(
+        (regions, count, num_fills, height, width, channels),
+        dtype=patch.dtype,
+        device=patch.device,
+    ).permute(0, 1, 2, 5, 3, 4)
+    patches = patch.reshape(regions, count, num_fills, channels, patch_height, patch_width)
+    for region, ((top, left), (y, x)) in enumerate(zip(corners, places, strict=True)):
+        bottom, right = y + patch_height, x + patch_width
+        maps[region, :, :, :, y:bottom, x:right] = patches[region]
+        # Only the frame around the patch comes from the cache, copied once per image and
+        # broadcast over its fills.
+        frame = (
+            (0, y, 0, width),
+            (bottom, height, 0, width),
+            (y, bottom, 0, x),
+            (y, bottom, right, width),
+        )
+        for r0, r1, c0, c1 in frame:
+            if r0 < r1 and c0 < c1:
+                maps[region, :, :, :, r0:r1, c0:c1] = source[
+                    images, None, :, top + r0 : top + r1, left + c0 : left + c1
+                ]
+    return maps.reshape(regions * count * num_fills, channels, height, width)
+
+
+def _input_patch(
+    batch: _RegionBatch, images: Tensor, fill_images: Tensor, image_range: slice, fill_range: slice
+) -> Tensor:
+    """(G * nI * nV, C, h, w): the occluded inputs inside each region's bounding box.
+
+    images : (n, C, H, W); fill_images : (V, n, C, H, W)
+    """
+    height, width = batch.route.box
+    patches = []
+    for mask, placement in zip(batch.masks, batch.placements, strict=True):
+        top, left = placement.origin
+        rows, cols = slice(top, top + height), slice(left, left + width)
+        inside = images[image_range, None, :, rows, cols]
+        fill = fill_images[fill_range, image_range, :, rows, cols].transpose(0, 1)
+        patches.append(torch.where(mask, fill, inside))
+    return torch.stack(patches).flatten(0, 2)
 
 
 def _occluded_outputs(
     arch: _Architecture,
+    calls: tuple[tuple[Callable[[Tensor], Tensor], ...], tuple[Callable[[Tensor], Tensor], ...]],
     cache: _Cache,
     batch: _RegionBatch,
     images: Tensor,
     fill_images: Tensor,
-    item_image: Tensor,
-    item_fill: Tensor,
+    image_range: slice,
+    fill_range: slice,
     pad_counts: dict[int, Tensor],
 ) -> Tensor:
-    """Model outputs (G * B, K) for the regions of `batch` x the items (image, fill).
+    """Model outputs (G, nI, nV, K) for the regions of `batch` x images x fills of the ranges.
 
-    images : (n, C, H, W); fill_images : (V, n, C, H, W); item_image, item_fill : (B,)
-    Rows are in (region, item) order.
+    images : (n, C, H, W); fill_images : (V, n, C, H, W), the chunk's
+    calls : fast forms of the spatial layers and of the head layers
     """
-    route = batch.route
-    regions, items = len(batch.origin.corners), item_image.shape[0]
-    channels = images.shape[1]
-    height, width = route.box
-    inside = batch.origin.gather(images, (item_image,))
-    fill = batch.origin.gather(fill_images, (item_fill, item_image))
-    patch = torch.where(batch.masks[:, None, None], fill, inside).reshape(
-        regions * items, channels, height, width
-    )
+    spatial_calls, head_calls = calls
+    route, placements = batch.route, batch.placements
+    regions, count = len(placements), image_range.stop - image_range.start
+    num_fills = fill_range.stop - fill_range.start
+    patch = _input_patch(batch, images, fill_images, image_range, fill_range)
     steps = iter(enumerate(route.steps))
     for position in range(route.switch):
         layer = arch.spatial[position]
         if not isinstance(layer, _LocalLayer):
-            patch = layer(patch)
+            patch = spatial_calls[position](patch)
             continue
         k, step = next(steps)
-        window = batch.windows[k].gather(cache.padded[position], (item_image,)).flatten(0, 1)
         r0, r1, c0, c1 = step.crop
-        y, x = step.place
-        window[:, :, y : y + r1 - r0, x : x + c1 - c0] = patch[:, :, r0:r1, c0:c1]
+        window = _assemble(
+            cache.padded[position],
+            image_range,
+            num_fills,
+            [p.windows[k] for p in placements],
+            step.window,
+            patch[:, :, r0:r1, c0:c1],
+            [step.place] * regions,
+        )
         patch = layer.on_window(window)
         if layer.exclude_pad:
-            # Each region's output patch sits elsewhere, so it has its own divisors.
-            counts = batch.outputs[k].crop(pad_counts[position])
-            grouped = patch.reshape(regions, items, *patch.shape[1:])
+            # Each region's output patch sits elsewhere on the map, so it has its own divisors.
+            height, width = step.output
+            counts = torch.stack(
+                [
+                    pad_counts[position][y : y + height, x : x + width]
+                    for y, x in (p.outputs[k] for p in placements)
+                ]
+            )
+            grouped = patch.reshape(regions, -1, *patch.shape[1:])
             patch = (grouped / counts[:, None, None]).flatten(0, 1)
     base = cache.activation(arch, route.switch)
-    full = base.index_select(0, item_image.repeat(regions)).contiguous()
-    full = full.reshape(regions, items, *full.shape[1:])
-    batch.final.scatter(full, patch.reshape(regions, items, *patch.shape[1:]))
-    activation = full.flatten(0, 1)
-    for layer in arch.spatial[route.switch :]:
-        activation = (layer.module if isinstance(layer, _LocalLayer) else layer)(activation)
-    return _run_head(arch.head, activation)
+    full = _assemble(
+        base,
+        image_range,
+        num_fills,
+        [(0, 0)] * regions,
+        (base.shape[2], base.shape[3]),
+        patch,
+        [p.final for p in placements],
+    )
+    outputs = _run_layers(spatial_calls[route.switch :], full)
+    outputs = _run_layers(head_calls, outputs)
+    return outputs.reshape(regions, count, num_fills, -1)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -856,9 +877,9 @@ def _check_inputs(
     return expanded
 
 
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+def _ranges(total: int, size: int) -> Iterator[slice]:
     for start in range(0, total, size):
-        yield start, min(start + size, total)
+        yield slice(start, min(start + size, total))
 
 
 def run_incremental(
@@ -875,7 +896,8 @@ def run_incremental(
     batch_size : int, about how many occluded images are processed at once (bounds memory)
     returns : Tensor, shape (n, R, V, K): entry (i, r, v) equals
         ``model(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]`` up to
-        floating-point rounding (different convolution algorithms for patches and full maps).
+        floating-point rounding (patches and full maps may use different convolution
+        algorithms).
     """
     fills = _check_inputs(model, images, fill_images, masks, batch_size)
     n, channels, height, width = images.shape
@@ -892,11 +914,18 @@ def run_incremental(
     )
     if out.numel() == 0:
         return out
-    # Image chunks hold about batch_size (image, fill) items, so one region's items fill a
-    # batch, and the cache (one unoccluded forward's activations) stays that size too.
-    images_per_chunk = max(1, batch_size // num_fills)
-    items_per_batch = min(images_per_chunk * num_fills, batch_size)
-    regions_per_batch = max(1, batch_size // (images_per_chunk * num_fills))
+    # A batch is (regions x images x fills). Images come in chunks that fill a batch with all
+    # their fills (the unoccluded activations are cached per chunk, so the cache is about one
+    # batch's forward); when that leaves room, several regions of one route share a batch.
+    if num_fills <= batch_size:
+        images_per_chunk, fills_per_batch = max(1, min(n, batch_size // num_fills)), num_fills
+    else:
+        images_per_chunk, fills_per_batch = 1, batch_size
+    regions_per_batch = max(1, batch_size // (images_per_chunk * fills_per_batch))
+    calls = (
+        tuple(_fast_call(layer) for layer in arch.spatial),
+        tuple(_fast_call(layer) for layer in arch.head),
+    )
     with torch.inference_mode():
         batches, unaffected = _region_batches(arch, masks, regions_per_batch)
         padded_at = {step.position for b in batches for step in b.route.steps}
@@ -907,31 +936,24 @@ def run_incremental(
             if isinstance(layer, _LocalLayer) and layer.exclude_pad and position in padded_at
         }
         unaffected_ids = torch.tensor(unaffected, dtype=torch.long, device=device)
-        for start, stop in _chunks(n, images_per_chunk):
-            chunk_images = images[start:stop]
-            chunk_fills = fills[:, start:stop]
-            chunk_out = out[start:stop]
+        for image_range in _ranges(n, images_per_chunk):
+            chunk_images, chunk_fills = images[image_range], fills[:, image_range]
+            chunk_out = out[image_range]
             cache = _build_cache(arch, chunk_images, padded_at, plain_at)
             chunk_out[:, unaffected_ids] = cache.baseline[:, None, None].to(out.dtype)
-            num_items = (stop - start) * num_fills
+            local_images = slice(0, chunk_images.shape[0])
             for batch in batches:
-                for first, last in _chunks(num_items, items_per_batch):
-                    item = torch.arange(first, last, device=device)
-                    item_image, item_fill = item // num_fills, item % num_fills
+                for fill_range in _ranges(num_fills, fills_per_batch):
                     outputs = _occluded_outputs(
                         arch,
+                        calls,
                         cache,
                         batch,
                         chunk_images,
                         chunk_fills,
-                        item_image,
-                        item_fill,
+                        local_images,
+                        fill_range,
                         pad_counts,
                     )
-                    regions = batch.regions.shape[0]
-                    chunk_out[
-                        item_image.repeat(regions),
-                        batch.regions.repeat_interleave(last - first),
-                        item_fill.repeat(regions),
-                    ] = outputs.to(out.dtype)
+                    chunk_out[:, batch.regions, fill_range] = outputs.transpose(0, 1).to(out.dtype)
     return out
