@@ -23,7 +23,9 @@ def small_cnn(in_channels: int = 1, classes: int = 5, size: int = 12) -> nn.Sequ
     )
 
 
-def reference_sweep(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, fills: list[float]) -> torch.Tensor:
+def reference_sweep(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, fills: list[float]
+) -> torch.Tensor:
     """The plain per-image loop: (N, R, V, K) softmax outputs."""
     n, r, v = images.shape[0], masks.shape[0], len(fills)
     out = []

@@ -10,13 +10,16 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-import occlusion_probe as op  # noqa: E402
-from conftest import small_cnn  # noqa: E402
+from conftest import small_cnn
+
+import occlusion_probe as op
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(11)
-    return torch.rand(23, 1, 12, 12, generator=generator), torch.randint(0, 3, (23,), generator=generator)
+    return torch.rand(23, 1, 12, 12, generator=generator), torch.randint(
+        0, 3, (23,), generator=generator
+    )
 
 
 def run(out: Path) -> None:
@@ -38,10 +41,16 @@ def run(out: Path) -> None:
     if rank == 0:
         whole.save(out / f"{tag}_whole.npz")
         streamed.save(out / f"{tag}_stream.npz")
-        np.save(out / f"{tag}_curves.npy", torch.stack([reduced.class_curves(c, correct_only=False) for c in range(3)]).numpy())
+        np.save(
+            out / f"{tag}_curves.npy",
+            torch.stack([reduced.class_curves(c, correct_only=False) for c in range(3)]).numpy(),
+        )
     if dist.is_initialized():
         # every rank gets the full result
-        np.save(out / f"rank{rank}_n.npy", np.array([whole.num_images, streamed.num_images, reduced.num_images]))
+        np.save(
+            out / f"rank{rank}_n.npy",
+            np.array([whole.num_images, streamed.num_images, reduced.num_images]),
+        )
     np.save(out / f"{tag}_rank{rank}_evaluated.npy", np.array(seen[0]))
 
 

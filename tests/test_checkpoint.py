@@ -48,11 +48,15 @@ _RUN = textwrap.dedent(
 )
 
 
-def _run(tmp_path: Path, checkpoint: Path, out: Path, kill_after: int) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, checkpoint: Path, out: Path, kill_after: int
+) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "run.py"
     script.write_text(_RUN.format(tests=str(Path(__file__).parent)))
     return subprocess.run(
-        [sys.executable, str(script), str(checkpoint), str(out), str(kill_after)], capture_output=True, text=True
+        [sys.executable, str(script), str(checkpoint), str(out), str(kill_after)],
+        capture_output=True,
+        text=True,
     )
 
 
@@ -71,7 +75,10 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
     resumed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "resumed.npz", 0)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.split()[-1] == "6"  # batches 4, 5, 6 only: three were done
-    a, b = op.SweepResult.load(tmp_path / "clean.npz"), op.SweepResult.load(tmp_path / "resumed.npz")
+    a, b = (
+        op.SweepResult.load(tmp_path / "clean.npz"),
+        op.SweepResult.load(tmp_path / "resumed.npz"),
+    )
     assert torch.equal(a.occluded, b.occluded) and torch.equal(a.baseline, b.baseline)
     assert a.labels is not None and b.labels is not None and torch.equal(a.labels, b.labels)
 
@@ -79,14 +86,20 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
 @pytest.fixture
 def setup() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return small_cnn(classes=3).eval(), torch.rand(6, 1, 12, 12, generator=generator), torch.randint(0, 3, (6,), generator=generator)
+    return (
+        small_cnn(classes=3).eval(),
+        torch.rand(6, 1, 12, 12, generator=generator),
+        torch.randint(0, 3, (6,), generator=generator),
+    )
 
 
 def _batches(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(images[i : i + 2], labels[i : i + 2]) for i in range(0, images.shape[0], 2)]
 
 
-def test_completed_checkpoint_is_reused(tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_completed_checkpoint_is_reused(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
     first = op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=path)
@@ -113,7 +126,10 @@ def test_completed_checkpoint_is_reused(tmp_path: Path, setup: tuple[torch.nn.Mo
     ],
 )
 def test_other_runs_checkpoint_is_refused(
-    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor], change: str, what: str
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    change: str,
+    what: str,
 ) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
@@ -129,11 +145,15 @@ def test_other_runs_checkpoint_is_refused(
         kwargs["fills"] = [0.0, 0.5]
     else:
         kwargs["output"] = "logits"
-    with pytest.raises(CheckpointError, match=f"was written by a different run \\(its {what} differ"):
+    with pytest.raises(
+        CheckpointError, match=f"was written by a different run \\(its {what} differ"
+    ):
         op.sweep(model, images, regions, **kwargs)  # type: ignore[call-overload]
 
 
-def test_checkpoint_for_other_images_is_refused(tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_checkpoint_for_other_images_is_refused(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
     op.sweep(model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path)
@@ -143,7 +163,9 @@ def test_checkpoint_for_other_images_is_refused(tmp_path: Path, setup: tuple[tor
         op.sweep(model, _batches(other, labels), op.grid(12, 12), progress=False, checkpoint=path)
 
 
-def test_truncated_and_corrupted_files_are_reported(tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]) -> None:
+def test_truncated_and_corrupted_files_are_reported(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
     op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=path)
@@ -162,12 +184,21 @@ def test_truncated_and_corrupted_files_are_reported(tmp_path: Path, setup: tuple
         op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=path)
     np.savez(tmp_path / "foreign.npz", x=np.zeros(2))
     with pytest.raises(CheckpointError, match="is not an occlusion_probe checkpoint"):
-        op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=tmp_path / "foreign.npz")
+        op.sweep(
+            model,
+            images,
+            op.grid(12, 12),
+            labels=labels,
+            progress=False,
+            checkpoint=tmp_path / "foreign.npz",
+        )
     assert issubclass(CheckpointError, ValueError)
 
 
 def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
-    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
@@ -181,10 +212,26 @@ def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
         return model(x)
 
     with pytest.raises(KeyboardInterrupt):
-        op.sweep(interrupted, _batches(images, labels), op.grid(12, 12), progress=False, batch_size=1000, checkpoint=path)
+        op.sweep(
+            interrupted,
+            _batches(images, labels),
+            op.grid(12, 12),
+            progress=False,
+            batch_size=1000,
+            checkpoint=path,
+        )
     err = capsys.readouterr().err
-    assert "interrupted; completed chunks are saved in" in err and "same checkpoint= to resume" in err
-    resumed = op.sweep(interrupted, _batches(images, labels), op.grid(12, 12), progress=False, batch_size=1000, checkpoint=path)
+    assert (
+        "interrupted; completed chunks are saved in" in err and "same checkpoint= to resume" in err
+    )
+    resumed = op.sweep(
+        interrupted,
+        _batches(images, labels),
+        op.grid(12, 12),
+        progress=False,
+        batch_size=1000,
+        checkpoint=path,
+    )
     clean = op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False)
     torch.testing.assert_close(resumed.occluded, clean.occluded)
     assert not any(".tmp-" in p.name for p in tmp_path.iterdir())

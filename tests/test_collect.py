@@ -35,10 +35,20 @@ def test_class_mean_equals_full_result() -> None:
             if int(full.selection(cls, correct_only).sum()) == 0:
                 continue
             torch.testing.assert_close(
-                reduced.class_curves(cls, correct_only).float(), full.class_curves(cls, correct_only), rtol=1e-5, atol=1e-6
+                reduced.class_curves(cls, correct_only).float(),
+                full.class_curves(cls, correct_only),
+                rtol=1e-5,
+                atol=1e-6,
             )
-            torch.testing.assert_close(reduced.mean_drop(cls, correct_only).float(), full.mean_drop(cls, correct_only=correct_only), rtol=1e-5, atol=1e-6)
-            assert reduced.ranking(cls, correct_only) == full.ranking(cls, correct_only=correct_only)
+            torch.testing.assert_close(
+                reduced.mean_drop(cls, correct_only).float(),
+                full.mean_drop(cls, correct_only=correct_only),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+            assert reduced.ranking(cls, correct_only) == full.ranking(
+                cls, correct_only=correct_only
+            )
     confusion = op.confusion_report(labels, full.predicted, 3).confusion
     assert torch.equal(reduced.confusion, confusion)
     assert reduced.accuracy == pytest.approx(float(full.correct.float().mean()))
@@ -49,7 +59,14 @@ def test_class_mean_needs_labels_and_warns_on_empty_class() -> None:
     images = torch.rand(4, 1, 12, 12)
     with pytest.raises(InputValueError, match='reduce: "class_mean" needs labels'):
         op.sweep(model, images, op.grid(12, 12), progress=False, reduce="class_mean")
-    reduced = op.sweep(model, images, op.grid(12, 12), labels=torch.zeros(4, dtype=torch.int64), progress=False, reduce="class_mean")
+    reduced = op.sweep(
+        model,
+        images,
+        op.grid(12, 12),
+        labels=torch.zeros(4, dtype=torch.int64),
+        progress=False,
+        reduce="class_mean",
+    )
     with pytest.warns(OcclusionProbeWarning, match="no image selected for class 2"):
         assert bool(reduced.class_curves(2, correct_only=False).isnan().all())
 
@@ -83,7 +100,11 @@ def _peak_growth_kib(n: int, reduce: str) -> int:
     # nothing is kept. A fixed threshold makes the peak reflect what is actually held.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(n), reduce], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", _PEAK_SCRIPT, str(n), reduce],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return int(json.loads(done.stdout.strip().splitlines()[-1])["growth_kib"])
 

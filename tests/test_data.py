@@ -14,7 +14,9 @@ from occlusion_probe import InputValueError
 @pytest.fixture
 def data() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(4)
-    return torch.rand(11, 1, 12, 12, generator=generator), torch.randint(0, 5, (11,), generator=generator)
+    return torch.rand(11, 1, 12, 12, generator=generator), torch.randint(
+        0, 5, (11,), generator=generator
+    )
 
 
 def test_dataloader_equals_tensor(data: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -27,7 +29,10 @@ def test_dataloader_equals_tensor(data: tuple[torch.Tensor, torch.Tensor]) -> No
     torch.testing.assert_close(streamed.occluded, whole.occluded)
     assert streamed.labels is not None and torch.equal(streamed.labels, labels)
     report = op.keep_only(model, loader, None, regions, keep=[1, 2], progress=False)
-    assert torch.equal(report.confusion, op.keep_only(model, images, labels, regions, keep=[1, 2], progress=False).confusion)
+    assert torch.equal(
+        report.confusion,
+        op.keep_only(model, images, labels, regions, keep=[1, 2], progress=False).confusion,
+    )
 
 
 def test_generator_of_image_batches_without_labels(data: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -47,16 +52,30 @@ def test_stream_errors(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     with pytest.raises(InputValueError, match="labels: must be None when images is a stream"):
         op.sweep(model, [(images, labels)], regions, labels=labels, progress=False)
     bad = [(images[:4], labels[:4]), (images[:4, :, :10], labels[:4])]
-    with pytest.raises(InputValueError, match=r"images\[batch 1\]: image size 10x12 does not match"):
+    with pytest.raises(
+        InputValueError, match=r"images\[batch 1\]: image size 10x12 does not match"
+    ):
         op.sweep(model, bad, regions, progress=False)
     mixed = [(images[:4], labels[:4]), images[4:8]]
     with pytest.raises(InputValueError, match="some batches carry labels and others do not"):
         op.sweep(model, mixed, regions, progress=False)
-    with pytest.raises(InputValueError, match=r"images\[batch 0\]: expected a pair \(images, labels\), got 3 items"):
+    with pytest.raises(
+        InputValueError, match=r"images\[batch 0\]: expected a pair \(images, labels\), got 3 items"
+    ):
         op.sweep(model, [(images, labels, labels)], regions, progress=False)
     nan = images[:4].clone()
     nan[1, 0, 0, 0] = float("inf")
-    with pytest.raises(InputValueError, match=r"images\[batch 1\]: images contain NaN or inf values \(first images \[5\]\)"):
+    with pytest.raises(
+        InputValueError,
+        match=r"images\[batch 1\]: images contain NaN or inf values \(first images \[5\]\)",
+    ):
         op.sweep(model, [(images[:4], labels[:4]), (nan, labels[:4])], regions, progress=False)
-    with pytest.raises(InputValueError, match=r"labels\[batch 1\]: expected class labels in \[0, 4\]"):
-        op.sweep(model, [(images[:4], labels[:4]), (images[:2], torch.tensor([0, 9]))], regions, progress=False)
+    with pytest.raises(
+        InputValueError, match=r"labels\[batch 1\]: expected class labels in \[0, 4\]"
+    ):
+        op.sweep(
+            model,
+            [(images[:4], labels[:4]), (images[:2], torch.tensor([0, 9]))],
+            regions,
+            progress=False,
+        )

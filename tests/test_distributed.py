@@ -16,13 +16,24 @@ WORKER = Path(__file__).parent / "distributed_worker.py"
 
 def test_torchrun_two_ranks_equal_single_process(tmp_path: Path) -> None:
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(tmp_path), "--distributed"],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(WORKER),
+            str(tmp_path),
+            "--distributed",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(WORKER), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(WORKER), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     for name in ("whole", "stream"):
         a = op.SweepResult.load(tmp_path / f"dist_{name}.npz")
@@ -31,7 +42,9 @@ def test_torchrun_two_ranks_equal_single_process(tmp_path: Path) -> None:
         torch.testing.assert_close(a.occluded, b.occluded)
         torch.testing.assert_close(a.baseline, b.baseline)
         assert a.labels is not None and b.labels is not None and torch.equal(a.labels, b.labels)
-    np.testing.assert_allclose(np.load(tmp_path / "dist_curves.npy"), np.load(tmp_path / "single_curves.npy"), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "dist_curves.npy"), np.load(tmp_path / "single_curves.npy"), rtol=1e-6
+    )
     for rank in (0, 1):
         assert np.load(tmp_path / f"rank{rank}_n.npy").tolist() == [23, 23, 23]
     # each rank ran the model on its shard only: 12 + 11 of the 23 images (each with 9 x 6 copies)

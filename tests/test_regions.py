@@ -21,7 +21,9 @@ def test_paper_grid_numbering_is_row_major() -> None:
     assert int(regions.union([10, 11]).sum()) == 288
 
 
-@pytest.mark.parametrize(("h", "w", "rows", "cols"), [(50, 47, 4, 4), (7, 5, 3, 2), (1, 1, 1, 1), (9, 9, 9, 9)])
+@pytest.mark.parametrize(
+    ("h", "w", "rows", "cols"), [(50, 47, 4, 4), (7, 5, 3, 2), (1, 1, 1, 1), (9, 9, 9, 9)]
+)
 def test_uneven_grid_is_partition(h: int, w: int, rows: int, cols: int) -> None:
     regions = grid(h, w, rows, cols)
     assert len(regions) == rows * cols
@@ -69,7 +71,9 @@ def test_unknown_ids_name_the_valid_ones() -> None:
         ({"rows": True}, InputTypeError, "rows: expected a positive int"),
     ],
 )
-def test_grid_rejects_bad_arguments(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+def test_grid_rejects_bad_arguments(
+    kwargs: dict[str, object], error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         grid(48, 48, **kwargs)  # type: ignore[arg-type]
 

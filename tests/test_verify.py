@@ -14,11 +14,13 @@ def test_keep_only_matches_plain_loop() -> None:
     images = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 0])
     regions = op.grid(12, 12, 3, 3)
-    report = op.keep_only(model, images, labels, regions, keep=[5, 6], fill=0.25, progress=False, batch_size=3)
+    report = op.keep_only(
+        model, images, labels, regions, keep=[5, 6], fill=0.25, progress=False, batch_size=3
+    )
     visible = regions.union([5, 6])
     expected = torch.zeros(4, 4, dtype=torch.int64)
     with torch.no_grad():
-        for x, y in zip(images, labels):
+        for x, y in zip(images, labels, strict=True):
             predicted = int(model(torch.where(visible, x, torch.tensor(0.25))[None]).argmax())
             expected[y, predicted] += 1
     assert torch.equal(report.confusion, expected)
@@ -30,7 +32,9 @@ def test_keep_all_regions_is_the_plain_confusion_matrix() -> None:
     model = small_cnn(classes=3).eval()
     images = torch.rand(9, 1, 12, 12)
     labels = torch.arange(9) % 3
-    report = op.keep_only(model, images, labels, op.grid(12, 12), keep=op.grid(12, 12).ids, progress=False)
+    report = op.keep_only(
+        model, images, labels, op.grid(12, 12), keep=op.grid(12, 12).ids, progress=False
+    )
     with torch.no_grad():
         predicted = model(images).argmax(1)
     assert torch.equal(report.confusion, confusion_report(labels, predicted, 3).confusion)
@@ -39,14 +43,18 @@ def test_keep_all_regions_is_the_plain_confusion_matrix() -> None:
 def test_percent_rows_and_absent_classes() -> None:
     report = confusion_report(torch.tensor([0, 0, 0, 2]), torch.tensor([0, 2, 2, 2]), 3)
     assert report.confusion.tolist() == [[1, 0, 2], [0, 0, 0], [0, 0, 1]]
-    torch.testing.assert_close(report.percent[0], torch.tensor([100 / 3, 0, 200 / 3], dtype=torch.float64))
+    torch.testing.assert_close(
+        report.percent[0], torch.tensor([100 / 3, 0, 200 / 3], dtype=torch.float64)
+    )
     assert report.percent[1].tolist() == [0.0, 0.0, 0.0]  # absent class: zeros, not NaN
     assert report.recall.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
     assert report.accuracy == 0.5
 
 
 def test_markdown_states_convention() -> None:
-    report = confusion_report(torch.tensor([0, 1]), torch.tensor([0, 0]), 2, class_names=["An", "Ha"], kept_ids=[10, 11])
+    report = confusion_report(
+        torch.tensor([0, 1]), torch.tensor([0, 0]), 2, class_names=["An", "Ha"], kept_ids=[10, 11]
+    )
     text = report.to_markdown()
     assert "rows = true class, columns = predicted class" in text
     assert "kept regions [10, 11]" in text
@@ -60,13 +68,20 @@ def test_keep_only_errors() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     images = torch.rand(3, 1, 4, 4)
     regions = op.grid(4, 4, 2, 2)
-    with pytest.raises(InputValueError, match=r"ids: unknown region ids \[10, 11\]; valid ids are 1..4"):
+    with pytest.raises(
+        InputValueError, match=r"ids: unknown region ids \[10, 11\]; valid ids are 1..4"
+    ):
         op.keep_only(model, images, torch.zeros(3, dtype=torch.int64), regions, progress=False)
-    with pytest.raises(InputValueError, match="labels: keep_only needs the true class of every image, got None"):
+    with pytest.raises(
+        InputValueError, match="labels: keep_only needs the true class of every image, got None"
+    ):
         op.keep_only(model, images, None, regions, keep=[1], progress=False)
     with pytest.raises(InputValueError, match=r"labels: expected class labels in \[0, 1\]"):
         op.keep_only(model, images, torch.tensor([0, 1, 2]), regions, keep=[1], progress=False)
-    with pytest.raises(InputValueError, match=r"labels: expected one label per image, shape \(3,\), got shape \(2,\)"):
+    with pytest.raises(
+        InputValueError,
+        match=r"labels: expected one label per image, shape \(3,\), got shape \(2,\)",
+    ):
         op.keep_only(model, images, torch.tensor([0, 1]), regions, keep=[1], progress=False)
 
 

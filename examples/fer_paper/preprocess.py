@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_SQRT_BIAS",
-    "GlobalContrastNormalization",
     "ZCA",
+    "GlobalContrastNormalization",
     "ZCANotFittedError",
 ]
 

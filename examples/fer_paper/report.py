@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import occlusion_probe as op
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+
+import occlusion_probe as op
 
 from .classes import CLASS_NAMES, NUM_CLASSES
 

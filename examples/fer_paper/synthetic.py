@@ -275,7 +275,7 @@ def sample_face_parameters(
         Fields of shape (N,).
     """
     labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES)):
         raise ValueError(f"labels: expected a 1-d array of labels in 0..{NUM_CLASSES - 1}, got {labels!r}")
     n = labels.shape[0]
 

@@ -23,9 +23,9 @@ from .verify import ConfusionReport, confusion_report, keep_only
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_FILLS",
     "ClassMeanResult",
     "ConfusionReport",
-    "DEFAULT_FILLS",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",

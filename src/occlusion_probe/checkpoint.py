@@ -44,7 +44,9 @@ class _Collector(Protocol):
 
 def _hash_tensor(digest: hashlib._Hash, tensor: torch.Tensor) -> None:
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(
+        tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    )
 
 
 class Fingerprint:
@@ -80,7 +82,9 @@ class Fingerprint:
             fill_hash.update(f"{fill.label}|{fill.value}".encode())
             if fill.tensor is not None:
                 _hash_tensor(fill_hash, fill.tensor)
-        settings = f"{output}|{reduce}|{source.chunk_images}|{source.image_shape}|{source.single_channel}"
+        settings = (
+            f"{output}|{reduce}|{source.chunk_images}|{source.image_shape}|{source.single_channel}"
+        )
         return cls(
             {
                 "model": model_hash.hexdigest(),
@@ -130,7 +134,11 @@ class Checkpoint:
                 f"checkpoint: {os.fspath(self.path)!r} is truncated or corrupted and was not loaded "
                 f"({type(error).__name__}: {error}); delete it to start over"
             ) from error
-        meta = {key: str(arrays.pop(key)) for key in ("format", "checksum", "images", *_PARTS) if key in arrays}
+        meta = {
+            key: str(arrays.pop(key))
+            for key in ("format", "checksum", "images", *_PARTS)
+            if key in arrays
+        }
         done = arrays.pop("done", None)
         if meta.get("format") != _FORMAT or done is None or "checksum" not in meta:
             raise CheckpointError(
@@ -156,7 +164,11 @@ class Checkpoint:
 
     def check_images(self, fingerprint: Fingerprint, chunk_index: int) -> None:
         """After re-reading the chunks a resumed run skips, check they are the same images."""
-        if self._done and chunk_index == self._done - 1 and fingerprint.images_digest() != self._images_digest:
+        if (
+            self._done
+            and chunk_index == self._done - 1
+            and fingerprint.images_digest() != self._images_digest
+        ):
             raise CheckpointError(
                 f"checkpoint: {os.fspath(self.path)!r} was written for different images (or "
                 "labels) than this call's; refusing to mix results. Use another checkpoint path "

@@ -58,7 +58,9 @@ class FullCollector:
     def state(self) -> dict[str, np.ndarray]:
         arrays = {
             "baseline": torch.cat(self.baselines).numpy() if self.baselines else np.zeros((0, 0)),
-            "occluded": torch.cat(self.occluded).numpy() if self.occluded else np.zeros((0, 0, 0, 0)),
+            "occluded": torch.cat(self.occluded).numpy()
+            if self.occluded
+            else np.zeros((0, 0, 0, 0)),
             "chunk_indices": np.array(self.chunk_indices, dtype=np.int64),
             "chunk_sizes": np.array(self.chunk_sizes, dtype=np.int64),
         }
@@ -85,7 +87,9 @@ class FullCollector:
         with_labels = [lab is not None for lab in self.labels]
         if any(with_labels) and not all(with_labels):
             raise InputValueError("images: some batches carry labels and others do not")
-        labels = torch.cat([lab for lab in self.labels if lab is not None]) if all(with_labels) else None
+        labels = (
+            torch.cat([lab for lab in self.labels if lab is not None]) if all(with_labels) else None
+        )
         return SweepResult(
             baseline=torch.cat(self.baselines),
             occluded=torch.cat(self.occluded),
@@ -145,12 +149,16 @@ class ClassMeanResult:
     def _class_index(self, cls: int | str) -> int:
         if isinstance(cls, str):
             if self.class_names is None or cls not in self.class_names:
-                raise InputValueError(f"cls: unknown class name {cls!r}; known names are {self.class_names}")
+                raise InputValueError(
+                    f"cls: unknown class name {cls!r}; known names are {self.class_names}"
+                )
             return self.class_names.index(cls)
         if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
             raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
         if not 0 <= int(cls) < self.num_classes:
-            raise InputValueError(f"cls: expected a class index in [0, {self.num_classes - 1}], got {cls}")
+            raise InputValueError(
+                f"cls: expected a class index in [0, {self.num_classes - 1}], got {cls}"
+            )
         return int(cls)
 
     def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
@@ -165,7 +173,9 @@ class ClassMeanResult:
                 OcclusionProbeWarning,
                 stacklevel=2,
             )
-            return torch.full(self.occluded_sum.shape[2:4], float("nan"), dtype=self.occluded_sum.dtype)
+            return torch.full(
+                self.occluded_sum.shape[2:4], float("nan"), dtype=self.occluded_sum.dtype
+            )
         return self.occluded_sum[which, index, :, :, index] / count
 
     def mean_drop(self, cls: int | str, correct_only: bool = True) -> Tensor:
@@ -200,14 +210,18 @@ class ClassMeanCollector:
         self, baseline: Tensor, occluded: Tensor, labels: Tensor | None, chunk_index: int = 0
     ) -> None:
         if labels is None:
-            raise InputValueError('reduce: "class_mean" needs labels (per-true-class sums); none were given')
-        n, r, v, k = occluded.shape
+            raise InputValueError(
+                'reduce: "class_mean" needs labels (per-true-class sums); none were given'
+            )
+        _, r, v, k = occluded.shape
         if self.occluded_sum is None:
             self.occluded_sum = torch.zeros((2, k, r, v, k), dtype=torch.float64)
             self.baseline_sum = torch.zeros((2, k, k), dtype=torch.float64)
             self.counts = torch.zeros((2, k), dtype=torch.int64)
             self.confusion = torch.zeros((k, k), dtype=torch.int64)
-        assert self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        assert (
+            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        )
         predicted = baseline.argmax(dim=1)
         correct = predicted == labels
         for which, chosen in enumerate((torch.ones_like(correct), correct)):
@@ -222,7 +236,9 @@ class ClassMeanCollector:
     def state(self) -> dict[str, np.ndarray]:
         if self.occluded_sum is None:
             return {}
-        assert self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        assert (
+            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        )
         return {
             "occluded_sum": self.occluded_sum.numpy(),
             "baseline_sum": self.baseline_sum.numpy(),
@@ -241,7 +257,9 @@ class ClassMeanCollector:
     def result(self, meta: SweepMeta) -> ClassMeanResult:
         if self.occluded_sum is None:
             raise InputValueError("images: no image was processed")
-        assert self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        assert (
+            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
+        )
         return ClassMeanResult(
             occluded_sum=self.occluded_sum,
             baseline_sum=self.baseline_sum,

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 import torch
 from torch import Tensor
-from typing_extensions import TypeAlias
 
 from .errors import InputTypeError, InputValueError, describe
 
-__all__ = ["Chunk", "ImageSource", "Images", "as_image_source", "check_labels"]
+__all__ = ["Chunk", "ImageSource", "Images", "check_label_range", "check_labels"]
 
-Images: TypeAlias = Union[Tensor, np.ndarray, Iterable[object]]
+Images: TypeAlias = Tensor | np.ndarray | Iterable[object]
 
 # Images handled together between checkpoints and progress updates when a single tensor
 # is given; the engines split further by `batch_size`.
@@ -72,7 +71,9 @@ def check_labels(name: str, labels: object, n: int) -> Tensor:
             raise InputTypeError(f"{name}: expected integer class labels, got {describe(labels)}")
         labels = torch.tensor(labels, dtype=torch.int64)
     if not isinstance(labels, Tensor):
-        raise InputTypeError(f"{name}: expected an integer Tensor of shape ({n},), got {describe(labels)}")
+        raise InputTypeError(
+            f"{name}: expected an integer Tensor of shape ({n},), got {describe(labels)}"
+        )
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise InputTypeError(f"{name}: expected an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != (n,):
@@ -126,7 +127,9 @@ class ImageSource:
         if isinstance(images, (Tensor, np.ndarray)):
             tensor, self.single_channel = _as_image_tensor("images", images, height, width)
             if tensor.shape[0] == 0:
-                raise InputValueError("images: expected at least one image, got an empty batch (N = 0)")
+                raise InputValueError(
+                    "images: expected at least one image, got an empty batch (N = 0)"
+                )
             _check_finite("images", tensor, 0)
             self._tensor = tensor
             self.num_images: int | None = int(tensor.shape[0])
@@ -150,7 +153,9 @@ class ImageSource:
             self._first = first
             self._iterator = iterator
             batch_images, _ = self._split_batch(first, 0)
-            tensor, self.single_channel = _as_image_tensor("images[batch 0]", batch_images, height, width)
+            tensor, self.single_channel = _as_image_tensor(
+                "images[batch 0]", batch_images, height, width
+            )
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
         else:
             raise InputTypeError(
@@ -195,7 +200,11 @@ class ImageSource:
             if tensor.shape[0] == 0:
                 continue
             _check_finite(name, tensor, offset)
-            labels = None if raw_labels is None else check_labels(f"labels[batch {index}]", raw_labels, tensor.shape[0])
+            labels = (
+                None
+                if raw_labels is None
+                else check_labels(f"labels[batch {index}]", raw_labels, tensor.shape[0])
+            )
             yield Chunk(index, tensor, labels)
             offset += int(tensor.shape[0])
 

@@ -62,7 +62,7 @@ def _all_gather_rows(tensor: torch.Tensor, counts: list[int]) -> list[torch.Tens
     padded[: tensor.shape[0]] = tensor.to(device)
     gathered = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(gathered, padded)
-    return [part[:count].cpu() for part, count in zip(gathered, counts)]
+    return [part[:count].cpu() for part, count in zip(gathered, counts, strict=True)]
 
 
 def _all_gather_ints(values: list[int]) -> list[list[int]]:
@@ -90,12 +90,20 @@ def _gather_full(collector: FullCollector) -> FullCollector:
     rows = [sum(s) for s in sizes]
     state = collector.state()
     # A rank with no chunk has empty placeholder shapes; take the shapes from a rank with data.
-    shape_probe = _all_gather_ints(list(state["occluded"].shape) if rows[dist.get_rank()] else [0, 0, 0, 0])
+    shape_probe = _all_gather_ints(
+        list(state["occluded"].shape) if rows[dist.get_rank()] else [0, 0, 0, 0]
+    )
     full_shape = max(shape_probe, key=lambda s: s[0])
     k = full_shape[3]
-    baseline = torch.from_numpy(state["baseline"]).reshape(-1, k) if rows[dist.get_rank()] else torch.zeros((0, k))
+    baseline = (
+        torch.from_numpy(state["baseline"]).reshape(-1, k)
+        if rows[dist.get_rank()]
+        else torch.zeros((0, k))
+    )
     occluded = (
-        torch.from_numpy(state["occluded"]) if rows[dist.get_rank()] else torch.zeros((0, *full_shape[1:]))
+        torch.from_numpy(state["occluded"])
+        if rows[dist.get_rank()]
+        else torch.zeros((0, *full_shape[1:]))
     )
     has_labels = torch.tensor([int("labels" in state)], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(has_labels, op=dist.ReduceOp.MAX)
@@ -103,15 +111,21 @@ def _gather_full(collector: FullCollector) -> FullCollector:
     occludeds = _all_gather_rows(occluded.float(), rows)
     labels_parts: list[torch.Tensor] | None = None
     if int(has_labels):
-        mine = torch.from_numpy(state["labels"]) if "labels" in state else torch.zeros(0, dtype=torch.int64)
+        mine = (
+            torch.from_numpy(state["labels"])
+            if "labels" in state
+            else torch.zeros(0, dtype=torch.int64)
+        )
         labels_parts = _all_gather_rows(mine, rows)
     pieces: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-    for rank, (chunk_ids, chunk_sizes) in enumerate(zip(indices, sizes)):
+    for rank, (chunk_ids, chunk_sizes) in enumerate(zip(indices, sizes, strict=True)):
         b_split = torch.split(baselines[rank], chunk_sizes)
         o_split = torch.split(occludeds[rank], chunk_sizes)
         l_split = torch.split(labels_parts[rank], chunk_sizes) if labels_parts is not None else None
         for j, chunk_id in enumerate(chunk_ids):
-            pieces.append((chunk_id, b_split[j], o_split[j], None if l_split is None else l_split[j]))
+            pieces.append(
+                (chunk_id, b_split[j], o_split[j], None if l_split is None else l_split[j])
+            )
     merged = FullCollector()
     for chunk_id, b, o, lab in sorted(pieces, key=lambda piece: piece[0]):
         merged.add(b, o, lab, chunk_id)

@@ -11,18 +11,25 @@ A fill is one of
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 import torch
 from torch import Tensor
-from typing_extensions import Protocol, TypeAlias, runtime_checkable
+from typing_extensions import Protocol, runtime_checkable
 
 from .errors import InputTypeError, InputValueError, describe
 
-__all__ = ["Fill", "FillFunction", "FillSpec", "resolve_fills", "stack_fills"]
+__all__ = ["Fill", "FillFunction", "FillSpec", "resolve_fills", "stack_fills", "warn_if_outside"]
+
+# A constant fill more than 1.5 "image scales" (the larger of the range's width and its
+# largest magnitude) outside [min, max] is probably a unit mistake, e.g. 128 on [0, 1]
+# pixels. Fills just outside the range (0.0 on images in [0.9, 1], or -1 as a marker) are
+# common on purpose and stay silent.
+_RANGE_SLACK = 1.5
 
 
 @runtime_checkable
@@ -32,7 +39,7 @@ class FillFunction(Protocol):
     def __call__(self, images: Tensor, /) -> Tensor: ...
 
 
-FillSpec: TypeAlias = Union[float, int, Tensor, FillFunction]
+FillSpec: TypeAlias = float | int | Tensor | FillFunction
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,13 +68,13 @@ class Fill:
                 f"fills: the callable {self.label!r} must return a Tensor, got {describe(made)}"
             )
         try:
-            torch.broadcast_shapes(made.shape, images.shape)
+            _broadcast_shapes(made.shape, images.shape)
         except RuntimeError as error:
             raise InputValueError(
                 f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
                 f"not broadcastable to the batch shape {tuple(images.shape)}"
             ) from error
-        if torch.broadcast_shapes(made.shape, images.shape) != images.shape:
+        if _broadcast_shapes(made.shape, images.shape) != images.shape:
             raise InputValueError(
                 f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
                 f"which would enlarge the batch shape {tuple(images.shape)}"
@@ -75,18 +82,26 @@ class Fill:
         return made.to(device=images.device, dtype=images.dtype)
 
 
+def _broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
+    # torch.broadcast_shapes is untyped; this typed wrapper keeps mypy --strict meaningful.
+    result: torch.Size = torch.broadcast_shapes(*shapes)  # type: ignore[no-untyped-call]
+    return result
+
+
 def _label_of_number(value: float) -> str:
     return repr(float(value))
 
 
-def resolve_fills(fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, int, int]) -> tuple[Fill, ...]:
+def resolve_fills(
+    fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, int, int]
+) -> tuple[Fill, ...]:
     """Check and normalise the `fills` argument for images of shape (C, H, W).
 
     A single number, tensor or callable is accepted as one fill. Raises `InputValueError`
     for an empty sequence and for tensors that do not broadcast to one image.
     """
     if isinstance(fills, (int, float, np.number, Tensor)) or callable(fills):
-        fills = [fills]  # type: ignore[list-item]
+        fills = [fills]
     if isinstance(fills, (str, bytes)) or not isinstance(fills, Sequence):
         raise InputTypeError(
             f"fills: expected a sequence of numbers, tensors or callables, got {describe(fills)}"
@@ -112,9 +127,11 @@ def resolve_fills(fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, 
                 resolved.append(Fill(label=_label_of_number(value), value=value))
                 continue
             if not spec.is_floating_point():
-                raise InputTypeError(f"{name}: expected a floating-point tensor, got {describe(spec)}")
+                raise InputTypeError(
+                    f"{name}: expected a floating-point tensor, got {describe(spec)}"
+                )
             try:
-                shape = torch.broadcast_shapes(spec.shape, image_shape)
+                shape = _broadcast_shapes(spec.shape, image_shape)
             except RuntimeError:
                 shape = None
             if shape != torch.Size(image_shape):
@@ -129,17 +146,45 @@ def resolve_fills(fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, 
             label = getattr(spec, "__name__", type(spec).__name__)
             resolved.append(Fill(label=str(label), function=spec))
         else:
-            raise InputTypeError(f"{name}: expected a number, tensor or callable, got {describe(spec)}")
+            raise InputTypeError(
+                f"{name}: expected a number, tensor or callable, got {describe(spec)}"
+            )
     labels = [fill.label for fill in resolved]
     if len(set(labels)) != len(labels):
         # Repeated labels would make fill lookups by label ambiguous; number them instead.
         resolved = [
-            Fill(label=f"{fill.label}#{i}", value=fill.value, tensor=fill.tensor, function=fill.function)
+            Fill(
+                label=f"{fill.label}#{i}",
+                value=fill.value,
+                tensor=fill.tensor,
+                function=fill.function,
+            )
             if labels.count(fill.label) > 1
             else fill
             for i, fill in enumerate(resolved)
         ]
     return tuple(resolved)
+
+
+def warn_if_outside(fills: Sequence[Fill], images: Tensor) -> bool:
+    """Warn (`OcclusionProbeWarning`) when a constant fill lies well outside the images' range.
+
+    Legal, since a fill may be meant as an out-of-distribution marker, but usually a unit
+    mistake. Returns True when it warned.
+    """
+    from .result import OcclusionProbeWarning
+
+    low, high = float(images.min()), float(images.max())
+    slack = _RANGE_SLACK * max(high - low, abs(low), abs(high), 1e-12)
+    outside = [f.label for f in fills if f.value is not None and not low - slack <= f.value <= high + slack]
+    if outside:
+        warnings.warn(
+            f"fills: {outside} lie outside the images' value range [{low:.4g}, {high:.4g}]; "
+            "check that fills and images use the same units (e.g. [0, 1] vs 0..255)",
+            OcclusionProbeWarning,
+            stacklevel=3,
+        )
+    return bool(outside)
 
 
 def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
@@ -149,5 +194,5 @@ def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
     materialising V full images.
     """
     parts = [fill.for_batch(images) for fill in fills]
-    shape = torch.broadcast_shapes(*(part.shape for part in parts))
+    shape = _broadcast_shapes(*(part.shape for part in parts))
     return torch.stack([part.expand(shape) for part in parts])

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Union
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
-from typing_extensions import Protocol, TypeAlias, runtime_checkable
+from typing_extensions import Protocol, runtime_checkable
 
 from .errors import InputTypeError, InputValueError, describe
 
-__all__ = ["Model", "OutputSpec", "checked_forward", "evaluation_mode", "model_device", "transform_outputs"]
+__all__ = [
+    "Model",
+    "OutputSpec",
+    "checked_forward",
+    "evaluation_mode",
+    "model_device",
+    "transform_outputs",
+]
 
 
 @runtime_checkable
@@ -22,16 +29,16 @@ class Model(Protocol):
     def __call__(self, images: Tensor, /) -> Tensor: ...
 
 
-OutputSpec: TypeAlias = Union[str, Callable[[Tensor], Tensor]]
+OutputSpec: TypeAlias = str | Callable[[Tensor], Tensor]
 
 
 def model_device(model: object) -> torch.device | None:
     """The device of a module's first parameter or buffer, or None for other callables."""
     if isinstance(model, nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
+        for parameter in model.parameters():
+            return parameter.device
+        for buffer in model.buffers():
+            return buffer.device
     return None
 
 
@@ -70,7 +77,9 @@ def checked_forward(model: Model, single_channel: bool) -> Callable[[Tensor], Te
                 f"got shape {tuple(outputs.shape)}"
             )
         if not outputs.is_floating_point():
-            raise InputTypeError(f"model: expected floating-point outputs, got dtype {outputs.dtype}")
+            raise InputTypeError(
+                f"model: expected floating-point outputs, got dtype {outputs.dtype}"
+            )
         return outputs
 
     return forward
@@ -86,7 +95,9 @@ def output_name(output: OutputSpec) -> str:
         return output
     if callable(output):
         return str(getattr(output, "__name__", type(output).__name__))
-    raise InputTypeError(f'output: expected "softmax", "logits" or a callable, got {describe(output)}')
+    raise InputTypeError(
+        f'output: expected "softmax", "logits" or a callable, got {describe(output)}'
+    )
 
 
 def transform_outputs(raw: Tensor, output: OutputSpec) -> Tensor:
@@ -96,7 +107,9 @@ def transform_outputs(raw: Tensor, output: OutputSpec) -> Tensor:
     if output == "softmax":
         return torch.softmax(raw, dim=-1)
     if not callable(output):
-        raise InputTypeError(f'output: expected "softmax", "logits" or a callable, got {describe(output)}')
+        raise InputTypeError(
+            f'output: expected "softmax", "logits" or a callable, got {describe(output)}'
+        )
     flat = raw.reshape(-1, raw.shape[-1])
     made = output(flat)
     if not isinstance(made, Tensor) or made.shape != flat.shape:

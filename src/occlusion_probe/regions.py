@@ -126,7 +126,9 @@ class Regions:
             ids = [int(ids)]
         wanted = list(ids)
         lookup = {region_id: position for position, region_id in enumerate(self.ids)}
-        bad_type = [i for i in wanted if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        bad_type = [
+            i for i in wanted if isinstance(i, bool) or not isinstance(i, (int, np.integer))
+        ]
         if bad_type:
             raise InputTypeError(f"ids: expected integer region ids, got {bad_type!r}")
         unknown = [int(i) for i in wanted if int(i) not in lookup]
@@ -178,9 +180,7 @@ class Regions:
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
-    def from_label_map(
-        cls, label_map: Tensor | np.ndarray, ignore: int | None = None
-    ) -> Regions:
+    def from_label_map(cls, label_map: Tensor | np.ndarray, ignore: int | None = None) -> Regions:
         """Regions from an integer label map (superpixels, hand-drawn parts, captum feature_mask).
 
         Parameters

@@ -97,9 +97,7 @@ class SweepResult:
                 f"occluded: expected shape {expected} (N, R, V, K), got {tuple(self.occluded.shape)}"
             )
         if self.labels is not None and tuple(self.labels.shape) != (n,):
-            raise InputValueError(
-                f"labels: expected shape ({n},), got {tuple(self.labels.shape)}"
-            )
+            raise InputValueError(f"labels: expected shape ({n},), got {tuple(self.labels.shape)}")
         if self.class_names is not None and len(self.class_names) != k:
             raise InputValueError(
                 f"class_names: expected {k} names (one per class output), got {len(self.class_names)}"
@@ -152,7 +150,9 @@ class SweepResult:
     def fill_position(self, fill: int | float | str) -> int:
         """Position on the V axis of a fill given as its position (int), value (float) or label (str)."""
         if isinstance(fill, bool):
-            raise InputTypeError(f"fill: expected an int position, float value or label, got {fill!r}")
+            raise InputTypeError(
+                f"fill: expected an int position, float value or label, got {fill!r}"
+            )
         if isinstance(fill, (int, np.integer)):
             if not 0 <= int(fill) < len(self.fill_labels):
                 raise InputValueError(
@@ -171,7 +171,9 @@ class SweepResult:
             if fill not in self.fill_labels:
                 raise InputValueError(f"fill: unknown fill {fill!r}; fills are {self.fill_labels}")
             return self.fill_labels.index(fill)
-        raise InputTypeError(f"fill: expected an int position, float value or label, got {describe(fill)}")
+        raise InputTypeError(
+            f"fill: expected an int position, float value or label, got {describe(fill)}"
+        )
 
     def selection(self, cls: int | str, correct_only: bool = True) -> Tensor:
         """Which images the class statistics of `cls` use: Tensor, shape (N,), bool.
@@ -404,7 +406,9 @@ class SweepResult:
                     ),
                     fill_labels=tuple(str(s) for s in data["fill_labels"]),
                     class_names=(
-                        tuple(str(s) for s in data["class_names"]) if "class_names" in data else None
+                        tuple(str(s) for s in data["class_names"])
+                        if "class_names" in data
+                        else None
                     ),
                     image_shape=tuple(int(s) for s in data["image_shape"]),
                     output=str(data["output"]),

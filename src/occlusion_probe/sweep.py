@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpoint, Fingerprint
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
-from .data import DEFAULT_CHUNK_IMAGES, Chunk, ImageSource, Images, check_label_range
+from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.dense import run_dense
 from .errors import InputTypeError, InputValueError, describe
-from .fills import FillSpec, resolve_fills, stack_fills
+from .fills import FillSpec, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     Model,
     OutputSpec,
@@ -52,9 +52,9 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        budget = min(budget, free // 16)
+        budget = min(budget, int(free) // 16)
     size = max(1, budget // bytes_per_image)
-    size = 2 ** int(math.log2(size))
+    size = 1 << int(math.log2(size))
     return max(1, min(size, items))
 
 
@@ -72,7 +72,10 @@ def choose_engine(
     if reason is None and single_channel:
         reason = "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
     if reason is None:
-        return "incremental", "the model is a supported conv stack; only changed patches are recomputed"
+        return (
+            "incremental",
+            "the model is a supported conv stack; only changed patches are recomputed",
+        )
     if engine == "incremental":
         raise InputValueError(f'engine: "incremental" cannot run this model: {reason}')
     return "dense", f"incremental engine not applicable: {reason}"
@@ -85,7 +88,9 @@ def _resolve_device(device: torch.device | str | None, model: object) -> torch.d
     try:
         wanted = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise InputValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
+        raise InputValueError(
+            f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from error
     if own is not None and own.type != wanted.type:
         raise InputValueError(
             f"device: the model's parameters are on {own}, but device={str(wanted)!r} was given; "
@@ -204,9 +209,13 @@ def sweep(
     (3, 4, 6, 4)
     """
     if not callable(model):
-        raise InputTypeError(f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}")
+        raise InputTypeError(
+            f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
+        )
     if not isinstance(regions, Regions):
-        raise InputTypeError(f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}")
+        raise InputTypeError(
+            f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
+        )
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
     if batch_size != "auto" and (
@@ -248,7 +257,9 @@ def sweep(
     store = None
     if checkpoint is not None:
         fingerprint = Fingerprint.of(model, regions, fill_list, out_name, reduce, source)
-        store = Checkpoint(checkpoint if shard is None else distributed.rank_path(checkpoint, shard))
+        store = Checkpoint(
+            checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
+        )
         done_chunks = store.resume(fingerprint, collector)
     else:
         fingerprint, done_chunks = None, 0
@@ -262,7 +273,7 @@ def sweep(
         file=sys.stderr,
     )
     num_classes: int | None = None
-    chunk: Chunk | None = None
+    warned_range = False
     try:
         with evaluation_mode(model):
             for chunk in source:
@@ -275,19 +286,27 @@ def sweep(
                     bar.update(chunk.images.shape[0] * r * v)
                     continue
                 x = chunk.images.to(run_device)
-                baseline_raw = torch.cat([forward(x[i : i + per_call]) for i in range(0, x.shape[0], per_call)])
+                baseline_raw = torch.cat(
+                    [forward(x[i : i + per_call]) for i in range(0, x.shape[0], per_call)]
+                )
                 num_classes = int(baseline_raw.shape[1])
+                if not warned_range:
+                    warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
                 if engine_name == "incremental":
                     from .engines.incremental import run_incremental
 
                     expanded = fill_images.expand(v, *x.shape)
                     if not isinstance(model, nn.Module):  # choose_engine only picks modules
-                        raise InputTypeError(f"model: the incremental engine needs an nn.Module, got {describe(model)}")
+                        raise InputTypeError(
+                            f"model: the incremental engine needs an nn.Module, got {describe(model)}"
+                        )
                     occluded_raw = run_incremental(model, x, expanded, masks, per_call)
                     bar.update(x.shape[0] * r * v)
                 else:
-                    occluded_raw = run_dense(forward, x, fill_images, masks, per_call, num_classes, bar.update)
+                    occluded_raw = run_dense(
+                        forward, x, fill_images, masks, per_call, num_classes, bar.update
+                    )
                 baseline = transform_outputs(baseline_raw, output).float().cpu()
                 occluded = transform_outputs(occluded_raw, output).float().cpu()
                 first_image = chunk.index * source.chunk_images if not source.is_stream else 0

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data import ImageSource, Images, check_label_range
+from .data import Images, ImageSource, check_label_range
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, resolve_fills, stack_fills
 from .model import Model, checked_forward, evaluation_mode
@@ -151,10 +151,16 @@ def keep_only(
     ((3, 3), 6)
     """
     if not callable(model):
-        raise InputTypeError(f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}")
+        raise InputTypeError(
+            f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
+        )
     if not isinstance(regions, Regions):
-        raise InputTypeError(f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise InputTypeError(
+            f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
+        )
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
     source = ImageSource(images, labels, regions.height, regions.width)
@@ -172,12 +178,16 @@ def keep_only(
     all_labels: list[Tensor] = []
     all_predicted: list[Tensor] = []
     num_classes = 0
-    bar = tqdm(total=source.num_images, disable=not progress, unit="img", desc="keep-only", file=sys.stderr)
+    bar = tqdm(
+        total=source.num_images, disable=not progress, unit="img", desc="keep-only", file=sys.stderr
+    )
     try:
         with evaluation_mode(model):
             for chunk in source:
                 if chunk.labels is None:
-                    raise InputValueError(f"images[batch {chunk.index}]: keep_only needs labels with every batch")
+                    raise InputValueError(
+                        f"images[batch {chunk.index}]: keep_only needs labels with every batch"
+                    )
                 x = chunk.images.to(run_device)
                 masked = torch.where(visible, x, stack_fills([fill_spec], x)[0])
                 for start in range(0, masked.shape[0], per_call):

@@ -1,0 +1,464 @@
+"""The whole reproduction: data -> GCN + ZCA + CNN -> occlusion sweep -> keep-only -> report.
+
+`run` is what ``python examples/fer2013.py`` calls; tests call it in-process with a
+`RunConfig`. It writes into ``config.out``:
+
+- ``report.json``, ``report.md``: tables 2-4, curves, rankings, data used, paper comparison;
+- ``curves.csv``, ``curves.json``: the numbers of Figs 4-9;
+- ``weights.pt``: ``model.state_dict()`` including the fitted ZCA buffers;
+- ``sweep.npz``: the full `occlusion_probe.SweepResult`;
+- PNG figures (see `fer_paper.report.write_figures`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import occlusion_probe as op
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .classes import CLASS_NAMES
+from .data import TEST_SPLITS, FERData, load_fer2013_csv, load_fer_folder
+from .model import build_model, build_preprocess, fit_preprocess
+from .report import AnalysisTables, report_payload, write_curves, write_figures, write_report
+from .synthetic import GROUND_TRUTH, make_synthetic_faces
+from .train import train_model
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "QUICK_SETTINGS",
+    "DistributedLaunchError",
+    "RunConfig",
+    "RunSettings",
+    "run",
+]
+
+FILLS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+KEEP_MOUTH = (10, 11)
+KEEP_EYES_MOUTH = (6, 7, 10, 11)
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Sizes of a run.
+
+    Attributes
+    ----------
+    synthetic_train, synthetic_test : int
+        Synthetic faces generated for training and for the analysis.
+    synthetic_epochs : int
+        Training epochs on synthetic data.
+    real_epochs : int
+        Training epochs on real FER-2013 data.
+    real_train_limit, real_test_limit : int or None
+        Use at most this many real images (a seeded random subset); None = all.
+    """
+
+    synthetic_train: int
+    synthetic_test: int
+    synthetic_epochs: int
+    real_epochs: int
+    real_train_limit: int | None = None
+    real_test_limit: int | None = None
+
+
+DEFAULT_SETTINGS = RunSettings(
+    synthetic_train=8000, synthetic_test=1000, synthetic_epochs=6, real_epochs=20
+)
+"""The default run: about 4 minutes on 2 CPU cores with the synthetic data (most of it the
+sweep of 1,000 test images x 16 areas x 6 fills and the training)."""
+
+QUICK_SETTINGS = RunSettings(
+    synthetic_train=3000,
+    synthetic_test=250,
+    synthetic_epochs=4,
+    real_epochs=3,
+    real_train_limit=3000,
+    real_test_limit=300,
+)
+"""``--quick``: small data and few epochs, for tests and smoke runs (under 2 minutes)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Command-line options of ``examples/fer2013.py``.
+
+    Attributes
+    ----------
+    out : Path
+        Output folder (created).
+    csv : Path or None
+        Kaggle's ``fer2013.csv``; mutually exclusive with `data_dir`.
+    data_dir : Path or None
+        A folder with ``train/<class>/*.png`` and ``test/<class>/*.png``.
+    test_split : str
+        "PublicTest" (the paper's test set) or "PrivateTest"; csv only.
+    weights : Path or None
+        A ``state_dict`` saved by an earlier run (``OUT/weights.pt``); skips training.
+    device : str
+        "cpu", "cuda" or "auto" (cuda when available).
+    quick : bool
+        Use `QUICK_SETTINGS` instead of `DEFAULT_SETTINGS`.
+    seed : int
+        Seeds data generation, subsets, initial weights, shuffling and dropout.
+    skip_bad_rows : bool
+        Skip malformed csv rows with a warning instead of failing.
+    distributed : bool
+        Initialise ``torch.distributed`` from torchrun's environment; the sweep is then sharded
+        across the ranks, rank 0 trains and writes the outputs.
+    epochs : int or None
+        Overrides the settings' number of epochs.
+    batch_size : int
+        Training minibatch size.
+    learning_rate : float
+        Adam's step size.
+    progress : bool
+        Show progress bars and stage messages.
+    """
+
+    out: Path = Path("fer2013-output")
+    csv: Path | None = None
+    data_dir: Path | None = None
+    test_split: str = "PublicTest"
+    weights: Path | None = None
+    device: str = "auto"
+    quick: bool = False
+    seed: int = 0
+    skip_bad_rows: bool = False
+    distributed: bool = False
+    epochs: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.csv is not None and self.data_dir is not None:
+            raise ValueError(
+                f"csv, data_dir: expected at most one data source, got both {self.csv} and "
+                f"{self.data_dir}"
+            )
+        if self.test_split not in TEST_SPLITS:
+            raise ValueError(f"test_split: expected one of {TEST_SPLITS}, got {self.test_split!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f'device: expected "cpu", "cuda" or "auto", got {self.device!r}')
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError('device: "cuda" requested but torch finds no CUDA device')
+        if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
+            raise ValueError(f"epochs: expected a positive int, got {self.epochs!r}")
+        if self.skip_bad_rows and self.csv is None:
+            raise ValueError("skip_bad_rows: only applies to --csv data, but no csv was given")
+
+    @property
+    def settings(self) -> RunSettings:
+        return QUICK_SETTINGS if self.quick else DEFAULT_SETTINGS
+
+
+class DistributedLaunchError(ValueError):
+    """``--distributed`` was given outside a torchrun launch."""
+
+
+@dataclass(frozen=True)
+class _Process:
+    """Where this process runs: its device and its rank among `world_size` processes."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _say(config: RunConfig, process: _Process, message: str) -> None:
+    if config.progress and process.is_main:
+        print(f"[fer2013] {message}", flush=True)
+
+
+@contextmanager
+def _process_context(config: RunConfig) -> Iterator[_Process]:
+    """Resolve the device; with `config.distributed`, join (and finally leave) torchrun's group."""
+    wants_cuda = config.device == "cuda" or (
+        config.device == "auto" and torch.cuda.is_available()
+    )
+    if not config.distributed:
+        yield _Process(torch.device("cuda" if wants_cuda else "cpu"), 0, 1)
+        return
+    missing = [name for name in _TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise DistributedLaunchError(
+            "distributed: expected a launch with torchrun (e.g. `torchrun --nproc-per-node 2 "
+            f"examples/fer2013.py --distributed`), but the variables {missing} are not set"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    started_here = not dist.is_initialized()
+    if started_here:
+        dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    try:
+        yield _Process(device, dist.get_rank(), dist.get_world_size())
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _seeded_subset(images: Tensor, labels: Tensor, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    if limit is None or images.shape[0] <= limit:
+        return images, labels
+    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
+    order = order.sort().values
+    return images[order], labels[order]
+
+
+def load_data(config: RunConfig) -> tuple[FERData, dict[str, Any] | None]:
+    """The data set of `config`, and the synthetic ground truth (None for real data)."""
+    settings = config.settings
+    if config.csv is None and config.data_dir is None:
+        train_images, train_labels = make_synthetic_faces(settings.synthetic_train, config.seed)
+        # A different seed stream for the test faces: no test face repeats a training face.
+        test_images, test_labels = make_synthetic_faces(
+            settings.synthetic_test, config.seed + 1_000_003
+        )
+        data = FERData(
+            train_images=train_images,
+            train_labels=train_labels,
+            test_images=test_images,
+            test_labels=test_labels,
+            source="synthetic",
+            description=(
+                f"procedural 48x48 faces (fer_paper.synthetic), {settings.synthetic_train} "
+                f"training and {settings.synthetic_test} test images, seed {config.seed}, class "
+                "frequencies of FER-2013's training split"
+            ),
+            test_split="synthetic",
+        )
+        return data, dict(GROUND_TRUTH)
+    if config.csv is not None:
+        data = load_fer2013_csv(
+            config.csv, test_split=config.test_split, skip_bad_rows=config.skip_bad_rows
+        )
+    else:
+        assert config.data_dir is not None  # narrowed for the type checker: one source is set
+        data = load_fer_folder(config.data_dir)
+    if settings.real_train_limit is None and settings.real_test_limit is None:
+        return data, None
+    train_images, train_labels = _seeded_subset(
+        data.train_images, data.train_labels, settings.real_train_limit, config.seed
+    )
+    test_images, test_labels = _seeded_subset(
+        data.test_images, data.test_labels, settings.real_test_limit, config.seed + 1
+    )
+    subset = replace(
+        data,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        description=(
+            f"{data.description}; quick run: seeded random subsets of {train_images.shape[0]} "
+            f"training and {test_images.shape[0]} test images"
+        ),
+    )
+    return subset, None
+
+
+def _broadcast_state(model: nn.Module, process: _Process) -> None:
+    """Copy rank 0's parameters and buffers (ZCA included) to every rank."""
+    if process.world_size == 1:
+        return
+    state = model.state_dict()
+    comm_device = process.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    received: dict[str, Tensor] = {}
+    for key in sorted(state):
+        value = state[key]
+        # Not every backend moves bool tensors; the flag travels as uint8.
+        buffer = value.detach().to(comm_device, torch.uint8 if value.dtype == torch.bool else value.dtype).clone()
+        dist.broadcast(buffer, src=0)
+        received[key] = buffer.to(value.dtype)
+    model.load_state_dict(received)
+
+
+def prepare_model(
+    config: RunConfig, data: FERData, process: _Process, out: Path
+) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Load `config.weights` or fit GCN + ZCA and train; saves OUT/weights.pt (rank 0).
+
+    Returns the model (in eval mode, on the run device) and a summary of how it was made.
+    """
+    settings = config.settings
+    epochs = config.epochs or (
+        settings.synthetic_epochs if data.source == "synthetic" else settings.real_epochs
+    )
+    architecture = (
+        "GCN (scale 1, subtract_mean, use_std, sqrt_bias 10/255^2) + ZCA (filter_bias 0.1, "
+        "fitted on the training set) + CNN conv5x5x32-pool-conv5x5x64-pool-conv3x3x128-pool-"
+        "fc1024-dropout0.5-fc7"
+    )
+    if config.weights is not None:
+        model = build_model(build_preprocess())
+        state = torch.load(config.weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        summary: dict[str, Any] = {
+            "weights": f"loaded from {config.weights}",
+            "description": f"{architecture}; weights loaded from `{config.weights}` (no training).",
+        }
+    else:
+        # Initial weights come from the global generator: seed it before building the CNN.
+        torch.manual_seed(config.seed)
+        model = build_model(fit_preprocess(data.train_images))
+        if process.is_main:
+            history = train_model(
+                model,
+                data.train_images,
+                data.train_labels,
+                epochs=epochs,
+                seed=config.seed,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                device=process.device,
+                progress=config.progress,
+            )
+            losses, accuracies = list(history.loss), list(history.accuracy)
+        else:
+            losses, accuracies = [], []
+        _broadcast_state(model, process)
+        summary = {
+            "weights": "trained",
+            "epochs": epochs,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "optimizer": "Adam",
+            "seed": config.seed,
+            "loss": losses,
+            "train_accuracy": accuracies,
+            "description": (
+                f"{architecture}; trained {epochs} epochs with Adam (lr {config.learning_rate}, "
+                f"batch {config.batch_size}) on cross-entropy, seed {config.seed}; final training "
+                f"loss {losses[-1]:.4f}, training accuracy {100 * accuracies[-1]:.1f} % "
+                "(dropout active)."
+                if losses
+                else f"{architecture}; trained on rank 0 and broadcast."
+            ),
+        }
+    model.to(process.device).eval()
+    if process.is_main:
+        weights_path = out / "weights.pt"
+        if config.weights is None or Path(config.weights).resolve() != weights_path.resolve():
+            torch.save(model.state_dict(), weights_path)
+    return model, summary
+
+
+def analyse(
+    model: nn.Module, data: FERData, process: _Process, progress: bool
+) -> tuple[op.SweepResult, AnalysisTables]:
+    """The paper's analysis of the test set: sweep (Figs 4-9) and Tables 2, 3 and 4."""
+    regions = op.grid(48, 48, rows=4, cols=4)
+    result = op.sweep(
+        model,
+        data.test_images,
+        regions,
+        fills=FILLS,
+        labels=data.test_labels,
+        output="softmax",
+        batch_size="auto",
+        device=process.device,
+        progress=progress,
+        class_names=CLASS_NAMES,
+    )
+    # Table 2 needs no extra pass: the sweep's unoccluded outputs are the test predictions.
+    table2 = op.confusion_report(
+        data.test_labels, result.predicted, len(CLASS_NAMES), CLASS_NAMES, regions.ids
+    )
+    table3, table4 = (
+        op.keep_only(
+            model,
+            data.test_images,
+            data.test_labels,
+            regions,
+            keep=keep,
+            fill=0.0,
+            device=process.device,
+            progress=progress,
+            class_names=CLASS_NAMES,
+        )
+        for keep in (KEEP_MOUTH, KEEP_EYES_MOUTH)
+    )
+    return result, AnalysisTables(table2=table2, table3=table3, table4=table4)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the reproduction end to end and write everything into ``config.out``.
+
+    Returns
+    -------
+    dict
+        The contents of ``report.json`` (see `fer_paper.report.report_payload`).
+    """
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    with _process_context(config) as process:
+        out = Path(config.out)
+        if process.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+
+        stage = time.perf_counter()
+        data, ground_truth = load_data(config)
+        timing["data"] = time.perf_counter() - stage
+        _say(config, process, f"data: {data.description}")
+
+        stage = time.perf_counter()
+        model, training = prepare_model(config, data, process, out)
+        timing["model"] = time.perf_counter() - stage
+        _say(config, process, f"model ready ({training['weights']}), analysing the test set")
+
+        stage = time.perf_counter()
+        result, tables = analyse(model, data, process, config.progress and process.is_main)
+        timing["analysis"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        data_summary = {
+            "source": data.source,
+            "description": data.description,
+            "test_split": data.test_split,
+            "counts": data.counts(),
+            "notes": list(data.notes),
+        }
+        payload = report_payload(
+            result=result,
+            tables=tables,
+            data_summary=data_summary,
+            training=training,
+            timing=timing,
+            ground_truth=ground_truth,
+        )
+        if process.is_main:
+            result.save(out / "sweep.npz")
+            write_curves(out, payload)
+            figures = write_figures(out, result, tables, data.test_images)
+            timing["report"] = time.perf_counter() - stage
+            timing["total"] = time.perf_counter() - started
+            payload["timing_seconds"] = dict(timing)
+            payload["figures"] = figures
+            write_report(out, payload, tables)
+            _say(
+                config,
+                process,
+                f"test accuracy {100 * payload['accuracy']:.2f} %, keep {{10, 11}} "
+                f"{100 * payload['accuracy_keep_10_11']:.2f} %, keep {{6, 7, 10, 11}} "
+                f"{100 * payload['accuracy_keep_6_7_10_11']:.2f} %; wrote {out}/report.md "
+                f"in {timing['total']:.0f} s",
+            )
+    return payload
