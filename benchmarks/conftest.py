@@ -309,7 +309,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"-> {verdict}"
                 )
         by_key = {row.key: row for row in rows}
-        if "dense" in by_key and "captum" in by_key:
+        if "dense" in by_key and "captum" in by_key and by_key["dense"].target is not None:
             speedup = by_key["dense"].ratio / by_key["captum"].ratio
             verdict = "met" if speedup >= 6 else "MISSED"
             checks.append(
