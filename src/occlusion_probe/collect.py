@@ -8,15 +8,16 @@ Both expose their state as plain arrays for checkpoints and for merging across r
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputValueError
 from .regions import Regions
-from .result import OcclusionProbeWarning, SweepResult
+from .result import OcclusionProbeWarning, SweepResult, class_index
 
 __all__ = ["ClassMeanCollector", "ClassMeanResult", "FullCollector"]
 
@@ -32,6 +33,10 @@ class SweepMeta:
     output: str
     engine: str
     engine_note: str
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments (shallow: `dataclasses.asdict` would copy Regions)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 class FullCollector:
@@ -94,13 +99,7 @@ class FullCollector:
             baseline=torch.cat(self.baselines),
             occluded=torch.cat(self.occluded),
             labels=labels,
-            regions=meta.regions,
-            fill_labels=meta.fill_labels,
-            class_names=meta.class_names,
-            image_shape=meta.image_shape,
-            output=meta.output,
-            engine=meta.engine,
-            engine_note=meta.engine_note,
+            **meta.as_kwargs(),
         )
 
 
@@ -147,19 +146,7 @@ class ClassMeanResult:
         return float(self.confusion.diagonal().sum()) / total if total else float("nan")
 
     def _class_index(self, cls: int | str) -> int:
-        if isinstance(cls, str):
-            if self.class_names is None or cls not in self.class_names:
-                raise InputValueError(
-                    f"cls: unknown class name {cls!r}; known names are {self.class_names}"
-                )
-            return self.class_names.index(cls)
-        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
-            raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
-        if not 0 <= int(cls) < self.num_classes:
-            raise InputValueError(
-                f"cls: expected a class index in [0, {self.num_classes - 1}], got {cls}"
-            )
-        return int(cls)
+        return class_index(cls, self.num_classes, self.class_names)
 
     def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
         """Same as `SweepResult.class_curves`: Tensor, shape (R, V)."""
@@ -200,11 +187,11 @@ class ClassMeanCollector:
     """Running sums per true class; needs labels. Sums are kept in float64 so that the
     order in which chunks arrive does not change the curves beyond rounding."""
 
+    _KEYS = ("occluded_sum", "baseline_sum", "counts", "confusion")
+
     def __init__(self) -> None:
-        self.occluded_sum: Tensor | None = None
-        self.baseline_sum: Tensor | None = None
-        self.counts: Tensor | None = None
-        self.confusion: Tensor | None = None
+        # The four running sums of `ClassMeanResult`, created when the first chunk tells K, R, V.
+        self.sums: dict[str, Tensor] = {}
 
     def add(
         self, baseline: Tensor, occluded: Tensor, labels: Tensor | None, chunk_index: int = 0
@@ -214,62 +201,39 @@ class ClassMeanCollector:
                 'reduce: "class_mean" needs labels (per-true-class sums); none were given'
             )
         _, r, v, k = occluded.shape
-        if self.occluded_sum is None:
-            self.occluded_sum = torch.zeros((2, k, r, v, k), dtype=torch.float64)
-            self.baseline_sum = torch.zeros((2, k, k), dtype=torch.float64)
-            self.counts = torch.zeros((2, k), dtype=torch.int64)
-            self.confusion = torch.zeros((k, k), dtype=torch.int64)
-        assert (
-            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
-        )
+        if not self.sums:
+            self.sums = {
+                "occluded_sum": torch.zeros((2, k, r, v, k), dtype=torch.float64),
+                "baseline_sum": torch.zeros((2, k, k), dtype=torch.float64),
+                "counts": torch.zeros((2, k), dtype=torch.int64),
+                "confusion": torch.zeros((k, k), dtype=torch.int64),
+            }
+        sums = self.sums
         predicted = baseline.argmax(dim=1)
         correct = predicted == labels
         for which, chosen in enumerate((torch.ones_like(correct), correct)):
             onehot = torch.nn.functional.one_hot(labels[chosen], k).to(torch.float64)  # (m, K)
-            self.occluded_sum[which] += torch.einsum(
+            sums["occluded_sum"][which] += torch.einsum(
                 "mc,mrvk->crvk", onehot, occluded[chosen].to(torch.float64)
             )
-            self.baseline_sum[which] += onehot.T @ baseline[chosen].to(torch.float64)
-            self.counts[which] += torch.bincount(labels[chosen], minlength=k)
-        self.confusion += torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+            sums["baseline_sum"][which] += onehot.T @ baseline[chosen].to(torch.float64)
+            sums["counts"][which] += torch.bincount(labels[chosen], minlength=k)
+        sums["confusion"] += torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
 
     def state(self) -> dict[str, np.ndarray]:
-        if self.occluded_sum is None:
-            return {}
-        assert (
-            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
-        )
-        return {
-            "occluded_sum": self.occluded_sum.numpy(),
-            "baseline_sum": self.baseline_sum.numpy(),
-            "counts": self.counts.numpy(),
-            "confusion": self.confusion.numpy(),
-        }
+        return {key: tensor.numpy() for key, tensor in self.sums.items()}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "occluded_sum" not in arrays:
-            return
-        self.occluded_sum = torch.from_numpy(arrays["occluded_sum"])
-        self.baseline_sum = torch.from_numpy(arrays["baseline_sum"])
-        self.counts = torch.from_numpy(arrays["counts"])
-        self.confusion = torch.from_numpy(arrays["confusion"])
+        if "occluded_sum" in arrays:
+            self.sums = {key: torch.from_numpy(arrays[key]) for key in self._KEYS}
 
     def result(self, meta: SweepMeta) -> ClassMeanResult:
-        if self.occluded_sum is None:
+        if not self.sums:
             raise InputValueError("images: no image was processed")
-        assert (
-            self.baseline_sum is not None and self.counts is not None and self.confusion is not None
-        )
         return ClassMeanResult(
-            occluded_sum=self.occluded_sum,
-            baseline_sum=self.baseline_sum,
-            counts=self.counts,
-            confusion=self.confusion,
-            regions=meta.regions,
-            fill_labels=meta.fill_labels,
-            class_names=meta.class_names,
-            image_shape=meta.image_shape,
-            output=meta.output,
-            engine=meta.engine,
-            engine_note=meta.engine_note,
+            occluded_sum=self.sums["occluded_sum"],
+            baseline_sum=self.sums["baseline_sum"],
+            counts=self.sums["counts"],
+            confusion=self.sums["confusion"],
+            **meta.as_kwargs(),
         )

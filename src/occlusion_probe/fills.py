@@ -176,7 +176,9 @@ def warn_if_outside(fills: Sequence[Fill], images: Tensor) -> bool:
 
     low, high = float(images.min()), float(images.max())
     slack = _RANGE_SLACK * max(high - low, abs(low), abs(high), 1e-12)
-    outside = [f.label for f in fills if f.value is not None and not low - slack <= f.value <= high + slack]
+    outside = [
+        f.label for f in fills if f.value is not None and not low - slack <= f.value <= high + slack
+    ]
     if outside:
         warnings.warn(
             f"fills: {outside} lie outside the images' value range [{low:.4g}, {high:.4g}]; "

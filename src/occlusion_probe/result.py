@@ -42,6 +42,19 @@ def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             tmp.unlink()
 
 
+def class_index(cls: object, num_classes: int, class_names: Sequence[str] | None) -> int:
+    """Validate a class given by index or name; returns the index."""
+    if isinstance(cls, str):
+        if class_names is None or cls not in class_names:
+            raise InputValueError(f"cls: unknown class name {cls!r}; known names are {class_names}")
+        return list(class_names).index(cls)
+    if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
+        raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
+    if not 0 <= int(cls) < num_classes:
+        raise InputValueError(f"cls: expected a class index in [0, {num_classes - 1}], got {cls}")
+    return int(cls)
+
+
 @dataclass(frozen=True, eq=False)
 class SweepResult:
     """All class outputs of a sweep over images x regions x fills.
@@ -133,19 +146,7 @@ class SweepResult:
 
     # -- selections ---------------------------------------------------------------------------
     def _class_index(self, cls: int | str) -> int:
-        if isinstance(cls, str):
-            if self.class_names is None or cls not in self.class_names:
-                raise InputValueError(
-                    f"cls: unknown class name {cls!r}; known names are {self.class_names}"
-                )
-            return self.class_names.index(cls)
-        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
-            raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
-        if not 0 <= int(cls) < self.num_classes:
-            raise InputValueError(
-                f"cls: expected a class index in [0, {self.num_classes - 1}], got {cls}"
-            )
-        return int(cls)
+        return class_index(cls, self.num_classes, self.class_names)
 
     def fill_position(self, fill: int | float | str) -> int:
         """Position on the V axis of a fill given as its position (int), value (float) or label (str)."""

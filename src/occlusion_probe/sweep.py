@@ -81,6 +81,22 @@ def choose_engine(
     return "dense", f"incremental engine not applicable: {reason}"
 
 
+def check_common_arguments(model: object, regions: object, batch_size: object) -> None:
+    """Checks shared by `sweep` and `keep_only`."""
+    if not callable(model):
+        raise InputTypeError(
+            f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
+        )
+    if not isinstance(regions, Regions):
+        raise InputTypeError(
+            f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
+        )
+    if batch_size != "auto" and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
+
+
 def _resolve_device(device: torch.device | str | None, model: object) -> torch.device:
     own = model_device(model)
     if device is None:
@@ -208,20 +224,9 @@ def sweep(
     >>> tuple(result.occluded.shape)
     (3, 4, 6, 4)
     """
-    if not callable(model):
-        raise InputTypeError(
-            f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
-        )
-    if not isinstance(regions, Regions):
-        raise InputTypeError(
-            f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
-        )
+    check_common_arguments(model, regions, batch_size)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
-    if batch_size != "auto" and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     out_name = output_name(output)
     names = tuple(class_names) if class_names is not None else None
     shard = distributed.current_shard()

@@ -11,11 +11,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Images, ImageSource, check_label_range
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputValueError
 from .fills import FillSpec, resolve_fills, stack_fills
 from .model import Model, checked_forward, evaluation_mode
 from .regions import Regions
-from .sweep import _resolve_device, auto_batch_size
+from .sweep import _resolve_device, auto_batch_size, check_common_arguments
 
 __all__ = ["ConfusionReport", "confusion_report", "keep_only"]
 
@@ -150,18 +150,7 @@ def keep_only(
     >>> tuple(report.confusion.shape), int(report.confusion.sum())
     ((3, 3), 6)
     """
-    if not callable(model):
-        raise InputTypeError(
-            f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
-        )
-    if not isinstance(regions, Regions):
-        raise InputTypeError(
-            f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
-        )
-    if batch_size != "auto" and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
+    check_common_arguments(model, regions, batch_size)
     kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
     source = ImageSource(images, labels, regions.height, regions.width)
     if not source.is_stream and labels is None:

@@ -39,12 +39,19 @@ def reference(model: nn.Module, images: Tensor, fill_images: Tensor, masks: Tens
 
 
 def assert_matches_dense(
-    model: nn.Module, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+    model: nn.Module,
+    images: Tensor,
+    fill_images: Tensor,
+    masks: Tensor,
+    batch_size: int,
+    dense_fraction: float = 0.6,
 ) -> None:
     model.eval()
     with torch.inference_mode():
         expected = reference(model, images, fill_images, masks)
-        got = run_incremental(model, images, fill_images, masks, batch_size)
+        got = run_incremental(
+            model, images, fill_images, masks, batch_size, dense_fraction=dense_fraction
+        )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -63,7 +70,7 @@ def grid_masks(height: int, width: int, row_cuts: list[int], col_cuts: list[int]
 
 def label_masks(labels: Tensor) -> Tensor:
     """Masks (R, H, W), one per label present in an integer map (H, W)."""
-    return torch.stack([labels == value for value in labels.unique()])
+    return torch.stack([labels == value for value in torch.unique(labels)])
 
 
 def window_masks(height: int, width: int, window: int, stride: int) -> Tensor:
@@ -108,6 +115,8 @@ def randomise_batch_norm(model: nn.Module, generator: torch.Generator) -> None:
         if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
             size = module.num_features
             with torch.no_grad():
+                assert module.running_mean is not None
+                assert module.running_var is not None
                 module.running_mean.copy_(torch.randn(size, generator=generator) * 0.5)
                 module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
                 module.weight.copy_(torch.randn(size, generator=generator))
@@ -121,7 +130,7 @@ def test_paper_cnn_grid_constant_fills() -> None:
     torch.manual_seed(0)
     model = paper_cnn()
     images = torch.randn(1, 1, 48, 48)
-    fills = constant_fills([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], 1, (1, 48, 48))
+    fills = constant_fills([0.0, 0.4, 1.0], 1, (1, 48, 48))
     masks = grid_masks(48, 48, [12, 24, 36], [12, 24, 36])
     assert unsupported_reason(model, (1, 48, 48)) is None
     assert_matches_dense(model, images, fills, masks, batch_size=40)
@@ -170,9 +179,9 @@ def test_vgg_style_with_same_padding_batch_norm_and_adaptive_pool() -> None:
     )
     randomise_batch_norm(model, generator)
     assert unsupported_reason(model, (3, 32, 36)) is None
-    images = torch.randn(2, 3, 32, 36)
-    fills = torch.cat([constant_fills([0.0], 2, (3, 32, 36)), torch.randn(1, 2, 3, 32, 36)])
-    masks = torch.cat([grid_masks(32, 36, [5, 19], [9, 10, 21]), window_masks(32, 36, 6, 5)])
+    images = torch.randn(1, 3, 32, 36)
+    fills = torch.cat([constant_fills([0.0], 1, (3, 32, 36)), torch.randn(1, 1, 3, 32, 36)])
+    masks = torch.cat([grid_masks(32, 36, [5, 19], [9, 10, 21]), window_masks(32, 36, 7, 6)])
     assert_matches_dense(model, images, fills, masks, batch_size=40)
 
 
@@ -211,6 +220,22 @@ def test_more_fills_than_batch_size_and_broadcast_fill_shape() -> None:
     torch.testing.assert_close(broadcast, expanded)
 
 
+def test_in_place_first_layer_leaves_the_images_alone() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.ReLU(inplace=True), nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten()
+    )
+    model.append(nn.ReLU(inplace=True))
+    model.append(nn.Linear(3 * 8 * 8, 2))
+    images = torch.randn(2, 1, 10, 10)
+    before = images.clone()
+    masks = grid_masks(10, 10, [5], [3])
+    assert_matches_dense(model, images.clone(), constant_fills([-1.0], 2, (1, 10, 10)), masks, 4)
+    with torch.inference_mode():
+        run_incremental(model, images, constant_fills([-1.0], 2, (1, 10, 10)), masks, 4)
+    torch.testing.assert_close(images, before, rtol=0, atol=0)
+
+
 def test_no_regions_or_no_images_give_empty_outputs() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
     with torch.inference_mode():
@@ -246,7 +271,7 @@ def test_cuda_matches_dense() -> None:
 
 
 @st.composite
-def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int]:
+def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int, float]:
     """A random qualifying conv net with random images, fills, regions and batch size."""
     seed = draw(st.integers(0, 2**16))
     generator = torch.Generator().manual_seed(seed)
@@ -278,11 +303,17 @@ def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int
             pool_kernel = draw(st.integers(1, 3))
             pool_stride = draw(st.integers(1, 3))
             pool_padding = draw(st.integers(0, pool_kernel // 2))
-            pool_h = (h + 2 * pool_padding - pool_kernel) // pool_stride + 1
-            pool_w = (w + 2 * pool_padding - pool_kernel) // pool_stride + 1
+            is_max = draw(st.booleans())
+            # Only max pooling has a dilation.
+            pool_dilation = draw(st.integers(1, 2)) if is_max else 1
+            pool_span = pool_dilation * (pool_kernel - 1) + 1
+            pool_h = (h + 2 * pool_padding - pool_span) // pool_stride + 1
+            pool_w = (w + 2 * pool_padding - pool_span) // pool_stride + 1
             if pool_h >= 1 and pool_w >= 1:
-                if draw(st.booleans()):
-                    layers.append(nn.MaxPool2d(pool_kernel, pool_stride, pool_padding))
+                if is_max:
+                    layers.append(
+                        nn.MaxPool2d(pool_kernel, pool_stride, pool_padding, pool_dilation)
+                    )
                 else:
                     include_pad = draw(st.booleans())
                     layers.append(
@@ -323,7 +354,9 @@ def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int
             draw(st.integers(1, 2)), n, channels, height, width, generator=generator
         )
     batch_size = draw(st.sampled_from([1, 2, 5, 16, 256]))
-    return model, images, fills, masks, batch_size
+    # 0 and 1 force full maps right away and patches all the way, the default mixes them.
+    dense_fraction = draw(st.sampled_from([0.0, 0.6, 0.6, 1.0]))
+    return model, images, fills, masks, batch_size, dense_fraction
 
 
 @settings(
@@ -332,10 +365,13 @@ def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(random_case())
-def test_random_models_match_dense(case: tuple[nn.Module, Tensor, Tensor, Tensor, int]) -> None:
-    model, images, fills, masks, batch_size = case
-    assert unsupported_reason(model, tuple(images.shape[1:])) is None
-    assert_matches_dense(model, images, fills, masks, batch_size)
+def test_random_models_match_dense(
+    case: tuple[nn.Module, Tensor, Tensor, Tensor, int, float],
+) -> None:
+    model, images, fills, masks, batch_size, dense_fraction = case
+    _, channels, height, width = images.shape
+    assert unsupported_reason(model, (channels, height, width)) is None
+    assert_matches_dense(model, images, fills, masks, batch_size, dense_fraction)
 
 
 # ----------------------------------------------------------------------------- qualification
@@ -353,7 +389,8 @@ class TwoPath(nn.Module):
         self.head = nn.Linear(2 * 6 * 6, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.conv(x).flatten(1))
+        output: Tensor = self.head(self.conv(x).flatten(1))
+        return output
 
 
 class MySequential(nn.Sequential):
@@ -441,9 +478,11 @@ def test_run_incremental_rejects_bad_arguments() -> None:
         run_incremental(model, images, fills, masks, 0)
     with pytest.raises(ValueError, match="images"):
         run_incremental(model, images[0], fills, masks, 4)
+    with pytest.raises(ValueError, match="dense_fraction"):
+        run_incremental(model, images, fills, masks, 4, dense_fraction=1.5)
     with pytest.raises(ValueError, match="eval mode"):
         run_incremental(model.train(), images, fills, masks, 4)
     with pytest.raises(ValueError, match=r"layer 0 \(Scale\)"):
         run_incremental(nn.Sequential(Scale(), nn.Flatten()).eval(), images, fills, masks, 4)
     with pytest.raises(ValueError, match="image_shape"):
-        unsupported_reason(model, (1, 8))
+        unsupported_reason(model, (1, 8))  # type: ignore[arg-type]

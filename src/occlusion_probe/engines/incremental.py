@@ -13,8 +13,9 @@ the cached map and the remaining layers run in full, once per occluded image.
 
 All occluded images of one region share the same boxes at every layer, and so do regions
 whose boxes have the same sizes and the same offsets within their windows (e.g. the interior
-cells of a grid), so the work is batched over (regions x images x fills): one gather, one
-layer call and one scatter per layer and batch, with no Python loop over images and no
+cells of a grid), so the work is batched over (regions x images x fills): per layer and batch, a few slice
+copies per region to assemble the input windows (channels last, each image's cached frame
+broadcast over its fills) and one call of the layer, with no Python loop over images and no
 host-device synchronisation inside the loop.
 """
 
@@ -504,11 +505,14 @@ class _Placement:
 
 
 def _route(
-    arch: _Architecture, top: int, bottom: int, left: int, right: int
+    arch: _Architecture, box: tuple[int, int, int, int], dense_fraction: float
 ) -> tuple[_Route, _Placement] | None:
-    """Trace the changed box [top, bottom) x [left, right) through the spatial layers;
-    None when it stops reaching any output (so the outputs equal the unoccluded ones)."""
-    box = (bottom - top, right - left)
+    """Trace the changed box (top, bottom, left, right) through the spatial layers, switching
+    to full maps at the first local layer whose changed output exceeds `dense_fraction` of
+    its map; None when the box stops reaching any output (the outputs are the unoccluded ones).
+    """
+    top, bottom, left, right = box
+    size = (bottom - top, right - left)
     origin = (top, left)
     steps: list[_Step] = []
     windows: list[tuple[int, int]] = []
@@ -523,7 +527,7 @@ def _route(
         if out_top >= out_bottom or out_left >= out_right:
             return None
         changed = (out_bottom - out_top) * (out_right - out_left)
-        if changed > DENSE_SWITCH_FRACTION * rows.out_size * cols.out_size:
+        if changed > dense_fraction * rows.out_size * cols.out_size:
             switch = position
             break
         win_top, win_bottom = rows.window(out_top, out_bottom)
@@ -552,7 +556,7 @@ def _route(
         windows.append((win_top, win_left))
         outputs.append((out_top, out_left))
         top, bottom, left, right = out_top, out_bottom, out_left, out_right
-    route = _Route(box, tuple(steps), switch)
+    route = _Route(size, tuple(steps), switch)
     return route, _Placement(origin, tuple(windows), tuple(outputs), (top, left))
 
 
@@ -618,14 +622,14 @@ class _RegionBatch:
 
 
 def _region_batches(
-    arch: _Architecture, masks: Tensor, regions_per_batch: int
+    arch: _Architecture, masks: Tensor, regions_per_batch: int, dense_fraction: float
 ) -> tuple[list[_RegionBatch], list[int]]:
     """Group regions by route into batches of at most `regions_per_batch`; also return the
     regions whose occlusion changes nothing the model reads."""
     groups: dict[_Route, list[tuple[int, _Placement]]] = {}
     unaffected: list[int] = []
     for region, box in enumerate(_bounding_boxes(masks)):
-        traced = None if box is None else _route(arch, *box)
+        traced = None if box is None else _route(arch, box, dense_fraction)
         if traced is None:
             unaffected.append(region)
         else:
@@ -686,7 +690,8 @@ def _build_cache(
     """Run the model on the unoccluded `images` (n, C, H, W), keeping the activations routes read."""
     padded: dict[int, Tensor] = {}
     plain: dict[int, Tensor] = {}
-    activation = images
+    # The first layer may work in place; the caller's images must stay as they are.
+    activation = images if isinstance(arch.spatial[0], _LocalLayer) else images.clone()
     for position, layer in enumerate(arch.spatial):
         if position in padded_at and isinstance(layer, _LocalLayer):
             padded[position] = layer.pad(activation).contiguous(memory_format=torch.channels_last)
@@ -883,7 +888,13 @@ def _ranges(total: int, size: int) -> Iterator[slice]:
 
 
 def run_incremental(
-    model: nn.Module, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+    model: nn.Module,
+    images: Tensor,
+    fill_images: Tensor,
+    masks: Tensor,
+    batch_size: int,
+    *,
+    dense_fraction: float = DENSE_SWITCH_FRACTION,
 ) -> Tensor:
     """Exact outputs of `model` on every occluded image, recomputing only what occlusion changes.
 
@@ -894,12 +905,21 @@ def run_incremental(
     masks : Tensor, shape (R, H, W), bool, same device; any shapes (grid cells, superpixels,
         overlapping windows)
     batch_size : int, about how many occluded images are processed at once (bounds memory)
+    dense_fraction : float in [0, 1]; from the first convolution or pooling layer whose
+        changed output covers more than this fraction of its map, layers run on full maps
+        (0: everything but the region's input box runs in full; 1: patches all the way)
     returns : Tensor, shape (n, R, V, K): entry (i, r, v) equals
         ``model(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]`` up to
         floating-point rounding (patches and full maps may use different convolution
         algorithms).
     """
     fills = _check_inputs(model, images, fill_images, masks, batch_size)
+    if isinstance(dense_fraction, bool) or not isinstance(dense_fraction, int | float):
+        raise InputTypeError(
+            f"dense_fraction: expected a float in [0, 1], got {describe(dense_fraction)}"
+        )
+    if not 0.0 <= dense_fraction <= 1.0:
+        raise InputValueError(f"dense_fraction: expected a float in [0, 1], got {dense_fraction!r}")
     n, channels, height, width = images.shape
     analysed = _analyse(model, (channels, height, width))
     if isinstance(analysed, str):
@@ -927,7 +947,7 @@ def run_incremental(
         tuple(_fast_call(layer) for layer in arch.head),
     )
     with torch.inference_mode():
-        batches, unaffected = _region_batches(arch, masks, regions_per_batch)
+        batches, unaffected = _region_batches(arch, masks, regions_per_batch, dense_fraction)
         padded_at = {step.position for b in batches for step in b.route.steps}
         plain_at = {b.route.switch for b in batches} - padded_at
         pad_counts = {
