@@ -24,7 +24,7 @@ from pathlib import Path
 # The support package lives next to this file; make it importable however the script is run.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fer_paper.pipeline import RunConfig, run  # noqa: E402
+from fer_paper.pipeline import RunConfig, run
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
@@ -47,7 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         default="PublicTest",
         help="csv rows used as the test set (default PublicTest, the paper's 3,588 images)",
     )
-    parser.add_argument("--weights", type=Path, help="state_dict from an earlier run; skips training")
+    parser.add_argument(
+        "--weights", type=Path, help="state_dict from an earlier run; skips training"
+    )
     parser.add_argument("--out", type=Path, default=Path("fer2013-output"), help="output folder")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 2 min)")

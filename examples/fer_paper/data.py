@@ -101,7 +101,9 @@ class FERData:
             split: dict(
                 zip(
                     CLASS_NAMES,
-                    torch.bincount(getattr(self, f"{split}_labels"), minlength=NUM_CLASSES).tolist(),
+                    torch.bincount(
+                        getattr(self, f"{split}_labels"), minlength=NUM_CLASSES
+                    ).tolist(),
                     strict=True,
                 )
             )
@@ -187,7 +189,9 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"csv: expected a header {list(CSV_COLUMNS)} in {path}, got an empty file")
+            raise ValueError(
+                f"csv: expected a header {list(CSV_COLUMNS)} in {path}, got an empty file"
+            )
         yield 1, [name.strip() for name in header]
         for row in reader:
             if row:
@@ -274,7 +278,7 @@ def load_fer2013_csv(
 
     train_images, train_labels = stack(TRAIN_USAGE)
     test_images, test_labels = stack(test_split)
-    other = [split for split in TEST_SPLITS if split != test_split][0]
+    other = next(split for split in TEST_SPLITS if split != test_split)
     return FERData(
         train_images=train_images,
         train_labels=train_labels,

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import occlusion_probe as op
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+import occlusion_probe as op
 
 from .classes import CLASS_NAMES
 from .data import TEST_SPLITS, FERData, load_fer2013_csv, load_fer_folder
@@ -187,9 +188,7 @@ def _say(config: RunConfig, process: _Process, message: str) -> None:
 @contextmanager
 def _process_context(config: RunConfig) -> Iterator[_Process]:
     """Resolve the device; with `config.distributed`, join (and finally leave) torchrun's group."""
-    wants_cuda = config.device == "cuda" or (
-        config.device == "auto" and torch.cuda.is_available()
-    )
+    wants_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if not config.distributed:
         yield _Process(torch.device("cuda" if wants_cuda else "cpu"), 0, 1)
         return
@@ -215,7 +214,9 @@ def _process_context(config: RunConfig) -> Iterator[_Process]:
             dist.destroy_process_group()
 
 
-def _seeded_subset(images: Tensor, labels: Tensor, limit: int | None, seed: int) -> tuple[Tensor, Tensor]:
+def _seeded_subset(
+    images: Tensor, labels: Tensor, limit: int | None, seed: int
+) -> tuple[Tensor, Tensor]:
     if limit is None or images.shape[0] <= limit:
         return images, labels
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:limit]
@@ -285,7 +286,11 @@ def _broadcast_state(model: nn.Module, process: _Process) -> None:
     for key in sorted(state):
         value = state[key]
         # Not every backend moves bool tensors; the flag travels as uint8.
-        buffer = value.detach().to(comm_device, torch.uint8 if value.dtype == torch.bool else value.dtype).clone()
+        buffer = (
+            value.detach()
+            .to(comm_device, torch.uint8 if value.dtype == torch.bool else value.dtype)
+            .clone()
+        )
         dist.broadcast(buffer, src=0)
         received[key] = buffer.to(value.dtype)
     model.load_state_dict(received)

@@ -131,7 +131,10 @@ def ground_truth_checks(
     return {
         "happiness_top2_mouth": set(rankings["Happiness"][:2]) == set(MOUTH_AREAS),
         "anger_eyes_top3": bool(set(rankings["Anger"][:3]) & set(EYE_AREAS)),
-        "keep_only_order": accuracy > accuracy_keep_eyes_mouth > accuracy_keep_mouth > 1 / NUM_CLASSES,
+        "keep_only_order": accuracy
+        > accuracy_keep_eyes_mouth
+        > accuracy_keep_mouth
+        > 1 / NUM_CLASSES,
     }
 
 
@@ -215,7 +218,9 @@ def write_curves(out: Path, payload: Mapping[str, Any]) -> None:
         writer.writerow(["class", "area", *[f"fill_{fill:g}" for fill in fills]])
         for name in payload["class_names"]:
             for area, row in zip(payload["area_ids"], payload["curves"][name], strict=True):
-                writer.writerow([name, area, *["" if value is None else f"{value:.6f}" for value in row]])
+                writer.writerow(
+                    [name, area, *["" if value is None else f"{value:.6f}" for value in row]]
+                )
     curves_json = {
         "description": (
             "mean softmax output of each class over its correctly classified test images, "
@@ -274,7 +279,11 @@ def write_figures(
         axes.set_axis_off()
     save(combined, "curves_all.png")
     save(heatmaps, "heatmaps.png")
-    for name, report in (("table2", tables.table2), ("table3", tables.table3), ("table4", tables.table4)):
+    for name, report in (
+        ("table2", tables.table2),
+        ("table3", tables.table3),
+        ("table4", tables.table4),
+    ):
         save(op.plot.confusion(report, class_names=CLASS_NAMES), f"{name}.png")
     return written
 
@@ -316,25 +325,41 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         *[f"Note: {note}\n" for note in data.get("notes", [])],
         "## Convention\n",
         f"All confusion tables: **{CONVENTION}** (the diagonal is the per-class recall). The "
-        "paper's tables are labelled \"Predicted class\" on the rows, but their rows sum to 100 "
+        'paper\'s tables are labelled "Predicted class" on the rows, but their rows sum to 100 '
         "and the Disgust row is non-zero although Disgust is never predicted, so the rows are "
         "the true classes.\n",
         "## Summary: paper vs this run\n",
         _markdown_table(
             ["quantity", "paper", "this run"],
             [
-                ["test accuracy", f"{PAPER['accuracy_percent']:.2f} %", _percent(payload["accuracy"])],
+                [
+                    "test accuracy",
+                    f"{PAPER['accuracy_percent']:.2f} %",
+                    _percent(payload["accuracy"]),
+                ],
                 ["Happiness recall", "about 70 %", _percent(recall["table2"]["Happiness"])],
                 ["Surprise recall", "about 70 %", _percent(recall["table2"]["Surprise"])],
                 ["Disgust recall", "0 %", _percent(recall["table2"]["Disgust"])],
-                ["accuracy, keep areas 10, 11 (Table 3)", "drops", _percent(payload["accuracy_keep_10_11"])],
-                ["Happiness recall, keep 10, 11", "above 50 %", _percent(recall["table3"]["Happiness"])],
+                [
+                    "accuracy, keep areas 10, 11 (Table 3)",
+                    "drops",
+                    _percent(payload["accuracy_keep_10_11"]),
+                ],
+                [
+                    "Happiness recall, keep 10, 11",
+                    "above 50 %",
+                    _percent(recall["table3"]["Happiness"]),
+                ],
                 [
                     "accuracy, keep areas 6, 7, 10, 11 (Table 4)",
                     "drops",
                     _percent(payload["accuracy_keep_6_7_10_11"]),
                 ],
-                ["Happiness recall, keep 6, 7, 10, 11", "above 50 %", _percent(recall["table4"]["Happiness"])],
+                [
+                    "Happiness recall, keep 6, 7, 10, 11",
+                    "above 50 %",
+                    _percent(recall["table4"]["Happiness"]),
+                ],
             ],
         ),
         "## Table 2: test set, all areas visible\n",
@@ -426,5 +451,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
 
 def write_report(out: Path, payload: Mapping[str, Any], tables: AnalysisTables) -> None:
     """OUT/report.json and OUT/report.md."""
-    (out / "report.json").write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
+    (out / "report.json").write_text(
+        json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8"
+    )
     (out / "report.md").write_text(render_markdown(payload, tables), encoding="utf-8")

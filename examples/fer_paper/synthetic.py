@@ -106,7 +106,11 @@ class ExpressionSpec:
     brow_tilt: Range
 
 
-_NEUTRAL_MOUTH = {"mouth_curve": (-0.4, 0.4), "mouth_open": (0.0, 0.0), "mouth_half_width": (6.0, 7.5)}
+_NEUTRAL_MOUTH = {
+    "mouth_curve": (-0.4, 0.4),
+    "mouth_open": (0.0, 0.0),
+    "mouth_half_width": (6.0, 7.5),
+}
 _NEUTRAL_EYES = {"eye_half_height": (1.8, 2.3), "brow_raise": (-0.4, 0.4), "brow_tilt": (-0.4, 0.4)}
 
 EXPRESSIONS: tuple[ExpressionSpec, ...] = (
@@ -250,7 +254,9 @@ def class_counts(n: int, frequencies: Sequence[float] | None = None) -> NDArray[
     return counts + 1
 
 
-def _uniform(rng: np.random.Generator, low: NDArray[np.float64], high: NDArray[np.float64]) -> NDArray[np.float64]:
+def _uniform(
+    rng: np.random.Generator, low: NDArray[np.float64], high: NDArray[np.float64]
+) -> NDArray[np.float64]:
     return low + (high - low) * rng.random(low.shape[0])
 
 
@@ -276,7 +282,9 @@ def sample_face_parameters(
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES)):
-        raise ValueError(f"labels: expected a 1-d array of labels in 0..{NUM_CLASSES - 1}, got {labels!r}")
+        raise ValueError(
+            f"labels: expected a 1-d array of labels in 0..{NUM_CLASSES - 1}, got {labels!r}"
+        )
     n = labels.shape[0]
 
     def identity(low: float, high: float) -> NDArray[np.float64]:
@@ -365,7 +373,9 @@ def render_faces(params: FaceParameters, rng: np.random.Generator) -> NDArray[np
     cy, cx = p["center_row"], p["center_col"]
     feature = p["feature_tone"]
 
-    def paint(image: NDArray[np.float64], coverage: NDArray[np.float64], tone: NDArray[np.float64]) -> NDArray[np.float64]:
+    def paint(
+        image: NDArray[np.float64], coverage: NDArray[np.float64], tone: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
         return image * (1.0 - coverage) + tone * coverage
 
     # Head: an ellipse of skin over the background, with hair above a curved hairline.
@@ -434,7 +444,12 @@ def render_faces(params: FaceParameters, rng: np.random.Generator) -> NDArray[np
     # Frame: a uniform border outside a window (padded or cropped photos); an unused frame's
     # window is the whole image.
     top, left = p["frame_top"], p["frame_left"]
-    window = (row >= top) & (row < top + p["frame_height"]) & (col >= left) & (col < left + p["frame_width"])
+    window = (
+        (row >= top)
+        & (row < top + p["frame_height"])
+        & (col >= left)
+        & (col < left + p["frame_width"])
+    )
     image = paint(image, (~window).astype(np.float32), p["frame_tone"])
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 

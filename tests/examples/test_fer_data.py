@@ -58,7 +58,9 @@ def test_csv_good_file(tmp_path: Path) -> None:
 
 def test_csv_private_test_split_and_column_order(tmp_path: Path) -> None:
     # columns in another order, spaces after commas in the header (as some exports have)
-    rows = [f"{usage},{label},{pixels}" for label, pixels, usage in (r.split(",") for r in good_rows())]
+    rows = [
+        f"{usage},{label},{pixels}" for label, pixels, usage in (r.split(",") for r in good_rows())
+    ]
     path = write_csv(tmp_path / "f.csv", rows, header="Usage, emotion, pixels")
     data = load_fer2013_csv(path, test_split="PrivateTest")
     assert data.test_labels.tolist() == [4]
@@ -75,11 +77,27 @@ def test_csv_private_test_split_and_column_order(tmp_path: Path) -> None:
         (f"-1,{pixel_text(1)},Training", "label not an integer in 0..6", "got -1"),
         (f"happy,{pixel_text(1)},Training", "label not an integer in 0..6", "'happy'"),
         (f"3,{pixel_text(1)},Validation", "unknown Usage", "'Validation'"),
-        (f"3,{pixel_text([1] * 10 + ['1.5'] + [1] * 2293)},Training", "non-integer pixel", "pixel 10 is '1.5'"),  # type: ignore[list-item]
-        (f"3,{pixel_text([1] * 5 + ['x'] + [1] * 2298)},Training", "non-integer pixel", "pixel 5 is 'x'"),  # type: ignore[list-item]
-        (f"3,{pixel_text([1] * 7 + [256] + [1] * 2296)},Training", "pixel outside 0..255", "pixel 7 is 256"),
+        (
+            f"3,{pixel_text([1] * 10 + ['1.5'] + [1] * 2293)},Training",
+            "non-integer pixel",
+            "pixel 10 is '1.5'",
+        ),  # type: ignore[list-item]
+        (
+            f"3,{pixel_text([1] * 5 + ['x'] + [1] * 2298)},Training",
+            "non-integer pixel",
+            "pixel 5 is 'x'",
+        ),  # type: ignore[list-item]
+        (
+            f"3,{pixel_text([1] * 7 + [256] + [1] * 2296)},Training",
+            "pixel outside 0..255",
+            "pixel 7 is 256",
+        ),
         (f"3,{pixel_text([-3] + [1] * 2303)},Training", "pixel outside 0..255", "pixel 0 is -3"),
-        (f"3,{pixel_text([10**30] + [1] * 2303)},Training", "pixel outside 0..255", "pixel 0 is 1000"),
+        (
+            f"3,{pixel_text([10**30] + [1] * 2303)},Training",
+            "pixel outside 0..255",
+            "pixel 0 is 1000",
+        ),
         (f"3,{pixel_text(1)}", "missing or extra fields", "got 2"),
     ],
 )

@@ -13,7 +13,6 @@ from fer_paper.synthetic import (
     EXPRESSIONS,
     GROUND_TRUTH,
     ExpressionSpec,
-    FaceParameters,
     class_counts,
     make_synthetic_faces,
     render_faces,
@@ -26,8 +25,10 @@ EXPRESSION_FIELDS = tuple(f.name for f in dataclasses.fields(ExpressionSpec))
 
 def area_of_pixels(weights: np.ndarray) -> np.ndarray:
     """Sum of `weights` (..., 48, 48) in each 12x12 area: (..., 16), area id - 1 = index."""
-    return weights.reshape(*weights.shape[:-2], 4, 12, 4, 12).sum(axis=(-3, -1)).reshape(
-        *weights.shape[:-2], 16
+    return (
+        weights.reshape(*weights.shape[:-2], 4, 12, 4, 12)
+        .sum(axis=(-3, -1))
+        .reshape(*weights.shape[:-2], 16)
     )
 
 
@@ -93,7 +94,9 @@ def test_expression_definitions_need_the_stated_parts() -> None:
 def fields_unlike_neutral(label: int) -> list[str]:
     """The expression parameters whose range differs from Neutral's for class `label`."""
     return [
-        f for f in EXPRESSION_FIELDS if getattr(EXPRESSIONS[label], f) != getattr(EXPRESSIONS[NEUTRAL], f)
+        f
+        for f in EXPRESSION_FIELDS
+        if getattr(EXPRESSIONS[label], f) != getattr(EXPRESSIONS[NEUTRAL], f)
     ]
 
 
@@ -116,7 +119,9 @@ def test_expressions_change_only_their_areas(label: int, areas: tuple[int, ...])
     neutral = sample_face_parameters(np.full(n, NEUTRAL), rng, 0.0, 0.0)
     donor = sample_face_parameters(np.full(n, label), rng, 0.0, 0.0)
     neutral = dataclasses.replace(neutral, noise_std=np.zeros(n))
-    swapped = dataclasses.replace(neutral, **{f: getattr(donor, f) for f in fields_unlike_neutral(label)})
+    swapped = dataclasses.replace(
+        neutral, **{f: getattr(donor, f) for f in fields_unlike_neutral(label)}
+    )
     base = render_faces(neutral, np.random.default_rng(0))
     changed = render_faces(swapped, np.random.default_rng(0))
     per_area = area_of_pixels(np.abs(changed - base).astype(np.float64)).sum(axis=0)
@@ -131,9 +136,14 @@ def test_expressions_change_only_their_areas(label: int, areas: tuple[int, ...])
 
 
 def test_occluders_and_frames_are_optional() -> None:
-    clean, labels = make_synthetic_faces(40, seed=3, occluder_probability=0.0, frame_probability=0.0)
-    busy, busy_labels = make_synthetic_faces(40, seed=3, occluder_probability=1.0, frame_probability=1.0)
+    clean, labels = make_synthetic_faces(
+        40, seed=3, occluder_probability=0.0, frame_probability=0.0
+    )
+    busy, busy_labels = make_synthetic_faces(
+        40, seed=3, occluder_probability=1.0, frame_probability=1.0
+    )
     assert torch.equal(labels, busy_labels)
+
     # a frame leaves a uniform border: the top-left pixel equals the frame tone in every image,
     # so rows 0 of framed images are far more often constant than those of clean ones
     def constant_first_rows(images: torch.Tensor) -> int:
