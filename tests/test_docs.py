@@ -30,7 +30,9 @@ def test_there_are_code_blocks() -> None:
 
 
 @pytest.mark.parametrize(("name", "code"), BLOCKS, ids=[name for name, _ in BLOCKS])
-def test_code_block_runs(name: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_code_block_runs(
+    name: str, code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
     exec(compile(code, name, "exec"), {"__name__": "__docs__"})

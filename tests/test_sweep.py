@@ -334,7 +334,9 @@ def test_auto_batch_size_is_a_power_of_two_within_budget() -> None:
 
 
 def test_fill_far_outside_image_range_warns(cnn: nn.Module, images: torch.Tensor) -> None:
-    with pytest.warns(op.OcclusionProbeWarning, match=r"fills: \['128.0'\] lie outside the images' value range"):
+    with pytest.warns(
+        op.OcclusionProbeWarning, match=r"fills: \['128.0'\] lie outside the images' value range"
+    ):
         op.sweep(cnn, images, op.grid(12, 12, 2, 2), fills=[0.0, 128.0], progress=False)
     # just outside the range on purpose (black or a negative marker on bright images): silent
     op.sweep(cnn, images * 0.1 + 0.9, op.grid(12, 12, 2, 2), fills=[0.0, -0.5], progress=False)
