@@ -52,7 +52,8 @@ def assert_matches_dense(
         got = run_incremental(
             model, images, fill_images, masks, batch_size, dense_fraction=dense_fraction
         )
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # equal_nan: a pooling window over padding alone gives -inf, and NaN downstream, in both.
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def grid_masks(height: int, width: int, row_cuts: list[int], col_cuts: list[int]) -> Tensor:
@@ -343,7 +344,7 @@ def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int
     else:
         window = draw(st.integers(1, min(height, width)))
         masks = window_masks(
-            height, width, window, draw(st.integers(max(1, window // 2), max(window // 2, 9)))
+            height, width, window, draw(st.integers(max(3, window // 2), max(window // 2, 9)))
         )
     if draw(st.booleans()):
         fills = constant_fills(
@@ -360,7 +361,7 @@ def random_case(draw: st.DrawFn) -> tuple[nn.Module, Tensor, Tensor, Tensor, int
 
 
 @settings(
-    max_examples=50,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -457,27 +457,23 @@ def unsupported_reason(model: object, image_shape: tuple[int, int, int]) -> str 
 
 @dataclass(frozen=True)
 class _Step:
-    """One local layer run on a patch; the same for every region of a group.
+    """One local layer run on patches, with sizes shared by the regions of a batch.
 
     position : index of the layer in ``_Architecture.spatial``
-    window : (h, w) of the padded input window the new patch needs
-    crop : (r0, r1, c0, c1), the part of the incoming patch inside that window
-    place : (y, x) where the cropped patch lands in the window
-    output : (h, w) of the new patch
+    window : (h, w) of the padded input window each new patch is computed from
+    output : (h, w) of the new patches
     """
 
     position: int
     window: tuple[int, int]
-    crop: tuple[int, int, int, int]
-    place: tuple[int, int]
     output: tuple[int, int]
 
 
 @dataclass(frozen=True)
 class _Route:
-    """Everything about a region's computation except where its boxes are (the group key).
+    """The computation shared by the regions of a batch.
 
-    box : (h, w) of the region's bounding box in the input
+    box : (h, w) of the regions' bounding boxes in the input
     steps : the local layers run on patches, in order
     switch : index into ``spatial`` from which the layers run on full maps
         (``len(spatial)``: only the head does)
@@ -489,78 +485,126 @@ class _Route:
 
 
 @dataclass(frozen=True)
+class _Insert:
+    """How one region's patch enters one window (or the full map at the switch).
+
+    corner : (y, x) of the window in the source map (padded coordinates for a window)
+    crop : (r0, r1, c0, c1), the part of the patch that lies inside the window
+    place : (y, x) where that part lands in the window
+    """
+
+    corner: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    place: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class _Placement:
     """Where one region's boxes are.
 
     origin : (y, x) of the bounding box in the input
-    windows : (y, x) of each step's window, in padded coordinates of the step's input
-    outputs : (y, x) of each step's output patch
-    final : (y, x) of the patch at the switch layer's input
+    steps : the insert of each step's window
+    outputs : (y, x) of each step's output patch on the step's output map
+    final : the insert into the full map at the switch layer's input
     """
 
     origin: tuple[int, int]
-    windows: tuple[tuple[int, int], ...]
+    steps: tuple[_Insert, ...]
     outputs: tuple[tuple[int, int], ...]
-    final: tuple[int, int]
+    final: _Insert
 
 
-def _route(
-    arch: _Architecture, box: tuple[int, int, int, int], dense_fraction: float
-) -> tuple[_Route, _Placement] | None:
-    """Trace the changed box (top, bottom, left, right) through the spatial layers, switching
-    to full maps at the first local layer whose changed output exceeds `dense_fraction` of
-    its map; None when the box stops reaching any output (the outputs are the unoccluded ones).
-    """
+_Box = tuple[int, int, int, int]  # (top, bottom, left, right), half-open
+
+
+def _reaches_output(arch: _Architecture, box: _Box) -> bool:
+    """Whether a change inside `box` of the input can change the model's output at all (a
+    stride longer than a kernel skips positions, so some changes are never read)."""
     top, bottom, left, right = box
-    size = (bottom - top, right - left)
-    origin = (top, left)
+    for layer in arch.spatial:
+        if isinstance(layer, _LocalLayer):
+            top, bottom = layer.rows.affected(top, bottom)
+            left, right = layer.cols.affected(left, right)
+            if top >= bottom or left >= right:
+                return False
+    return True
+
+
+def _insert(patch: _Box, window: _Box) -> _Insert:
+    """The part of `patch` inside `window`, both in the same (padded) coordinates; the window
+    may miss part of the patch when a stride longer than the kernel skips positions."""
+    top, bottom = max(patch[0], window[0]), min(patch[1], window[1])
+    left, right = max(patch[2], window[2]), min(patch[3], window[3])
+    return _Insert(
+        (window[0], window[2]),
+        (top - patch[0], bottom - patch[0], left - patch[2], right - patch[2]),
+        (top - window[0], left - window[2]),
+    )
+
+
+def _plan(
+    arch: _Architecture, boxes: Sequence[_Box], dense_fraction: float
+) -> tuple[_Route, list[_Placement]]:
+    """The shared route of regions whose bounding boxes have the same size, and each one's
+    placement.
+
+    At every local layer each region's changed output box is grown to the largest size in
+    the batch (kept inside the map), so all regions share one window size and are computed
+    by one call of the layer. Recomputing a few unchanged outputs is exact. The switch to
+    full maps comes at the first local layer whose shared output size exceeds
+    `dense_fraction` of its map.
+    """
+    height, width = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    current = list(boxes)
     steps: list[_Step] = []
-    windows: list[tuple[int, int]] = []
-    outputs: list[tuple[int, int]] = []
+    inserts: list[list[_Insert]] = [[] for _ in boxes]
+    outputs: list[list[tuple[int, int]]] = [[] for _ in boxes]
     switch = len(arch.spatial)
     for position, layer in enumerate(arch.spatial):
         if not isinstance(layer, _LocalLayer):
             continue
         rows, cols = layer.rows, layer.cols
-        out_top, out_bottom = rows.affected(top, bottom)
-        out_left, out_right = cols.affected(left, right)
-        if out_top >= out_bottom or out_left >= out_right:
-            return None
-        changed = (out_bottom - out_top) * (out_right - out_left)
-        if changed > dense_fraction * rows.out_size * cols.out_size:
+        affected = [(*rows.affected(t, b), *cols.affected(le, r)) for t, b, le, r in current]
+        out_height = max(b - t for t, b, _, _ in affected)
+        out_width = max(r - le for _, _, le, r in affected)
+        if out_height * out_width > dense_fraction * rows.out_size * cols.out_size:
             switch = position
             break
-        win_top, win_bottom = rows.window(out_top, out_bottom)
-        win_left, win_right = cols.window(out_left, out_right)
-        # The window may not cover the whole patch (a stride longer than the kernel skips
-        # positions), so only the overlap is written in.
-        patch_top, patch_left = top + rows.pad_before, left + cols.pad_before
-        inner_top = max(patch_top, win_top)
-        inner_bottom = min(bottom + rows.pad_before, win_bottom)
-        inner_left = max(patch_left, win_left)
-        inner_right = min(right + cols.pad_before, win_right)
-        steps.append(
-            _Step(
-                position,
-                (win_bottom - win_top, win_right - win_left),
-                (
-                    inner_top - patch_top,
-                    inner_bottom - patch_top,
-                    inner_left - patch_left,
-                    inner_right - patch_left,
-                ),
-                (inner_top - win_top, inner_left - win_left),
-                (out_bottom - out_top, out_right - out_left),
+        grown: list[_Box] = []
+        for region, (box, (t, _, le, _)) in enumerate(zip(current, affected, strict=True)):
+            # Start early enough that the grown box stays on the map; it still covers the
+            # changed outputs, since those fit in out_height rows.
+            top, left = min(t, rows.out_size - out_height), min(le, cols.out_size - out_width)
+            win_top, win_bottom = rows.window(top, top + out_height)
+            win_left, win_right = cols.window(left, left + out_width)
+            patch = (
+                box[0] + rows.pad_before,
+                box[1] + rows.pad_before,
+                box[2] + cols.pad_before,
+                box[3] + cols.pad_before,
             )
+            inserts[region].append(_insert(patch, (win_top, win_bottom, win_left, win_right)))
+            outputs[region].append((top, left))
+            grown.append((top, top + out_height, left, left + out_width))
+        window_height = rows.window(0, out_height)[1]
+        window_width = cols.window(0, out_width)[1]
+        steps.append(_Step(position, (window_height, window_width), (out_height, out_width)))
+        current = grown
+    placements = [
+        _Placement(
+            (box[0], box[2]),
+            tuple(region_inserts),
+            tuple(region_outputs),
+            _insert(last, (0, last[1], 0, last[3])),
         )
-        windows.append((win_top, win_left))
-        outputs.append((out_top, out_left))
-        top, bottom, left, right = out_top, out_bottom, out_left, out_right
-    route = _Route(size, tuple(steps), switch)
-    return route, _Placement(origin, tuple(windows), tuple(outputs), (top, left))
+        for box, last, region_inserts, region_outputs in zip(
+            boxes, current, inserts, outputs, strict=True
+        )
+    ]
+    return _Route((height, width), tuple(steps), switch), placements
 
 
-def _bounding_boxes(masks: Tensor) -> list[tuple[int, int, int, int] | None]:
+def _bounding_boxes(masks: Tensor) -> list[_Box | None]:
     """(top, bottom, left, right) of every mask's True pixels, None for an empty mask."""
     rows_any = masks.any(dim=2).cpu()
     cols_any = masks.any(dim=1).cpu()
@@ -624,28 +668,28 @@ class _RegionBatch:
 def _region_batches(
     arch: _Architecture, masks: Tensor, regions_per_batch: int, dense_fraction: float
 ) -> tuple[list[_RegionBatch], list[int]]:
-    """Group regions by route into batches of at most `regions_per_batch`; also return the
+    """Batches of at most `regions_per_batch` regions with equal bounding-box sizes; also the
     regions whose occlusion changes nothing the model reads."""
-    groups: dict[_Route, list[tuple[int, _Placement]]] = {}
+    by_size: dict[tuple[int, int], list[tuple[int, _Box]]] = {}
     unaffected: list[int] = []
     for region, box in enumerate(_bounding_boxes(masks)):
-        traced = None if box is None else _route(arch, box, dense_fraction)
-        if traced is None:
+        if box is None or not _reaches_output(arch, box):
             unaffected.append(region)
         else:
-            groups.setdefault(traced[0], []).append((region, traced[1]))
+            by_size.setdefault((box[1] - box[0], box[3] - box[2]), []).append((region, box))
     batches: list[_RegionBatch] = []
-    for route, members in groups.items():
-        height, width = route.box
+    for (height, width), members in by_size.items():
         for start in range(0, len(members), regions_per_batch):
             chunk = members[start : start + regions_per_batch]
-            ids = [region for region, _ in chunk]
+            route, placements = _plan(arch, [box for _, box in chunk], dense_fraction)
             box_masks = tuple(
                 masks[region, top : top + height, left : left + width]
-                for region, (top, left) in zip(ids, (p.origin for _, p in chunk), strict=True)
+                for region, (top, _, left, _) in chunk
             )
-            regions = torch.tensor(ids, dtype=torch.long, device=masks.device)
-            batches.append(_RegionBatch(route, regions, box_masks, tuple(p for _, p in chunk)))
+            regions = torch.tensor(
+                [region for region, _ in chunk], dtype=torch.long, device=masks.device
+            )
+            batches.append(_RegionBatch(route, regions, box_masks, tuple(placements)))
     return batches, unaffected
 
 
@@ -709,22 +753,21 @@ def _assemble(
     source: Tensor,
     images: slice,
     num_fills: int,
-    corners: Sequence[tuple[int, int]],
     size: tuple[int, int],
     patch: Tensor,
-    places: Sequence[tuple[int, int]],
+    inserts: Sequence[_Insert],
 ) -> Tensor:
-    """Maps (G * nI * nV, C, h, w) in (region, image, fill) order: region g's box of the cached
-    `source` at `corners[g]`, with the region's new values `patch` written at `places[g]`.
+    """Maps (G * nI * nV, C, h, w) in (region, image, fill) order: for region g, the box of
+    the cached `source` at ``inserts[g].corner`` with the region's new values from `patch`
+    written in.
 
     source : (n, C, Hs, Ws), a cached activation (padded when it feeds a window)
     images : the chunk images the items come from (nI); each is paired with num_fills fills
     size : (h, w) of the boxes
-    patch : (G * nI * nV, C, ph, pw), already cropped to lie inside the boxes
+    patch : (G * nI * nV, C, ph, pw)
     """
-    regions, count = len(corners), images.stop - images.start
+    regions, count = len(inserts), images.stop - images.start
     channels, (height, width) = source.shape[1], size
-    patch_height, patch_width = patch.shape[-2:]
     # Channels last: every copy moves runs of (width x channels) contiguous values, and the
     # convolution and pooling kernels are fastest on this layout on CPU.
     maps = torch.empty(
@@ -732,10 +775,11 @@ def _assemble(
         dtype=patch.dtype,
         device=patch.device,
     ).permute(0, 1, 2, 5, 3, 4)
-    patches = patch.reshape(regions, count, num_fills, channels, patch_height, patch_width)
-    for region, ((top, left), (y, x)) in enumerate(zip(corners, places, strict=True)):
-        bottom, right = y + patch_height, x + patch_width
-        maps[region, :, :, :, y:bottom, x:right] = patches[region]
+    patches = patch.reshape(regions, count, num_fills, *patch.shape[1:])
+    for region, insert in enumerate(inserts):
+        (top, left), (r0, r1, c0, c1), (y, x) = insert.corner, insert.crop, insert.place
+        bottom, right = y + r1 - r0, x + c1 - c0
+        maps[region, :, :, :, y:bottom, x:right] = patches[region, :, :, :, r0:r1, c0:c1]
         # Only the frame around the patch comes from the cache, copied once per image and
         # broadcast over its fills.
         frame = (
@@ -744,10 +788,10 @@ def _assemble(
             (y, bottom, 0, x),
             (y, bottom, right, width),
         )
-        for r0, r1, c0, c1 in frame:
-            if r0 < r1 and c0 < c1:
-                maps[region, :, :, :, r0:r1, c0:c1] = source[
-                    images, None, :, top + r0 : top + r1, left + c0 : left + c1
+        for f0, f1, g0, g1 in frame:
+            if f0 < f1 and g0 < g1:
+                maps[region, :, :, :, f0:f1, g0:g1] = source[
+                    images, None, :, top + f0 : top + f1, left + g0 : left + g1
                 ]
     return maps.reshape(regions * count * num_fills, channels, height, width)
 
@@ -798,15 +842,13 @@ def _occluded_outputs(
             patch = spatial_calls[position](patch)
             continue
         k, step = next(steps)
-        r0, r1, c0, c1 = step.crop
         window = _assemble(
             cache.padded[position],
             image_range,
             num_fills,
-            [p.windows[k] for p in placements],
             step.window,
-            patch[:, :, r0:r1, c0:c1],
-            [step.place] * regions,
+            patch,
+            [p.steps[k] for p in placements],
         )
         patch = layer.on_window(window)
         if layer.exclude_pad:
@@ -825,7 +867,6 @@ def _occluded_outputs(
         base,
         image_range,
         num_fills,
-        [(0, 0)] * regions,
         (base.shape[2], base.shape[3]),
         patch,
         [p.final for p in placements],
