@@ -32,9 +32,9 @@ SHORT_NAMES: tuple[str, ...] = ("An", "Di", "Fe", "Ha", "Sa", "Su", "Ne")
 NUM_CLASSES = len(CLASS_NAMES)
 
 FER2013_TRAIN_COUNTS: tuple[int, ...] = (3995, 436, 4097, 7215, 4830, 3171, 4965)
-"""Images per class in FER-2013's ``Training`` split (28,709 in all): the imbalance of the
-paper's Table 1, with Disgust about 1.5 % of the data. The synthetic default draws its class
-frequencies from these counts."""
+"""Images per class in Kaggle's FER-2013 ``Training`` split (28,709 in all), the data the
+paper's Table 1 describes: Happiness is the largest class and Disgust about 1.5 % of the data.
+The synthetic default draws its class frequencies from these counts."""
 
 # Kaggle's folder data sets name the class folders after the csv's label words; the paper's
 # nouns are accepted as well so that either spelling of a data directory loads.

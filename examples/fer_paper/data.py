@@ -318,7 +318,8 @@ def _read_gray(path: Path) -> NDArray[np.float32]:
         raise ValueError(
             f"image: expected a 48x48 grayscale or colour image, got shape {array.shape} in {path}"
         )
-    return np.clip(array, 0.0, 1.0)
+    gray: NDArray[np.float32] = np.clip(array, 0.0, 1.0)
+    return gray
 
 
 def _load_split(split_dir: Path) -> tuple[Tensor, Tensor, int]:

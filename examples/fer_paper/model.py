@@ -17,6 +17,8 @@ a common FER-2013 baseline of that shape (about 5 M parameters). It is one flat
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +30,7 @@ __all__ = [
     "build_model",
     "build_preprocess",
     "fit_preprocess",
+    "load_model",
     "paper_cnn",
 ]
 
@@ -85,10 +88,10 @@ def fit_preprocess(train_images: Tensor, filter_bias: float = 0.1) -> nn.Sequent
             f"train_images: expected a Tensor of shape (n, 1, 48, 48), got "
             f"{tuple(getattr(train_images, 'shape', ()))} ({type(train_images).__name__})"
         )
-    preprocess = build_preprocess(filter_bias)
-    gcn, zca = preprocess[0], preprocess[1]
+    gcn = GlobalContrastNormalization()
+    zca = ZCA(_NUM_PIXELS, filter_bias=filter_bias)
     zca.fit(gcn(train_images.float().cpu()))
-    return preprocess
+    return nn.Sequential(gcn, zca)
 
 
 def build_model(gcn_zca_preprocess: nn.Module, num_classes: int = NUM_CLASSES) -> nn.Sequential:
@@ -112,3 +115,16 @@ def build_model(gcn_zca_preprocess: nn.Module, num_classes: int = NUM_CLASSES) -
             f"gcn_zca_preprocess: expected an nn.Module, got {type(gcn_zca_preprocess).__name__}"
         )
     return nn.Sequential(gcn_zca_preprocess, paper_cnn(num_classes))
+
+
+def load_model(weights: str | os.PathLike[str]) -> nn.Sequential:
+    """The full model with the weights saved by ``torch.save(model.state_dict(), weights)``.
+
+    Loaded with ``torch.load(..., weights_only=True)`` (no pickled code runs). The state_dict
+    holds the fitted ZCA buffers as well, so GCN + ZCA + CNN come back exactly as saved.
+    Returns the model on the CPU in eval mode.
+    """
+    model = build_model(build_preprocess())
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()

@@ -168,7 +168,8 @@ class ZCA(nn.Module):
         # Part of the state_dict so that loading a fitted model marks the module fitted.
         self.register_buffer("fitted", torch.tensor(False))
         self._is_fitted = False
-        self.register_load_state_dict_post_hook(_sync_fitted_flag)
+        # torch declares this registration method without annotations.
+        self.register_load_state_dict_post_hook(_sync_fitted_flag)  # type: ignore[no-untyped-call]
 
     @property
     def is_fitted(self) -> bool:

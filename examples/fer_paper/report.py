@@ -207,7 +207,8 @@ def report_payload(
             tables.table3.accuracy,
             tables.table4.accuracy,
         )
-    return _json_safe(payload)
+    json_ready: dict[str, Any] = _json_safe(payload)
+    return json_ready
 
 
 def write_curves(out: Path, payload: Mapping[str, Any]) -> None:
@@ -308,13 +309,13 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         f"Paper: {PAPER['title']}.\n",
         "## Data set\n",
         (
-            "**Synthetic default data set** (procedurally generated faces with a known answer; "
-            "its absolute numbers are not comparable with the paper's, its *pattern* is "
-            "checked against the ground truth below). "
+            "**Synthetic default data set**: procedurally generated faces whose expressions "
+            "are defined by known face parts. Its absolute numbers are not comparable with "
+            "the paper's; the *pattern* is checked against the ground truth below. "
             if synthetic
             else "**Real FER-2013 data.** "
         )
-        + f"{data['description']}.\n",
+        + f"Source: {data['description']}.\n",
         _markdown_table(
             ["split", *CLASS_NAMES, "total"],
             [

@@ -19,6 +19,7 @@ import pytest
 import torch
 from fer2013 import parse_args
 from fer_paper.classes import CLASS_NAMES
+from fer_paper.model import load_model
 from fer_paper.pipeline import (
     QUICK_SETTINGS,
     DistributedLaunchError,
@@ -142,23 +143,31 @@ def test_output_files(quick_run: tuple[RunConfig, dict[str, Any]]) -> None:
 
 def test_weights_restore_the_model(quick_run: tuple[RunConfig, dict[str, Any]]) -> None:
     config, _ = quick_run
-    reloaded = RunConfig(
-        out=config.out,
-        quick=True,
-        seed=0,
-        device="cpu",
-        progress=False,
-        weights=config.out / "weights.pt",
-    )
-    data, _ = load_data(reloaded)
-    from fer_paper.pipeline import _Process
-
-    model, summary = prepare_model(reloaded, data, _Process(torch.device("cpu"), 0, 1), config.out)
-    assert summary["weights"].startswith("loaded from")
+    data, _ = load_data(config)
+    model = load_model(config.out / "weights.pt")
     result = op.SweepResult.load(config.out / "sweep.npz")
     with torch.inference_mode():
         outputs = torch.softmax(model(data.test_images), dim=1)
     torch.testing.assert_close(outputs, result.baseline, atol=1e-5, rtol=1e-4)
+
+
+def test_weights_flag_skips_training(
+    quick_run: tuple[RunConfig, dict[str, Any]], tmp_path: Path
+) -> None:
+    config, payload = quick_run
+    data, _ = load_data(config)
+    reloaded = RunConfig(
+        out=tmp_path, quick=True, device="cpu", progress=False, weights=config.out / "weights.pt"
+    )
+    model, summary = prepare_model(reloaded, data, tmp_path)
+    assert summary["weights"] == f"loaded from {config.out / 'weights.pt'}"
+    assert "epochs" not in summary
+    assert (tmp_path / "weights.pt").is_file()
+    with torch.inference_mode():
+        predicted = model(data.test_images).argmax(dim=1)
+    assert float((predicted == data.test_labels).float().mean()) == pytest.approx(
+        payload["accuracy"]
+    )
 
 
 def write_random_csv(path: Path, rows: int, seed: int) -> None:
