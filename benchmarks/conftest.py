@@ -10,6 +10,7 @@ minimum over rounds. See benchmarks/README.md.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class Harness:
 
     device: torch.device
     threads: int
+    load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     rows: list[Row] = field(default_factory=list)
     limits: dict[str, ForwardLimit] = field(default_factory=dict)
 
@@ -280,6 +282,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write(
         f"torch {torch.__version__}, {harness.threads} threads, device {harness.device}; "
         "ratios are to references timed in the same test (min of interleaved rounds)"
+    )
+    # Other processes on the machine distort timings; the load average says how busy it was.
+    start, end = harness.load_at_start, os.getloadavg()
+    write(
+        f"load average (1, 5, 15 min) at start {start[0]:.2f} {start[1]:.2f} {start[2]:.2f}, "
+        f"at end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}, on {os.cpu_count()} CPUs"
     )
     for key, limit in harness.limits.items():
         scan = ", ".join(f"{size}: {rate:.0f}" for size, rate in limit.scan.items())

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ENGINES = ("dense", "incremental")
 # (case, N values at its grid, grid sizes at its smallest N)
 SERIES = {
-    "paper": (PAPER, (8, 32, 128), (4, 8, 16)),
+    "paper": (PAPER, (4, 16, 64), (4, 8, 16)),
     "paper-smoke": (PAPER_SMOKE, (1, 2), (2, 4)),
 }
 
