@@ -225,7 +225,7 @@ def test_naive_loop(benchmark: object, harness: Harness, case: Case) -> None:
         lambda: naive_loop(model, images, masks, fills),
         key="naive",
         label=f"naive loop, 1 image per forward, N={case.naive_n}",
-        rounds=max(case.rounds, 3),
+        rounds=1 if case.smoke else 3,
         warmup=lambda: naive_loop(model, images[:1], masks[:1], fills[:1]),
         group=workload_of(case, harness.device).name,
     )

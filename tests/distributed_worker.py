@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import small_cnn
+from reference_models import small_cnn
 
 import occlusion_probe as op
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_cnn
+from reference_models import small_cnn
 
 import occlusion_probe as op
 from occlusion_probe.checkpoint import CheckpointError
@@ -23,7 +23,7 @@ _RUN = textwrap.dedent(
     import torch
     import occlusion_probe as op
     sys.path.insert(0, {tests!r})
-    from conftest import small_cnn
+    from reference_models import small_cnn
 
     checkpoint, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     model = small_cnn(classes=3).eval()

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import small_cnn
+from reference_models import small_cnn
 from torch.utils.data import DataLoader, TensorDataset
 
 import occlusion_probe as op

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_cnn
+from reference_models import small_cnn
 from torch.utils.data import DataLoader, TensorDataset
 
 import occlusion_probe as op

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import FeatureAblation
-from conftest import small_cnn
+from reference_models import small_cnn
 from torch import nn
 
 import occlusion_probe as op

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import reference_sweep, small_cnn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_models import reference_sweep, small_cnn
 from torch import nn
 
 import occlusion_probe as op

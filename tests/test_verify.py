@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_cnn
+from reference_models import small_cnn
 from torch import nn
 
 import occlusion_probe as op

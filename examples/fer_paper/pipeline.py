@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -45,6 +45,7 @@ __all__ = [
 FILLS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 KEEP_MOUTH = (10, 11)
 KEEP_EYES_MOUTH = (6, 7, 10, 11)
+CPU_BATCH_SIZE = 64
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -268,14 +269,17 @@ def load_data(config: RunConfig) -> tuple[FERData, dict[str, str] | None]:
         data = load_fer_folder(config.data_dir)
     else:
         return _synthetic_data(settings, config.seed), dict(GROUND_TRUTH)
-    if settings.real_train_limit is None and settings.real_test_limit is None:
-        return data, None
     train_images, train_labels = _seeded_subset(
         data.train_images, data.train_labels, settings.real_train_limit, config.seed
     )
     test_images, test_labels = _seeded_subset(
         data.test_images, data.test_labels, settings.real_test_limit, config.seed + 1
     )
+    if (train_images.shape[0], test_images.shape[0]) == (
+        data.train_images.shape[0],
+        data.test_images.shape[0],
+    ):
+        return data, None
     subset = replace(
         data,
         train_images=train_images,
@@ -284,7 +288,8 @@ def load_data(config: RunConfig) -> tuple[FERData, dict[str, str] | None]:
         test_labels=test_labels,
         description=(
             f"{data.description}; quick run: seeded random subsets of {train_images.shape[0]} "
-            f"training and {test_images.shape[0]} test images"
+            f"of {data.train_images.shape[0]} training and {test_images.shape[0]} of "
+            f"{data.test_images.shape[0]} test images"
         ),
     )
     return subset, None
@@ -388,6 +393,10 @@ def analyse(
 ) -> tuple[op.SweepResult, AnalysisTables]:
     """The paper's analysis of the test set: sweep (Figs 4-9) and Tables 2, 3 and 4."""
     regions = op.grid(48, 48, rows=4, cols=4)
+    # On the CPU, 64 occluded images per call keep this CNN's activations (32 x 48 x 48 floats
+    # per image after the first conv) small enough to reuse memory: larger "auto" batches
+    # spent a third of their time in page faults (measured 610 vs 490 images/s per core).
+    batch_size: int | Literal["auto"] = CPU_BATCH_SIZE if process.device.type == "cpu" else "auto"
     result = op.sweep(
         model,
         data.test_images,
@@ -395,7 +404,7 @@ def analyse(
         fills=FILLS,
         labels=data.test_labels,
         output="softmax",
-        batch_size="auto",
+        batch_size=batch_size,
         device=process.device,
         progress=progress,
         class_names=CLASS_NAMES,
@@ -412,6 +421,7 @@ def analyse(
             regions,
             keep=keep,
             fill=0.0,
+            batch_size=batch_size,
             device=process.device,
             progress=progress,
             class_names=CLASS_NAMES,

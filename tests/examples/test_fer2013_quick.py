@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 from fer2013 import parse_args
+from fer_paper import pipeline
 from fer_paper.classes import CLASS_NAMES
 from fer_paper.model import load_model
 from fer_paper.pipeline import (
     QUICK_SETTINGS,
     DistributedLaunchError,
     RunConfig,
+    RunSettings,
     load_data,
     prepare_model,
     run,
@@ -197,6 +199,27 @@ def test_csv_run_reports_real_data(tmp_path: Path) -> None:
     for name in CLASS_NAMES:
         if payload["selected_images"][name] == 0:
             assert payload["ranking"][name] == []
+
+
+def test_quick_takes_seeded_subsets_of_real_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    csv_path = tmp_path / "fer2013.csv"
+    write_random_csv(csv_path, 60, seed=1)
+    monkeypatch.setattr(
+        pipeline,
+        "QUICK_SETTINGS",
+        RunSettings(7, 7, 1, 1, real_train_limit=20, real_test_limit=5),
+    )
+    config = RunConfig(csv=csv_path, quick=True)
+    data, ground_truth = load_data(config)
+    assert ground_truth is None
+    assert data.train_images.shape[0] == 20 and data.test_images.shape[0] == 5
+    assert "20 of 48 training and 5 of 8 test images" in data.description
+    again, _ = load_data(config)
+    assert torch.equal(again.train_images, data.train_images)
+    full, _ = load_data(RunConfig(csv=csv_path))
+    assert full.train_images.shape[0] == 48 and "quick run" not in full.description
 
 
 def test_command_line_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
