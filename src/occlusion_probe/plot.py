@@ -86,7 +86,7 @@ def class_curves(
     the image count. With `bands`, each line gets a shaded 95 % percentile bootstrap band
     (`SweepResult.curve_bands` with `n_resamples` and `seed`).
 
-    When no image is selected (a class the model never gets right, like the paper's Disgust)
+    When no image is selected (a class the model never gets right)
     the figure says so in place of the curves and an `OcclusionProbeWarning` is issued.
 
     Returns the `Figure` (the one holding `ax` when given).
