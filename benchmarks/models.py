@@ -189,7 +189,7 @@ PAPER = Case(
     n=128,
     grid=4,
     fills=PAPER_FILLS,
-    batch_sizes=(128, 256, 512, 1024, 2048),
+    batch_sizes=(32, 64, 128, 256, 512, 1024, 2048),
     scan_images=2048,
     rounds=2,
 )
@@ -218,7 +218,7 @@ VGG = Case(
     n=2,
     grid=14,
     fills=PAPER_FILLS,
-    batch_sizes=(8, 16, 32, 64),
+    batch_sizes=(2, 4, 8, 16, 32, 64),
     scan_images=64,
     rounds=2,
 )

@@ -39,8 +39,10 @@ def time_sweep(
     engine: str,
     key: str,
     target: float | None,
+    batch_size: int | None = None,
 ) -> op.SweepResult:
-    """Time the whole ``op.sweep(..., engine=engine)`` (defaults otherwise) on `workload`."""
+    """Time the whole ``op.sweep(..., engine=engine)`` on `workload`, with the default
+    ``batch_size="auto"`` unless `batch_size` is given."""
     results: list[op.SweepResult] = []
     model, images, regions, fills = (
         workload.model,
@@ -48,25 +50,36 @@ def time_sweep(
         workload.regions,
         workload.fills,
     )
+    size: int | str = "auto" if batch_size is None else batch_size
 
     def method() -> None:
-        results.append(op.sweep(model, images, regions, fills, engine=engine, progress=False))
+        results.append(
+            op.sweep(model, images, regions, fills, engine=engine, batch_size=size, progress=False)
+        )
 
     def warmup() -> None:
-        op.sweep(model, images[:1], regions, fills[:1], engine=engine, progress=False)
+        op.sweep(
+            model, images[:1], regions, fills[:1], engine=engine, batch_size=size, progress=False
+        )
 
     auto = auto_batch_size(images.shape[1:], harness.device, workload.count)
+    label = (
+        f'sweep(engine="{engine}"), batch_size="auto" = {auto}'
+        if batch_size is None
+        else f'sweep(engine="{engine}"), batch_size={batch_size} (the limit\'s)'
+    )
     harness.against_limit(
         benchmark,
         case,
         workload,
         method,
         key=key,
-        label=f'sweep(engine="{engine}"), batch_size="auto" = {auto}',
+        label=label,
         rounds=case.rounds,
         warmup=warmup,
         target=target,
         auto_batch_size=auto,
+        batch_size=size,
     )
     return results[-1]
 
@@ -99,6 +112,15 @@ def test_dense_sweep(benchmark: object, harness: Harness, case: Case) -> None:
     result = time_sweep(benchmark, harness, case, workload, "dense", "dense", 0.9)
     n, r, v = workload.images.shape[0], len(workload.regions), len(workload.fills)
     assert tuple(result.occluded.shape[:3]) == (n, r, v)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_dense_sweep_best_batch(benchmark: object, harness: Harness, case: Case) -> None:
+    """The dense sweep at the forward limit's own batch size: what the engine adds (masks,
+    the unoccluded forward, collection), apart from the choice of the "auto" batch size."""
+    workload = workload_of(case, harness.device)
+    best = harness.limit(case).batch_size
+    time_sweep(benchmark, harness, case, workload, "dense", "dense-best", 0.9, best)
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

@@ -36,11 +36,9 @@ __all__ = ["DEFAULT_FILLS", "auto_batch_size", "choose_engine", "sweep"]
 
 DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
-# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured with
-# benchmarks/ on 2 CPU cores (torch 2.13, docs/performance.md): the paper CNN (1x48x48)
-# runs within a few percent of its best from 512 images per call upwards, and larger batches
-# only cost memory (~0.3 GB of activations per 512 images); on CUDA a larger budget keeps
-# the GPU busy.
+# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured on
+# the paper CNN (benchmarks/): CPU throughput is flat from ~256 images of 48x48 upwards and
+# larger batches only cost memory; on CUDA a larger budget keeps the GPU busy.
 _AUTO_BATCH_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
 
 
@@ -48,10 +46,7 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     """Occluded images per model call for `batch_size="auto"`, from a memory budget.
 
     The budget (8 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
-    smaller) divided by the bytes of one image, as a power of two, at most `items`. On CPU
-    at least 32 images while they fit in 4x the budget: with fewer, oneDNN's convolutions
-    run far below their throughput (a VGG-style net on 3x224x224 ran 8 images per call at
-    0.35-0.7 of the speed of 32).
+    smaller) divided by the bytes of one image, as a power of two, at most `items`.
     """
     bytes_per_image = 4 * math.prod(image_shape)
     budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
@@ -59,8 +54,6 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
         free, _total = torch.cuda.mem_get_info(device)
         budget = min(budget, int(free) // 16)
     size = max(1, budget // bytes_per_image)
-    if device.type != "cuda":
-        size = max(size, min(32, 4 * budget // bytes_per_image))
     size = 1 << int(math.log2(size))
     return max(1, min(size, items))
 
