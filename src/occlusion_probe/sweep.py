@@ -36,17 +36,21 @@ __all__ = ["DEFAULT_FILLS", "auto_batch_size", "choose_engine", "sweep"]
 
 DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
-# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured on
-# the paper CNN (benchmarks/): CPU throughput is flat from ~256 images of 48x48 upwards and
-# larger batches only cost memory; on CUDA a larger budget keeps the GPU busy.
-_AUTO_BATCH_BYTES = {"cpu": 8 * 2**20, "cuda": 256 * 2**20}
+# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured with
+# benchmarks/ on an idle 2-core CPU (torch 2.13, 1 and 2 threads; docs/performance.md): the
+# paper CNN (1x48x48) ran fastest at 32-64 images per call and a third slower at 256-2048
+# (the activations of a big batch fall out of the caches); a VGG-style net (3x224x224) ran
+# fastest at 2-8 images. On CUDA a larger budget keeps the GPU busy.
+_AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
 
 
 def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int) -> int:
     """Occluded images per model call for `batch_size="auto"`, from a memory budget.
 
-    The budget (8 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
-    smaller) divided by the bytes of one image, as a power of two, at most `items`.
+    The budget (1 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
+    smaller) divided by the bytes of one image, as a power of two, at most `items`. On CPU
+    at least 4 images while they fit in 16 MiB: one large image per call leaves the
+    convolutions too little work to split across threads.
     """
     bytes_per_image = 4 * math.prod(image_shape)
     budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
@@ -54,6 +58,8 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
         free, _total = torch.cuda.mem_get_info(device)
         budget = min(budget, int(free) // 16)
     size = max(1, budget // bytes_per_image)
+    if device.type != "cuda":
+        size = max(size, min(4, 16 * budget // bytes_per_image))
     size = 1 << int(math.log2(size))
     return max(1, min(size, items))
 

@@ -2,11 +2,12 @@
 
 Occluded images are made in blocks of (images x regions x fills) on the model's device, with
 no Python loop per image and no host-device synchronisation inside the loop; the model is
-then run once per block, and every class output is kept. A block is one broadcast copy of
-the images followed, per region, by a write of the fill into the region's bounding box
-(a plain copy when the box is all region, as for grid cells); when there is too little work
-per region for that loop to pay, or the boxes are mostly not region (scattered masks), one
-broadcast ``torch.where`` makes the whole block instead. Both give the same values.
+then run once per block, and every class output is kept. A block is one broadcast
+``torch.where`` of masks, fills and images. On CPU, when each region of a block holds many
+values (large images), it is instead one broadcast copy of the images followed, per region,
+by a write of the fill into the region's bounding box (a plain copy when the box is all
+region, as for grid cells), since the CPU where kernel costs 2-3x a copy per value. Both
+give the same values.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ __all__ = ["occluded_blocks", "plan_blocks", "region_boxes", "run_dense"]
 
 Block = tuple[slice, slice, slice]
 
-# Per region and block, the box path costs a few small tensor ops (~10 us of Python and
-# dispatch); below this many occluded pixel values per region a single broadcast where,
-# about 1 ns per value on a CPU core, is cheaper (measured on 2 CPU cores, benchmarks/).
-_BOX_MIN_VALUES = 2**15
-# torch.where's CPU kernel is about 3x slower per value than a copy, so the box path wins
-# while the non-rectangular boxes cover at most about half of the pixels of all regions.
+# On CPU, per region and block the box path costs a few small tensor ops (~10 us of Python
+# and dispatch); with fewer occluded values per region than this, one broadcast where is as
+# fast (measured on 2 CPU cores with benchmarks/test_masks.py: 1x48x48 images, 5 per block,
+# were no faster by boxes; 3x224x224 ones were 20-25 % faster). On CUDA the where is a single
+# memory-bound kernel and the per-region launches would only add time, so it is always used.
+_BOX_MIN_VALUES = 2**18
+# The where kernel costs about 2-3x a copy per value, so the box path wins while the boxes
+# that are not all region (scattered masks) cover at most about half of all regions' pixels.
 _BOX_MAX_PARTIAL_AREA = 0.5
 
 
@@ -90,22 +93,19 @@ def occluded_blocks(
     masks_view = masks[None, :, None, None]
     images_view = images[:, None, None]
     per_image_fill = fill_images.shape[1] != 1
-    boxes = region_boxes(masks) if r else []
-    partial_area = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes if b is not None and not b[4])
-    use_boxes = partial_area <= _BOX_MAX_PARTIAL_AREA * r * h * w
+    boxes = _boxes_worth_it(images, masks, v, batch_size)
     # Fills with full spatial dims, so that a box can be sliced out of any of them.
     fills_full = fills_by_image.expand(*fills_by_image.shape[:-2], h, w)
     for block in plan_blocks(n, r, v, batch_size):
         rows, regions, fills = block
         fill_rows = rows if per_image_fill else slice(None)
-        k, nv = rows.stop - rows.start, fills.stop - fills.start
-        if not use_boxes or k * nv * c * h * w < _BOX_MIN_VALUES:
+        if boxes is None:
             batch = torch.where(
                 masks_view[:, regions], fills_by_image[fill_rows, :, fills], images_view[rows]
             )
             yield block, batch.reshape(-1, c, h, w)
             continue
-        nr = regions.stop - regions.start
+        k, nr, nv = rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start
         batch = torch.empty((k, nr, nv, c, h, w), dtype=dtype, device=images.device)
         batch.copy_(images_view[rows].expand(k, nr, nv, c, h, w))
         fill_block = fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, H, W)
@@ -121,6 +121,23 @@ def occluded_blocks(
                 region = masks[regions.start + j, top:bottom, left:right]
                 target.copy_(torch.where(region, fill_box, target))
         yield block, batch.reshape(-1, c, h, w)
+
+
+def _boxes_worth_it(
+    images: Tensor, masks: Tensor, v: int, batch_size: int
+) -> list[tuple[int, int, int, int, bool] | None] | None:
+    """The regions' boxes when building blocks box by box beats one where, else None."""
+    n, c, h, w = images.shape
+    r = masks.shape[0]
+    if images.device.type != "cpu" or n == 0 or r == 0 or v == 0:
+        return None
+    rows, _regions, fills = next(plan_blocks(n, r, v, batch_size))
+    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * c * h * w
+    if per_region < _BOX_MIN_VALUES:
+        return None
+    boxes = region_boxes(masks)
+    partial = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes if b is not None and not b[4])
+    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * h * w else None
 
 
 def run_dense(

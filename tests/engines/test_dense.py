@@ -1,0 +1,201 @@
+"""The dense engine's pieces against plain reference loops.
+
+`occluded_blocks` has two ways to build a block (one broadcast ``torch.where``, or a copy of
+the images plus a write per region's bounding box); which one runs depends on the sizes, so
+each test forces both and compares them with ``torch.where`` per occluded image.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_models import small_cnn
+from torch import Tensor
+
+import occlusion_probe as op
+from occlusion_probe.engines import dense
+from occlusion_probe.engines.dense import occluded_blocks, plan_blocks, region_boxes, run_dense
+
+
+def _reference_occluded(images: Tensor, fill_images: Tensor, masks: Tensor) -> Tensor:
+    """(n, R, V, C, H, W): one torch.where per occluded image, in plain loops."""
+    n, r, v = images.shape[0], masks.shape[0], fill_images.shape[0]
+    if n == 0:
+        dtype = torch.promote_types(images.dtype, fill_images.dtype)
+        return torch.empty((0, r, v, *images.shape[1:]), dtype=dtype)
+    per_image_fill = fill_images.shape[1] != 1
+    out = [
+        [
+            [
+                torch.where(masks[j], fill_images[k, i if per_image_fill else 0], images[i]).expand(
+                    images.shape[1:]
+                )
+                for k in range(v)
+            ]
+            for j in range(r)
+        ]
+        for i in range(n)
+    ]
+    return torch.stack([torch.stack([torch.stack(row) for row in per_image]) for per_image in out])
+
+
+def _assembled(
+    images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+) -> tuple[Tensor, int]:
+    """All blocks put back into (n, R, V, C, H, W), and the largest block's size."""
+    n, c, h, w = images.shape
+    r, v = masks.shape[0], fill_images.shape[0]
+    dtype = torch.promote_types(images.dtype, fill_images.dtype)
+    out = torch.full((n, r, v, c, h, w), float("nan"), dtype=dtype)
+    largest = 0
+    for (rows, regions, fills), batch in occluded_blocks(images, fill_images, masks, batch_size):
+        shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
+        out[rows, regions, fills] = batch.reshape(*shape, c, h, w)
+        largest = max(largest, batch.shape[0])
+    return out, largest
+
+
+@pytest.fixture(params=["where", "boxes"])
+def block_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once with the broadcast-where path and once with the box path."""
+    if request.param == "boxes":
+        monkeypatch.setattr(dense, "_BOX_MIN_VALUES", 0)
+        monkeypatch.setattr(dense, "_BOX_MAX_PARTIAL_AREA", float("inf"))
+    else:
+        monkeypatch.setattr(dense, "_BOX_MIN_VALUES", 2**62)
+    return str(request.param)
+
+
+# --- plan_blocks -------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 5),
+    r=st.integers(1, 6),
+    v=st.integers(1, 5),
+    batch_size=st.integers(1, 40),
+)
+def test_plan_blocks_cover_every_item_once_in_order(
+    n: int, r: int, v: int, batch_size: int
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    for rows, regions, fills in plan_blocks(n, r, v, batch_size):
+        size = (
+            (rows.stop - rows.start) * (regions.stop - regions.start) * (fills.stop - fills.start)
+        )
+        assert 0 < size <= batch_size
+        seen.extend(
+            (i, j, k)
+            for i in range(rows.start, rows.stop)
+            for j in range(regions.start, regions.stop)
+            for k in range(fills.start, fills.stop)
+        )
+    # Every block is a contiguous range of the flattened (n, r, v) order, in order.
+    assert seen == [(i, j, k) for i in range(n) for j in range(r) for k in range(v)]
+
+
+def test_plan_blocks_prefers_whole_slabs_per_image() -> None:
+    assert list(plan_blocks(5, 4, 3, 24)) == [
+        (slice(0, 2), slice(0, 4), slice(0, 3)),
+        (slice(2, 4), slice(0, 4), slice(0, 3)),
+        (slice(4, 5), slice(0, 4), slice(0, 3)),
+    ]
+
+
+# --- region_boxes ------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.booleans(), min_size=35, max_size=35).map(
+            lambda bits: torch.tensor(bits).reshape(5, 7)
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_region_boxes_match_a_pixel_loop(mask_list: list[Tensor]) -> None:
+    masks = torch.stack(mask_list)
+    for mask, box in zip(masks, region_boxes(masks), strict=True):
+        points = [(y, x) for y in range(5) for x in range(7) if mask[y, x]]
+        if not points:
+            assert box is None
+            continue
+        ys, xs = [p[0] for p in points], [p[1] for p in points]
+        top, bottom, left, right = min(ys), max(ys) + 1, min(xs), max(xs) + 1
+        assert box == (top, bottom, left, right, len(points) == (bottom - top) * (right - left))
+
+
+# --- occluded_blocks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_occluded_blocks_equal_where_per_image(block_path: str, n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    images = torch.rand(n, 3, 12, 10, generator=generator)
+    masks = op.grid(12, 10, 3, 2).masks  # full boxes
+    fill_images = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1, 1)
+    out, largest = _assembled(images, fill_images, masks, batch_size=7)
+    assert largest <= 7
+    torch.testing.assert_close(out, _reference_occluded(images, fill_images, masks), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_occluded_blocks_scattered_masks_and_per_image_fills(
+    block_path: str, batch_size: int
+) -> None:
+    generator = torch.Generator().manual_seed(batch_size)
+    images = torch.rand(3, 2, 9, 11, generator=generator)
+    masks = torch.rand(4, 9, 11, generator=generator) < 0.3  # not rectangles
+    masks[2] = False  # an empty region leaves the image as it is
+    # Per-image, per-channel fills with full spatial size (e.g. a blurred copy).
+    fill_images = torch.rand(2, 3, 2, 9, 11, generator=generator)
+    out, _ = _assembled(images, fill_images, masks, batch_size)
+    expected = _reference_occluded(images, fill_images, masks)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 2], images[:, None].expand(3, 2, 2, 9, 11), rtol=0, atol=0)
+
+
+def test_occluded_blocks_promote_dtype_like_where(block_path: str) -> None:
+    images = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    fill_images = torch.tensor([0.25], dtype=torch.float64).reshape(1, 1, 1, 1, 1)
+    masks = op.grid(6, 6, 3, 3).masks
+    out, _ = _assembled(images, fill_images, masks, batch_size=3)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _reference_occluded(images, fill_images, masks), rtol=0, atol=0)
+
+
+def test_box_path_is_chosen_only_where_it_pays() -> None:
+    # Large CPU images with grid cells: boxes. Small images or scattered masks: one where.
+    large = torch.zeros(2, 3, 224, 224)
+    cells = op.grid(224, 224, 14, 14).masks
+    assert dense._boxes_worth_it(large, cells, 6, batch_size=4) is not None
+    small = torch.zeros(2, 1, 48, 48)
+    assert dense._boxes_worth_it(small, op.grid(48, 48, 4, 4).masks, 6, batch_size=64) is None
+    scattered = torch.rand(4, 224, 224, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert dense._boxes_worth_it(large, scattered, 6, batch_size=4) is None
+
+
+# --- run_dense ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_run_dense_equals_one_forward_per_occluded_image(block_path: str, n: int) -> None:
+    model = small_cnn().eval()
+    generator = torch.Generator().manual_seed(10 + n)
+    images = torch.rand(n, 1, 12, 12, generator=generator)
+    masks = op.grid(12, 12, 2, 2).masks
+    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    progress: list[int] = []
+    with torch.inference_mode():
+        out = run_dense(model, images, fill_images, masks, 3, 5, on_progress=progress.append)
+        occluded = _reference_occluded(images, fill_images, masks)
+        rows = [model(image[None])[0] for image in occluded.reshape(-1, 1, 12, 12)]
+        expected = torch.stack(rows).reshape(n, 4, 2, 5) if rows else torch.empty(0, 4, 2, 5)
+    assert out.shape == (n, 4, 2, 5)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    assert sum(progress) == n * 4 * 2 and max(progress, default=0) <= 3
