@@ -387,15 +387,20 @@ class TwoPath(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
+        self.other = nn.Conv2d(1, 2, 3)
         self.head = nn.Linear(2 * 6 * 6, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        output: Tensor = self.head(self.conv(x).flatten(1))
+        output: Tensor = self.head((self.conv(x) + self.other(x)).flatten(1))
         return output
 
 
 class MySequential(nn.Sequential):
-    pass
+    """A Sequential whose forward does more than run its layers."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        output: Tensor = super().forward(x) * 2
+        return output
 
 
 @pytest.mark.parametrize(
@@ -405,8 +410,11 @@ class MySequential(nn.Sequential):
             nn.Sequential(Scale(), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3)),
             "layer 0 (Scale)",
         ),
-        (TwoPath(), "model (TwoPath) is not an nn.Sequential"),
-        (MySequential(nn.Conv2d(1, 2, 3), nn.Flatten()), "model (MySequential)"),
+        (TwoPath(), "step conv: the result of step x is also used elsewhere"),
+        (
+            MySequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3)),
+            "model (MySequential).forward, step mul",
+        ),
         (nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), "layer 0 (Flatten) comes first"),
         (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), "no Flatten"),
         (

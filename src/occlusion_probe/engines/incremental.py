@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occlusion_probe.engines.linearize import layer_chain
 from occlusion_probe.errors import InputTypeError, InputValueError, describe
 
 __all__ = ["DENSE_SWITCH_FRACTION", "run_incremental", "unsupported_reason"]
@@ -234,17 +235,6 @@ def _pair(value: object) -> tuple[int, int] | None:
     return None
 
 
-def _flatten_sequential(model: nn.Sequential, prefix: str) -> list[tuple[str, nn.Module]]:
-    layers: list[tuple[str, nn.Module]] = []
-    for name, child in model.named_children():
-        path = f"{prefix}{name}"
-        if type(child) is nn.Sequential:
-            layers.extend(_flatten_sequential(child, f"{path}."))
-        else:
-            layers.append((path, child))
-    return layers
-
-
 def _label(name: str, layer: nn.Module) -> str:
     return f"layer {name} ({type(layer).__name__})"
 
@@ -352,13 +342,9 @@ def _elementwise_reason(name: str, layer: nn.Module, features: int) -> str | Non
 
 def _analyse(model: object, image_shape: tuple[int, int, int]) -> _Architecture | str:
     """The model's layers and shapes when it qualifies, else the reason it does not."""
-    if type(model) is not nn.Sequential:
-        return (
-            f"model ({type(model).__name__}) is not an nn.Sequential; the incremental engine needs "
-            "a plain nn.Sequential of convolution, pooling and elementwise layers, a Flatten and "
-            "dense layers"
-        )
-    layers = _flatten_sequential(model, "")
+    layers = layer_chain(model)
+    if isinstance(layers, str):
+        return layers
     if not layers:
         return "model is an empty nn.Sequential"
     shape = image_shape
@@ -441,7 +427,10 @@ def unsupported_reason(model: object, image_shape: tuple[int, int, int]) -> str 
     """None when `model` qualifies for the incremental engine on images of shape (C, H, W),
     else one sentence naming the first offending layer and why.
 
-    Qualifies: an ``nn.Sequential`` (nested ones are flattened) of Conv2d (zero padding, any
+    Qualifies: an ``nn.Sequential`` (nested ones are flattened), or any ``nn.Module`` whose
+    ``forward`` torch.fx reads as a straight chain of such layers and their functional forms
+    (``F.relu``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``, ... see
+    ``engines.linearize``), of Conv2d (zero padding, any
     stride, dilation, groups), MaxPool2d / AvgPool2d (ceil_mode=False), evenly dividing
     AdaptiveMax/AvgPool2d, BatchNorm2d with running statistics, elementwise activations and
     Dropout, then ``Flatten()`` and Linear / BatchNorm1d / activation / Dropout / Softmax layers.
