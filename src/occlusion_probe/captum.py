@@ -220,12 +220,17 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
 
     Parameters
     ----------
-    forward_func : callable, ``(B, C, H, W)[, *additional_forward_args] -> (B, K)``, or ``(B,)``
+    forward_func : callable, (B, C, H, W)[, *additional_forward_args] -> (B, K) or (B,)
         A model or function. Like captum, its train/eval state is left alone; unlike captum,
         outputs aggregated over the batch (one scalar per call) are not supported.
 
-    Example
-    -------
+    Raises
+    ------
+    InputTypeError
+        When `forward_func` is not callable.
+
+    Examples
+    --------
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
     >>> attributions = GridOcclusion(model).attribute(torch.rand(2, 1, 48, 48), target=3)
@@ -255,25 +260,57 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
 
         Parameters
         ----------
-        inputs : Tensor, shape (N, C, H, W), or a 1-tuple of it (then a 1-tuple is returned)
-        target : int, integer Tensor (N,) or list of N ints: the output index per example;
-            None when forward_func returns one output per example ((B,) or (B, 1)).
-        baselines : number, Tensor broadcastable to one image (C, H, W) or (1, C, H, W), or a
+        inputs : Tensor, shape (N, C, H, W), or a 1-tuple of it
+            The images; given a 1-tuple, a 1-tuple is returned.
+        target : int, integer Tensor (N,) or list of N ints, optional
+            The output index per example; None when forward_func returns one output per
+            example ((B,) or (B, 1)).
+        baselines : number or Tensor, optional
+            A number, a Tensor broadcastable to one image (C, H, W) or (1, C, H, W), or a
             Tensor (N, C, H, W) of one baseline per example; None means 0.
-        additional_forward_args : passed after the inputs, ``forward_func(x, *args)`` (a tuple
-            is the argument list, anything else one argument). Tensors whose first dimension
-            is N are per-example arguments, as in captum; each example is then swept on its
-            own, with its row of the argument expanded to the batch of occluded copies.
-            Other arguments are passed unchanged to every call.
-        feature_mask : integer label map (H, W) or (1, 1, H, W), captum-style; each label is
-            one region. Otherwise `regions`, else ``grid(H, W, rows, cols)``.
-        rows, cols : the grid used when neither feature_mask nor regions is given.
-        regions : Regions; overlapping ones (`sliding_windows`) average per pixel, as
+        additional_forward_args : object, optional
+            Passed after the inputs, ``forward_func(x, *args)`` (a tuple is the argument list,
+            anything else one argument). Tensors whose first dimension is N are per-example
+            arguments, as in captum; each example is then swept on its own, with its row of
+            the argument expanded to the batch of occluded copies. Other arguments are passed
+            unchanged to every call.
+        feature_mask : Tensor, shape (H, W) or (1, 1, H, W), optional
+            Integer label map, captum-style; each label is one region. Otherwise `regions`,
+            else ``grid(H, W, rows, cols)``.
+        rows, cols : int
+            The grid used when neither feature_mask nor regions is given.
+        regions : Regions, optional
+            The regions to occlude; overlapping ones (`sliding_windows`) average per pixel, as
             captum's ``Occlusion`` does.
-        batch_size : occluded images per forward call, or "auto".
-        show_progress : show a tqdm progress bar.
+        batch_size : int or "auto"
+            Occluded images per forward call, or ``"auto"``.
+        show_progress : bool
+            Show a tqdm progress bar.
 
-        Returns Tensor (N, C, H, W) in the dtype of forward_func's outputs (or a 1-tuple).
+        Returns
+        -------
+        Tensor, shape (N, C, H, W), or a 1-tuple of it
+            The attributions, in the dtype of forward_func's outputs; a 1-tuple when `inputs`
+            is one.
+
+        Raises
+        ------
+        InputTypeError
+            When an argument has a type `attribute` cannot work with (e.g. a float target).
+        InputValueError
+            When an argument has an unusable value (e.g. a tuple of several inputs, a target
+            of the wrong length, both `feature_mask` and `regions`), or forward_func returns
+            outputs of an unsupported shape.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> images = torch.rand(2, 3, 8, 8)
+        >>> (attributions,) = GridOcclusion(model).attribute((images,), target=[0, 4], rows=2,
+        ...                                                   cols=2)
+        >>> tuple(attributions.shape)
+        (2, 3, 8, 8)
         """
         images, as_tuple = _single_input(inputs)
         n, _, height, width = images.shape

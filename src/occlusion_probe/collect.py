@@ -118,6 +118,32 @@ class ClassMeanResult:
         How many images each sum holds.
     confusion : Tensor, shape (K, K), int64
         Unoccluded predictions: rows = true class, columns = predicted class.
+    regions : Regions
+        The R regions, in the order of the R axis.
+    fill_labels : tuple of str, length V
+        A readable name of each fill, as in `SweepResult`.
+    class_names : tuple of str or None
+        The K class names given to `sweep`, if any.
+    image_shape : tuple of int
+        Shape of one image as given to `sweep`, as in `SweepResult`.
+    output : str
+        ``"softmax"``, ``"logits"`` or the name of the callable applied to the model output.
+    engine : str
+        The engine that computed the outputs: ``"dense"`` or ``"incremental"``.
+    engine_note : str
+        Why that engine was used.
+
+    Examples
+    --------
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> result = op.sweep(model, torch.rand(6, 1, 8, 8), op.grid(8, 8, 2, 2),
+    ...                   labels=torch.tensor([0, 1, 2, 0, 1, 2]), reduce="class_mean",
+    ...                   progress=False)
+    >>> tuple(result.occluded_sum.shape), result.num_images
+    ((2, 3, 4, 6, 3), 6)
+    >>> tuple(result.class_curves(0, correct_only=False).shape)
+    (4, 6)
     """
 
     occluded_sum: Tensor
@@ -134,14 +160,17 @@ class ClassMeanResult:
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes."""
         return int(self.confusion.shape[0])
 
     @property
     def num_images(self) -> int:
+        """N, the number of images summed (all true classes)."""
         return int(self.counts[0].sum())
 
     @property
     def accuracy(self) -> float:
+        """Share of unoccluded images whose top class is the true class (NaN for none)."""
         total = int(self.confusion.sum())
         return float(self.confusion.diagonal().sum()) / total if total else float("nan")
 
@@ -149,7 +178,26 @@ class ClassMeanResult:
         return class_index(cls, self.num_classes, self.class_names)
 
     def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Same as `SweepResult.class_curves`: Tensor, shape (R, V)."""
+        """Mean output of class `cls` per region and fill, as `SweepResult.class_curves`.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (s = 1 of the sums).
+
+        Returns
+        -------
+        Tensor, shape (R, V)
+            ``curves[r, v]``: mean output of class `cls` with region r set to fill v. NaN when
+            no image is selected.
+
+        Warns
+        -----
+        OcclusionProbeWarning
+            When no image is selected (e.g. a class the model never gets right).
+        """
         index = self._class_index(cls)
         which = int(correct_only)
         count = int(self.counts[which, index])
@@ -166,7 +214,25 @@ class ClassMeanResult:
         return self.occluded_sum[which, index, :, :, index] / count
 
     def mean_drop(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Mean drop of class `cls` per region, averaged over fills: Tensor, shape (R,)."""
+        """Mean drop of class `cls` per region, averaged over fills.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (s = 1 of the sums).
+
+        Returns
+        -------
+        Tensor, shape (R,)
+            Mean unoccluded output minus mean occluded output (over the fills) of each region.
+
+        Raises
+        ------
+        InputValueError
+            When no image is selected for `cls`.
+        """
         index = self._class_index(cls)
         which = int(correct_only)
         count = int(self.counts[which, index])
@@ -178,7 +244,25 @@ class ClassMeanResult:
         return baseline - self.occluded_sum[which, index, :, :, index].mean(dim=1) / count
 
     def ranking(self, cls: int | str, correct_only: bool = True) -> list[int]:
-        """Region ids by mean drop of class `cls`, largest first."""
+        """Region ids by mean drop of class `cls`, largest first.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (s = 1 of the sums).
+
+        Returns
+        -------
+        list of int
+            All R region ids, by decreasing `mean_drop` (ties: lower position first).
+
+        Raises
+        ------
+        InputValueError
+            When no image is selected for `cls`.
+        """
         order = torch.sort(self.mean_drop(cls, correct_only), descending=True, stable=True).indices
         return [self.regions.ids[i] for i in order.tolist()]
 

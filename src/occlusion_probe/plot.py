@@ -86,11 +86,41 @@ def class_curves(
     the image count. With `bands`, each line gets a shaded 95 % percentile bootstrap band
     (`SweepResult.curve_bands` with `n_resamples` and `seed`).
 
-    When no image is selected (a class the model never gets right)
-    the figure says so in place of the curves and an `OcclusionProbeWarning` is issued.
+    Parameters
+    ----------
+    result : SweepResult
+        The sweep to plot.
+    cls : int or str
+        Class index, or class name when the result has ``class_names``.
+    correct_only : bool
+        Use only the correctly classified images of class `cls` (see `SweepResult.selection`).
+    bands : bool
+        Add a 95 % percentile bootstrap band to each line.
+    ax : Axes, optional
+        Axes to draw into; a new figure when None.
+    n_resamples : int
+        Bootstrap resamples of the bands.
+    seed : int
+        Seed of the bootstrap resampling.
 
-    Returns the `Figure` (the one holding `ax` when given).
+    Returns
+    -------
+    Figure
+        The new figure, or the one holding `ax` when given.
 
+    Raises
+    ------
+    InputTypeError
+        When `ax` is neither None nor a matplotlib ``Axes``.
+
+    Warns
+    -----
+    OcclusionProbeWarning
+        When no image is selected (a class the model never gets right); the figure then says
+        so in place of the curves.
+
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     >>> result = op.sweep(model, torch.rand(20, 1, 8, 8), op.grid(8, 8, 2, 2),
@@ -202,24 +232,40 @@ def heatmap(
 ) -> Figure:
     """Mean output drop of class `cls` per region, painted over an example image.
 
+    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill)``
+    (red: occluding lowers the output, blue: raises it; pixels of overlapping regions get
+    the mean), its id and its rank (#1 = largest drop) are written at the region's centroid,
+    and a colour bar gives the scale.
+
     Parameters
     ----------
     result : SweepResult
-    cls : class index or name
+        The sweep to plot.
+    cls : int or str
+        Class index or name.
     image : Tensor, shape (H, W), (1, H, W) or (3, H, W)
         Shown in gray or colour, min-max normalised for display (so whitened inputs work).
     correct_only : bool
         Which images `SweepResult.mean_drop` averages over (as in `class_curves`).
-    fill : position, value or label of one fill; None averages over the fills.
-    ax : Axes to draw into; a new figure when None.
+    fill : int, float or str, optional
+        Position, value or label of one fill; None averages over the fills.
+    ax : Axes, optional
+        Axes to draw into; a new figure when None.
 
-    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill)``
-    (red: occluding lowers the output, blue: raises it; pixels of overlapping regions get
-    the mean), its id and its rank (#1 = largest drop) are written at the region's centroid,
-    and a colour bar gives the scale. Raises `InputValueError` when no image is selected.
+    Returns
+    -------
+    Figure
+        The new figure, or the one holding `ax` when given.
 
-    Returns the `Figure`.
+    Raises
+    ------
+    InputValueError
+        When no image is selected, or `image` does not match the regions' size.
+    InputTypeError
+        When `image` is not a Tensor or `ax` is neither None nor a matplotlib ``Axes``.
 
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     >>> images = torch.rand(10, 1, 8, 8)
@@ -292,14 +338,33 @@ def confusion(
     count and the percentage; the diagonal is the per-class recall. The title states the
     convention and the accuracy (and the kept regions, when the report has them).
 
-    class_names : names of the K classes; defaults to ``report.class_names``, then indices.
+    Parameters
+    ----------
+    report : ConfusionReport
+        E.g. from `occlusion_probe.keep_only`.
+    class_names : sequence of str, optional
+        Names of the K classes; defaults to ``report.class_names``, then indices.
+    ax : Axes, optional
+        Axes to draw into; a new figure when None.
 
-    Returns the `Figure`.
+    Returns
+    -------
+    Figure
+        The new figure, or the one holding `ax` when given.
 
+    Raises
+    ------
+    InputValueError
+        When the report's matrices are not square (K, K) of equal shape, or `class_names`
+        does not hold K names.
+
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     >>> images, labels = torch.rand(30, 1, 8, 8), torch.arange(30) % 3
-    >>> report = op.keep_only(model, images, labels, op.grid(8, 8, 2, 2), keep=[1, 2], progress=False)
+    >>> report = op.keep_only(model, images, labels, op.grid(8, 8, 2, 2), keep=[1, 2],
+    ...                       progress=False)
     >>> fig = confusion(report, class_names=["a", "b", "c"])
     >>> fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()
     ('Predicted class', 'True class')

@@ -51,8 +51,16 @@ class Regions:
     ids : tuple of int, length R
         Distinct region ids, in the order of ``masks``.
 
-    Example
-    -------
+    Raises
+    ------
+    InputTypeError
+        When ``masks`` is not a Tensor.
+    InputValueError
+        When ``masks`` is not a bool tensor of shape (R, H, W), R is 0, the number of ids
+        differs from R, the ids are not distinct, or a region covers no pixel.
+
+    Examples
+    --------
     >>> regions = grid(48, 48, rows=4, cols=4)
     >>> len(regions), regions.ids[:3], tuple(regions.masks.shape)
     (16, (1, 2, 3), (16, 48, 48))
@@ -100,10 +108,12 @@ class Regions:
 
     @property
     def height(self) -> int:
+        """H, the image height the masks cover."""
         return int(self.masks.shape[1])
 
     @property
     def width(self) -> int:
+        """W, the image width the masks cover."""
         return int(self.masks.shape[2])
 
     @property
@@ -120,7 +130,27 @@ class Regions:
     def positions(self, ids: Iterable[int]) -> list[int]:
         """Positions (0-based indices into ``masks``) of the given region ids, in that order.
 
-        Raises `InputValueError` naming the unknown ids and the valid ones.
+        Parameters
+        ----------
+        ids : iterable of int
+            Region ids; a single int is taken as one id.
+
+        Returns
+        -------
+        list of int
+            The position of each id, in the order of `ids`.
+
+        Raises
+        ------
+        InputTypeError
+            When an id is not an integer.
+        InputValueError
+            When an id is unknown; the message names the unknown ids and the valid ones.
+
+        Examples
+        --------
+        >>> grid(48, 48).positions([10, 11])
+        [9, 10]
         """
         if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
             ids = [int(ids)]
@@ -141,6 +171,23 @@ class Regions:
     def select(self, ids: Iterable[int]) -> Regions:
         """The sub-collection of regions with the given ids (order as given).
 
+        Parameters
+        ----------
+        ids : iterable of int
+            Region ids to keep, at least one.
+
+        Returns
+        -------
+        Regions
+            The masks and ids of the given regions, in the order of `ids`.
+
+        Raises
+        ------
+        InputValueError
+            When `ids` is empty or holds an unknown id.
+
+        Examples
+        --------
         >>> grid(48, 48).select([10, 11]).ids
         (10, 11)
         """
@@ -152,7 +199,15 @@ class Regions:
     def union(self, ids: Iterable[int] | None = None) -> Tensor:
         """Pixels covered by any of the given regions (all regions when ids is None).
 
-        Returns Tensor, shape (H, W), bool.
+        Parameters
+        ----------
+        ids : iterable of int, optional
+            Region ids; None (the default) means all regions. No ids give an all-False mask.
+
+        Returns
+        -------
+        Tensor, shape (H, W), bool
+            True on the pixels that at least one of the regions covers.
         """
         if ids is None:
             return self.masks.any(dim=0)
@@ -162,7 +217,18 @@ class Regions:
         return self.masks[positions].any(dim=0)
 
     def to(self, device: torch.device | str) -> Regions:
-        """The same regions with masks on `device`."""
+        """The same regions with masks on `device`.
+
+        Parameters
+        ----------
+        device : torch.device or str
+            Where the masks go, e.g. ``"cuda:0"``.
+
+        Returns
+        -------
+        Regions
+            The same ids, with the masks on `device`.
+        """
         return Regions(self.masks.to(device), self.ids)
 
     def label_map(self) -> Tensor:
@@ -170,6 +236,24 @@ class Regions:
 
         Only defined for partitions (every pixel in exactly one region); this is the
         ``feature_mask`` captum's FeatureAblation takes.
+
+        Returns
+        -------
+        Tensor, shape (H, W), int64
+            The id of the region that covers each pixel.
+
+        Raises
+        ------
+        InputValueError
+            When the regions overlap or leave gaps (not a partition).
+
+        Examples
+        --------
+        >>> grid(4, 4, rows=2, cols=2).label_map()
+        tensor([[1, 1, 2, 2],
+                [1, 1, 2, 2],
+                [3, 3, 4, 4],
+                [3, 3, 4, 4]])
         """
         if not self.is_partition:
             raise InputValueError(
@@ -185,13 +269,28 @@ class Regions:
 
         Parameters
         ----------
-        label_map : Tensor or ndarray of integers, shape (H, W), or with leading singleton
-            dimensions such as captum's (1, 1, H, W) ``feature_mask``.
+        label_map : Tensor or ndarray of integers, shape (H, W) or (1, ..., 1, H, W)
+            One map for all images; leading singleton dimensions are allowed, such as in
+            captum's (1, 1, H, W) ``feature_mask``.
         ignore : int, optional
-            A label that is not a region (e.g. a background label); its pixels are never occluded.
+            A label that is not a region (e.g. a background label); its pixels are never
+            occluded.
 
-        Returns `Regions` with ids = the distinct labels in increasing order.
+        Returns
+        -------
+        Regions
+            One region per label, with ids = the distinct labels in increasing order.
 
+        Raises
+        ------
+        InputTypeError
+            When `label_map` is not a Tensor or ndarray, or its dtype is not an integer dtype.
+        InputValueError
+            When its shape is neither (H, W) nor (1, ..., 1, H, W), or no label is left once
+            `ignore` is removed.
+
+        Examples
+        --------
         >>> Regions.from_label_map(torch.tensor([[0, 0, 1], [2, 2, 1]])).ids
         (0, 1, 2)
         """
@@ -240,8 +339,27 @@ def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions:
     Sizes that do not divide evenly give cells whose sizes differ by at most one pixel; every
     pixel belongs to exactly one cell.
 
-    Returns `Regions` with masks of shape (rows * cols, height, width).
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels.
+    rows, cols : int, default 4
+        Number of grid rows and columns, at most `height` and `width`.
 
+    Returns
+    -------
+    Regions
+        A partition with masks of shape (rows * cols, height, width) and ids 1..rows*cols.
+
+    Raises
+    ------
+    InputTypeError
+        When a size is not an int.
+    InputValueError
+        When a size is not positive, ``rows > height`` or ``cols > width``.
+
+    Examples
+    --------
     >>> r = grid(50, 47, rows=4, cols=4)
     >>> bool((r.coverage == 1).all()), len(r)
     (True, 16)
@@ -274,8 +392,30 @@ def sliding_windows(
     ``Occlusion`` places them; pixels past the last window are not covered (see
     ``Regions.coverage``). Ids are 1..R row-major.
 
-    Returns `Regions` with masks of shape (R, height, width).
+    Parameters
+    ----------
+    height, width : int
+        Image size in pixels.
+    window : int or (int, int)
+        Window size: one int for a square, or a pair (height, width); at most the image size.
+    stride : int or (int, int)
+        Step between window starts: one int for both axes, or a pair (height, width).
 
+    Returns
+    -------
+    Regions
+        Masks of shape (R, height, width), ids 1..R row-major.
+
+    Raises
+    ------
+    InputTypeError
+        When a size is not an int (or a pair of ints).
+    InputValueError
+        When a size is not positive, a pair does not have two entries, or the window is larger
+        than the image.
+
+    Examples
+    --------
     >>> sliding_windows(8, 8, window=4, stride=2).masks.shape
     torch.Size([9, 8, 8])
     """

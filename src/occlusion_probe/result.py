@@ -72,6 +72,7 @@ class SweepResult:
     fill_labels : tuple of str, length V
         A readable name of each fill (``"0.2"`` for a number, ``"tensor"``, a callable's name).
     class_names : tuple of str or None
+        The K class names given to `sweep`, if any.
     image_shape : tuple of int
         Shape of one image as given to `sweep`: (C, H, W), or (H, W) for single-channel input.
     output : str
@@ -81,8 +82,8 @@ class SweepResult:
     engine_note : str
         Why that engine was used (e.g. why ``engine="auto"`` fell back to dense).
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     >>> result = op.sweep(model, torch.rand(5, 1, 8, 8), op.grid(8, 8, 2, 2),
@@ -119,10 +120,12 @@ class SweepResult:
     # -- sizes and simple views ---------------------------------------------------------------
     @property
     def num_images(self) -> int:
+        """N, the number of images swept."""
         return int(self.baseline.shape[0])
 
     @property
     def num_classes(self) -> int:
+        """K, the number of class outputs per image."""
         return int(self.baseline.shape[1])
 
     @property
@@ -132,7 +135,13 @@ class SweepResult:
 
     @property
     def correct(self) -> Tensor:
-        """Whether each unoccluded image is classified correctly: Tensor, shape (N,), bool."""
+        """Whether each unoccluded image is classified correctly: Tensor, shape (N,), bool.
+
+        Raises
+        ------
+        InputValueError
+            When the result has no labels.
+        """
         if self.labels is None:
             raise InputValueError(
                 "correct: this result has no labels; pass labels= to sweep to know which images are correct"
@@ -141,7 +150,10 @@ class SweepResult:
 
     @property
     def delta(self) -> Tensor:
-        """``baseline - occluded``: Tensor, shape (N, R, V, K). Positive = the occlusion lowered the output."""
+        """``baseline - occluded``: Tensor, shape (N, R, V, K).
+
+        Positive where the occlusion lowered the output.
+        """
         return self.baseline[:, None, None, :] - self.occluded
 
     # -- selections ---------------------------------------------------------------------------
@@ -149,7 +161,26 @@ class SweepResult:
         return class_index(cls, self.num_classes, self.class_names)
 
     def fill_position(self, fill: int | float | str) -> int:
-        """Position on the V axis of a fill given as its position (int), value (float) or label (str)."""
+        """Position on the V axis of a fill given as its position, value or label.
+
+        Parameters
+        ----------
+        fill : int, float or str
+            A position on the V axis (int), a fill value (float, e.g. ``0.2``) or a fill label
+            (str, one of ``fill_labels``).
+
+        Returns
+        -------
+        int
+            The position of the fill in ``fill_labels``.
+
+        Raises
+        ------
+        InputTypeError
+            When `fill` is a bool or of another type.
+        InputValueError
+            When no fill has that position, value or label.
+        """
         if isinstance(fill, bool):
             raise InputTypeError(
                 f"fill: expected an int position, float value or label, got {fill!r}"
@@ -177,11 +208,28 @@ class SweepResult:
         )
 
     def selection(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Which images the class statistics of `cls` use: Tensor, shape (N,), bool.
+        """Which images the class statistics of `cls` use.
 
         With labels: the images whose true class is `cls` (and, if `correct_only`, that are
         classified correctly: the paper's choice). Without labels: all images
         (``correct_only`` must then be False).
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Keep only the correctly classified images of class `cls`.
+
+        Returns
+        -------
+        Tensor, shape (N,), bool
+            True for the selected images.
+
+        Raises
+        ------
+        InputValueError
+            When `correct_only` is True but the result has no labels, or `cls` is unknown.
         """
         index = self._class_index(cls)
         if self.labels is None:
@@ -199,10 +247,36 @@ class SweepResult:
     def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
         """Mean output of class `cls` per region and fill over the selected images (Figs 4-9).
 
-        Returns Tensor, shape (R, V). With no selected image the curves are NaN and an
-        `OcclusionProbeWarning` says so (e.g. a class the model never gets right).
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice); see
+            `selection`.
 
-        >>> # result.class_curves(3)[9]  ->  class-3 output with area 10 occluded, one value per fill
+        Returns
+        -------
+        Tensor, shape (R, V)
+            ``curves[r, v]``: mean output of class `cls` with region r set to fill v. NaN when
+            no image is selected.
+
+        Warns
+        -----
+        OcclusionProbeWarning
+            When no image is selected (e.g. a class the model never gets right).
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+        >>> images, labels = torch.rand(14, 1, 48, 48), torch.arange(14) % 7
+        >>> result = op.sweep(model, images, op.grid(48, 48), labels=labels, progress=False)
+        >>> curves = result.class_curves(3, correct_only=False)
+        >>> tuple(curves.shape)  # 16 areas x 6 fills
+        (16, 6)
+        >>> tuple(curves[9].shape)  # class-3 output with area 10 occluded, one value per fill
+        (6,)
         """
         index = self._class_index(cls)
         chosen = self.selection(index, correct_only)
@@ -222,8 +296,32 @@ class SweepResult:
     def mean_drop(
         self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
     ) -> Tensor:
-        """Mean of ``delta[..., cls]`` per region over the selected images (and fills, when
-        `fill` is None). Returns Tensor, shape (R,)."""
+        """Mean drop of class `cls` per region over the selected images.
+
+        The mean of ``delta[..., cls]`` over the selected images (see `selection`) and, when
+        `fill` is None, over the fills.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        fill : int, float or str, optional
+            One fill, by position (int), value (float) or label (str); None (the default)
+            averages over the fills.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice); see
+            `selection`.
+
+        Returns
+        -------
+        Tensor, shape (R,)
+            The mean drop of each region: positive when occluding it lowers the output.
+
+        Raises
+        ------
+        InputValueError
+            When no image is selected for `cls`.
+        """
         index = self._class_index(cls)
         chosen = self.selection(index, correct_only)
         if int(chosen.sum()) == 0:
@@ -240,7 +338,29 @@ class SweepResult:
     def ranking(
         self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
     ) -> list[int]:
-        """Region ids ordered by mean drop of class `cls`, largest first (ties: lower position first)."""
+        """Region ids ordered by mean drop of class `cls`, largest first.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        fill : int, float or str, optional
+            One fill, by position (int), value (float) or label (str); None (the default)
+            averages over the fills.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice); see
+            `selection`.
+
+        Returns
+        -------
+        list of int
+            All R region ids, by decreasing `mean_drop` (ties: lower position first).
+
+        Raises
+        ------
+        InputValueError
+            When no image is selected for `cls`.
+        """
         drops = self.mean_drop(cls, fill=fill, correct_only=correct_only)
         order = torch.sort(drops, descending=True, stable=True).indices
         return [self.regions.ids[i] for i in order.tolist()]
@@ -255,8 +375,33 @@ class SweepResult:
         ``FeatureAblation(forward).attribute(images, target=target, baselines=fill,
         feature_mask=regions.label_map())``.
 
-        target : int, or Tensor of shape (N,) with one target per image.
-        Returns Tensor shaped like the images: (N, C, H, W), or (N, H, W).
+        Parameters
+        ----------
+        target : int or str, or Tensor of shape (N,)
+            The class whose output drop is attributed: one class index (or name) for all
+            images, or an integer tensor with one class index per image.
+        fill : int, float or str, optional
+            One fill, by position (int), value (float) or label (str); None (the default)
+            averages over the fills.
+
+        Returns
+        -------
+        Tensor, shape (N, C, H, W) or (N, H, W)
+            Shaped like the images given to `sweep`.
+
+        Raises
+        ------
+        InputValueError
+            When a target tensor is not an integer tensor of shape (N,) or holds class indices
+            out of range.
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> result = op.sweep(model, torch.rand(2, 3, 8, 8), op.grid(8, 8, 2, 2), progress=False)
+        >>> tuple(result.attribution(1, fill=0.0).shape)
+        (2, 3, 8, 8)
         """
         n = self.num_images
         if isinstance(target, Tensor):
@@ -292,12 +437,29 @@ class SweepResult:
         correct_only: bool = True,
         alternative: str = "greater",
     ) -> SignificanceTable:
-        """Per region, a paired Wilcoxon signed-rank test of unoccluded vs occluded output of
-        class `cls` over the selected images, Holm-corrected across regions.
+        """Per region, a paired Wilcoxon signed-rank test of unoccluded vs occluded output.
 
-        With `fill` None the occluded output is averaged over the fills per image first.
-        ``alternative="greater"`` tests whether occluding lowers the output. See
-        `occlusion_probe.stats.significance` for the columns.
+        The test compares the output of class `cls` over the selected images, one test per
+        region, Holm-corrected across regions. See `occlusion_probe.stats.significance` for
+        the columns.
+
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        fill : int, float or str, optional
+            One fill, by position (int), value (float) or label (str); with None (the default)
+            the occluded output is averaged over the fills per image first.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice); see
+            `selection`.
+        alternative : {"greater", "less", "two-sided"}
+            ``"greater"`` tests whether occluding lowers the output.
+
+        Returns
+        -------
+        SignificanceTable
+            One row per region.
         """
         from .stats import significance
 
@@ -318,7 +480,31 @@ class SweepResult:
     ) -> tuple[Tensor, Tensor]:
         """Bootstrap percentile confidence band of `class_curves` (resampling images).
 
-        Returns (low, high), each Tensor of shape (R, V).
+        Parameters
+        ----------
+        cls : int or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice); see
+            `selection`.
+        n_resamples : int
+            Number of bootstrap resamples.
+        confidence : float
+            The band covers this central share of the resampled means.
+        seed : int
+            Seed of the resampling: equal seeds, equal bands.
+
+        Returns
+        -------
+        low : Tensor, shape (R, V)
+            Lower edge of the band.
+        high : Tensor, shape (R, V)
+            Upper edge of the band.
+
+        Raises
+        ------
+        InputValueError
+            When no image is selected for `cls`.
         """
         from .stats import bootstrap_bands
 
@@ -334,7 +520,23 @@ class SweepResult:
     # -- combination and storage --------------------------------------------------------------
     @classmethod
     def concatenate(cls, parts: Sequence[SweepResult]) -> SweepResult:
-        """Join results of the same sweep over consecutive image subsets (along N)."""
+        """Join results of the same sweep over consecutive image subsets (along N).
+
+        Parameters
+        ----------
+        parts : sequence of SweepResult
+            Results with the same regions, fills and classes, all with or all without labels.
+
+        Returns
+        -------
+        SweepResult
+            The parts joined along the N axis, in the given order.
+
+        Raises
+        ------
+        InputValueError
+            When `parts` is empty or the results come from different sweeps.
+        """
         if not parts:
             raise InputValueError("parts: expected at least one SweepResult, got none")
         first = parts[0]
@@ -365,7 +567,29 @@ class SweepResult:
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the result to an ``.npz`` file (no pickles), atomically. Returns the path."""
+        """Write the result to an ``.npz`` file (no pickles), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; an existing file is replaced.
+
+        Returns
+        -------
+        Path
+            `path` as a `pathlib.Path`.
+
+        Examples
+        --------
+        >>> import pathlib, tempfile, torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> result = op.sweep(model, torch.rand(2, 1, 8, 8), op.grid(8, 8, 2, 2), progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = result.save(pathlib.Path(folder) / "sweep.npz")
+        ...     loaded = op.SweepResult.load(path)
+        >>> torch.equal(loaded.occluded, result.occluded), loaded.fill_labels == result.fill_labels
+        (True, True)
+        """
         path = Path(path)
         arrays: dict[str, np.ndarray] = {
             "format_version": np.array(_FORMAT_VERSION),
@@ -388,7 +612,24 @@ class SweepResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepResult:
-        """Read a result written by `save` (``allow_pickle=False``: nothing is executed)."""
+        """Read a result written by `save` (``allow_pickle=False``: nothing is executed).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by `save`.
+
+        Returns
+        -------
+        SweepResult
+            The saved result.
+
+        Raises
+        ------
+        InputValueError
+            When the file is missing, unreadable, not a SweepResult file, or of another format
+            version.
+        """
         try:
             # Our own file handle: np.load leaks its handle when the zip is unreadable.
             with open(Path(path), "rb") as handle, np.load(handle, allow_pickle=False) as data:

@@ -69,14 +69,15 @@ class SignificanceTable:
 
     Attributes
     ----------
-    rows : tuple of SignificanceRow, in region order
+    rows : tuple of SignificanceRow
+        One row per region, in region order.
     n : int
         Number of images (pairs) each test used.
     alternative : str
         ``"greater"`` (occluding lowers the output), ``"less"`` or ``"two-sided"``.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch
     >>> before = torch.ones(12)
     >>> after = torch.stack([before - 0.1 * torch.arange(1, 13), before], dim=1)
@@ -102,7 +103,23 @@ class SignificanceTable:
         return self.rows[position]
 
     def row(self, region: int) -> SignificanceRow:
-        """The row of region id `region`."""
+        """The row of region id `region`.
+
+        Parameters
+        ----------
+        region : int
+            A region id of the table.
+
+        Returns
+        -------
+        SignificanceRow
+            The test of that region.
+
+        Raises
+        ------
+        InputValueError
+            When the table has no row for `region`.
+        """
         for candidate in self.rows:
             if candidate.region == region:
                 return candidate
@@ -111,14 +128,37 @@ class SignificanceTable:
         )
 
     def as_dict(self) -> dict[str, list[float] | list[int]]:
-        """Columns as lists: ``{"region": [...], "mean_drop": [...], "effect_size": [...], ...}``."""
+        """Columns as lists, one per field of `SignificanceRow`.
+
+        Returns
+        -------
+        dict of str to list
+            ``{"region": [...], "mean_drop": [...], "effect_size": [...], ...}``.
+        """
         return {
             field.name: [getattr(r, field.name) for r in self.rows]
             for field in fields(SignificanceRow)
         }
 
     def column(self, name: str) -> np.ndarray:
-        """One column as a numpy array, e.g. ``table.column("p_adjusted")`` of shape (R,)."""
+        """One column as a numpy array, e.g. ``table.column("p_adjusted")``.
+
+        Parameters
+        ----------
+        name : str
+            A field of `SignificanceRow`: ``"region"``, ``"mean_drop"``, ``"effect_size"``,
+            ``"p"`` or ``"p_adjusted"``.
+
+        Returns
+        -------
+        ndarray, shape (R,)
+            int64 for ``"region"``, float64 otherwise.
+
+        Raises
+        ------
+        InputValueError
+            When `name` is not a column.
+        """
         names = [field.name for field in fields(SignificanceRow)]
         if name not in names:
             raise InputValueError(f"name: expected one of {names}, got {name!r}")
@@ -126,13 +166,35 @@ class SignificanceTable:
         return np.array([getattr(r, name) for r in self.rows], dtype=dtype)
 
     def significant(self, alpha: float = 0.05) -> tuple[int, ...]:
-        """Ids of the regions whose Holm-adjusted p-value is below `alpha` (NaN never is)."""
+        """Ids of the regions whose Holm-adjusted p-value is below `alpha` (NaN never is).
+
+        Parameters
+        ----------
+        alpha : float
+            Significance level, in (0, 1).
+
+        Returns
+        -------
+        tuple of int
+            The region ids, in table order.
+
+        Raises
+        ------
+        InputValueError
+            When `alpha` is not in (0, 1).
+        """
         if not 0.0 < alpha < 1.0:
             raise InputValueError(f"alpha: expected a level in (0, 1), got {alpha!r}")
         return tuple(r.region for r in self.rows if r.p_adjusted < alpha)
 
     def to_markdown(self) -> str:
-        """The table as GitHub markdown: region | mean drop | effect size | p | p (Holm)."""
+        """The table as GitHub markdown: region | mean drop | effect size | p | p (Holm).
+
+        Returns
+        -------
+        str
+            A line naming the test, then the table; undefined p-values show as ``n/a``.
+        """
         lines = [
             f"Wilcoxon signed-rank test, alternative = {self.alternative}, n = {self.n} images, "
             "Holm-corrected across regions",
@@ -157,15 +219,29 @@ def _format_p(p: float) -> str:
 def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm-Bonferroni step-down adjusted p-values.
 
-    With the m non-NaN p-values sorted ascending, ``p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j))``
-    (1-based), mapped back to the input order. NaN entries stay NaN and do not count in m.
+    With the m non-NaN p-values sorted ascending,
+    ``p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j))`` (1-based), mapped back to the input
+    order. NaN entries stay NaN and do not count in m.
 
     Parameters
     ----------
-    p_values : sequence or ndarray of float, shape (m,), values in [0, 1] or NaN
+    p_values : sequence or ndarray of float, shape (m,)
+        Values in [0, 1] or NaN.
 
-    Returns ndarray of float64, shape (m,).
+    Returns
+    -------
+    ndarray of float64, shape (m,)
+        The adjusted p-values, in the input order.
 
+    Raises
+    ------
+    InputTypeError
+        When `p_values` cannot be read as floats.
+    InputValueError
+        When `p_values` is not 1-D or a value is outside [0, 1].
+
+    Examples
+    --------
     >>> holm([0.01, 0.04, 0.03, 0.005]).round(4).tolist()
     [0.03, 0.06, 0.06, 0.02]
     """
@@ -235,17 +311,38 @@ def significance(
     after : Tensor, shape (n, R)
         Output of the same images with region r occluded.
     region_ids : sequence of int, length R
+        The id of the region of each column of `after`.
     alternative : {"greater", "less", "two-sided"}
         ``"greater"``: occluding lowers the output (``before > after``), the paper's question.
 
+    Returns
+    -------
+    SignificanceTable
+        One `SignificanceRow` per region, in the order of `region_ids`.
+
+    Raises
+    ------
+    InputTypeError
+        When `before` or `after` is not a Tensor or ndarray.
+    InputValueError
+        When `alternative` is unknown, the shapes do not pair up, or `region_ids` does not
+        hold R ids.
+
+    Warns
+    -----
+    OcclusionProbeWarning
+        When the test is undefined for a region (n < 2, every difference zero, or NaN in the
+        data): that region's p is NaN, the warning says why, and the other regions are
+        corrected among themselves.
+
+    Notes
+    -----
     Per region r: ``scipy.stats.wilcoxon(before, after[:, r], alternative=alternative)``
-    (zero differences dropped, the ``"wilcox"`` method), ``mean_drop = mean(before - after[:, r])``
-    and the matched-pairs rank-biserial effect size. When the test is undefined (n < 2, every
-    difference zero, or NaN in the data) that region's p is NaN and an `OcclusionProbeWarning`
-    says why; the other regions are corrected among themselves.
+    (zero differences dropped, the ``"wilcox"`` method),
+    ``mean_drop = mean(before - after[:, r])`` and the matched-pairs rank-biserial effect size.
 
-    Returns `SignificanceTable`.
-
+    Examples
+    --------
     >>> import torch
     >>> before = torch.linspace(0.5, 0.9, 10)
     >>> table = significance(before, torch.stack([before - 0.2, before + 0.1], 1), [10, 11])
@@ -324,9 +421,24 @@ def bootstrap_bands(
     seed : int
         Seed of the ``torch.Generator`` that draws the resamples: equal seeds, equal bands.
 
-    Returns (low, high), each Tensor of shape (R, V) in the floating dtype of `values`
-    (float32 for integer input), on the device of `values`.
+    Returns
+    -------
+    low : Tensor, shape (R, V)
+        Lower edge of the band.
+    high : Tensor, shape (R, V)
+        Upper edge of the band. Both are in the floating dtype of `values` (float32 for
+        integer input), on the device of `values`.
 
+    Raises
+    ------
+    InputTypeError
+        When an argument has the wrong type.
+    InputValueError
+        When `values` is not 3-D or has no image, ``n_resamples < 1``, or `confidence` is not
+        in (0, 1).
+
+    Examples
+    --------
     >>> import torch
     >>> low, high = bootstrap_bands(torch.rand(30, 16, 6), n_resamples=200)
     >>> tuple(low.shape), bool((low <= high).all())

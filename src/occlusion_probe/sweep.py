@@ -48,9 +48,30 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     """Occluded images per model call for `batch_size="auto"`, from a memory budget.
 
     The budget (1 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
-    smaller) divided by the bytes of one image, as a power of two, at most `items`. On CPU
-    at least 4 images while they fit in 16 MiB: one large image per call leaves the
-    convolutions too little work to split across threads.
+    smaller) divided by the bytes of one image and rounded down to a power of two; on CPU
+    at least 4 images while they fit in 16 MiB (one large image per call leaves the
+    convolutions too little work to split across threads). The smaller of that and `items`.
+
+    Parameters
+    ----------
+    image_shape : sequence of int
+        Shape of one image, e.g. (C, H, W); each element counts as 4 bytes.
+    device : torch.device
+        Where the model runs; ``"cuda"`` devices get the CUDA budget.
+    items : int
+        How many occluded images there are in all; the batch is never larger.
+
+    Returns
+    -------
+    int
+        Occluded images per model call, at least 1 and at most `items`.
+
+    Examples
+    --------
+    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000)
+    64
+    >>> auto_batch_size((3, 224, 224), torch.device("cpu"), items=1000)
+    4
     """
     bytes_per_image = 4 * math.prod(image_shape)
     budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
@@ -67,7 +88,32 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
 def choose_engine(
     engine: str, model: object, image_shape: tuple[int, int, int], single_channel: bool
 ) -> tuple[str, str]:
-    """Pick the engine; returns (name, note explaining the choice)."""
+    """Pick the engine that computes the occluded outputs.
+
+    Parameters
+    ----------
+    engine : {"auto", "dense", "incremental"}
+        The engine requested from `sweep`.
+    model : object
+        The model; ``"auto"`` picks the incremental engine when it supports the model.
+    image_shape : tuple of int
+        (C, H, W) of one image.
+    single_channel : bool
+        Whether the images were given as (N, H, W); the incremental engine needs
+        (N, C, H, W) input.
+
+    Returns
+    -------
+    name : str
+        ``"dense"`` or ``"incremental"``.
+    note : str
+        One sentence explaining the choice.
+
+    Raises
+    ------
+    InputValueError
+        When `engine` is unknown, or ``"incremental"`` is requested for a model it cannot run.
+    """
     if engine not in ("auto", "dense", "incremental"):
         raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
     if engine == "dense":
@@ -88,7 +134,24 @@ def choose_engine(
 
 
 def check_common_arguments(model: object, regions: object, batch_size: object) -> None:
-    """Checks shared by `sweep` and `keep_only`."""
+    """Checks shared by `sweep` and `keep_only`.
+
+    Parameters
+    ----------
+    model : object
+        Must be callable, (B, C, H, W) -> (B, K).
+    regions : object
+        Must be a `Regions`.
+    batch_size : object
+        Must be a positive int or ``"auto"``.
+
+    Raises
+    ------
+    InputTypeError
+        When `model` is not callable or `regions` is not a `Regions`.
+    InputValueError
+        When `batch_size` is neither a positive int nor ``"auto"``.
+    """
     if not callable(model):
         raise InputTypeError(
             f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
@@ -197,36 +260,68 @@ def sweep(
         Raw images in the space where the fills make sense (e.g. pixels in [0, 1]).
         (N, H, W) is one channel, and the model is then called with (B, H, W).
     regions : Regions, masks (R, H, W)
-    fills : sequence of V fills (numbers, tensors broadcastable to one image, or callables
-        ``images (n, C, H, W) -> fill images``). Default: the paper's 0.0, 0.2, ..., 1.0.
-    labels : Tensor, shape (N,), optional
+        The R regions to occlude, each in turn.
+    fills : sequence of V fills, or one fill
+        Each fill is a number, a tensor broadcastable to one image, or a callable
+        ``images (n, C, H, W) -> fill images``. Default: the paper's 0.0, 0.2, ..., 1.0.
+    labels : Tensor or sequence of int, shape (N,), optional
         True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
-    output : "softmax" (default), "logits", or a callable applied to the (B, K) outputs.
-    batch_size : occluded images per model call, or "auto" (from a memory budget).
-    device : where masks are built and the model runs; default: the model's device.
-    progress : show a tqdm progress bar.
-    class_names : K names, kept on the result.
-    engine : "dense" (any model), "incremental" (exact, recomputes only changed patches of a
-        conv stack), or "auto" (incremental when the model qualifies; ``result.engine_note``
+    output : str or callable
+        What is recorded of the (B, K) model outputs: ``"softmax"`` (the default), the raw
+        ``"logits"``, or the result of a callable applied to them.
+    batch_size : int or "auto"
+        Occluded images per model call, or ``"auto"`` (from a memory budget).
+    device : torch.device or str, optional
+        Where masks are built and the model runs; default: the model's device.
+    progress : bool
+        Show a tqdm progress bar.
+    class_names : sequence of str, optional
+        K names, kept on the result.
+    engine : {"auto", "dense", "incremental"}
+        ``"dense"`` (any model), ``"incremental"`` (exact, recomputes only changed patches of a
+        conv stack), or ``"auto"`` (incremental when the model qualifies; ``result.engine_note``
         says why not otherwise).
-    reduce : None keeps every output (`SweepResult`); "class_mean" keeps per-true-class sums
+    reduce : {None, "class_mean"}
+        None keeps every output (`SweepResult`); ``"class_mean"`` keeps per-true-class sums
         only (`ClassMeanResult`), in memory that does not grow with N.
-    checkpoint : path of a checkpoint file: completed chunks are saved atomically, and a
-        rerun with the same path resumes; a checkpoint of a different model, regions,
-        fills or images is refused.
+    checkpoint : str or os.PathLike, optional
+        Path of a checkpoint file: completed chunks are saved atomically, and a rerun with the
+        same path resumes; a checkpoint of a different model, regions, fills or images is
+        refused.
 
     Returns
     -------
-    SweepResult with ``baseline`` (N, K) and ``occluded`` (N, R, V, K), or ClassMeanResult.
+    SweepResult or ClassMeanResult
+        A `SweepResult` with ``baseline`` (N, K) and ``occluded`` (N, R, V, K), or with
+        ``reduce="class_mean"`` a `ClassMeanResult`.
 
+    Raises
+    ------
+    InputTypeError
+        When an argument has a type `sweep` cannot work with (e.g. `model` is not callable or
+        `regions` is not a `Regions`).
+    InputValueError
+        When an argument has an unusable value (shape, size, label range, unknown option),
+        the model produces NaN or inf outputs, or `checkpoint` belongs to another sweep or is
+        truncated or corrupted.
+
+    Warns
+    -----
+    OcclusionProbeWarning
+        When a constant fill lies well outside the images' value range (usually a unit
+        mistake, e.g. 128 on images in [0, 1]).
+
+    Notes
+    -----
     Under ``torch.distributed`` (e.g. launched with ``torchrun``) each rank sweeps its shard
     of the images and every rank receives the full result.
 
-    Example
-    -------
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 4))
-    >>> result = op.sweep(model, torch.rand(3, 2, 8, 8), op.grid(8, 8, rows=2, cols=2), progress=False)
+    >>> result = op.sweep(model, torch.rand(3, 2, 8, 8), op.grid(8, 8, rows=2, cols=2),
+    ...                   progress=False)
     >>> tuple(result.occluded.shape)
     (3, 4, 6, 4)
     """

@@ -37,8 +37,16 @@ class ConfusionReport:
     recall : Tensor, shape (K,), float64
         Per-class recall (the diagonal of ``percent`` / 100); 0 for absent classes.
     class_names : tuple of str or None
+        The K class names, if given.
     kept_ids : tuple of int
         The regions that stayed visible.
+
+    Examples
+    --------
+    >>> import torch
+    >>> report = confusion_report(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 2)
+    >>> report.percent.tolist(), report.accuracy
+    ([[50.0, 50.0], [0.0, 100.0]], 0.75)
     """
 
     confusion: Tensor
@@ -53,7 +61,39 @@ class ConfusionReport:
         return int(self.confusion.sum())
 
     def to_markdown(self, class_names: Sequence[str] | None = None, digits: int = 1) -> str:
-        """The percent table as markdown, with the row/column convention stated above it."""
+        """The percent table as markdown, with the row/column convention stated above it.
+
+        Parameters
+        ----------
+        class_names : sequence of str, optional
+            Names of the K classes; defaults to ``self.class_names``, then to the indices.
+        digits : int
+            Decimals of the percentages.
+
+        Returns
+        -------
+        str
+            A sentence stating the convention, the kept regions and the accuracy, then the
+            table (rows = true class), ending with a newline.
+
+        Raises
+        ------
+        InputValueError
+            When `class_names` does not hold K names.
+
+        Examples
+        --------
+        >>> import torch
+        >>> report = confusion_report(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 2)
+        >>> print(report.to_markdown(["cat", "dog"]))
+        Confusion matrix in percent (rows = true class, ...); accuracy 75.0 % over 4 images.
+        <BLANKLINE>
+        | true \\ predicted | cat | dog |
+        | --- | ---: | ---: |
+        | cat | 50.0 | 50.0 |
+        | dog | 0.0 | 100.0 |
+        <BLANKLINE>
+        """
         names = list(class_names) if class_names is not None else self.class_names
         k = self.confusion.shape[0]
         if names is None:
@@ -81,7 +121,32 @@ def confusion_report(
     class_names: Sequence[str] | None = None,
     kept_ids: Iterable[int] = (),
 ) -> ConfusionReport:
-    """A `ConfusionReport` from true labels (n,) and predicted classes (n,)."""
+    """A `ConfusionReport` from true labels (n,) and predicted classes (n,).
+
+    Parameters
+    ----------
+    labels : Tensor, shape (n,)
+        True class of each image, in [0, num_classes).
+    predicted : Tensor, shape (n,)
+        Predicted class of each image.
+    num_classes : int
+        K, the number of classes.
+    class_names : sequence of str, optional
+        K names, kept on the report.
+    kept_ids : iterable of int
+        The regions that stayed visible, kept on the report.
+
+    Returns
+    -------
+    ConfusionReport
+        Counts, row-normalised percentages, accuracy and recall.
+
+    Raises
+    ------
+    InputValueError
+        When `labels` and `predicted` are not two tensors of the same shape (n,), or a label
+        is outside [0, num_classes).
+    """
     if labels.shape != predicted.shape or labels.dim() != 1:
         raise InputValueError(
             f"labels, predicted: expected two (n,) tensors, got {tuple(labels.shape)} and {tuple(predicted.shape)}"
@@ -131,18 +196,41 @@ def keep_only(
     Parameters
     ----------
     model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
+        Any classifier; it runs in eval mode under ``torch.inference_mode()``, as in `sweep`.
     images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
-    labels : Tensor, shape (N,) (None when the batches carry labels)
+        Raw images in the space where `fill` makes sense, as in `sweep`.
+    labels : Tensor or sequence of int, shape (N,), or None
+        True classes; None when the batches carry labels.
     regions : Regions, masks (R, H, W)
-    keep : region ids that stay visible; ``keep=regions.ids`` gives the plain confusion matrix.
-    fill : a number, a tensor broadcastable to one image, or a callable images -> fill images.
+        The regions `keep` refers to.
+    keep : iterable of int
+        Region ids that stay visible; ``keep=regions.ids`` gives the plain confusion matrix.
+    fill : number, Tensor or callable
+        A number, a tensor broadcastable to one image, or a callable images -> fill images.
+    batch_size : int or "auto"
+        Masked images per model call, or ``"auto"`` (from a memory budget).
+    device : torch.device or str, optional
+        Where the model runs; default: the model's device.
+    progress : bool
+        Show a tqdm progress bar.
+    class_names : sequence of str, optional
+        K names, kept on the report.
 
     Returns
     -------
-    ConfusionReport with ``confusion`` (K, K) counts, rows = true class.
+    ConfusionReport
+        With ``confusion`` (K, K) counts, rows = true class.
 
-    Example
-    -------
+    Raises
+    ------
+    InputTypeError
+        When an argument has a type `keep_only` cannot work with.
+    InputValueError
+        When an argument has an unusable value (e.g. an unknown region id in `keep`, missing
+        labels), or the model produces NaN or inf outputs.
+
+    Examples
+    --------
     >>> import torch, occlusion_probe as op
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
     >>> report = op.keep_only(model, torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]),
