@@ -95,6 +95,28 @@ def test_plan_blocks_cover_every_item_once_in_order(
         )
     # Every block is a contiguous range of the flattened (n, r, v) order, in order.
     assert seen == [(i, j, k) for i in range(n) for j in range(r) for k in range(v)]
+    # As few blocks as whole slabs allow, and the pieces of a split axis differ in size by at
+    # most one (no small leftover block).
+    blocks = list(plan_blocks(n, r, v, batch_size))
+    if r * v <= batch_size:
+        expected, pieces = -(-n // (batch_size // (r * v))), [b[0] for b in blocks]
+    elif v <= batch_size:
+        expected, pieces = n * -(-r // (batch_size // v)), [b[1] for b in blocks]
+    else:
+        expected, pieces = n * r * -(-v // batch_size), [b[2] for b in blocks]
+    assert len(blocks) == expected
+    lengths = [piece.stop - piece.start for piece in pieces]
+    assert not lengths or max(lengths) - min(lengths) <= 1
+
+
+def test_plan_blocks_splits_a_slab_evenly() -> None:
+    # The paper's 16 areas x 6 fills at batch 64: two forwards of 48, not 60 + 36.
+    assert list(plan_blocks(2, 16, 6, 64)) == [
+        (slice(0, 1), slice(0, 8), slice(0, 6)),
+        (slice(0, 1), slice(8, 16), slice(0, 6)),
+        (slice(1, 2), slice(0, 8), slice(0, 6)),
+        (slice(1, 2), slice(8, 16), slice(0, 6)),
+    ]
 
 
 def test_plan_blocks_prefers_whole_slabs_per_image() -> None:

@@ -255,3 +255,40 @@ def test_models_that_are_not_chains_say_why_and_fall_back_to_dense(case: str) ->
         result = op.sweep(model.eval(), images, op.grid(8, 8, 2, 2), [0.0], progress=False)
         assert result.engine == "dense"
         assert result.engine_note == f"incremental engine not applicable: {reason}"
+
+
+class ConvBlock(nn.Module):
+    """A user's conv-bn-relu block, as found inside many nn.Sequential models."""
+
+    def __init__(self, channels_in: int, channels_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels_in, channels_out, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+
+
+def test_blocks_of_the_users_own_class_inside_a_sequential_are_read_too() -> None:
+    model = _trained(
+        nn.Sequential(ConvBlock(2, 4), ConvBlock(4, 6), nn.Flatten(), nn.Linear(6 * 2 * 2, 3))
+    )
+    layers = layer_chain(model)
+    assert not isinstance(layers, str)
+    assert [name for name, _ in layers] == [
+        "0.conv", "0.bn", "0.relu", "0.max_pool2d",
+        "1.conv", "1.bn", "1.relu", "1.max_pool2d",
+        "2", "3",
+    ]  # fmt: skip
+    _chain_equals_model(model, torch.randn(3, 2, 8, 8))
+    images = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    regions = op.grid(8, 8, 4, 4)
+    incremental = op.sweep(model, images, regions, [0.0, 1.0], engine="incremental", progress=False)
+    dense = op.sweep(model, images, regions, [0.0, 1.0], engine="dense", progress=False)
+    torch.testing.assert_close(incremental.occluded, dense.occluded, rtol=1e-5, atol=1e-6)
+
+
+def test_a_block_that_is_not_a_chain_is_named_as_the_unsupported_layer() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), Residual(), nn.Linear(3, 2)).eval()
+    reason = unsupported_reason(model, (2, 8, 8))
+    assert reason is not None and "layer 1 (Residual) is not a supported spatial layer" in reason

@@ -1,6 +1,7 @@
 """A model as a chain of standard layers, for the incremental engine.
 
-An ``nn.Sequential`` is its chain (nested ones are flattened). Any other ``nn.Module`` is
+An ``nn.Sequential`` is its chain (nested ones are flattened, and children of the user's own
+classes are read as below). Any other ``nn.Module`` is
 traced with ``torch.fx`` in eval mode; when its ``forward`` is one straight line from the
 input to the output (each step uses only the previous step's result) made of submodule calls
 and a few functional equivalents of standard layers (``F.relu``, ``torch.flatten(x, 1)``,
@@ -54,13 +55,21 @@ def layer_chain(model: object) -> Layers | str:
 
 
 def _flatten_sequential(model: nn.Sequential, prefix: str) -> Layers:
+    """The chain of a Sequential: nested Sequentials flattened, and a child module of the
+    user's own class (e.g. a conv-bn-relu block) replaced by its traced chain when it is one;
+    otherwise kept whole, for the engine to name as the unsupported layer."""
     layers: Layers = []
     for name, child in model.named_children():
         path = f"{prefix}{name}"
         if type(child) is nn.Sequential:
             layers.extend(_flatten_sequential(child, f"{path}."))
-        else:
-            layers.append((path, child))
+            continue
+        if not type(child).__module__.startswith("torch."):
+            traced = layer_chain(child)
+            if not isinstance(traced, str):
+                layers.extend((f"{path}.{inner}", layer) for inner, layer in traced)
+                continue
+        layers.append((path, child))
     return layers
 
 
