@@ -1,7 +1,7 @@
 """Mask throughput: building occluded batches alone vs a plain copy of the same bytes.
 
-``occlusion_probe.engines.dense.occluded_blocks`` makes each batch of occluded images with
-one broadcast ``torch.where``. Its reference is ``dst.copy_(src)`` of a tensor the size of
+``occlusion_probe.engines.dense.occluded_blocks`` makes each batch of occluded images (on
+CPU by a bit select or by boxes, see its module). Its reference is ``dst.copy_(src)`` of a tensor the size of
 each batch, for the same number and sizes of batches: memory traffic that any way of
 producing the batches must at least pay. Target: at least half the copy's speed.
 """
@@ -48,7 +48,9 @@ def test_occluded_blocks(benchmark: object, harness: Harness, case: Case) -> Non
     target = torch.empty_like(source)
 
     def build() -> None:
-        for _block, _batch in occluded_blocks(images, fill_images, masks, batch_size):
+        # As the dense engine calls it: each batch is used before the next is made.
+        blocks = occluded_blocks(images, fill_images, masks, batch_size, reuse_buffers=True)
+        for _block, _batch in blocks:
             pass
 
     def copy() -> None:

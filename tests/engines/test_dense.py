@@ -42,7 +42,7 @@ def _reference_occluded(images: Tensor, fill_images: Tensor, masks: Tensor) -> T
 
 
 def _assembled(
-    images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int
+    images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int, reuse: bool = False
 ) -> tuple[Tensor, int]:
     """All blocks put back into (n, R, V, C, H, W), and the largest block's size."""
     n, c, h, w = images.shape
@@ -50,21 +50,25 @@ def _assembled(
     dtype = torch.promote_types(images.dtype, fill_images.dtype)
     out = torch.full((n, r, v, c, h, w), float("nan"), dtype=dtype)
     largest = 0
-    for (rows, regions, fills), batch in occluded_blocks(images, fill_images, masks, batch_size):
+    blocks = occluded_blocks(images, fill_images, masks, batch_size, reuse_buffers=reuse)
+    for (rows, regions, fills), batch in blocks:
         shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
         out[rows, regions, fills] = batch.reshape(*shape, c, h, w)
         largest = max(largest, batch.shape[0])
     return out, largest
 
 
-@pytest.fixture(params=["where", "boxes"])
+@pytest.fixture(params=["where", "bits", "boxes"])
 def block_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test once with the broadcast-where path and once with the box path."""
+    """Run a test once per way of building a block: broadcast where, bit select (shared
+    fills only; others fall back to where) and boxes."""
     if request.param == "boxes":
         monkeypatch.setattr(dense, "_BOX_MIN_VALUES", 0)
         monkeypatch.setattr(dense, "_BOX_MAX_PARTIAL_AREA", float("inf"))
     else:
         monkeypatch.setattr(dense, "_BOX_MIN_VALUES", 2**62)
+    budget = 2**62 if request.param == "bits" else -1
+    monkeypatch.setattr(dense, "_BITS_MAX_TABLE_BYTES", budget)
     return str(request.param)
 
 
@@ -155,20 +159,22 @@ def test_region_boxes_match_a_pixel_loop(mask_list: list[Tensor]) -> None:
 # --- occluded_blocks ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("n", [0, 1, 2])
-def test_occluded_blocks_equal_where_per_image(block_path: str, n: int) -> None:
+def test_occluded_blocks_equal_where_per_image(block_path: str, n: int, reuse: bool) -> None:
     generator = torch.Generator().manual_seed(n)
     images = torch.rand(n, 3, 12, 10, generator=generator)
     masks = op.grid(12, 10, 3, 2).masks  # full boxes
     fill_images = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1, 1)
-    out, largest = _assembled(images, fill_images, masks, batch_size=7)
+    out, largest = _assembled(images, fill_images, masks, batch_size=7, reuse=reuse)
     assert largest <= 7
     torch.testing.assert_close(out, _reference_occluded(images, fill_images, masks), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
 def test_occluded_blocks_scattered_masks_and_per_image_fills(
-    block_path: str, batch_size: int
+    block_path: str, batch_size: int, reuse: bool
 ) -> None:
     generator = torch.Generator().manual_seed(batch_size)
     images = torch.rand(3, 2, 9, 11, generator=generator)
@@ -176,7 +182,7 @@ def test_occluded_blocks_scattered_masks_and_per_image_fills(
     masks[2] = False  # an empty region leaves the image as it is
     # Per-image, per-channel fills with full spatial size (e.g. a blurred copy).
     fill_images = torch.rand(2, 3, 2, 9, 11, generator=generator)
-    out, _ = _assembled(images, fill_images, masks, batch_size)
+    out, _ = _assembled(images, fill_images, masks, batch_size, reuse=reuse)
     expected = _reference_occluded(images, fill_images, masks)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     torch.testing.assert_close(out[:, 2], images[:, None].expand(3, 2, 2, 9, 11), rtol=0, atol=0)
@@ -189,6 +195,45 @@ def test_occluded_blocks_promote_dtype_like_where(block_path: str) -> None:
     out, _ = _assembled(images, fill_images, masks, batch_size=3)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, _reference_occluded(images, fill_images, masks), rtol=0, atol=0)
+
+
+def test_batches_are_new_tensors_unless_buffers_are_reused(block_path: str) -> None:
+    images = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(6))
+    masks, fill_images = op.grid(6, 6, 2, 2).masks, torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    kept = [batch for _, batch in occluded_blocks(images, fill_images, masks, batch_size=8)]
+    expected = _reference_occluded(images, fill_images, masks).reshape(-1, 1, 6, 6)
+    torch.testing.assert_close(torch.cat(kept), expected, rtol=0, atol=0)
+    reused = occluded_blocks(images, fill_images, masks, batch_size=8, reuse_buffers=True)
+    pointers = {batch.data_ptr() for _, batch in reused}
+    assert len(pointers) == 1  # three blocks of 8, one memory
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_bit_select_is_bit_exact(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dense, "_BOX_MIN_VALUES", 2**62)
+    images = torch.randn(3, 2, 5, 6, generator=torch.Generator().manual_seed(7)).to(dtype)
+    images[0, 0, 0, :3] = torch.tensor([-0.0, 0.0, -0.0], dtype=dtype)  # signed zeros
+    fills = torch.tensor([-0.0, 0.0, 1e-30, -2.5]).to(dtype)
+    fill_images = fills.reshape(4, 1, 1, 1, 1)
+    masks = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(8)) < 0.5
+    masks[:, 0, 0] = True  # the signed zero of image 0 gets each fill, and is kept elsewhere
+    masks[1, 0, 1] = False
+    assert dense._bit_select_type(images, fill_images, masks) is not None
+    out, _ = _assembled(images, fill_images, masks, batch_size=5)
+    expected = _reference_occluded(images, fill_images, masks)
+    bits = dense._BITS_TYPES[dtype]
+    assert torch.equal(out.view(bits), expected.view(bits))
+
+
+def test_bit_select_applies_only_to_shared_fills_of_the_images_type() -> None:
+    images, masks = torch.zeros(2, 1, 4, 4), op.grid(4, 4, 2, 2).masks
+    shared = torch.zeros(3, 1, 1, 1, 1)
+    assert dense._bit_select_type(images, shared, masks) is torch.int32
+    assert dense._bit_select_type(images, torch.zeros(3, 2, 1, 4, 4), masks) is None
+    assert dense._bit_select_type(images, shared.double(), masks) is None
+    assert dense._bit_select_type(images.int(), shared.int(), masks) is None
+    big = torch.zeros(1, 3, 512, 512)
+    assert dense._bit_select_type(big, shared, op.grid(512, 512, 16, 16).masks) is None
 
 
 def test_box_path_is_chosen_only_where_it_pays() -> None:
