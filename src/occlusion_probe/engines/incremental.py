@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from occlusion_probe.engines.boxes import Box, bounding_boxes
 from occlusion_probe.engines.linearize import layer_chain
 from occlusion_probe.errors import InputTypeError, InputValueError, describe
 
@@ -503,10 +504,7 @@ class _Placement:
     final: _Insert
 
 
-_Box = tuple[int, int, int, int]  # (top, bottom, left, right), half-open
-
-
-def _reaches_output(arch: _Architecture, box: _Box) -> bool:
+def _reaches_output(arch: _Architecture, box: Box) -> bool:
     """Whether a change inside `box` of the input can change the model's output at all (a
     stride longer than a kernel skips positions, so some changes are never read)."""
     top, bottom, left, right = box
@@ -519,7 +517,7 @@ def _reaches_output(arch: _Architecture, box: _Box) -> bool:
     return True
 
 
-def _insert(patch: _Box, window: _Box) -> _Insert:
+def _insert(patch: Box, window: Box) -> _Insert:
     """The part of `patch` inside `window`, both in the same (padded) coordinates; the window
     may miss part of the patch when a stride longer than the kernel skips positions."""
     top, bottom = max(patch[0], window[0]), min(patch[1], window[1])
@@ -532,7 +530,7 @@ def _insert(patch: _Box, window: _Box) -> _Insert:
 
 
 def _plan(
-    arch: _Architecture, boxes: Sequence[_Box], dense_fraction: float
+    arch: _Architecture, boxes: Sequence[Box], dense_fraction: float
 ) -> tuple[_Route, list[_Placement]]:
     """The shared route of regions whose bounding boxes have the same size, and each one's
     placement.
@@ -559,7 +557,7 @@ def _plan(
         if out_height * out_width > dense_fraction * rows.out_size * cols.out_size:
             switch = position
             break
-        grown: list[_Box] = []
+        grown: list[Box] = []
         for region, (box, (t, _, le, _)) in enumerate(zip(current, affected, strict=True)):
             # Start early enough that the grown box stays on the map; it still covers the
             # changed outputs, since those fit in out_height rows.
@@ -591,23 +589,6 @@ def _plan(
         )
     ]
     return _Route((height, width), tuple(steps), switch), placements
-
-
-def _bounding_boxes(masks: Tensor) -> list[_Box | None]:
-    """(top, bottom, left, right) of every mask's True pixels, None for an empty mask."""
-    rows_any = masks.any(dim=2).cpu()
-    cols_any = masks.any(dim=1).cpu()
-    height, width = rows_any.shape[1], cols_any.shape[1]
-    # argmax returns the first maximum: the first True from either end.
-    tops = rows_any.to(torch.uint8).argmax(dim=1).tolist()
-    bottoms = (height - rows_any.flip(1).to(torch.uint8).argmax(dim=1)).tolist()
-    lefts = cols_any.to(torch.uint8).argmax(dim=1).tolist()
-    rights = (width - cols_any.flip(1).to(torch.uint8).argmax(dim=1)).tolist()
-    nonempty = rows_any.any(dim=1).tolist()
-    return [
-        (t, b, le, ri) if keep else None
-        for t, b, le, ri, keep in zip(tops, bottoms, lefts, rights, nonempty, strict=True)
-    ]
 
 
 # ----------------------------------------------------------------------------- batched kernels
@@ -659,9 +640,9 @@ def _region_batches(
 ) -> tuple[list[_RegionBatch], list[int]]:
     """Batches of at most `regions_per_batch` regions with equal bounding-box sizes; also the
     regions whose occlusion changes nothing the model reads."""
-    by_size: dict[tuple[int, int], list[tuple[int, _Box]]] = {}
+    by_size: dict[tuple[int, int], list[tuple[int, Box]]] = {}
     unaffected: list[int] = []
-    for region, box in enumerate(_bounding_boxes(masks)):
+    for region, box in enumerate(bounding_boxes(masks)):
         if box is None or not _reaches_output(arch, box):
             unaffected.append(region)
         else:
