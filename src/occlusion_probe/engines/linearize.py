@@ -27,6 +27,8 @@ from occlusion_probe.model import evaluation_mode
 __all__ = ["layer_chain"]
 
 Layers = list[tuple[str, nn.Module]]
+# Makes the layer equal to a functional call from its arguments by name, or says why not.
+_Maker = Callable[[dict[str, Any]], nn.Module | str]
 
 
 def layer_chain(model: object) -> Layers | str:
@@ -124,13 +126,15 @@ def _chain_of(graph_module: torch.fx.GraphModule, model_name: str) -> Layers | s
             layers.append((name, made))
         previous = node
     for position, features, where in fixed_views:
-        following = [layer for _, layer in layers[position + 1 :] if type(layer) is nn.Linear]
-        if not following or not isinstance(following[0], nn.Linear):
+        linear = next(
+            (layer for _, layer in layers[position + 1 :] if type(layer) is nn.Linear), None
+        )
+        if linear is None:
             return f"{where}: x.view(-1, {features}) is supported only before a Linear layer"
-        if following[0].in_features != features:
+        if linear.in_features != features:
             return (
                 f"{where}: x.view(-1, {features}) is followed by a Linear with "
-                f"{following[0].in_features} input features"
+                f"{linear.in_features} input features"
             )
     return layers
 
@@ -171,7 +175,10 @@ def _module_for(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> nn.M
         maker = _FUNCTIONS.get(node.target)
         if maker is None:
             return f"{_target_name(node.target)} has no layer equivalent the engine knows"
-        made = maker(_bound_arguments(node, graph_module))
+        arguments = _bound_arguments(node, graph_module)
+        if arguments is None:
+            return "its arguments could not be matched to its signature"
+        made = maker(arguments)
     else:
         return f"{node.op} {node.target!r} is not a layer"
     if isinstance(made, nn.Module):
@@ -238,43 +245,35 @@ def _method_module(node: torch.fx.Node) -> nn.Module | str:
     return f"the tensor method .{method}() has no layer equivalent the engine knows"
 
 
-def _needs(arguments: dict[str, Any] | None, **expected: object) -> str | None:
+def _needs(arguments: dict[str, Any], **expected: object) -> str | None:
     """Why the call's optional arguments are not the defaults the layer equivalent assumes."""
-    if arguments is None:
-        return "its arguments could not be matched to its signature"
     for key, value in expected.items():
         if key in arguments and arguments[key] != value:
             return f"{key}={arguments[key]!r} is not supported (only {value!r})"
     return None
 
 
-def _activation(
-    module: Callable[..., nn.Module], *names: str
-) -> Callable[[dict[str, Any] | None], nn.Module | str]:
+def _activation(module: Callable[..., nn.Module], *names: str) -> _Maker:
     """A maker for an activation whose keyword arguments (apart from the input and `inplace`)
     are passed to `module` under the same names."""
 
-    def make(arguments: dict[str, Any] | None) -> nn.Module | str:
-        if arguments is None:
-            return "its arguments could not be matched to its signature"
+    def make(arguments: dict[str, Any]) -> nn.Module | str:
         return module(**{name: arguments[name] for name in names if name in arguments})
 
     return make
 
 
-def _flatten(arguments: dict[str, Any] | None) -> nn.Module | str:
-    if arguments is None:
-        return "its arguments could not be matched to its signature"
+def _flatten(arguments: dict[str, Any]) -> nn.Module | str:
     start, end = arguments.get("start_dim", 0), arguments.get("end_dim", -1)
     if (start, end) != (1, -1):
         return f"torch.flatten(x, {start}, {end}) is not per image; only torch.flatten(x, 1) is supported"
     return nn.Flatten()
 
 
-def _max_pool(arguments: dict[str, Any] | None) -> nn.Module | str:
+def _max_pool(arguments: dict[str, Any]) -> nn.Module | str:
     reason = _needs(arguments, return_indices=False)
-    if reason is not None or arguments is None:
-        return reason or ""
+    if reason is not None:
+        return reason
     return nn.MaxPool2d(
         arguments["kernel_size"],
         stride=arguments.get("stride") or None,
@@ -284,9 +283,7 @@ def _max_pool(arguments: dict[str, Any] | None) -> nn.Module | str:
     )
 
 
-def _avg_pool(arguments: dict[str, Any] | None) -> nn.Module | str:
-    if arguments is None:
-        return "its arguments could not be matched to its signature"
+def _avg_pool(arguments: dict[str, Any]) -> nn.Module:
     return nn.AvgPool2d(
         arguments["kernel_size"],
         stride=arguments.get("stride") or None,
@@ -297,19 +294,17 @@ def _avg_pool(arguments: dict[str, Any] | None) -> nn.Module | str:
     )
 
 
-def _adaptive(module: type[nn.Module]) -> Callable[[dict[str, Any] | None], nn.Module | str]:
-    def make(arguments: dict[str, Any] | None) -> nn.Module | str:
+def _adaptive(module: type[nn.Module]) -> _Maker:
+    def make(arguments: dict[str, Any]) -> nn.Module | str:
         reason = _needs(arguments, return_indices=False)
-        if reason is not None or arguments is None:
-            return reason or ""
+        if reason is not None:
+            return reason
         return module(arguments["output_size"])
 
     return make
 
 
-def _dropout(arguments: dict[str, Any] | None) -> nn.Module | str:
-    if arguments is None:
-        return "its arguments could not be matched to its signature"
+def _dropout(arguments: dict[str, Any]) -> nn.Module | str:
     if arguments.get("training", True):
         # Traced in eval mode, F.dropout(x, p, training=self.training) records False; True
         # means dropout stays active in eval mode, which is random, not a layer to reuse.
@@ -317,11 +312,11 @@ def _dropout(arguments: dict[str, Any] | None) -> nn.Module | str:
     return nn.Identity()
 
 
-def _softmax(module: type[nn.Softmax] | type[nn.LogSoftmax]) -> Callable[..., nn.Module | str]:
-    def make(arguments: dict[str, Any] | None) -> nn.Module | str:
+def _softmax(module: type[nn.Softmax] | type[nn.LogSoftmax]) -> _Maker:
+    def make(arguments: dict[str, Any]) -> nn.Module | str:
         reason = _needs(arguments, dtype=None)
-        if reason is not None or arguments is None:
-            return reason or ""
+        if reason is not None:
+            return reason
         if arguments.get("dim") not in (1, -1):
             return f"dim={arguments.get('dim')!r}; only dim=1 is supported"
         return module(dim=1)
@@ -329,7 +324,7 @@ def _softmax(module: type[nn.Softmax] | type[nn.LogSoftmax]) -> Callable[..., nn
     return make
 
 
-_FUNCTIONS: dict[object, Callable[[dict[str, Any] | None], nn.Module | str]] = {
+_FUNCTIONS: dict[object, _Maker] = {
     F.relu: _activation(nn.ReLU),
     torch.relu: _activation(nn.ReLU),
     F.relu6: _activation(nn.ReLU6),
