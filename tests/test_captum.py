@@ -6,6 +6,7 @@ import pytest
 import torch
 from captum.attr import Attribution, FeatureAblation, Occlusion
 from captum.metrics import infidelity, sensitivity_max
+from reference_models import small_cnn
 from torch import Tensor, nn
 
 from occlusion_probe.captum import GridOcclusion
@@ -16,23 +17,9 @@ from occlusion_probe.sweep import sweep
 N, C, H, W, K = 4, 3, 12, 12, 5
 
 
-def _cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(C, 4, 3, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(6 * (H // 2) * (W // 2), K),
-    ).eval()
-
-
 @pytest.fixture(scope="module")
 def model() -> nn.Sequential:
-    return _cnn()
+    return small_cnn(in_channels=C, classes=K, size=H).eval()
 
 
 @pytest.fixture(scope="module")
