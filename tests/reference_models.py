@@ -44,3 +44,221 @@ def reference_sweep(
                 per_region.append(torch.stack(per_fill))
             out.append(torch.stack(per_region))
     return torch.stack(out).reshape(n, r, v, -1)
+
+
+# --------------------------------------------------------------------------- architectures
+# Small versions of the architectures users run, written from their papers, with random
+# weights and non-trivial batch-norm statistics (running means and variances away from 0, 1).
+
+
+def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm2d non-trivial running statistics and affine parameters."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(c, generator=generator) - 0.5)
+    return model.eval()
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (He et al. 2016): two 3x3 convs, identity or 1x1 projection."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's layout (7x7 stem, max pool, 2-2-2-2 basic blocks) at a chosen width."""
+
+    def __init__(self, width: int = 8, classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        layers: list[nn.Module] = []
+        cin = width
+        for stage, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            for index in range(2):
+                layers.append(BasicBlock(cin, cout, 2 if stage and not index else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+        randomize_batch_norms(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block (Sandler et al. 2018): 1x1 expand, 3x3 depthwise, 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2's layout (stem, inverted residuals with t=6, 1x1 head) at a small width."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        settings = [(1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 2, 2), (6, 24, 1, 1)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(inplace=True),
+        ]
+        cin = 8
+        for expand, cout, repeats, stride in settings:
+            for index in range(repeats):
+                layers.append(InvertedResidual(cin, cout, stride if index == 0 else 1, expand))
+                cin = cout
+        layers += [nn.Conv2d(cin, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, classes))
+        randomize_batch_norms(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet's bottleneck layer (Huang et al. 2017): BN-ReLU-1x1, BN-ReLU-3x3, concat."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.Conv2d(cin, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth),
+            nn.ReLU(),
+            nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1)
+
+
+class DenseNet(nn.Module):
+    """A DenseNet-121-style stack: stem, dense blocks joined by 1x1 conv + 2x2 avg-pool
+    transitions, BN-ReLU, global average pool."""
+
+    def __init__(self, growth: int = 4, blocks: tuple[int, ...] = (2, 3), classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, 2 * growth, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(2 * growth),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        ]
+        channels = 2 * growth
+        for index, count in enumerate(blocks):
+            for _ in range(count):
+                layers.append(DenseLayer(channels, growth))
+                channels += growth
+            if index < len(blocks) - 1:
+                layers += [
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(),
+                    nn.Conv2d(channels, channels // 2, 1, bias=False),
+                    nn.AvgPool2d(2, 2),
+                ]
+                channels //= 2
+        layers += [nn.BatchNorm2d(channels), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, classes)
+        randomize_batch_norms(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.fc(torch.flatten(x, 1))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block (Liu et al. 2022): 7x7 depthwise conv, channels-last LayerNorm,
+    Linear 4x expansion, GELU, Linear, layer scale, residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """A ConvNeXt-T-style net: 4x4 patchify stem with LayerNorm, blocks, a 2x2 downsampling
+    conv between stages, global average pool, LayerNorm, Linear."""
+
+    def __init__(
+        self, dims: tuple[int, ...] = (8, 16), depths: tuple[int, ...] = (1, 1), classes: int = 5
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, dims[0], 4, 4)
+        self.stem_norm = nn.LayerNorm(dims[0], eps=1e-6)
+        stages: list[nn.Module] = []
+        for index, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            if index:
+                stages.append(nn.Conv2d(dims[index - 1], dim, 2, 2))
+            stages += [ConvNeXtBlock(dim) for _ in range(depth)]
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.stages(x)
+        return self.head(self.norm(x.mean((-2, -1))))

@@ -15,9 +15,11 @@ from .errors import InputTypeError, InputValueError, describe
 __all__ = [
     "Model",
     "OutputSpec",
+    "check_outputs",
     "checked_forward",
     "evaluation_mode",
     "model_device",
+    "model_dtype",
     "transform_outputs",
 ]
 
@@ -40,6 +42,15 @@ def model_device(model: object) -> torch.device | None:
         for buffer in model.buffers():
             return buffer.device
     return None
+
+
+def model_dtype(model: object) -> torch.dtype:
+    """The floating dtype of a module's first floating parameter or buffer (float32 if none)."""
+    if isinstance(model, nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return torch.float32
 
 
 @contextlib.contextmanager
@@ -66,23 +77,25 @@ def checked_forward(model: Model, single_channel: bool) -> Callable[[Tensor], Te
 
     def forward(batch: Tensor) -> Tensor:
         given = batch[:, 0] if single_channel else batch
-        outputs = model(given)
-        if not isinstance(outputs, Tensor):
-            raise InputTypeError(
-                f"model: expected it to return a Tensor of shape (B, K), got {describe(outputs)}"
-            )
-        if outputs.dim() != 2 or outputs.shape[0] != batch.shape[0]:
-            raise InputValueError(
-                f"model: expected outputs of shape (B, K) with B = {batch.shape[0]}, "
-                f"got shape {tuple(outputs.shape)}"
-            )
-        if not outputs.is_floating_point():
-            raise InputTypeError(
-                f"model: expected floating-point outputs, got dtype {outputs.dtype}"
-            )
-        return outputs
+        return check_outputs(model(given), batch.shape[0])
 
     return forward
+
+
+def check_outputs(outputs: object, batch_size: int) -> Tensor:
+    """The model's raw `outputs` for `batch_size` images, checked to be a (B, K) float tensor."""
+    if not isinstance(outputs, Tensor):
+        raise InputTypeError(
+            f"model: expected it to return a Tensor of shape (B, K), got {describe(outputs)}"
+        )
+    if outputs.dim() != 2 or outputs.shape[0] != batch_size:
+        raise InputValueError(
+            f"model: expected outputs of shape (B, K) with B = {batch_size}, "
+            f"got shape {tuple(outputs.shape)}"
+        )
+    if not outputs.is_floating_point():
+        raise InputTypeError(f"model: expected floating-point outputs, got dtype {outputs.dtype}")
+    return outputs
 
 
 def output_name(output: OutputSpec) -> str:

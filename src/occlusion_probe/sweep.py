@@ -18,14 +18,18 @@ from .checkpoint import Checkpoint, Fingerprint
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.dense import run_dense
+from .engines.graph import hook_reason
+from .engines.incremental import MIN_FLOP_BOUND, IncrementalEngine
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     Model,
     OutputSpec,
+    check_outputs,
     checked_forward,
     evaluation_mode,
     model_device,
+    model_dtype,
     output_name,
     transform_outputs,
 )
@@ -85,27 +89,42 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     return max(1, min(size, items))
 
 
+# engine="auto" reads the model (torch.export, about 1-3 s) only for sweeps of at least this
+# many occluded images: below it, reading the model costs more than the engine can save.
+AUTO_INCREMENTAL_MIN_ITEMS = 2048
+
+
 def choose_engine(
-    engine: str, model: object, image_shape: tuple[int, int, int], single_channel: bool
-) -> tuple[str, str]:
-    """Pick the engine that computes the occluded outputs.
+    engine: str,
+    model: object,
+    image_shape: tuple[int, int, int],
+    single_channel: bool,
+    masks: Tensor,
+    items: int | None,
+) -> tuple[IncrementalEngine | None, str]:
+    """Pick the engine that computes the occluded outputs, and prepare it.
 
     Parameters
     ----------
     engine : {"auto", "dense", "incremental"}
         The engine requested from `sweep`.
     model : object
-        The model; ``"auto"`` picks the incremental engine when it supports the model.
+        The model; ``"auto"`` picks the incremental engine when it can read the model and
+        its plan saves enough FLOPs.
     image_shape : tuple of int
         (C, H, W) of one image.
     single_channel : bool
         Whether the images were given as (N, H, W); the incremental engine needs
         (N, C, H, W) input.
+    masks : Tensor, shape (R, H, W), bool
+        The regions, on the device the model runs on.
+    items : int or None
+        How many occluded images the sweep computes (None: unknown, a stream).
 
     Returns
     -------
-    name : str
-        ``"dense"`` or ``"incremental"``.
+    engine : IncrementalEngine or None
+        The prepared incremental engine, or None for the dense engine.
     note : str
         One sentence explaining the choice.
 
@@ -117,20 +136,36 @@ def choose_engine(
     if engine not in ("auto", "dense", "incremental"):
         raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
     if engine == "dense":
-        return "dense", "dense engine requested"
-    from .engines.incremental import unsupported_reason
-
-    reason = unsupported_reason(model, image_shape)
-    if reason is None and single_channel:
+        return None, "dense engine requested"
+    reason: str | None = None
+    if not isinstance(model, nn.Module):
+        reason = f"the model is {describe(model)}, not an nn.Module whose graph can be read"
+    elif hook_reason(model) is not None:
+        reason = hook_reason(model)
+    elif single_channel:
         reason = "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
-    if reason is None:
-        return (
-            "incremental",
-            "the model is a supported conv stack; only changed patches are recomputed",
+    elif engine == "auto" and items is not None and items < AUTO_INCREMENTAL_MIN_ITEMS:
+        reason = (
+            f"only {items} occluded images (fewer than {AUTO_INCREMENTAL_MIN_ITEMS}); reading "
+            'the model would cost more than it saves (engine="incremental" forces it)'
         )
+    if reason is None and isinstance(model, nn.Module):
+        with evaluation_mode(model), torch.inference_mode(False):
+            prepared = IncrementalEngine.prepare(
+                model, image_shape, masks, model_dtype(model), masks.device
+            )
+        if isinstance(prepared, str):
+            reason = prepared
+        elif engine == "auto" and prepared.flop_bound < MIN_FLOP_BOUND:
+            reason = (
+                f"its plan saves too little: FLOP bound {prepared.flop_bound:.2f}x, below "
+                f"{MIN_FLOP_BOUND}x (the extra copies and launches would cost as much)"
+            )
+        else:
+            return prepared, prepared.note
     if engine == "incremental":
         raise InputValueError(f'engine: "incremental" cannot run this model: {reason}')
-    return "dense", f"incremental engine not applicable: {reason}"
+    return None, f"incremental engine not applicable: {reason}"
 
 
 def check_common_arguments(model: object, regions: object, batch_size: object) -> None:
@@ -191,6 +226,30 @@ def _check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
         raise InputValueError(
             f"model: produced NaN or inf outputs for {what} of images {bad} (first offending "
             "image indices); check the model and the input range"
+        )
+
+
+def _batch_of(raw: object) -> int:
+    """The batch size of a raw model output (its first tensor's first dimension)."""
+    leaves = [leaf for leaf in torch.utils._pytree.tree_leaves(raw) if isinstance(leaf, Tensor)]
+    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else -1
+
+
+def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, output: OutputSpec) -> None:
+    """Refuse to go on when the exported graph computes something else than the model.
+
+    The incremental engine runs the graph torch.export read, not the model's own forward; on
+    the unoccluded images both are computed, and they must agree to float32 rounding.
+    """
+    got = transform_outputs(graph_outputs, output).double()
+    want = transform_outputs(model_outputs, output).double()
+    error = float((got - want).abs().max()) if got.numel() else 0.0
+    scale = 1e-4 * (1.0 + float(want.abs().max())) if want.numel() else 0.0
+    if got.shape != want.shape or error > scale:
+        raise InputValueError(
+            "model: the graph torch.export read from the model computes different outputs "
+            f"than the model's own forward (max difference {error:.3g}); the model has state "
+            'that export does not see. Use engine="dense".'
         )
 
 
@@ -340,22 +399,20 @@ def sweep(
     c, h, w = image_shape
     fill_list = resolve_fills(fills, (c, h, w))
     run_device = _resolve_device(device, model)
-    engine_name, engine_note = choose_engine(engine, model, (c, h, w), source.single_channel)
     masks = regions.masks.to(run_device)
     r, v = len(regions), len(fill_list)
+    incremental, engine_note = choose_engine(
+        engine,
+        model,
+        (c, h, w),
+        source.single_channel,
+        masks,
+        None if source.num_images is None else source.num_images * r * v,
+    )
     per_call = (
         auto_batch_size(image_shape, run_device, max(1, r * v * (source.num_images or 1)))
         if batch_size == "auto"
         else batch_size
-    )
-    meta = SweepMeta(
-        regions=regions,
-        fill_labels=tuple(f.label for f in fill_list),
-        class_names=names,
-        image_shape=tuple(image_shape) if not source.single_channel else (h, w),
-        output=out_name,
-        engine=engine_name,
-        engine_note=engine_note,
     )
     collector: FullCollector | ClassMeanCollector = (
         ClassMeanCollector() if reduce == "class_mean" else FullCollector()
@@ -399,16 +456,16 @@ def sweep(
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
-                if engine_name == "incremental":
-                    from .engines.incremental import run_incremental
-
-                    expanded = fill_images.expand(v, *x.shape)
-                    if not isinstance(model, nn.Module):  # choose_engine only picks modules
-                        raise InputTypeError(
-                            f"model: the incremental engine needs an nn.Module, got {describe(model)}"
-                        )
-                    occluded_raw = run_incremental(model, x, expanded, masks, per_call)
-                    bar.update(x.shape[0] * r * v)
+                if incremental is not None:
+                    clean_raw, occluded_raw = incremental.run(
+                        x,
+                        fill_images,
+                        masks,
+                        max(per_call * 4, 24),
+                        lambda raw: check_outputs(raw, _batch_of(raw)),
+                        bar.update,
+                    )
+                    _check_same_as_model(clean_raw, baseline_raw, output)
                 else:
                     occluded_raw = run_dense(
                         forward, x, fill_images, masks, per_call, num_classes, bar.update
@@ -434,6 +491,15 @@ def sweep(
         raise
     finally:
         bar.close()
+    meta = SweepMeta(
+        regions=regions,
+        fill_labels=tuple(f.label for f in fill_list),
+        class_names=names,
+        image_shape=tuple(image_shape) if not source.single_channel else (h, w),
+        output=out_name,
+        engine="dense" if incremental is None else "incremental",
+        engine_note=engine_note,
+    )
     if shard is not None:
         merged = distributed.gather_collector(collector, shard)
         return merged.result(meta)

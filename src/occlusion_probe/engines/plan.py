@@ -1,0 +1,516 @@
+"""Box planning for the incremental engine: which part of every node an occlusion changes.
+
+For one region, every node of the exported graph is in one of three states:
+
+- unchanged: its value is the unoccluded one, read from the cache;
+- a *patch*: only a box (rows x columns of its map) differs; the engine computes that box;
+- *full*: the node is computed on whole maps (the first op that mixes all positions, or an
+  op the engine does not follow, and everything after it).
+
+The rules (Krypton, SIGMOD 2019, on a DAG): local ops (conv2d with any stride, padding,
+dilation and groups; max and average pooling; pad) grow the box to its projective field;
+pointwise ops and ops that act per position across channels (batch norm, layer norm or
+linear over a non-spatial last dim, permute, slicing channels, dropout in eval) keep it;
+ops with several inputs (add, mul, where, cat along channels) take the bounding box of the
+union of their inputs' boxes; anything else (mean over rows and columns, adaptive pooling,
+flatten, view, attention) makes the node full.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+from torch.fx import Node
+
+from .boxes import Box
+from .graph import ModelGraph, NodeInfo
+
+__all__ = [
+    "FULL",
+    "LOCAL",
+    "POINTWISE",
+    "LocalGeometry",
+    "RegionPlan",
+    "layout_rule",
+    "local_geometry",
+    "node_flops",
+    "op_name",
+    "plan_region",
+]
+
+FULL: Literal["full"] = "full"
+State = Box | Literal["full"] | None
+
+# Ops applied to each value (or to each position across non-spatial dims): a changed box
+# stays the same box. Tensor arguments broadcast elementwise.
+POINTWISE = frozenset(
+    {
+        "relu",
+        "relu6",
+        "hardtanh",
+        "gelu",
+        "silu",
+        "sigmoid",
+        "tanh",
+        "hardswish",
+        "hardsigmoid",
+        "leaky_relu",
+        "elu",
+        "celu",
+        "selu",
+        "mish",
+        "softplus",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "add",
+        "sub",
+        "rsub",
+        "mul",
+        "div",
+        "neg",
+        "exp",
+        "log",
+        "abs",
+        "sqrt",
+        "rsqrt",
+        "pow",
+        "erf",
+        "where",
+        "clone",
+        "alias",
+        "_to_copy",
+        "to",
+        "contiguous",
+        "detach",
+        "maximum",
+        "minimum",
+    }
+)
+LOCAL = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
+
+
+def op_name(node: Node) -> str:
+    """The ATen op name of a call_function node ("conv2d", "add", ...), or "getitem"."""
+    if node.target is operator.getitem:
+        return "getitem"
+    name = getattr(node.target, "_opname", None)
+    return str(name) if name is not None else str(node.target)
+
+
+def _rank(info: NodeInfo) -> int | None:
+    return None if info.shape is None else len(info.shape) + 1
+
+
+def _normal_dim(dim: object, rank: int) -> int | None:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        return None
+    return dim % rank if -rank <= dim < rank else None
+
+
+def _varying_inputs(node: Node, info: dict[Node, NodeInfo]) -> list[Node]:
+    return [i for i in node.all_input_nodes if info[i].varying]
+
+
+def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | None:
+    """(row dim, column dim) of a varying node's value when the engine can follow a box
+    through it; None when the node must be computed on whole maps."""
+    name = op_name(node)
+    own = info[node]
+    rank = _rank(own)
+    varying = _varying_inputs(node, info)
+    if not varying:
+        return None
+    first = varying[0]
+    source = info[first].spatial
+    if name == "getitem":
+        # The first output of a batch norm (its other outputs are empty saved statistics).
+        index = node.args[1] if len(node.args) > 1 else None
+        parent = node.args[0]
+        if index == 0 and isinstance(parent, Node) and op_name(parent) in _NORMS:
+            return info[parent].spatial
+        return None
+    if name in _NORMS:
+        if node.args[0] is not first or len(varying) != 1 or source != (2, 3):
+            return None
+        if name == "batch_norm" and node.args[5] is not False:
+            return None
+        return source
+    if rank is None or source is None:
+        return None
+    if name in LOCAL:
+        return source if source == (2, 3) and rank == 4 and node.args[0] is first else None
+    if name in POINTWISE:
+        return _pointwise_layout(node, info, rank)
+    if name == "dropout":
+        return source if len(node.args) > 2 and node.args[2] is False else None
+    if len(varying) != 1 or node.args[0] is not first:
+        return _cat_layout(node, info, rank) if name == "cat" else None
+    if name == "permute":
+        dims = [_normal_dim(d, rank) for d in node.args[1]]  # type: ignore[union-attr]
+        if None in dims or dims[0] != 0:
+            return None
+        return dims.index(source[0]), dims.index(source[1])
+    if name == "cat":
+        return _cat_layout(node, info, rank)
+    if name == "slice":
+        dim = _normal_dim(node.args[1] if len(node.args) > 1 else 0, rank)
+        if dim is None or dim in source:
+            return None
+        if dim == 0:
+            start = node.args[2] if len(node.args) > 2 else None
+            end = node.args[3] if len(node.args) > 3 else None
+            step = node.args[4] if len(node.args) > 4 else 1
+            whole = start in (None, 0) and (end is None or (isinstance(end, int) and end >= 2**62))
+            return source if whole and step == 1 else None
+        return source
+    if name in _REDUCTIONS:
+        return _reduction_layout(node, info, source)
+    if name == "layer_norm":
+        normalized = node.args[1]
+        count = len(normalized) if isinstance(normalized, Sequence) else 0
+        return source if count and max(source) < rank - count else None
+    if name == "linear":
+        return source if max(source) < rank - 1 else None
+    return None
+
+
+_NORMS = frozenset({"_native_batch_norm_legit_no_training", "batch_norm"})
+# Reductions over dims other than the batch, rows and columns (a mean over channels, as in
+# spatial attention) act per position: a changed box stays the same box.
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
+
+
+def _reduction_layout(
+    node: Node, info: dict[Node, NodeInfo], source: tuple[int, int]
+) -> tuple[int, int] | None:
+    in_rank = _rank(info[node.all_input_nodes[0]])
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if in_rank is None or dims is None or node.kwargs.get("dtype") is not None:
+        return None
+    listed = dims if isinstance(dims, Sequence) else [dims]
+    reduced = [_normal_dim(d, in_rank) for d in listed]
+    if not reduced or None in reduced or 0 in reduced or any(d in source for d in reduced):
+        return None
+    if keepdim is True:
+        return source
+    row, col = source
+    return (
+        row - sum(1 for d in reduced if d is not None and d < row),
+        col - sum(1 for d in reduced if d is not None and d < col),
+    )
+
+
+def _pointwise_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, int] | None:
+    own_shape = info[node].shape
+    found: tuple[int, int] | None = None
+    for arg in node.all_input_nodes:
+        facts = info[arg]
+        if not facts.varying:
+            continue
+        arg_rank = _rank(facts)
+        if facts.spatial is None or arg_rank is None or facts.shape is None or own_shape is None:
+            return None
+        shift = rank - arg_rank
+        aligned = (facts.spatial[0] + shift, facts.spatial[1] + shift)
+        # A varying input broadcast along rows or columns (e.g. a squeeze-excitation scale)
+        # is a full node: it changes every position.
+        sizes = (facts.shape[facts.spatial[0] - 1], facts.shape[facts.spatial[1] - 1])
+        if sizes != (own_shape[aligned[0] - 1], own_shape[aligned[1] - 1]):
+            return None
+        if found is not None and found != aligned:
+            return None
+        found = aligned
+    return found
+
+
+def _cat_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, int] | None:
+    tensors = node.args[0]
+    if not isinstance(tensors, Sequence):
+        return None
+    dim = _normal_dim(node.args[1] if len(node.args) > 1 else 0, rank)
+    layouts = {
+        info[t].spatial if isinstance(t, Node) and info[t].varying else None for t in tensors
+    }
+    if len(layouts) != 1 or None in layouts or dim is None or dim == 0:
+        return None
+    layout = layouts.pop()
+    if layout is None or dim in layout:
+        return None
+    return layout
+
+
+# ----------------------------------------------------------------------------- local ops
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One spatial axis of a local op: output o reads padded inputs o * stride + t * dilation
+    (t < kernel); padded position q is input position q - pad_before."""
+
+    kernel: int
+    stride: int
+    dilation: int
+    pad_before: int
+    in_size: int
+    out_size: int
+
+    @property
+    def extent(self) -> int:
+        return self.dilation * (self.kernel - 1) + 1
+
+    def affected(self, start: int, stop: int) -> tuple[int, int]:
+        """Outputs [lo, hi) whose receptive fields meet inputs [start, stop)."""
+        lo = max(0, -((self.extent - 1 - start - self.pad_before) // self.stride))
+        hi = min(self.out_size, (stop - 1 + self.pad_before) // self.stride + 1)
+        return lo, hi
+
+    def window(self, lo: int, hi: int) -> tuple[int, int]:
+        """Input positions [start, stop) that outputs [lo, hi) read (may reach into padding)."""
+        start = lo * self.stride - self.pad_before
+        return start, start + (hi - 1 - lo) * self.stride + self.extent
+
+
+@dataclass(frozen=True)
+class LocalGeometry:
+    """How to compute a local op's changed output box from a window of its input.
+
+    output : the changed box of the output map
+    window : the input box the output box reads, in input coordinates (may cross the border)
+    pad_value : what lies beyond the border for this op (0 for conv, -inf for max pooling)
+    whole : the window crosses a border whose values are not a constant (reflect, replicate
+        or circular padding, average pooling that excludes padding): the op is then run on
+        the whole input map and the box cut from its output
+    """
+
+    output: Box
+    window: Box
+    pad_value: float
+    whole: bool
+
+
+def _ints(value: object, count: int, default: int) -> list[int] | None:
+    if value is None:
+        return [default] * count
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * count
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        items = list(value)
+        if len(items) == 1:
+            items = items * count
+        if len(items) == count and all(isinstance(v, int) for v in items):
+            return [int(v) for v in items]
+    return None
+
+
+def _arg(node: Node, index: int, name: str, default: object) -> object:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, str] | None:
+    """Row and column axes, pad value and border kind ("constant" or "whole") of a local op."""
+    name = op_name(node)
+    source = node.args[0]
+    if not isinstance(source, Node):
+        return None
+    in_shape, out_shape = info[source].shape, info[node].shape
+    if in_shape is None or out_shape is None or len(in_shape) != 3 or len(out_shape) != 3:
+        return None
+    sizes = in_shape[1:], out_shape[1:]
+    if name in ("pad", "constant_pad_nd"):
+        pads = _ints(node.args[1], 4, 0) if len(node.args[1]) == 4 else None  # type: ignore[arg-type]
+        if pads is None:
+            return None
+        mode = _arg(node, 2, "mode", "constant") if name == "pad" else "constant"
+        value = _arg(node, 3 if name == "pad" else 2, "value", 0.0)
+        fill = 0.0 if value is None else float(value)  # type: ignore[arg-type]
+        rows = _Axis(1, 1, 1, pads[2], sizes[0][0], sizes[1][0])
+        cols = _Axis(1, 1, 1, pads[0], sizes[0][1], sizes[1][1])
+        return rows, cols, fill, "constant" if mode == "constant" else "whole"
+    if name == "conv2d":
+        weight = node.args[1]
+        if not isinstance(weight, Node) or info[weight].varying:
+            return None
+        value = weight.meta.get("val")
+        if not isinstance(value, Tensor) or value.dim() != 4:
+            return None
+        kernel = [int(value.shape[2]), int(value.shape[3])]
+        stride = _ints(_arg(node, 3, "stride", 1), 2, 1)
+        dilation = _ints(_arg(node, 5, "dilation", 1), 2, 1)
+        padding_arg = _arg(node, 4, "padding", 0)
+        if stride is None or dilation is None:
+            return None
+        if padding_arg == "valid":
+            padding: list[int] | None = [0, 0]
+        elif padding_arg == "same":
+            # PyTorch puts the odd extra position of 'same' after; the output size is the
+            # input size, so only pad_before matters here.
+            padding = [dilation[a] * (kernel[a] - 1) // 2 for a in range(2)]
+        else:
+            padding = _ints(padding_arg, 2, 0)
+        if padding is None:
+            return None
+        axes = [
+            _Axis(kernel[a], stride[a], dilation[a], padding[a], sizes[0][a], sizes[1][a])
+            for a in range(2)
+        ]
+        return axes[0], axes[1], 0.0, "constant"
+    kernel_arg = _ints(node.args[1], 2, 1)
+    if kernel_arg is None:
+        return None
+    stride_value = _arg(node, 2, "stride", None)
+    stride = kernel_arg if stride_value in (None, []) else _ints(stride_value, 2, 1)
+    padding = _ints(_arg(node, 3, "padding", 0), 2, 0)
+    if stride is None or padding is None:
+        return None
+    if name == "max_pool2d":
+        dilation = _ints(_arg(node, 4, "dilation", 1), 2, 1)
+        if dilation is None:
+            return None
+        axes = [
+            _Axis(kernel_arg[a], stride[a], dilation[a], padding[a], sizes[0][a], sizes[1][a])
+            for a in range(2)
+        ]
+        # Max pooling ignores what lies outside the input, as -inf does (ceil_mode included).
+        return axes[0], axes[1], -math.inf, "constant"
+    ceil = bool(_arg(node, 4, "ceil_mode", False))
+    include_pad = bool(_arg(node, 5, "count_include_pad", True))
+    axes = [
+        _Axis(kernel_arg[a], stride[a], 1, padding[a], sizes[0][a], sizes[1][a]) for a in range(2)
+    ]
+    # With padding counted and no ceil_mode every window lies within the padded input and
+    # is divided by the kernel area (or divisor_override), so zeros beyond the border are
+    # exact; otherwise the divisor depends on the position.
+    kind = "constant" if include_pad and not ceil else "whole"
+    return axes[0], axes[1], 0.0, kind
+
+
+def local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeometry | None:
+    """The output box a changed input `box` gives at local op `node`, and the window it reads."""
+    axes = _axes(node, info)
+    if axes is None:
+        return None
+    rows, cols, pad_value, kind = axes
+    top, bottom, left, right = box
+    r0, r1 = rows.affected(top, bottom)
+    c0, c1 = cols.affected(left, right)
+    if r0 >= r1 or c0 >= c1:
+        # A stride larger than the kernel may skip the box: no output changes. Keep a
+        # one-position box so that the state stays a patch (its values are unchanged ones).
+        r0, r1 = min(r0, rows.out_size - 1), min(r0, rows.out_size - 1) + 1
+        c0, c1 = min(c0, cols.out_size - 1), min(c0, cols.out_size - 1) + 1
+    w_top, w_bottom = rows.window(r0, r1)
+    w_left, w_right = cols.window(c0, c1)
+    window = (w_top, w_bottom, w_left, w_right)
+    crosses = w_top < 0 or w_left < 0 or w_bottom > rows.in_size or w_right > cols.in_size
+    whole = kind == "whole" and (crosses or _near_border(op_name(node), box, rows, cols))
+    if whole:
+        return LocalGeometry((0, rows.out_size, 0, cols.out_size), window, pad_value, True)
+    return LocalGeometry((r0, r1, c0, c1), window, pad_value, False)
+
+
+def _near_border(name: str, box: Box, rows: _Axis, cols: _Axis) -> bool:
+    """Whether a reflect / replicate / circular pad copies part of `box` into the padding."""
+    if name != "pad":
+        return False
+    top, bottom, left, right = box
+    reach_rows = max(rows.pad_before, rows.out_size - rows.in_size - rows.pad_before) + 1
+    reach_cols = max(cols.pad_before, cols.out_size - cols.in_size - cols.pad_before) + 1
+    return (
+        top < reach_rows
+        or bottom > rows.in_size - reach_rows
+        or left < reach_cols
+        or right > cols.in_size - reach_cols
+    )
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True, eq=False)
+class RegionPlan:
+    """The state of every node for one region: a box (a patch), FULL, or absent (unchanged)."""
+
+    states: dict[Node, Box | Literal["full"]]
+    flops: int
+
+    def state(self, node: Node) -> State:
+        return self.states.get(node)
+
+
+def _union(boxes: Sequence[Box]) -> Box:
+    return (
+        min(b[0] for b in boxes),
+        max(b[1] for b in boxes),
+        min(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def _map_size(info: NodeInfo) -> tuple[int, int]:
+    if info.shape is None or info.spatial is None:
+        raise ValueError("a patch node needs a spatial shape")
+    return info.shape[info.spatial[0] - 1], info.shape[info.spatial[1] - 1]
+
+
+def plan_region(graph: ModelGraph, box: Box | None) -> RegionPlan:
+    """Plan one region whose input changes inside `box` (None: an empty region)."""
+    states: dict[Node, Box | Literal["full"]] = {}
+    if box is None:
+        return RegionPlan(states, 0)
+    info = graph.info
+    flops = 0
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            states[node] = box
+            continue
+        if node.op != "call_function":
+            continue
+        inputs = [states.get(i) for i in node.all_input_nodes if info[i].varying]
+        changed = [s for s in inputs if s is not None]
+        if not changed:
+            continue
+        facts = info[node]
+        state: Box | Literal["full"] = FULL
+        if FULL not in changed and facts.spatial is not None:
+            boxes = [s for s in changed if s != FULL]
+            name = op_name(node)
+            if name in LOCAL:
+                geometry = local_geometry(node, info, boxes[0])
+                if geometry is not None:
+                    state = geometry.output
+            else:
+                state = _union(boxes)
+        states[node] = state
+        flops += node_flops(node, info, state)
+    return RegionPlan(states, flops)
+
+
+def node_flops(node: Node, info: dict[Node, NodeInfo], state: State) -> int:
+    """Multiply-add FLOPs (x2) per occluded image of a conv2d or linear node in `state`
+    (0 for other ops, which are memory-bound and cheap next to these)."""
+    if state is None:
+        return 0
+    name = op_name(node)
+    facts = info[node]
+    if facts.shape is None or name not in ("conv2d", "linear"):
+        return 0
+    weight = node.args[1]
+    value = weight.meta.get("val") if isinstance(weight, Node) else None
+    if not isinstance(value, Tensor):
+        return 0
+    per_output = math.prod(value.shape[1:]) if name == "conv2d" else int(value.shape[1])
+    positions = math.prod(facts.shape)
+    if state != FULL and facts.spatial is not None:
+        height, width = _map_size(facts)
+        top, bottom, left, right = state
+        positions = positions // (height * width) * (bottom - top) * (right - left)
+    return 2 * positions * per_output
