@@ -30,7 +30,17 @@ from torch.fx import Node
 
 from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
-from .plan import FULL, POINTWISE, RegionPlan, local_geometry, node_flops, op_name, plan_region
+from .plan import (
+    FULL,
+    POINTWISE,
+    GroupPlan,
+    RegionPlan,
+    group_part,
+    node_flops,
+    op_name,
+    plan_groups,
+    plan_region,
+)
 
 __all__ = ["MIN_FLOP_BOUND", "IncrementalEngine"]
 
@@ -51,9 +61,10 @@ class _Full:
 
 @dataclass(frozen=True, eq=False)
 class _Patch:
-    """A node whose values differ only inside `box` (rows and columns of its map)."""
+    """A node whose values differ only inside one box per group member (equal shapes);
+    value holds the items' values on the boxes, (member, image, fill) along the batch."""
 
-    box: Box
+    boxes: tuple[Box, ...]
     value: Tensor
 
 
@@ -68,12 +79,25 @@ class IncrementalEngine:
     the most the plan can gain over running the whole model on every occluded image.
     """
 
-    def __init__(self, graph: ModelGraph, plans: list[RegionPlan], dense_flops: int) -> None:
+    def __init__(
+        self,
+        graph: ModelGraph,
+        boxes: list[Box | None],
+        plans: list[RegionPlan],
+        dense_flops: int,
+    ) -> None:
         self.graph = graph
+        self.boxes = boxes
         self.plans = plans
+        self.empty_regions = [r for r, box in enumerate(boxes) if box is None]
+        # Regions with the same plan up to where their boxes lie run together, on boxes
+        # grown to common shapes: each op is then one call per group, so launches grow
+        # with layers, not with layers x regions.
+        self.groups = plan_groups(graph, plans, boxes)
         self.dense_flops = dense_flops
-        planned = sum(plan.flops for plan in plans)
-        self.flop_bound = math.inf if planned == 0 else dense_flops * len(plans) / max(1, planned)
+        planned = sum(group.flops * len(group.members) for group in self.groups)
+        count = sum(len(group.members) for group in self.groups)
+        self.flop_bound = math.inf if planned == 0 else dense_flops * count / max(1, planned)
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -103,7 +127,8 @@ class IncrementalEngine:
             return (
                 f"the exported model's input is {graph.info[graph.image].shape}, not {image_shape}"
             )
-        plans = [plan_region(graph, box) for box in bounding_boxes(masks)]
+        boxes = bounding_boxes(masks)
+        plans = [plan_region(graph, box) for box in boxes]
         dense = sum(node_flops(node, graph.info, FULL) for node in graph.nodes)
         if not any(plan.states for plan in plans):
             return "no region changes the input"
@@ -124,7 +149,7 @@ class IncrementalEngine:
                 f"the model's first op on the images ({op_name(first)}) mixes all positions, so "
                 "no part of the model can be computed on changed boxes alone"
             )
-        return cls(graph, plans, dense)
+        return cls(graph, boxes, plans, dense)
 
     @property
     def note(self) -> str:
@@ -157,35 +182,49 @@ class IncrementalEngine:
         n, channels, height, width = images.shape
         v = fill_images.shape[0]
         fills = fill_images.expand(v, n, channels, height, width)
-        boxes = bounding_boxes(masks)
-        block = max(1, items_per_call // max(1, v))
+        block = max(1, min(n, items_per_call // max(1, v)))
         clean_parts: list[Tensor] = []
         occluded: Tensor | None = None
         with torch.inference_mode():
             for start in range(0, n, block):
                 stop = min(n, start + block)
+                m = stop - start
                 cache = self._cache(images[start:stop].clone())
-                clean = finish(self._output(cache, {}, 1))
+                clean = finish(self._output(cache, {}, _Items(1, 1)))
                 clean_parts.append(clean)
                 if occluded is None:
                     occluded = torch.empty(
-                        (n, len(boxes), v, clean.shape[1]), dtype=clean.dtype, device=clean.device
+                        (n, len(self.boxes), v, clean.shape[1]),
+                        dtype=clean.dtype,
+                        device=clean.device,
                     )
-                for region, (box, plan) in enumerate(zip(boxes, self.plans, strict=True)):
-                    count = (stop - start) * v
-                    if box is None:
-                        occluded[start:stop, region] = clean[:, None]
-                    else:
+                for region in self.empty_regions:
+                    occluded[start:stop, region] = clean[:, None]
+                if on_progress is not None and self.empty_regions:
+                    on_progress(m * v * len(self.empty_regions))
+                group_size = max(1, items_per_call // (m * v))
+                for whole_group in self.groups:
+                    for first in range(0, len(whole_group.members), group_size):
+                        group = group_part(whole_group, first, first + group_size)
+                        members = group.members
+                        items = _Items(len(members), v)
                         patch = _input_patch(
-                            images[start:stop], fills[:, start:stop], masks[region], box
+                            images[start:stop],
+                            fills[:, start:stop],
+                            masks,
+                            members,
+                            group.states[self.graph.image],
                         )
-                        values = self._region(cache, plan, _Patch(box, patch), v)
-                        outputs = finish(self._output(cache, values, v))
-                        occluded[start:stop, region] = outputs.reshape(stop - start, v, -1)
-                    if on_progress is not None:
-                        on_progress(count)
+                        values = self._group(cache, group, patch, items)
+                        outputs = finish(self._output(cache, values, items))
+                        shaped = outputs.reshape(len(members), m, v, -1).transpose(0, 1)
+                        occluded[start:stop, list(members)] = shaped
+                        if on_progress is not None:
+                            on_progress(len(members) * m * v)
         if occluded is None:
-            empty = torch.empty((0, len(boxes), v, 0), dtype=images.dtype, device=images.device)
+            empty = torch.empty(
+                (0, len(self.boxes), v, 0), dtype=images.dtype, device=images.device
+            )
             return empty[:, 0, 0], empty
         return torch.cat(clean_parts), occluded
 
@@ -205,10 +244,12 @@ class IncrementalEngine:
                 values[node] = node.target(*args, **kwargs)  # type: ignore[operator]
         return values
 
-    def _output(self, cache: dict[Node, object], values: dict[Node, _Value], fills: int) -> object:
+    def _output(
+        self, cache: dict[Node, object], values: dict[Node, _Value], items: _Items
+    ) -> object:
         """The graph's output for the items of `values` (the clean images when it is empty)."""
         output = next(n for n in self.graph.nodes if n.op == "output")
-        leaves = _map(output.args[0], lambda a: self._whole(cache, values, a, fills))
+        leaves = _map(output.args[0], lambda a: self._whole(cache, values, a, items))
         spec = getattr(self.graph.module, "_out_spec", None)
         flat = list(leaves) if isinstance(leaves, (list, tuple)) else [leaves]
         if spec is not None:
@@ -216,7 +257,7 @@ class IncrementalEngine:
         return flat[0] if len(flat) == 1 else flat
 
     def _whole(
-        self, cache: dict[Node, object], values: dict[Node, _Value], arg: object, fills: int
+        self, cache: dict[Node, object], values: dict[Node, _Value], arg: object, items: _Items
     ) -> object:
         """`arg` (a node or a constant) as a whole value for the items."""
         if not isinstance(arg, Node):
@@ -226,45 +267,64 @@ class IncrementalEngine:
             value = cache[arg]
             if not self.graph.info[arg].varying or not values or not isinstance(value, Tensor):
                 return value
-            return value.repeat_interleave(fills, dim=0)
+            return items.expand(value)
         if isinstance(found, _Full):
             return found.value
-        return self._window(cache, arg, found, None, fills, 0.0)
+        spatial = self._spatial(arg)
+        whole = items.expand(cache[arg]).clone()  # type: ignore[arg-type]
+        return _scatter(whole, spatial, found, items.groups)
 
-    def _region(
-        self, cache: dict[Node, object], plan: RegionPlan, start: _Patch, fills: int
+    def _spatial(self, node: Node) -> tuple[int, int]:
+        spatial = self.graph.info[node].spatial
+        if spatial is None:
+            raise RuntimeError(f"node {node.name} has no rows and columns to cut")
+        return spatial
+
+    def _group(
+        self,
+        cache: dict[Node, object],
+        group: GroupPlan,
+        start: _Patch,
+        items: _Items,
     ) -> dict[Node, _Value]:
-        """Every changed node's value for one region: patches, then whole maps."""
+        """Every changed node's value for a group of regions."""
         values: dict[Node, _Value] = {self.graph.image: start}
         for node in self.graph.nodes:
-            state = plan.state(node)
+            state = group.states.get(node)
             if state is None or node.op != "call_function":
                 continue
             if state == FULL:
                 args, kwargs = _map(
-                    (node.args, node.kwargs), lambda a: self._whole(cache, values, a, fills)
+                    (node.args, node.kwargs), lambda a: self._whole(cache, values, a, items)
                 )
                 values[node] = _Full(node.target(*args, **kwargs))  # type: ignore[operator]
                 continue
+            boxes = state
             name = op_name(node)
-            if name in ("conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"):
-                values[node] = self._local(cache, values, node, fills)
+            if name in _LOCAL_OPS:
+                values[node] = self._local(cache, values, node, group, items)
                 continue
             if name == "getitem":
                 parent = values[node.args[0]]  # type: ignore[index]
                 if not isinstance(parent, _Patch):
                     raise RuntimeError("a batch norm's first output follows its input's state")
-                values[node] = _Patch(parent.box, parent.value)
+                values[node] = parent
                 continue
-            box = state
             args, kwargs = _map(
                 (node.args, node.kwargs),
-                functools.partial(self._on_box, cache, values, node=node, box=box, fills=fills),
+                functools.partial(
+                    self._on_box,
+                    cache,
+                    values,
+                    node=node,
+                    boxes=boxes,
+                    items=items,
+                ),
             )
             result = node.target(*args, **kwargs)  # type: ignore[operator]
             if isinstance(result, tuple):  # batch norm's (output, saved mean, saved var)
                 result = result[0]
-            values[node] = _Patch(box, result)
+            values[node] = _Patch(boxes, result)
         return values
 
     def _on_box(
@@ -274,100 +334,231 @@ class IncrementalEngine:
         arg: object,
         *,
         node: Node,
-        box: Box,
-        fills: int,
+        boxes: tuple[Box, ...],
+        items: _Items,
     ) -> object:
-        """`arg` of a pointwise or per-position `node` restricted to the node's `box`."""
+        """`arg` of a pointwise or per-position `node` restricted to the node's boxes."""
         if not isinstance(arg, Node):
             return arg
         facts = self.graph.info[arg]
         value = cache.get(arg)
         if not facts.varying:
-            # A constant broadcast against the node: cut its rows and columns where it has them.
-            spatial = self.graph.info[node].spatial
-            broadcast = op_name(node) in POINTWISE
-            if not isinstance(value, Tensor) or spatial is None or not broadcast:
+            # A constant broadcast against the node: cut its rows and columns where it has
+            # them. Such a node's signature holds its absolute box, so a group shares it.
+            cut = _constant_cut(self.graph, node, arg)
+            if not cut or not isinstance(value, Tensor):
                 return value
-            shift = value.dim() - (len(self.graph.info[node].shape or ()) + 1)
+            box = boxes[0]
             index: list[slice] = [slice(None)] * value.dim()
-            for dim, (lo, hi) in zip(spatial, ((box[0], box[1]), (box[2], box[3])), strict=True):
-                own = dim + shift
-                if own >= 0 and value.shape[own] > 1:
-                    index[own] = slice(lo, hi)
+            for dim, (lo, hi) in zip(cut, ((box[0], box[1]), (box[2], box[3])), strict=True):
+                if dim is not None:
+                    index[dim] = slice(lo, hi)
             return value[tuple(index)]
         found = values.get(arg)
-        if found is not None and isinstance(found, _Patch) and found.box == box:
+        if isinstance(found, _Patch) and found.boxes == boxes:
             return found.value
-        return self._window(cache, arg, found, box, fills, 0.0)
+        return self._window(cache, arg, found, boxes, items, 0.0)
 
     def _window(
         self,
         cache: dict[Node, object],
         node: Node,
         found: _Value | None,
-        box: Box | None,
-        fills: int,
+        boxes: tuple[Box, ...],
+        items: _Items,
         pad_value: float,
     ) -> Tensor:
-        """The items' values of `node` on `box` (None: the whole map); the box may reach past
-        the border, where it holds `pad_value`. Unchanged values come from the cache."""
-        spatial = self.graph.info[node].spatial
-        base = cache[node]
-        if not isinstance(base, Tensor) or spatial is None:
-            raise RuntimeError(f"node {node.name} has no rows and columns to cut")
-        rows_dim, cols_dim = spatial
-        height, width = base.shape[rows_dim], base.shape[cols_dim]
-        top, bottom, left, right = (0, height, 0, width) if box is None else box
-        inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
-        index: list[slice] = [slice(None)] * base.dim()
-        index[rows_dim], index[cols_dim] = slice(inner[0], inner[1]), slice(inner[2], inner[3])
-        window: Tensor
+        """The items' values of `node` on `boxes` (equal shapes, one per region of the
+        group); a box may reach past the border, where it holds `pad_value`. Unchanged values
+        are gathered from the cache, changed ones written in from the node's patch."""
         if isinstance(found, _Full):
-            if not isinstance(found.value, Tensor):
-                raise RuntimeError(f"node {node.name} has no tensor value")
-            window = found.value[tuple(index)]
-        else:
-            window = base[tuple(index)].repeat_interleave(fills, dim=0)
-            if isinstance(found, _Patch):
-                p_top, p_bottom, p_left, p_right = found.box
-                o_top, o_bottom = max(p_top, inner[0]), min(p_bottom, inner[1])
-                o_left, o_right = max(p_left, inner[2]), min(p_right, inner[3])
-                if o_top < o_bottom and o_left < o_right:
-                    target: list[slice] = [slice(None)] * base.dim()
-                    source: list[slice] = [slice(None)] * base.dim()
-                    target[rows_dim] = slice(o_top - inner[0], o_bottom - inner[0])
-                    target[cols_dim] = slice(o_left - inner[2], o_right - inner[2])
-                    source[rows_dim] = slice(o_top - p_top, o_bottom - p_top)
-                    source[cols_dim] = slice(o_left - p_left, o_right - p_left)
-                    window[tuple(target)] = found.value[tuple(source)]
-        if inner != (top, bottom, left, right):
-            if spatial != (window.dim() - 2, window.dim() - 1):
-                raise RuntimeError(f"node {node.name}: padding needs rows and columns last")
-            pads = (inner[2] - left, right - inner[3], inner[0] - top, bottom - inner[1])
-            window = F.pad(window, pads, value=pad_value)
+            raise RuntimeError(f"node {node.name}: a whole map has no window")
+        base = cache[node]
+        if not isinstance(base, Tensor):
+            raise RuntimeError(f"node {node.name} has no tensor value")
+        spatial = self._spatial(node)
+        window = _gather(base, spatial, boxes, items, pad_value)
+        if isinstance(found, _Patch):
+            _write_patch(window, spatial, boxes, found)
         return window
 
     def _local(
-        self, cache: dict[Node, object], values: dict[Node, _Value], node: Node, fills: int
+        self,
+        cache: dict[Node, object],
+        values: dict[Node, _Value],
+        node: Node,
+        group: GroupPlan,
+        items: _Items,
     ) -> _Patch:
-        """A conv, pool or pad node on the window its changed output box reads."""
-        info = self.graph.info
+        """A conv, pool or pad node on the windows its changed output boxes read."""
         source = node.args[0]
-        if not isinstance(source, Node):
-            raise RuntimeError(f"node {node.name} reads no tensor")
+        outputs = group.states[node]
+        if not isinstance(source, Node) or outputs == FULL:
+            raise RuntimeError(f"node {node.name} reads no patch")
         found = values.get(source)
         if not isinstance(found, _Patch):
             raise RuntimeError(f"node {node.name}: its input is not a patch")
-        geometry = local_geometry(node, info, found.box)
-        if geometry is None:
-            raise RuntimeError(f"node {node.name} is not a local op")
-        rest_args = [self._whole(cache, values, a, fills) for a in node.args[1:]]
-        kwargs = {k: self._whole(cache, values, a, fills) for k, a in node.kwargs.items()}
-        if geometry.whole:
-            whole = self._window(cache, source, found, None, fills, 0.0)
-            return _Patch(geometry.output, node.target(whole, *rest_args, **kwargs))  # type: ignore[operator]
-        window = self._window(cache, source, found, geometry.window, fills, geometry.pad_value)
-        return _Patch(geometry.output, _run_unpadded(op_name(node), window, rest_args, kwargs))
+        windows, pad_value, whole = group.windows[node]
+        rest_args = [self._whole(cache, values, a, items) for a in node.args[1:]]
+        kwargs = {k: self._whole(cache, values, a, items) for k, a in node.kwargs.items()}
+        if whole:
+            whole_input = self._whole(cache, values, source, items)
+            return _Patch(outputs, node.target(whole_input, *rest_args, **kwargs))  # type: ignore[operator]
+        window = self._window(cache, source, found, windows, items, pad_value)
+        return _Patch(outputs, _run_unpadded(op_name(node), window, rest_args, kwargs))
+
+
+_LOCAL_OPS = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
+
+#: Gathers and scatters of windows at many offsets: on the CPU a strided copy per window is
+#: several times faster than one advanced-indexing op; on accelerators one indexed op avoids
+#: a kernel launch per window.
+INDEXED_WINDOWS_ON_CPU = False
+
+
+@dataclass(frozen=True)
+class _Items:
+    """How the occluded items of one call are laid out: (group member, image, fill)."""
+
+    groups: int
+    fills: int
+
+    def expand(self, value: Tensor) -> Tensor:
+        """A value of the n cached images, repeated for every (member, image, fill) item."""
+        if self.groups == 1 and self.fills == 1:
+            return value
+        n = value.shape[0]
+        grown = value.unsqueeze(0).unsqueeze(2)
+        grown = grown.expand(self.groups, n, self.fills, *value.shape[1:])
+        return grown.reshape(self.groups * n * self.fills, *value.shape[1:])
+
+
+def _indexed(device: torch.device) -> bool:
+    return device.type != "cpu" or INDEXED_WINDOWS_ON_CPU
+
+
+def _offsets(boxes: tuple[Box, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(G, h) row and (G, w) column indices of equal-shaped boxes."""
+    height, width = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    tops = torch.tensor([b[0] for b in boxes], device=device)
+    lefts = torch.tensor([b[2] for b in boxes], device=device)
+    rows = tops[:, None] + torch.arange(height, device=device)
+    cols = lefts[:, None] + torch.arange(width, device=device)
+    return rows, cols
+
+
+def _gather(
+    base: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], items: _Items, pad: float
+) -> Tensor:
+    """Windows `boxes` of `base` (n, ...) for every item: (G * n * V, ...) with the box's
+    rows and columns in place of the map's; positions past the border hold `pad`."""
+    moved = base.movedim(spatial, (-2, -1))  # (n, rest..., H, W)
+    n, rest = moved.shape[0], moved.shape[1:-2]
+    height, width = moved.shape[-2], moved.shape[-1]
+    box_h, box_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    groups = len(boxes)
+    shape = (groups, n, items.fills, *rest, box_h, box_w)
+    if _indexed(base.device):
+        rows, cols = _offsets(boxes, base.device)
+        picked = moved[
+            ..., rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+        ]
+        outside = bool(
+            rows.min() < 0 or cols.min() < 0 or rows.max() >= height or cols.max() >= width
+        )
+        if outside:  # picked: (n, rest..., G, h, w)
+            valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
+                :, None, :
+            ]
+            picked = picked.masked_fill(~valid, pad)
+        picked = picked.movedim(-3, 0).unsqueeze(2)  # (G, n, 1, rest..., h, w)
+        out = picked.expand(shape).contiguous()
+    else:
+        out = torch.empty(shape, dtype=base.dtype, device=base.device)
+        for member, (top, bottom, left, right) in enumerate(boxes):
+            inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
+            target = out[member]
+            if inner != (top, bottom, left, right):
+                target.fill_(pad)
+                target = target[
+                    ..., inner[0] - top : inner[1] - top, inner[2] - left : inner[3] - left
+                ]
+            source = moved[..., inner[0] : inner[1], inner[2] : inner[3]].unsqueeze(1)
+            target.copy_(source.expand(target.shape))
+    flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
+    return flat.movedim((-2, -1), spatial)
+
+
+def _write_patch(
+    window: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], patch: _Patch
+) -> None:
+    """Write each member's changed values into its window (in place); windows and patch
+    boxes lie at per-member offsets, equal for most members of a group."""
+    groups = len(boxes)
+    overlaps: list[tuple[slice, slice, slice, slice] | None] = []
+    for (top, bottom, left, right), (p_top, p_bottom, p_left, p_right) in zip(
+        boxes, patch.boxes, strict=True
+    ):
+        o_top, o_bottom = max(p_top, top), min(p_bottom, bottom)
+        o_left, o_right = max(p_left, left), min(p_right, right)
+        if o_top >= o_bottom or o_left >= o_right:
+            overlaps.append(None)
+            continue
+        overlaps.append(
+            (
+                slice(o_top - top, o_bottom - top),
+                slice(o_left - left, o_right - left),
+                slice(o_top - p_top, o_bottom - p_top),
+                slice(o_left - p_left, o_right - p_left),
+            )
+        )
+    target = window.movedim(spatial, (-2, -1))
+    target = target.reshape(groups, -1, *target.shape[1:]) if groups > 1 else target[None]
+    source = patch.value.movedim(spatial, (-2, -1))
+    source = source.reshape(groups, -1, *source.shape[1:])
+    if all(o == overlaps[0] for o in overlaps) and overlaps[0] is not None:
+        rows, cols, p_rows, p_cols = overlaps[0]
+        target[..., rows, cols] = source[..., p_rows, p_cols]
+        return
+    for member, overlap in enumerate(overlaps):
+        if overlap is not None:
+            rows, cols, p_rows, p_cols = overlap
+            target[member, ..., rows, cols] = source[member, ..., p_rows, p_cols]
+
+
+def _scatter(whole: Tensor, spatial: tuple[int, int], patch: _Patch, groups: int) -> Tensor:
+    """Write each group member's patch into its items' whole maps `whole` (G * k, ...)."""
+    target = whole.movedim(spatial, (-2, -1))
+    target = target.reshape(groups, -1, *target.shape[1:])  # a view: `whole` is contiguous
+    values = patch.value.movedim(spatial, (-2, -1))
+    values = values.reshape(groups, -1, *values.shape[1:])  # (G, k, rest..., h, w)
+    if _indexed(whole.device):
+        rows, cols = _offsets(patch.boxes, whole.device)
+        member = torch.arange(groups, device=whole.device)[:, None, None]
+        # Advanced indices split by slices put their broadcast dims (G, h, w) first.
+        target[member, ..., rows[:, :, None], cols[:, None, :]] = values.movedim((-2, -1), (1, 2))
+        return whole
+    for index, (top, bottom, left, right) in enumerate(patch.boxes):
+        target[index, ..., top:bottom, left:right] = values[index]
+    return whole
+
+
+def _constant_cut(graph: ModelGraph, node: Node, constant: Node) -> tuple[int | None, ...]:
+    """The dims of `constant` that broadcast against `node`'s rows and columns with a size
+    above 1 (empty when it has none): those are cut to the node's box."""
+    spatial = graph.info[node].spatial
+    value = constant.meta.get("val")
+    own_shape = graph.info[node].shape
+    if spatial is None or own_shape is None or op_name(node) not in POINTWISE:
+        return ()
+    if not isinstance(value, Tensor):
+        return ()
+    shift = value.dim() - (len(own_shape) + 1)
+    dims = tuple(
+        dim + shift if dim + shift >= 0 and value.shape[dim + shift] > 1 else None
+        for dim in spatial
+    )
+    return dims if any(d is not None for d in dims) else ()
 
 
 def _map(arg: object, function: Callable[[object], object]) -> Any:
@@ -409,13 +600,24 @@ def _run_unpadded(
     return window
 
 
-def _input_patch(images: Tensor, fills: Tensor, mask: Tensor, box: Box) -> Tensor:
-    """(m * V, C, h, w): the occluded inputs inside `box`, in (image, fill) order.
+def _input_patch(
+    images: Tensor,
+    fills: Tensor,
+    masks: Tensor,
+    members: tuple[int, ...],
+    boxes: tuple[Box, ...] | str,
+) -> _Patch:
+    """(G * m * V, C, h, w): the occluded inputs inside each member's box, in (member, image,
+    fill) order.
 
-    images : (m, C, H, W); fills : (V, m, C, H, W); mask : (H, W)
+    images : (m, C, H, W); fills : (V, m, C, H, W); masks : (R, H, W)
     """
-    top, bottom, left, right = box
-    inside = images[:, None, :, top:bottom, left:right]
-    fill = fills[:, :, :, top:bottom, left:right].transpose(0, 1)
-    patch = torch.where(mask[top:bottom, left:right], fill, inside)
-    return patch.reshape(-1, *patch.shape[2:])
+    if isinstance(boxes, str):
+        raise RuntimeError("the images are a patch in every plan")
+    parts = []
+    for region, (top, bottom, left, right) in zip(members, boxes, strict=True):
+        inside = images[:, None, :, top:bottom, left:right]
+        fill = fills[:, :, :, top:bottom, left:right].transpose(0, 1)
+        parts.append(torch.where(masks[region, top:bottom, left:right], fill, inside))
+    patch = torch.stack(parts) if len(parts) > 1 else parts[0][None]
+    return _Patch(boxes, patch.reshape(-1, *patch.shape[3:]))

@@ -34,13 +34,17 @@ __all__ = [
     "FULL",
     "LOCAL",
     "POINTWISE",
+    "GroupPlan",
     "LocalGeometry",
     "RegionPlan",
+    "group_part",
     "layout_rule",
     "local_geometry",
     "node_flops",
     "op_name",
+    "plan_groups",
     "plan_region",
+    "read_window",
 ]
 
 FULL: Literal["full"] = "full"
@@ -514,3 +518,159 @@ def node_flops(node: Node, info: dict[Node, NodeInfo], state: State) -> int:
         top, bottom, left, right = state
         positions = positions // (height * width) * (bottom - top) * (right - left)
     return 2 * positions * per_output
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True, eq=False)
+class GroupPlan:
+    """Regions computed together: at every changed node each member has a box of one shape.
+
+    members : the region indices
+    states : per changed node, one box per member (equal shapes), or FULL
+    windows : per local node on boxes, one input window per member (equal shapes), the pad
+        value beyond the border, and whether the op runs on whole maps instead
+    flops : FLOPs per occluded image (conv2d and linear), on the group's boxes
+    """
+
+    members: tuple[int, ...]
+    states: dict[Node, tuple[Box, ...] | Literal["full"]]
+    windows: dict[Node, tuple[tuple[Box, ...], float, bool]]
+    flops: int
+
+
+def _grown(box: Box, height: int, width: int, size: tuple[int, int]) -> Box:
+    """`box` grown to `height` x `width`, shifted to stay inside a map of `size`."""
+    top, _, left, _ = box
+    top = max(0, min(top, size[0] - height))
+    left = max(0, min(left, size[1] - width))
+    return (top, top + height, left, left + width)
+
+
+def _group_key(graph: ModelGraph, plan: RegionPlan, box: Box) -> tuple[object, ...]:
+    """Regions with one key have the same nodes changed, in the same way (box, full or
+    whole-map local op), from input boxes of one shape."""
+    parts: list[object] = [box[1] - box[0], box[3] - box[2]]
+    for node, state in plan.states.items():
+        if node.op != "call_function":
+            continue
+        kind = "full" if state == FULL else "box"
+        if kind == "box" and op_name(node) in LOCAL:
+            source = node.args[0]
+            source_box = plan.state(source) if isinstance(source, Node) else None
+            if isinstance(source_box, tuple):
+                geometry = local_geometry(node, graph.info, source_box)
+                if geometry is not None and geometry.whole:
+                    kind = "whole"
+        parts.append((node.name, kind))
+    return tuple(parts)
+
+
+def read_window(
+    node: Node, info: dict[Node, NodeInfo], output: Box
+) -> tuple[Box, float, bool] | None:
+    """The input window local op `node` reads for its `output` box, the pad value beyond the
+    border, and whether the op needs its whole input map there (non-constant padding)."""
+    axes = _axes(node, info)
+    if axes is None:
+        return None
+    rows, cols, pad_value, kind = axes
+    w_top, w_bottom = rows.window(output[0], output[1])
+    w_left, w_right = cols.window(output[2], output[3])
+    window = (w_top, w_bottom, w_left, w_right)
+    crosses = w_top < 0 or w_left < 0 or w_bottom > rows.in_size or w_right > cols.in_size
+    clipped = (
+        max(w_top, 0),
+        min(w_bottom, rows.in_size),
+        max(w_left, 0),
+        min(w_right, cols.in_size),
+    )
+    whole = kind == "whole" and (crosses or _near_border(op_name(node), clipped, rows, cols))
+    return window, pad_value, whole
+
+
+def _group_plan(
+    graph: ModelGraph, plans: Sequence[RegionPlan], members: tuple[int, ...]
+) -> GroupPlan | None:
+    """The members' boxes grown to common shapes; None when a grown window would need a
+    whole map where a member's own plan does not (the members then run alone)."""
+    info = graph.info
+    first = plans[members[0]]
+    states: dict[Node, tuple[Box, ...] | Literal["full"]] = {}
+    windows: dict[Node, tuple[tuple[Box, ...], float, bool]] = {}
+    flops = 0
+    for node, state in first.states.items():
+        if state == FULL:
+            states[node] = FULL
+            flops += node_flops(node, info, FULL)
+            continue
+        own = [plans[r].states[node] for r in members]
+        boxes_in = [b for b in own if isinstance(b, tuple)]
+        height = max(b[1] - b[0] for b in boxes_in)
+        width = max(b[3] - b[2] for b in boxes_in)
+        facts = info[node]
+        if facts.shape is None and node.all_input_nodes:
+            # A batch norm returns (output, saved statistics): its map is its input's.
+            facts = info[node.all_input_nodes[0]]
+        if facts.spatial is None or facts.shape is None:
+            raise RuntimeError(f"node {node.name} has a box but no rows and columns")
+        size = _map_size(facts)
+        grown = tuple(_grown(b, height, width, size) for b in boxes_in)
+        states[node] = grown
+        flops += node_flops(node, info, grown[0])
+        if node.op == "call_function" and op_name(node) in LOCAL:
+            source = node.args[0]
+            source_box = first.state(source) if isinstance(source, Node) else None
+            geometry = (
+                local_geometry(node, info, source_box) if isinstance(source_box, tuple) else None
+            )
+            reads = [read_window(node, info, box) for box in grown]
+            if geometry is None or any(r is None for r in reads):
+                return None
+            if geometry.whole:
+                windows[node] = ((), geometry.pad_value, True)
+                continue
+            found = [r for r in reads if r is not None]
+            if any(r[2] for r in found):
+                return None
+            windows[node] = (tuple(r[0] for r in found), found[0][1], False)
+    return GroupPlan(members, states, windows, flops)
+
+
+def plan_groups(
+    graph: ModelGraph, plans: Sequence[RegionPlan], boxes: Sequence[Box | None]
+) -> list[GroupPlan]:
+    """Group the non-empty regions so that each group runs every op once for all members.
+
+    Members' boxes are grown to the largest of the group at each node (recomputing a few
+    unchanged values, which is exact); regions whose grown windows would change how a
+    border is handled run alone, on their own plan.
+    """
+    keyed: dict[tuple[object, ...], list[int]] = {}
+    for region, box in enumerate(boxes):
+        if box is not None:
+            keyed.setdefault(_group_key(graph, plans[region], box), []).append(region)
+    groups: list[GroupPlan] = []
+    for members in keyed.values():
+        plan = _group_plan(graph, plans, tuple(members))
+        if plan is not None:
+            groups.append(plan)
+            continue
+        for region in members:
+            alone = _group_plan(graph, plans, (region,))
+            if alone is None:
+                raise RuntimeError(f"region {region} cannot be planned on its own")
+            groups.append(alone)
+    return groups
+
+
+def group_part(group: GroupPlan, start: int, stop: int) -> GroupPlan:
+    """Members [start, stop) of `group`, with their boxes and windows."""
+    states: dict[Node, tuple[Box, ...] | Literal["full"]] = {
+        node: state if state == FULL else state[start:stop] for node, state in group.states.items()
+    }
+    windows = {
+        node: (boxes[start:stop], pad, whole) for node, (boxes, pad, whole) in group.windows.items()
+    }
+    return GroupPlan(group.members[start:stop], states, windows, group.flops)
