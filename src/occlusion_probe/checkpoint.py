@@ -24,7 +24,7 @@ from .data import Chunk, ImageSource
 from .errors import InputValueError
 from .fills import Fill
 from .regions import Regions
-from .result import _atomic_write_npz
+from .resultfile import atomic_write_npz as _atomic_write_npz
 
 __all__ = ["Checkpoint", "CheckpointError", "Fingerprint"]
 

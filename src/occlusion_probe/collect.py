@@ -7,14 +7,17 @@ Both expose their state as plain arrays for checkpoints and for merging across r
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import resultfile
 from .errors import InputValueError
 from .regions import Regions
 from .result import OcclusionProbeWarning, SweepResult, class_index
@@ -265,6 +268,75 @@ class ClassMeanResult:
         """
         order = torch.sort(self.mean_drop(cls, correct_only), descending=True, stable=True).indices
         return [self.regions.ids[i] for i in order.tolist()]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the sums and metadata to a checksummed ``.npz`` file (no pickles), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; an existing file is replaced.
+
+        Returns
+        -------
+        Path
+            `path` as a `pathlib.Path`.
+
+        Raises
+        ------
+        ResultFileError
+            When a field could not be loaded again (e.g. counts that disagree with confusion).
+
+        Examples
+        --------
+        >>> import pathlib, tempfile, torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> means = op.sweep(model, torch.rand(4, 1, 8, 8), op.grid(8, 8, 2, 2),
+        ...                  labels=[0, 1, 2, 0], reduce="class_mean", progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     loaded = op.ClassMeanResult.load(means.save(pathlib.Path(folder) / "means.npz"))
+        >>> torch.equal(loaded.occluded_sum, means.occluded_sum)
+        True
+        """
+        sums = {
+            "occluded_sum": self.occluded_sum,
+            "baseline_sum": self.baseline_sum,
+            "counts": self.counts,
+            "confusion": self.confusion,
+        }
+        meta = {
+            "regions": self.regions,
+            "fill_labels": self.fill_labels,
+            "class_names": self.class_names,
+            "image_shape": self.image_shape,
+            "output": self.output,
+            "engine": self.engine,
+            "engine_note": self.engine_note,
+        }
+        return resultfile.write_class_means(path, sums, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClassMeanResult:
+        """Read a result written by `save` (``allow_pickle=False``: nothing is executed).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by `save`.
+
+        Returns
+        -------
+        ClassMeanResult
+            The saved result.
+
+        Raises
+        ------
+        ResultFileError
+            When the file is missing, a directory, truncated or corrupted (its checksum does not
+            match), not a ClassMeanResult file, of another format version, or has a field with
+            an invalid value; the message names the file and the field.
+        """
+        return cls(**resultfile.read_class_means(path))
 
 
 class ClassMeanCollector:
