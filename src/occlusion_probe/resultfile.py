@@ -30,6 +30,7 @@ from .errors import InputValueError, ResultFileError
 from .regions import Regions
 
 __all__ = [
+    "ARCHIVE_ERRORS",
     "FORMAT_VERSION",
     "atomic_write_npz",
     "payload_checksum",
@@ -45,7 +46,7 @@ _LEGACY_VERSION = 1
 _ENGINES = ("dense", "incremental")
 _BUILTIN_OUTPUTS = ("softmax", "logits")
 # What np.load / zipfile raise on damaged archives: a damaged file is reported, not crashed on.
-_ARCHIVE_ERRORS = (
+ARCHIVE_ERRORS = (
     OSError,
     EOFError,
     ValueError,
@@ -115,7 +116,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     Raises
     ------
     OSError, ValueError, zipfile.BadZipFile, ...
-        Whatever numpy and zipfile raise for an unreadable archive (see ``_ARCHIVE_ERRORS``);
+        Whatever numpy and zipfile raise for an unreadable archive (see ``ARCHIVE_ERRORS``);
         callers turn it into their own error.
     """
     # Our own file handle: np.load leaks its handle when the zip is unreadable.
@@ -209,7 +210,7 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
         raise ResultFileError(f"result file {os.fspath(path)!r}: no such file")
     try:
         arrays = read_npz(path)
-    except _ARCHIVE_ERRORS as error:
+    except ARCHIVE_ERRORS as error:
         raise ResultFileError(
             f"result file {os.fspath(path)!r}: is truncated, corrupted or not an .npz archive "
             f"and was not loaded ({type(error).__name__}: {error})"
