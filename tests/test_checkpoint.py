@@ -1,13 +1,16 @@
-"""checkpoint=: atomic saves, resume after SIGKILL, refusing other runs' or damaged files."""
+"""checkpoint=: one file per chunk, resume after SIGKILL or damage, locks, fingerprints."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +18,12 @@ import torch
 from reference_models import small_cnn
 
 import occlusion_probe as op
-from occlusion_probe.checkpoint import CheckpointError
+from occlusion_probe import OcclusionProbeWarning
+from occlusion_probe.checkpoint import Checkpoint, CheckpointError, Fingerprint
+from occlusion_probe.data import ImageSource
+from occlusion_probe.fills import resolve_fills
+
+_INTERRUPT: dict[str, Any] = {}
 
 _RUN = textwrap.dedent(
     """
@@ -173,13 +181,10 @@ def test_truncated_and_corrupted_files_are_reported(
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="is truncated or corrupted and was not loaded"):
         op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=path)
-    # A well-formed file whose arrays were altered: the checksum catches it.
-    path.write_bytes(data)
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {key: stored[key] for key in stored.files}
-    arrays["occluded"] = arrays["occluded"] + 1.0
-    with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+    # A well-formed manifest whose fingerprint was edited: the checksum catches it.
+    manifest = json.loads(data)
+    manifest["fingerprint"]["model"] = "0" * 64
+    path.write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="is corrupted \\(its checksum does not match"):
         op.sweep(model, images, op.grid(12, 12), labels=labels, progress=False, checkpoint=path)
     np.savez(tmp_path / "foreign.npz", x=np.zeros(2))
@@ -192,7 +197,287 @@ def test_truncated_and_corrupted_files_are_reported(
             progress=False,
             checkpoint=tmp_path / "foreign.npz",
         )
+    with open(tmp_path / "old.ckpt", "wb") as handle:
+        np.savez(handle, format=np.array("occlusion_probe.checkpoint.v1"))
+    with pytest.raises(CheckpointError, match=r"has format 'occlusion_probe\.checkpoint\.v1'"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=tmp_path / "old.ckpt")
     assert issubclass(CheckpointError, ValueError)
+
+
+_CALLS: list[int] = []
+
+
+def _counting(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model, counting its calls in a global (closure contents are fingerprinted)."""
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        _CALLS.append(int(x.shape[0]))
+        return model(x)
+
+    return counted
+
+
+def test_damaged_chunk_files_are_recomputed_exactly(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    path, regions = tmp_path / "run.ckpt", op.grid(12, 12, 2, 2)
+    batches = [(images[i : i + 1], labels[i : i + 1]) for i in range(6)]
+    clean = op.sweep(model, batches, regions, progress=False, engine="dense", batch_size=1000)
+    counted = _counting(model)
+    op.sweep(
+        counted, batches, regions, progress=False, engine="dense", batch_size=1000, checkpoint=path
+    )
+    chunks = sorted((tmp_path / "run.ckpt.chunks").iterdir())
+    assert [c.name for c in chunks] == [f"chunk-{i:08d}.npz" for i in range(6)]
+    chunks[1].write_bytes(chunks[1].read_bytes()[:-40])  # an interrupted write
+    chunks[4].unlink()  # a lost file
+    with np.load(chunks[2], allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["index"] = np.array(0)  # what decides the resume is under the checksum
+    with open(chunks[2], "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    chunks[5].write_bytes(chunks[3].read_bytes())  # chunk 3's file under chunk 5's name
+    _CALLS.clear()
+    with pytest.warns(OcclusionProbeWarning, match="is damaged") as caught:
+        resumed = op.sweep(
+            _counting(model),
+            batches,
+            regions,
+            progress=False,
+            batch_size=1000,
+            engine="dense",
+            checkpoint=path,
+        )
+    reasons = " ".join(str(w.message) for w in caught)
+    assert "unreadable" in reasons and "checksum does not match" in reasons
+    assert "holds chunk 3, not 5" in reasons
+    assert _CALLS == [1, 24] * 4  # chunks 1, 2, 4 and 5: one baseline and one occluded call each
+    assert resumed.num_images == 6
+    assert torch.equal(resumed.occluded, clean.occluded)
+    assert torch.equal(resumed.baseline, clean.baseline)
+    _CALLS.clear()
+    op.sweep(_counting(model), batches, regions, progress=False, engine="dense", checkpoint=path)
+    assert _CALLS == []  # every chunk is stored again
+
+
+def test_class_mean_resume_is_bit_identical(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    batches = _batches(images, labels)
+    clean = op.sweep(
+        model, batches, op.grid(12, 12), progress=False, reduce="class_mean", engine="dense"
+    )
+    path = tmp_path / "means.ckpt"
+    op.sweep(
+        _counting(model),
+        batches[:2],
+        op.grid(12, 12),
+        progress=False,
+        reduce="class_mean",
+        engine="dense",
+        checkpoint=path,
+    )
+    _CALLS.clear()
+    resumed = op.sweep(
+        _counting(model),
+        batches,
+        op.grid(12, 12),
+        progress=False,
+        reduce="class_mean",
+        checkpoint=path,
+        batch_size=1000,
+        engine="dense",
+    )
+    assert len(_CALLS) == 2  # only the third batch
+    for name in ("occluded_sum", "baseline_sum", "counts", "confusion"):
+        assert torch.equal(getattr(resumed, name), getattr(clean, name)), name
+
+
+def _bytes_written() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+def test_bytes_written_grow_linearly(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))
+    images = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    written = {}
+    for n in (10, 40):
+        batches = [images[i : i + 1] for i in range(n)]
+        before = _bytes_written()
+        op.sweep(
+            model,
+            batches,
+            op.grid(8, 8, 4, 4),
+            progress=False,
+            engine="dense",
+            checkpoint=tmp_path / f"{n}",
+        )
+        written[n] = _bytes_written() - before
+    chunk = (tmp_path / "40.chunks" / "chunk-00000000.npz").stat().st_size
+    # Rewriting the whole state each chunk would write 40 * 41 / 2 = 820 chunks' worth (16x
+    # the 10-chunk run); appending writes 40 (4x), plus the manifest and zipfile's header
+    # rewrites (about a tenth).
+    assert written[40] < 1.25 * 40 * chunk + 5000
+    assert 3.5 < written[40] / written[10] < 4.5
+
+
+def test_lock_refuses_a_second_user_and_is_released(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    path = tmp_path / "run.ckpt"
+    holder = Checkpoint(path)  # another sweep on the same path, holding the flock
+    with pytest.raises(CheckpointError, match=r"'.*run\.ckpt' is in use by another process"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    holder.close()
+
+    def failing(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("model failed")
+
+    failed = tmp_path / "failed.ckpt"
+    with pytest.raises(RuntimeError, match="model failed"):
+        op.sweep(failing, images, op.grid(12, 12), progress=False, checkpoint=failed)
+    Checkpoint(failed).close()  # the failed sweep released its lock
+    op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    Checkpoint(path).close()  # and so did the finished one
+
+
+def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "run.ckpt"
+    probe = (
+        "import fcntl, sys\n"
+        "with open(sys.argv[1], 'a+b') as handle:\n"
+        "    try:\n"
+        "        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "        print('free')\n"
+        "    except BlockingIOError:\n"
+        "        print('held')\n"
+    )
+    lock = str(tmp_path / "run.ckpt.lock")
+    holder = Checkpoint(path)
+    try:
+        held = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
+    finally:
+        holder.close()
+    free = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True)
+    assert (held.stdout.strip(), free.stdout.strip()) == ("held", "free"), held.stderr
+
+
+def test_bad_places_fail_before_any_work(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    _CALLS.clear()
+    with pytest.raises(CheckpointError, match=r"the folder '.*missing' of .* does not exist"):
+        op.sweep(
+            _counting(model),
+            images,
+            op.grid(12, 12),
+            progress=False,
+            checkpoint=tmp_path / "missing" / "run.ckpt",
+        )
+    with pytest.raises(CheckpointError, match="is a directory; expected the path of a checkpoint"):
+        op.sweep(_counting(model), images, op.grid(12, 12), progress=False, checkpoint=tmp_path)
+    assert _CALLS == []
+    path = tmp_path / "run.ckpt"
+    op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"holds chunk files but the manifest .* is missing"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+
+
+class _Tempered(torch.nn.Module):
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(144, 3)
+        self.temperature = temperature
+        self.register_buffer("shift", torch.zeros(3), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) / self.temperature + self.shift
+
+
+def _scaled(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fill(x: torch.Tensor) -> torch.Tensor:
+        return x * factor
+
+    return fill
+
+
+def _fingerprint(model: object, fills: list[object], output: object = "softmax") -> Fingerprint:
+    source = ImageSource(torch.zeros(2, 1, 12, 12), None, 12, 12)
+    image_shape = (1, 12, 12)
+    return Fingerprint.of(
+        model,
+        op.grid(12, 12),
+        resolve_fills(fills, image_shape),  # type: ignore[arg-type]
+        output,  # type: ignore[arg-type]
+        None,
+        source,
+    )
+
+
+def test_fingerprint_reads_what_decides_the_outputs() -> None:
+    torch.manual_seed(0)
+    model = _Tempered(1.0)
+    base = _fingerprint(model, [0.0]).parts
+    torch.manual_seed(0)
+    assert _fingerprint(_Tempered(1.0), [0.0]).parts == base  # an equal model: same fingerprint
+    model.temperature = 2.0
+    assert _fingerprint(model, [0.0]).parts["model"] != base["model"]
+    model.temperature = 1.0
+    model.shift.add_(0.1)  # a non-persistent buffer
+    assert _fingerprint(model, [0.0]).parts["model"] != base["model"]
+    model.shift.zero_()
+    assert _fingerprint(model, [0.0]).parts == base
+    fills = {
+        "lambda": _fingerprint(model, [lambda x: x * 0.5]).parts["fills"],
+        "other lambda": _fingerprint(model, [lambda x: x * 0.7]).parts["fills"],
+        "closure": _fingerprint(model, [_scaled(0.3)]).parts["fills"],
+        "other closure": _fingerprint(model, [_scaled(0.5)]).parts["fills"],
+        "default": _fingerprint(model, [lambda x, f=0.3: x * f]).parts["fills"],
+        "other default": _fingerprint(model, [lambda x, f=0.4: x * f]).parts["fills"],
+    }
+    assert len(set(fills.values())) == len(fills)
+    assert _fingerprint(model, [_scaled(0.3)]).parts["fills"] == fills["closure"]
+    soft = _fingerprint(model, [0.0], lambda z: z.softmax(-1)).parts["settings"]
+    hard = _fingerprint(model, [0.0], lambda z: z.softmax(-1) * 2).parts["settings"]
+    assert soft != hard
+
+
+def test_changed_attribute_or_fill_code_is_refused_on_resume(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    _, images, _ = setup
+    model, path = _Tempered(1.0).eval(), tmp_path / "run.ckpt"
+    op.sweep(
+        model, images, op.grid(12, 12), fills=[lambda x: x * 0.5], progress=False, checkpoint=path
+    )
+    with pytest.raises(CheckpointError, match="its fills differ"):
+        op.sweep(
+            model,
+            images,
+            op.grid(12, 12),
+            fills=[lambda x: x * 0.6],
+            progress=False,
+            checkpoint=path,
+        )
+    model.temperature = 3.0
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(
+            model,
+            images,
+            op.grid(12, 12),
+            fills=[lambda x: x * 0.5],
+            progress=False,
+            checkpoint=path,
+        )
 
 
 def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
@@ -202,14 +487,16 @@ def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
 ) -> None:
     model, images, labels = setup
     path = tmp_path / "run.ckpt"
-    calls = 0
+    _INTERRUPT["calls"] = 0
+    _INTERRUPT["model"] = model
 
     def interrupted(x: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 5:
+        # A global counter: a closure's contents are fingerprinted, and a changed counter
+        # would make the resumed call another run.
+        _INTERRUPT["calls"] += 1
+        if _INTERRUPT["calls"] == 5:
             raise KeyboardInterrupt
-        return model(x)
+        return _INTERRUPT["model"](x)
 
     with pytest.raises(KeyboardInterrupt):
         op.sweep(

@@ -198,11 +198,11 @@ def test_save_load_round_trip(tmp_path: object, result: SweepResult) -> None:
 def test_load_rejects_garbage(tmp_path: object) -> None:
     bad = tmp_path / "bad.npz"  # type: ignore[operator]
     bad.write_bytes(b"not a zip file")
-    with pytest.raises(InputValueError, match="is not a readable SweepResult file"):
+    with pytest.raises(InputValueError, match="is truncated, corrupted or not an \\.npz archive"):
         SweepResult.load(bad)
     other = tmp_path / "other.npz"  # type: ignore[operator]
     np.savez(other, x=np.zeros(3))
-    with pytest.raises(InputValueError, match="is not a readable SweepResult file"):
+    with pytest.raises(InputValueError, match="is not a SweepResult file"):
         SweepResult.load(other)
 
 

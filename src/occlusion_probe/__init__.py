@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from . import captum, plot, stats
 from .collect import ClassMeanResult
-from .errors import InputTypeError, InputValueError, OcclusionProbeError
+from .errors import InputTypeError, InputValueError, OcclusionProbeError, ResultFileError
 from .regions import Regions, grid, sliding_windows
 from .result import OcclusionProbeWarning, SweepResult
 from .sweep import DEFAULT_FILLS, sweep
@@ -31,6 +31,7 @@ __all__ = [
     "OcclusionProbeError",
     "OcclusionProbeWarning",
     "Regions",
+    "ResultFileError",
     "SweepResult",
     "captum",
     "confusion_report",

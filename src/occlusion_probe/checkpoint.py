@@ -1,60 +1,248 @@
-"""Checkpoint and resume for long sweeps.
+"""Checkpoint and resume for long sweeps: a small manifest plus one file per chunk.
 
-A checkpoint is an ``.npz`` file (no pickles) written atomically after every completed chunk
-(temporary file, fsync, rename). It carries fingerprints of what produced it (model weights,
-regions, fills, settings, and a running hash of the images seen), a checksum of its own
-arrays, and the collector's state. Resuming refuses a checkpoint whose fingerprints differ
-and reports a truncated or corrupted file instead of loading it.
+Layout, for ``checkpoint="run.ckpt"``:
+
+``run.ckpt``
+    The manifest, written once when the run starts: JSON with the format, the collector kind,
+    the run's fingerprint (model, regions, fills, settings) and a SHA-256 of all of it.
+``run.ckpt.chunks/chunk-00000012.npz``
+    One file per completed chunk (no pickles), written atomically (temporary file, fsync,
+    rename, directory fsync): the collector's state of that chunk alone, the chunk index, a
+    SHA-256 of that chunk's images and labels, the run id, and a SHA-256 over all of them.
+``run.ckpt.lock``
+    Held with an exclusive ``flock`` while a sweep uses the checkpoint.
+
+Each chunk is written once, so a sweep writes O(N) bytes. What is resumed is decided only by
+checksummed content: a chunk counts as done when its file verifies and names this run and
+this chunk; a truncated or damaged chunk file is recomputed (with a warning), a chunk of
+another run or of other images is refused with `CheckpointError`.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
+import json
 import os
-import zipfile
-from collections.abc import Sequence
+import sys
+import types
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import Chunk, ImageSource
 from .errors import InputValueError
 from .fills import Fill
 from .regions import Regions
-from .result import _atomic_write_npz
+from .result import OcclusionProbeWarning
+from .resultfile import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
 
-__all__ = ["Checkpoint", "CheckpointError", "Fingerprint"]
+__all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
 
-_FORMAT = "occlusion_probe.checkpoint.v1"
+_FORMAT = "occlusion_probe.checkpoint.v2"
+_OLD_FORMAT = "occlusion_probe.checkpoint.v1"
+_CHUNK_FORMAT = "occlusion_probe.checkpoint-chunk.v2"
 _PARTS = ("model", "regions", "fills", "settings")
+_CHUNK_META = ("chunk_format", "run", "index", "images", "checksum")
+# Attributes every nn.Module has (parameter/buffer/submodule tables, hook tables, the training
+# flag): parameters and buffers are hashed by name, hooks as callables, and `training` does
+# not decide outputs because the sweep runs in eval mode.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_MAX_DEPTH = 24
 
 
 class CheckpointError(InputValueError):
-    """A checkpoint cannot be used: another run's, truncated, or corrupted."""
+    """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
 
 
 class _Collector(Protocol):
-    def state(self) -> dict[str, np.ndarray]: ...
+    def last_chunk_state(self) -> dict[str, np.ndarray]: ...
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None: ...
+    def add_chunk_state(
+        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
+    ) -> None: ...
 
 
-def _hash_tensor(digest: hashlib._Hash, tensor: torch.Tensor) -> None:
-    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(
-        tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    )
+class _Hasher:
+    """A SHA-256 of a Python value that is the same in every process for equal values.
+
+    Reads tensors' bytes, containers element by element, functions by code, constants,
+    defaults and closure contents, modules by parameters, buffers and plain attributes, and
+    other objects by type and ``vars()``. Objects without ``__dict__`` (C extension types) are
+    identified by their type only; ``repr`` is never used for them (it may hold an address).
+    """
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self._seen: set[int] = set()
+
+    def text(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        self.digest.update(f"{len(data)}:".encode() + data)
+
+    def tensor(self, tensor: Tensor) -> None:
+        self.text(f"tensor {tensor.dtype} {tuple(tensor.shape)} {tensor.layout}")
+        if tensor.layout != torch.strided or tensor.device.type == "meta":
+            self.text(repr(tensor.device))
+            return
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        self.digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+    def value(self, value: object, depth: int = 0) -> None:
+        if depth > _MAX_DEPTH:
+            self.text("<too deep>")
+            return
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+            self.text(f"{type(value).__name__}:{value!r}")
+            return
+        if isinstance(value, (torch.dtype, torch.device, torch.Size, enum.Enum, range, slice)):
+            self.text(f"{type(value).__name__}:{value!r}")
+            return
+        if isinstance(value, Tensor):
+            self.tensor(value)
+            return
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            array = np.ascontiguousarray(value)
+            self.text(f"ndarray {array.dtype.str} {array.shape}")
+            self.digest.update(array.tobytes())
+            return
+        if isinstance(value, np.generic):
+            self.text(f"{type(value).__name__}:{value!r}")
+            return
+        if id(value) in self._seen:
+            self.text("<seen>")
+            return
+        self._seen.add(id(value))
+        self._object(value, depth + 1)
+
+    def _object(self, value: object, depth: int) -> None:
+        if isinstance(value, nn.Module):
+            self.module(value, depth)
+        elif isinstance(value, (list, tuple)):
+            self.text(f"{type(value).__name__}[{len(value)}]")
+            for item in value:
+                self.value(item, depth)
+        elif isinstance(value, dict):
+            self.text(f"{type(value).__name__}[{len(value)}]")
+            for key, item in value.items():
+                self.value(key, depth)
+                self.value(item, depth)
+        elif isinstance(value, (set, frozenset)):
+            parts = []
+            for item in value:
+                sub = _Hasher()
+                sub.value(item, depth)
+                parts.append(sub.digest.hexdigest())
+            self.text(f"set {sorted(parts)}")
+        elif isinstance(value, functools.partial):
+            self.text("partial")
+            self.value(value.func, depth)
+            self.value(value.args, depth)
+            self.value(value.keywords, depth)
+        elif isinstance(value, types.MethodType):
+            self.text("method")
+            self.value(value.__func__, depth)
+            self.value(value.__self__, depth)
+        elif isinstance(value, types.FunctionType):
+            self.function(value, depth)
+        elif isinstance(value, types.CodeType):
+            self.code(value, depth)
+        elif isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
+            self.text(f"{type(value).__name__} {_qualified(value)}")
+        elif hasattr(value, "__dict__"):
+            kind = type(value)
+            self.text(f"object {_qualified(kind)}")
+            call = getattr(kind, "__call__", None)  # noqa: B004 -- the class's own method
+            if isinstance(call, types.FunctionType):
+                self.function(call, depth)
+            self.value(dict(vars(value)), depth)
+        else:
+            self.text(f"opaque {_qualified(type(value))}")
+
+    def function(self, function: types.FunctionType, depth: int) -> None:
+        self.text(f"function {_qualified(function)}")
+        self.code(function.__code__, depth)
+        self.value(function.__defaults__, depth)
+        self.value(function.__kwdefaults__, depth)
+        for cell in function.__closure__ or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # an empty cell: a name not yet bound
+                self.text("<empty cell>")
+                continue
+            self.value(contents, depth)
+
+    def code(self, code: types.CodeType, depth: int) -> None:
+        self.text(f"code {code.co_name} {code.co_names} {code.co_argcount}")
+        self.digest.update(code.co_code)
+        for constant in code.co_consts:
+            if isinstance(constant, types.CodeType):
+                self.code(constant, depth + 1)
+            else:
+                self.value(constant, depth + 1)
+
+    def module(self, module: nn.Module, depth: int) -> None:
+        for name, sub in module.named_modules(remove_duplicate=False):
+            kind = type(sub)
+            self.text(f"module {name} {_qualified(kind)}")
+            forward = getattr(kind, "forward", None)
+            if isinstance(forward, types.FunctionType):
+                self.function(forward, depth)
+            for key, item in vars(sub).items():
+                if key not in _MODULE_INTERNALS:
+                    self.text(key)
+                    self.value(item, depth)
+            for table in ("_forward_hooks", "_forward_pre_hooks"):
+                hooks = getattr(sub, table, {})
+                self.text(f"{table}[{len(hooks)}]")
+                for hook in hooks.values():
+                    self.value(hook, depth)
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            self.text(f"parameter {name}")
+            self.tensor(parameter)
+        for name, buffer in module.named_buffers(remove_duplicate=False):
+            self.text(f"buffer {name}")
+            self.tensor(buffer)
+
+
+def _qualified(thing: object) -> str:
+    module = getattr(thing, "__module__", None) or ""
+    name = getattr(thing, "__qualname__", None) or getattr(thing, "__name__", "?")
+    return f"{module}.{name}"
+
+
+def _hash(*values: object) -> str:
+    hasher = _Hasher()
+    for value in values:
+        hasher.value(value)
+    return hasher.digest.hexdigest()
 
 
 class Fingerprint:
-    """Hashes of everything that determines a sweep's outputs."""
+    """Hashes of what decides a sweep's outputs, in four parts named in error messages.
+
+    ``model``: for an ``nn.Module``, every parameter and buffer (by name, dtype, shape and
+    bytes), and for every submodule its class, its ``forward``'s code and its plain
+    attributes (e.g. a ``temperature``, ``stride``), and its forward hooks; for another
+    callable, its code, constants, defaults and closure contents, or for a callable object
+    its class, ``__call__`` and attributes. ``regions``: ids and masks. ``fills``: values,
+    tensors, and the code, constants, defaults and closures of fill callables. ``settings``:
+    `output` (a callable's code as for fills), `reduce`, chunk size, image shape.
+
+    Not covered, because nothing in the model object shows it: global variables and module
+    state that ``forward`` reads, code of called functions that are not attributes or closure
+    contents, C extensions and objects without ``__dict__`` (identified by type only),
+    random state, and the library versions (torch, numpy).
+    """
 
     def __init__(self, parts: dict[str, str]) -> None:
         self.parts = parts
-        self._images = hashlib.sha256()
 
     @classmethod
     def of(
@@ -62,126 +250,312 @@ class Fingerprint:
         model: object,
         regions: Regions,
         fills: Sequence[Fill],
-        output: str,
+        output: str | Callable[[Tensor], Tensor],
         reduce: str | None,
         source: ImageSource,
     ) -> Fingerprint:
-        model_hash = hashlib.sha256()
-        if isinstance(model, nn.Module):
-            model_hash.update(type(model).__qualname__.encode())
-            for name, tensor in model.state_dict().items():
-                model_hash.update(name.encode())
-                _hash_tensor(model_hash, tensor)
-        else:
-            # A plain callable's weights are invisible to us; its name is the best we can do.
-            model_hash.update(getattr(model, "__qualname__", type(model).__qualname__).encode())
-        region_hash = hashlib.sha256(repr(regions.ids).encode())
-        _hash_tensor(region_hash, regions.masks)
-        fill_hash = hashlib.sha256()
-        for fill in fills:
-            fill_hash.update(f"{fill.label}|{fill.value}".encode())
-            if fill.tensor is not None:
-                _hash_tensor(fill_hash, fill.tensor)
-        settings = (
-            f"{output}|{reduce}|{source.chunk_images}|{source.image_shape}|{source.single_channel}"
-        )
+        """The fingerprint of one sweep call (see the class docstring for what is read)."""
+        fill_parts = [(f.label, f.value, f.tensor, f.function) for f in fills]
+        settings = (output, reduce, source.chunk_images, source.image_shape, source.single_channel)
         return cls(
             {
-                "model": model_hash.hexdigest(),
-                "regions": region_hash.hexdigest(),
-                "fills": fill_hash.hexdigest(),
-                "settings": hashlib.sha256(settings.encode()).hexdigest(),
+                "model": _hash(model),
+                "regions": _hash(regions.ids, regions.masks),
+                "fills": _hash(fill_parts),
+                "settings": _hash(settings),
             }
         )
 
-    def add_chunk(self, chunk: Chunk) -> None:
-        """Fold one chunk of images (and labels) into the running image hash."""
-        _hash_tensor(self._images, chunk.images)
-        if chunk.labels is not None:
-            _hash_tensor(self._images, chunk.labels)
-
-    def images_digest(self) -> str:
-        return self._images.hexdigest()
+    @property
+    def run_id(self) -> str:
+        """One SHA-256 of all parts: what a chunk file names as the run it belongs to."""
+        return hashlib.sha256(json.dumps(self.parts, sort_keys=True).encode()).hexdigest()
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(str(arrays[key].dtype).encode() + str(arrays[key].shape).encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()
+def chunk_digest(chunk: Chunk) -> str:
+    """SHA-256 of one chunk's images and labels (dtype, shape and bytes)."""
+    hasher = _Hasher()
+    hasher.tensor(chunk.images)
+    hasher.value(chunk.labels)
+    return hasher.digest.hexdigest()
+
+
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _lock(handle: IO[bytes]) -> bool:
+    """Take an exclusive, non-blocking lock on an open file; False when another holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 class Checkpoint:
-    """One checkpoint file: `resume` reads it (if present), `save` rewrites it atomically."""
+    """A checkpoint of one sweep (see the module docstring for the layout).
+
+    Opening checks the place (the folder exists and is writable, the path is not a folder)
+    and takes the lock, before any work. `resume` reads or writes the manifest; the chunk loop
+    calls `restore` for every chunk (True: its stored outputs were added to the collector) and
+    `save` after computing one; `close` releases the lock.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The manifest's path; chunk files go to ``<path>.chunks/``, the lock to ``<path>.lock``.
+
+    Raises
+    ------
+    CheckpointError
+        When the path is a folder, its folder is missing or not writable, or another process
+        holds the lock.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._done = 0
-        self._images_digest = ""
+        self.chunks = self.path.with_name(f"{self.path.name}.chunks")
+        self._fingerprint: Fingerprint | None = None
+        self._stored: dict[int, Path] = {}
+        self._lock_file: IO[bytes] | None = None
+        shown = os.fspath(self.path)
+        if self.path.is_dir():
+            raise CheckpointError(
+                f"checkpoint: {shown!r} is a directory; expected the path of a checkpoint file "
+                f"inside one, e.g. {os.fspath(self.path / 'run.ckpt')!r}"
+            )
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise CheckpointError(
+                f"checkpoint: the folder {os.fspath(folder)!r} of {shown!r} does not exist; "
+                "create it first"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise CheckpointError(
+                f"checkpoint: the folder {os.fspath(folder)!r} of {shown!r} is not writable"
+            )
+        lock_path = self.path.with_name(f"{self.path.name}.lock")
+        handle = open(lock_path, "a+b")  # held open until close()
+        if not _lock(handle):
+            handle.close()
+            raise CheckpointError(
+                f"checkpoint: {shown!r} is in use by another process (it holds "
+                f"{os.fspath(lock_path)!r}); wait for it to finish or use another checkpoint path"
+            )
+        self._lock_file = handle
 
-    def resume(self, fingerprint: Fingerprint, collector: _Collector) -> int:
-        """Load the collector's state; returns how many chunks are already done (0 if no file)."""
-        if not self.path.exists():
-            return 0
+    def close(self) -> None:
+        """Release the lock (the files stay: a later run resumes from them)."""
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    def resume(self, fingerprint: Fingerprint, collector: object) -> int:
+        """Check the manifest against `fingerprint` (or write it); returns the stored chunks.
+
+        Parameters
+        ----------
+        fingerprint : Fingerprint
+            This call's fingerprint.
+        collector : FullCollector or ClassMeanCollector
+            The collector of this call; its kind is part of the manifest.
+
+        Returns
+        -------
+        int
+            How many chunk files are stored (each is verified when its chunk comes).
+
+        Raises
+        ------
+        CheckpointError
+            When the manifest is truncated, corrupted, of another format, or of another run
+            (naming the parts that differ). The lock is released then.
+        """
         try:
-            # Our own file handle: np.load leaks its handle when the zip is unreadable.
-            with open(self.path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-            raise CheckpointError(
-                f"checkpoint: {os.fspath(self.path)!r} is truncated or corrupted and was not loaded "
-                f"({type(error).__name__}: {error}); delete it to start over"
-            ) from error
-        meta = {
-            key: str(arrays.pop(key))
-            for key in ("format", "checksum", "images", *_PARTS)
-            if key in arrays
+            return self._resume(fingerprint, type(collector).__name__)
+        except BaseException:
+            self.close()
+            raise
+
+    def _resume(self, fingerprint: Fingerprint, kind: str) -> int:
+        shown = os.fspath(self.path)
+        manifest = {
+            "format": _FORMAT,
+            "collector": kind,
+            "fingerprint": fingerprint.parts,
+            "chunks": self.chunks.name,
         }
-        done = arrays.pop("done", None)
-        if meta.get("format") != _FORMAT or done is None or "checksum" not in meta:
-            raise CheckpointError(
-                f"checkpoint: {os.fspath(self.path)!r} is not an occlusion_probe checkpoint "
-                f"(expected format {_FORMAT!r}, got {meta.get('format')!r})"
-            )
-        if _checksum(arrays) != meta["checksum"]:
-            raise CheckpointError(
-                f"checkpoint: {os.fspath(self.path)!r} is corrupted (its checksum does not match "
-                "its contents) and was not loaded; delete it to start over"
-            )
-        differing = [part for part in _PARTS if meta.get(part) != fingerprint.parts[part]]
+        self._fingerprint = fingerprint
+        if self.chunks.is_dir():
+            for stale in self.chunks.glob(".*.tmp-*"):
+                stale.unlink()  # a write that a crash interrupted; we hold the lock
+        if not self.path.exists():
+            if self.chunks.is_dir() and any(self.chunks.glob("chunk-*.npz")):
+                raise CheckpointError(
+                    f"checkpoint: {os.fspath(self.chunks)!r} holds chunk files but the manifest "
+                    f"{shown!r} is missing; delete the folder to start over"
+                )
+            self.chunks.mkdir(exist_ok=True)
+            manifest["checksum"] = _manifest_checksum(manifest)
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(manifest, sort_keys=True, indent=1))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            return 0
+        stored = self._read_manifest()
+        differing = [
+            part
+            for part in _PARTS
+            if stored["fingerprint"].get(part) != fingerprint.parts[part]
+            or (part == "settings" and stored["collector"] != kind)
+        ]
         if differing:
             raise CheckpointError(
-                f"checkpoint: {os.fspath(self.path)!r} was written by a different run "
+                f"checkpoint: {shown!r} was written by a different run "
                 f"(its {', '.join(differing)} differ from this call's); refusing to mix results. "
-                "Use another checkpoint path or delete the file."
+                "Use another checkpoint path or delete the file and its .chunks folder."
             )
-        collector.load_state(arrays)
-        self._done = int(done)
-        self._images_digest = meta.get("images", "")
-        return self._done
+        self.chunks.mkdir(exist_ok=True)
+        for file in self.chunks.glob("chunk-*.npz"):
+            try:
+                self._stored[int(file.name[len("chunk-") : -len(".npz")])] = file
+            except ValueError:
+                continue  # not one of ours
+        return len(self._stored)
 
-    def check_images(self, fingerprint: Fingerprint, chunk_index: int) -> None:
-        """After re-reading the chunks a resumed run skips, check they are the same images."""
+    def _read_manifest(self) -> dict[str, Any]:
+        shown = os.fspath(self.path)
+        try:
+            data = self.path.read_bytes()
+        except OSError as error:
+            raise CheckpointError(f"checkpoint: {shown!r} cannot be read ({error})") from error
+        if data.startswith(b"PK"):
+            try:
+                old = read_npz(self.path)
+                old_format = str(old.get("format", ""))
+            except ARCHIVE_ERRORS:  # any unreadable zip is "not a checkpoint"
+                old_format = ""
+            if old_format == _OLD_FORMAT:
+                raise CheckpointError(
+                    f"checkpoint: {shown!r} has format {_OLD_FORMAT!r} (one file rewritten per "
+                    f"chunk); this version reads {_FORMAT!r} only. Delete it to start over."
+                )
+            raise CheckpointError(
+                f"checkpoint: {shown!r} is not an occlusion_probe checkpoint "
+                f"(expected format {_FORMAT!r}, got a zip archive)"
+            )
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(
+                f"checkpoint: {shown!r} is truncated or corrupted and was not loaded "
+                f"({type(error).__name__}: {error}); delete it and its .chunks folder to start over"
+            ) from error
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise CheckpointError(
+                f"checkpoint: {shown!r} is not an occlusion_probe checkpoint "
+                f"(expected format {_FORMAT!r}, got {got!r})"
+            )
         if (
-            self._done
-            and chunk_index == self._done - 1
-            and fingerprint.images_digest() != self._images_digest
+            manifest.get("checksum") != _manifest_checksum(manifest)
+            or not isinstance(manifest.get("fingerprint"), dict)
+            or manifest.get("chunks") != self.chunks.name
         ):
             raise CheckpointError(
-                f"checkpoint: {os.fspath(self.path)!r} was written for different images (or "
-                "labels) than this call's; refusing to mix results. Use another checkpoint path "
-                "or delete the file."
+                f"checkpoint: {shown!r} is corrupted (its checksum does not match its contents) "
+                "and was not loaded; delete it and its .chunks folder to start over"
             )
+        return manifest
 
-    def save(self, fingerprint: Fingerprint, done: int, collector: _Collector) -> None:
-        arrays = collector.state()
-        payload: dict[str, np.ndarray] = dict(arrays)
-        payload["checksum"] = np.array(_checksum(arrays))
-        payload["format"] = np.array(_FORMAT)
-        payload["done"] = np.array(done, dtype=np.int64)
-        payload["images"] = np.array(fingerprint.images_digest())
-        for part in _PARTS:
-            payload[part] = np.array(fingerprint.parts[part])
-        _atomic_write_npz(self.path, payload)
+    def _chunk_path(self, index: int) -> Path:
+        return self.chunks / f"chunk-{index:08d}.npz"
+
+    def restore(self, chunk: Chunk, collector: _Collector) -> bool:
+        """Add the stored outputs of `chunk` to `collector`, if a valid chunk file has them.
+
+        Returns
+        -------
+        bool
+            True when the chunk was restored; False when it must be computed (no file, or a
+            damaged one, which is then removed with an `OcclusionProbeWarning`).
+
+        Raises
+        ------
+        CheckpointError
+            When the chunk file belongs to another run, or holds other images or labels.
+        """
+        path = self._stored.pop(chunk.index, None)
+        if path is None or self._fingerprint is None:
+            return False
+        shown = os.fspath(path)
+        try:
+            arrays = read_npz(path)
+        except ARCHIVE_ERRORS as error:  # an unreadable chunk file is recomputed
+            return self._damaged(path, f"unreadable ({type(error).__name__}: {error})")
+        stored = arrays.pop("checksum", None)
+        if stored is None or payload_checksum(arrays) != str(stored):
+            return self._damaged(path, "its checksum does not match its contents")
+        meta = {key: arrays.pop(key, None) for key in _CHUNK_META if key != "checksum"}
+        if str(meta["chunk_format"]) != _CHUNK_FORMAT or meta["index"] is None:
+            return self._damaged(path, f"not a chunk file of format {_CHUNK_FORMAT!r}")
+        if str(meta["run"]) != self._fingerprint.run_id:
+            raise CheckpointError(
+                f"checkpoint: {shown!r} was written by a different run than {os.fspath(self.path)!r}"
+                "; refusing to mix results. Delete the file and its .chunks folder to start over."
+            )
+        if int(meta["index"]) != chunk.index:
+            return self._damaged(path, f"it holds chunk {int(meta['index'])}, not {chunk.index}")
+        if str(meta["images"]) != chunk_digest(chunk):
+            raise CheckpointError(
+                f"checkpoint: {os.fspath(self.path)!r} was written for different images (or "
+                f"labels) than this call's (chunk {chunk.index} differs); refusing to mix "
+                "results. Use another checkpoint path or delete the file and its .chunks folder."
+            )
+        try:
+            collector.add_chunk_state(arrays, chunk.index, int(chunk.images.shape[0]), chunk.labels)
+        except InputValueError as error:
+            raise CheckpointError(
+                f"checkpoint: {shown!r} does not fit its chunk: {error}"
+            ) from error
+        return True
+
+    def _damaged(self, path: Path, why: str) -> bool:
+        warnings.warn(
+            f"checkpoint: chunk file {os.fspath(path)!r} is damaged ({why}); recomputing it",
+            OcclusionProbeWarning,
+            stacklevel=3,
+        )
+        path.unlink()
+        return False
+
+    def save(self, chunk: Chunk, collector: _Collector) -> int:
+        """Write the collector's state of the chunk just added as that chunk's file.
+
+        Returns
+        -------
+        int
+            The bytes written.
+        """
+        if self._fingerprint is None:
+            raise CheckpointError("checkpoint: save() before resume()")  # a library bug
+        arrays = dict(collector.last_chunk_state())
+        arrays["chunk_format"] = np.array(_CHUNK_FORMAT)
+        arrays["run"] = np.array(self._fingerprint.run_id)
+        arrays["index"] = np.array(chunk.index, dtype=np.int64)
+        arrays["images"] = np.array(chunk_digest(chunk))
+        arrays["checksum"] = np.array(payload_checksum(arrays))
+        return atomic_write_npz(self._chunk_path(chunk.index), arrays)

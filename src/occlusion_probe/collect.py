@@ -7,14 +7,17 @@ Both expose their state as plain arrays for checkpoints and for merging across r
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import resultfile
 from .errors import InputValueError
 from .regions import Regions
 from .result import OcclusionProbeWarning, SweepResult, class_index
@@ -59,6 +62,67 @@ class FullCollector:
         self.baselines.append(baseline)
         self.occluded.append(occluded)
         self.labels.append(labels)
+
+    def last_chunk_state(self) -> dict[str, np.ndarray]:
+        """The outputs of the last added chunk as arrays, for a checkpoint's chunk file.
+
+        Returns
+        -------
+        dict of str to ndarray
+            ``baseline`` (n, K), ``occluded`` (n, R, V, K) and, with labels, ``labels`` (n,).
+        """
+        arrays = {"baseline": self.baselines[-1].numpy(), "occluded": self.occluded[-1].numpy()}
+        labels = self.labels[-1]
+        if labels is not None:
+            arrays["labels"] = labels.numpy()
+        return arrays
+
+    def add_chunk_state(
+        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
+    ) -> None:
+        """Add a chunk stored by `last_chunk_state`, after checking it fits the chunk.
+
+        Parameters
+        ----------
+        arrays : dict of str to ndarray
+            What `last_chunk_state` returned for that chunk.
+        chunk_index : int
+            The chunk's index in the input.
+        images : int
+            How many images the chunk has now.
+        labels : Tensor, shape (images,), or None
+            The chunk's labels now.
+
+        Raises
+        ------
+        InputValueError
+            When the arrays do not fit the chunk (nothing is added then).
+        """
+        baseline, occluded = arrays.get("baseline"), arrays.get("occluded")
+        if baseline is None or occluded is None or baseline.ndim != 2 or occluded.ndim != 4:
+            raise InputValueError("chunk state: expected baseline (n, K) and occluded (n, R, V, K)")
+        if baseline.shape[0] != images or occluded.shape[0] != images:
+            raise InputValueError(
+                f"chunk state: expected {images} images, got {baseline.shape[0]} / {occluded.shape[0]}"
+            )
+        if self.occluded and tuple(occluded.shape[1:]) != tuple(self.occluded[0].shape[1:]):
+            raise InputValueError(
+                f"chunk state: expected occluded (n, {tuple(self.occluded[0].shape[1:])}), got "
+                f"{occluded.shape}"
+            )
+        stored = arrays.get("labels")
+        if (stored is None) != (labels is None) or (
+            stored is not None
+            and labels is not None
+            and not torch.equal(torch.from_numpy(stored), labels)
+        ):
+            raise InputValueError("chunk state: its labels differ from the chunk's")
+        self.add(
+            torch.from_numpy(baseline),
+            torch.from_numpy(occluded),
+            None if labels is None else labels,
+            chunk_index,
+        )
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -266,6 +330,75 @@ class ClassMeanResult:
         order = torch.sort(self.mean_drop(cls, correct_only), descending=True, stable=True).indices
         return [self.regions.ids[i] for i in order.tolist()]
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the sums and metadata to a checksummed ``.npz`` file (no pickles), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; an existing file is replaced.
+
+        Returns
+        -------
+        Path
+            `path` as a `pathlib.Path`.
+
+        Raises
+        ------
+        ResultFileError
+            When a field could not be loaded again (e.g. counts that disagree with confusion).
+
+        Examples
+        --------
+        >>> import pathlib, tempfile, torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> means = op.sweep(model, torch.rand(4, 1, 8, 8), op.grid(8, 8, 2, 2),
+        ...                  labels=[0, 1, 2, 0], reduce="class_mean", progress=False)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     loaded = op.ClassMeanResult.load(means.save(pathlib.Path(folder) / "means.npz"))
+        >>> torch.equal(loaded.occluded_sum, means.occluded_sum)
+        True
+        """
+        sums = {
+            "occluded_sum": self.occluded_sum,
+            "baseline_sum": self.baseline_sum,
+            "counts": self.counts,
+            "confusion": self.confusion,
+        }
+        meta = {
+            "regions": self.regions,
+            "fill_labels": self.fill_labels,
+            "class_names": self.class_names,
+            "image_shape": self.image_shape,
+            "output": self.output,
+            "engine": self.engine,
+            "engine_note": self.engine_note,
+        }
+        return resultfile.write_class_means(path, sums, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ClassMeanResult:
+        """Read a result written by `save` (``allow_pickle=False``: nothing is executed).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by `save`.
+
+        Returns
+        -------
+        ClassMeanResult
+            The saved result.
+
+        Raises
+        ------
+        ResultFileError
+            When the file is missing, a directory, truncated or corrupted (its checksum does not
+            match), not a ClassMeanResult file, of another format version, or has a field with
+            an invalid value; the message names the file and the field.
+        """
+        return cls(**resultfile.read_class_means(path))
+
 
 class ClassMeanCollector:
     """Running sums per true class; needs labels. Sums are kept in float64 so that the
@@ -276,6 +409,7 @@ class ClassMeanCollector:
     def __init__(self) -> None:
         # The four running sums of `ClassMeanResult`, created when the first chunk tells K, R, V.
         self.sums: dict[str, Tensor] = {}
+        self._last: dict[str, Tensor] = {}
 
     def add(
         self, baseline: Tensor, occluded: Tensor, labels: Tensor | None, chunk_index: int = 0
@@ -292,17 +426,78 @@ class ClassMeanCollector:
                 "counts": torch.zeros((2, k), dtype=torch.int64),
                 "confusion": torch.zeros((k, k), dtype=torch.int64),
             }
-        sums = self.sums
+        # The chunk's own sums are kept: a checkpoint stores them, and replaying them in chunk
+        # order repeats exactly these float64 additions, so a resumed run is bit-identical.
+        delta = {key: torch.zeros_like(tensor) for key, tensor in self.sums.items()}
         predicted = baseline.argmax(dim=1)
         correct = predicted == labels
         for which, chosen in enumerate((torch.ones_like(correct), correct)):
             onehot = torch.nn.functional.one_hot(labels[chosen], k).to(torch.float64)  # (m, K)
-            sums["occluded_sum"][which] += torch.einsum(
+            delta["occluded_sum"][which] = torch.einsum(
                 "mc,mrvk->crvk", onehot, occluded[chosen].to(torch.float64)
             )
-            sums["baseline_sum"][which] += onehot.T @ baseline[chosen].to(torch.float64)
-            sums["counts"][which] += torch.bincount(labels[chosen], minlength=k)
-        sums["confusion"] += torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+            delta["baseline_sum"][which] = onehot.T @ baseline[chosen].to(torch.float64)
+            delta["counts"][which] = torch.bincount(labels[chosen], minlength=k)
+        delta["confusion"] = torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+        self._accumulate(delta)
+
+    def _accumulate(self, delta: dict[str, Tensor]) -> None:
+        for key in self._KEYS:
+            self.sums[key] += delta[key]
+        self._last = delta
+
+    def last_chunk_state(self) -> dict[str, np.ndarray]:
+        """The sums of the last added chunk alone (the four arrays of `ClassMeanResult`)."""
+        return {key: tensor.numpy() for key, tensor in self._last.items()}
+
+    def add_chunk_state(
+        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
+    ) -> None:
+        """Add a chunk's sums stored by `last_chunk_state`, after checking they fit the chunk.
+
+        Parameters
+        ----------
+        arrays : dict of str to ndarray
+            What `last_chunk_state` returned for that chunk.
+        chunk_index : int
+            The chunk's index in the input (unused: sums do not depend on the order of chunks
+            beyond rounding, and the chunk loop replays them in input order).
+        images : int
+            How many images the chunk has now.
+        labels : Tensor, shape (images,), or None
+            The chunk's labels now.
+
+        Raises
+        ------
+        InputValueError
+            When the arrays do not fit the chunk (nothing is added then).
+        """
+        if labels is None:
+            raise InputValueError(
+                'reduce: "class_mean" needs labels (per-true-class sums); none were given'
+            )
+        if set(arrays) != set(self._KEYS):
+            raise InputValueError(
+                f"chunk state: expected arrays {self._KEYS}, got {sorted(arrays)}"
+            )
+        delta = {key: torch.from_numpy(arrays[key]) for key in self._KEYS}
+        k = delta["confusion"].shape[0]
+        shapes_ok = (
+            delta["confusion"].shape == (k, k)
+            and delta["counts"].shape == (2, k)
+            and delta["baseline_sum"].shape == (2, k, k)
+            and delta["occluded_sum"].dim() == 5
+            and all(delta[key].shape == self.sums[key].shape for key in self.sums)
+        )
+        if not shapes_ok or int(delta["confusion"].sum()) != images:
+            raise InputValueError(
+                f"chunk state: the stored sums do not fit a chunk of {images} images"
+            )
+        if not torch.equal(delta["counts"][0], torch.bincount(labels, minlength=k)):
+            raise InputValueError("chunk state: its label counts differ from the chunk's labels")
+        if not self.sums:
+            self.sums = {key: torch.zeros_like(tensor) for key, tensor in delta.items()}
+        self._accumulate(delta)
 
     def state(self) -> dict[str, np.ndarray]:
         return {key: tensor.numpy() for key, tensor in self.sums.items()}

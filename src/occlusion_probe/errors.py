@@ -7,7 +7,7 @@ working, while callers who want to tell our validation apart from other failures
 
 from __future__ import annotations
 
-__all__ = ["InputTypeError", "InputValueError", "OcclusionProbeError"]
+__all__ = ["InputTypeError", "InputValueError", "OcclusionProbeError", "ResultFileError"]
 
 
 class OcclusionProbeError(Exception):
@@ -20,6 +20,15 @@ class InputValueError(OcclusionProbeError, ValueError):
 
 class InputTypeError(OcclusionProbeError, TypeError):
     """An argument has a type occlusion_probe cannot work with."""
+
+
+class ResultFileError(InputValueError):
+    """A result file (``SweepResult.save`` / ``ClassMeanResult.save``) cannot be loaded.
+
+    Raised for a missing, truncated or corrupted file (its SHA-256 checksum does not match),
+    a file of another format version or kind, and a field whose value is invalid; the
+    message names the file and the field.
+    """
 
 
 def describe(value: object) -> str:

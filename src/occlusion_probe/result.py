@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import resultfile
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions
 
@@ -21,25 +22,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OcclusionProbeWarning", "SweepResult"]
 
-_FORMAT_VERSION = 1
-
 
 class OcclusionProbeWarning(UserWarning):
     """Doubtful but legal input or an undefined statistic (e.g. a curve over zero images)."""
-
-
-def _atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Write beside the target, flush to disk, then rename: a reader never sees half a file.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def class_index(cls: object, num_classes: int, class_names: Sequence[str] | None) -> int:
@@ -579,6 +564,16 @@ class SweepResult:
         Path
             `path` as a `pathlib.Path`.
 
+        Raises
+        ------
+        ResultFileError
+            When a field could not be loaded again (e.g. labels outside [0, K - 1]).
+
+        Notes
+        -----
+        The file holds every array, the metadata, ``format_version`` and a SHA-256
+        ``checksum`` over all of them (see `occlusion_probe.resultfile`).
+
         Examples
         --------
         >>> import pathlib, tempfile, torch, occlusion_probe as op
@@ -590,25 +585,20 @@ class SweepResult:
         >>> torch.equal(loaded.occluded, result.occluded), loaded.fill_labels == result.fill_labels
         (True, True)
         """
-        path = Path(path)
-        arrays: dict[str, np.ndarray] = {
-            "format_version": np.array(_FORMAT_VERSION),
-            "baseline": self.baseline.cpu().numpy(),
-            "occluded": self.occluded.cpu().numpy(),
-            "region_ids": np.array(self.regions.ids, dtype=np.int64),
-            "region_masks": self.regions.masks.cpu().numpy(),
-            "fill_labels": np.array(self.fill_labels, dtype=np.str_),
-            "image_shape": np.array(self.image_shape, dtype=np.int64),
-            "output": np.array(self.output, dtype=np.str_),
-            "engine": np.array(self.engine, dtype=np.str_),
-            "engine_note": np.array(self.engine_note, dtype=np.str_),
+        return resultfile.write_sweep_result(
+            path, self.baseline, self.occluded, self.labels, self._metadata()
+        )
+
+    def _metadata(self) -> dict[str, object]:
+        return {
+            "regions": self.regions,
+            "fill_labels": self.fill_labels,
+            "class_names": self.class_names,
+            "image_shape": self.image_shape,
+            "output": self.output,
+            "engine": self.engine,
+            "engine_note": self.engine_note,
         }
-        if self.labels is not None:
-            arrays["labels"] = self.labels.cpu().numpy()
-        if self.class_names is not None:
-            arrays["class_names"] = np.array(self.class_names, dtype=np.str_)
-        _atomic_write_npz(path, arrays)
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepResult:
@@ -626,40 +616,15 @@ class SweepResult:
 
         Raises
         ------
-        InputValueError
-            When the file is missing, unreadable, not a SweepResult file, or of another format
-            version.
+        ResultFileError
+            When the file is missing, a directory, truncated or corrupted (its checksum does not
+            match), not a SweepResult file, of another format version, or has a field with an
+            invalid value; the message names the file and the field. A subclass of
+            `InputValueError`.
+
+        Warns
+        -----
+        OcclusionProbeWarning
+            For a format-1 file (no checksum; its fields are still validated).
         """
-        try:
-            # Our own file handle: np.load leaks its handle when the zip is unreadable.
-            with open(Path(path), "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                version = int(data["format_version"])
-                if version != _FORMAT_VERSION:
-                    raise InputValueError(
-                        f"path: expected a SweepResult file of format {_FORMAT_VERSION}, got format {version}"
-                    )
-                return cls(
-                    baseline=torch.from_numpy(data["baseline"]),
-                    occluded=torch.from_numpy(data["occluded"]),
-                    labels=torch.from_numpy(data["labels"]) if "labels" in data else None,
-                    regions=Regions(
-                        torch.from_numpy(data["region_masks"]),
-                        tuple(int(i) for i in data["region_ids"]),
-                    ),
-                    fill_labels=tuple(str(s) for s in data["fill_labels"]),
-                    class_names=(
-                        tuple(str(s) for s in data["class_names"])
-                        if "class_names" in data
-                        else None
-                    ),
-                    image_shape=tuple(int(s) for s in data["image_shape"]),
-                    output=str(data["output"]),
-                    engine=str(data["engine"]),
-                    engine_note=str(data["engine_note"]),
-                )
-        except (KeyError, OSError, EOFError, ValueError) as error:
-            if isinstance(error, InputValueError):
-                raise
-            raise InputValueError(
-                f"path: {os.fspath(path)!r} is not a readable SweepResult file ({type(error).__name__}: {error})"
-            ) from error
+        return cls(**resultfile.read_sweep_result(path))

@@ -344,9 +344,10 @@ def sweep(
         None keeps every output (`SweepResult`); ``"class_mean"`` keeps per-true-class sums
         only (`ClassMeanResult`), in memory that does not grow with N.
     checkpoint : str or os.PathLike, optional
-        Path of a checkpoint file: completed chunks are saved atomically, and a rerun with the
-        same path resumes; a checkpoint of a different model, regions, fills or images is
-        refused.
+        Path of a checkpoint manifest (its folder must exist): each completed chunk is saved
+        once, atomically, in ``<checkpoint>.chunks/``, and a rerun with the same path resumes;
+        a checkpoint of a different model, regions, fills or images, or one another process
+        is using, is refused (docs/scale.md says what the fingerprint covers).
 
     Returns
     -------
@@ -361,8 +362,9 @@ def sweep(
         `regions` is not a `Regions`).
     InputValueError
         When an argument has an unusable value (shape, size, label range, unknown option),
-        the model produces NaN or inf outputs, or `checkpoint` belongs to another sweep or is
-        truncated or corrupted.
+        the model produces NaN or inf outputs, or `checkpoint` belongs to another sweep, is
+        locked by another process, is a folder or in a missing folder, or is corrupted
+        (`CheckpointError`).
 
     Warns
     -----
@@ -419,13 +421,10 @@ def sweep(
     )
     store = None
     if checkpoint is not None:
-        fingerprint = Fingerprint.of(model, regions, fill_list, out_name, reduce, source)
         store = Checkpoint(
             checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
         )
-        done_chunks = store.resume(fingerprint, collector)
-    else:
-        fingerprint, done_chunks = None, 0
+        store.resume(Fingerprint.of(model, regions, fill_list, output, reduce, source), collector)
 
     forward = checked_forward(model, source.single_channel)
     bar = tqdm(
@@ -442,10 +441,7 @@ def sweep(
             for chunk in source:
                 if shard is not None and not shard.owns(chunk.index):
                     continue
-                if fingerprint is not None and store is not None:
-                    fingerprint.add_chunk(chunk)
-                    store.check_images(fingerprint, chunk.index)
-                if chunk.index < done_chunks:
+                if store is not None and store.restore(chunk, collector):
                     bar.update(chunk.images.shape[0] * r * v)
                     continue
                 x = chunk.images.to(run_device)
@@ -479,8 +475,8 @@ def sweep(
                     name = "labels" if not source.is_stream else f"labels[batch {chunk.index}]"
                     check_label_range(name, chunk.labels, num_classes)
                 collector.add(baseline, occluded, chunk.labels, chunk.index)
-                if store is not None and fingerprint is not None:
-                    store.save(fingerprint, chunk.index + 1, collector)
+                if store is not None:
+                    store.save(chunk, collector)
     except KeyboardInterrupt:
         if store is not None:
             print(
@@ -491,6 +487,8 @@ def sweep(
         raise
     finally:
         bar.close()
+        if store is not None:
+            store.close()
     meta = SweepMeta(
         regions=regions,
         fill_labels=tuple(f.label for f in fill_list),

@@ -1,0 +1,460 @@
+"""The on-disk format of `SweepResult` and `ClassMeanResult`: checksummed ``.npz`` files.
+
+A result file is an ``.npz`` archive (no pickles) holding the result's arrays, its metadata
+as small string / integer arrays, ``format_version`` (2), ``kind`` (``"SweepResult"`` or
+``"ClassMeanResult"``) and ``checksum``: the SHA-256 over the name, dtype, shape and bytes of
+every other array (`payload_checksum`). Loading recomputes the checksum, then validates every
+field (dtype, shape, range, and agreement between fields) before a result is built, and
+raises `ResultFileError` naming the file and the field; no other exception escapes.
+
+Format 1 (written before checksums existed) is still read, with every field validated and an
+`OcclusionProbeWarning` that the file carries no checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import warnings
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputValueError, ResultFileError
+from .regions import Regions
+
+__all__ = [
+    "ARCHIVE_ERRORS",
+    "FORMAT_VERSION",
+    "atomic_write_npz",
+    "payload_checksum",
+    "read_class_means",
+    "read_npz",
+    "read_sweep_result",
+    "write_class_means",
+    "write_sweep_result",
+]
+
+FORMAT_VERSION = 2
+_LEGACY_VERSION = 1
+_ENGINES = ("dense", "incremental")
+_BUILTIN_OUTPUTS = ("softmax", "logits")
+# What np.load / zipfile raise on damaged archives: a damaged file is reported, not crashed on.
+ARCHIVE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+    NotImplementedError,
+    RuntimeError,  # zipfile: "File ... is encrypted, password required" for a flipped flag bit
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+)
+
+
+def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> int:
+    """Write `arrays` to an ``.npz`` at `path` atomically; returns the bytes written.
+
+    Written beside the target, flushed to disk and renamed over it, so a reader never sees
+    half a file; the directory is then synced so that the rename itself survives a crash.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write; an existing file is replaced.
+    arrays : mapping of str to ndarray
+        The arrays, stored uncompressed and without pickles.
+
+    Returns
+    -------
+    int
+        The size of the written file in bytes.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+            size = handle.tell()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if hasattr(os, "O_DIRECTORY"):
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    return size
+
+
+def payload_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order (hex digest)."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{len(key)}:{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (``allow_pickle=False``).
+
+    Raises
+    ------
+    OSError, ValueError, zipfile.BadZipFile, ...
+        Whatever numpy and zipfile raise for an unreadable archive (see ``ARCHIVE_ERRORS``);
+        callers turn it into their own error.
+    """
+    # Our own file handle: np.load leaks its handle when the zip is unreadable.
+    with open(path, "rb") as handle:
+        data = np.load(handle, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive (a single .npy array)")
+        with data:
+            return {key: data[key] for key in data.files}
+
+
+class _Fields:
+    """Typed access to the arrays of one result file; every failure names file and field."""
+
+    def __init__(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        self.path = path
+        self.arrays = arrays
+
+    def error(self, field: str, expected: str, got: str) -> ResultFileError:
+        return ResultFileError(
+            f"result file {os.fspath(self.path)!r}: field {field!r}: expected {expected}, got {got}"
+        )
+
+    def has(self, field: str) -> bool:
+        return field in self.arrays
+
+    def array(self, field: str) -> np.ndarray:
+        if field not in self.arrays:
+            raise self.error(field, "the field to be present", "no such field")
+        return self.arrays[field]
+
+    def floats(self, field: str, shape: tuple[int | None, ...]) -> np.ndarray:
+        array = self.array(field)
+        if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
+            raise self.error(field, "a float array", f"dtype {array.dtype}")
+        self._shape(field, array, shape)
+        if not np.isfinite(array).all():
+            raise self.error(field, "finite values", "NaN or inf")
+        return array
+
+    def integers(self, field: str, shape: tuple[int | None, ...], low: int = 0) -> np.ndarray:
+        array = self.array(field)
+        if array.dtype != np.int64:
+            raise self.error(field, "an int64 array", f"dtype {array.dtype}")
+        self._shape(field, array, shape)
+        if array.size and int(array.min()) < low:
+            raise self.error(field, f"values >= {low}", f"minimum {int(array.min())}")
+        return array
+
+    def strings(self, field: str, length: int | None = None) -> tuple[str, ...]:
+        array = self.array(field)
+        if array.dtype.kind != "U" or array.ndim != 1:
+            raise self.error(
+                field, "a 1-d array of str", f"dtype {array.dtype}, shape {array.shape}"
+            )
+        if length is not None and array.shape[0] != length:
+            raise self.error(field, f"{length} entries", f"{array.shape[0]}")
+        return tuple(str(s) for s in array)
+
+    def string(self, field: str) -> str:
+        array = self.array(field)
+        if array.dtype.kind != "U" or array.ndim != 0:
+            raise self.error(field, "a str scalar", f"dtype {array.dtype}, shape {array.shape}")
+        return str(array)
+
+    def integer(self, field: str) -> int:
+        array = self.array(field)
+        if array.dtype.kind not in "iu" or array.ndim != 0:
+            raise self.error(
+                field, "an integer scalar", f"dtype {array.dtype}, shape {array.shape}"
+            )
+        return int(array)
+
+    def _shape(self, field: str, array: np.ndarray, shape: tuple[int | None, ...]) -> None:
+        ok = array.ndim == len(shape) and all(
+            want is None or want == got for want, got in zip(shape, array.shape, strict=True)
+        )
+        if not ok:
+            wanted = tuple("?" if s is None else s for s in shape)
+            raise self.error(field, f"shape {wanted}".replace("'", ""), f"shape {array.shape}")
+
+
+def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int]:
+    """Open a result file, check its version, kind and checksum; returns fields and version."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: is a directory; expected a file written by {kind}.save"
+        )
+    if not path.exists():
+        raise ResultFileError(f"result file {os.fspath(path)!r}: no such file")
+    try:
+        arrays = read_npz(path)
+    except ARCHIVE_ERRORS as error:
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: is truncated, corrupted or not an .npz archive "
+            f"and was not loaded ({type(error).__name__}: {error})"
+        ) from error
+    fields = _Fields(path, arrays)
+    if not fields.has("format_version"):
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: is not a {kind} file (it has no 'format_version' "
+            f"field; its fields are {sorted(arrays)[:8]})"
+        )
+    version = fields.integer("format_version")
+    if version == _LEGACY_VERSION:
+        if kind != "SweepResult":
+            raise fields.error("format_version", f"{FORMAT_VERSION} for a {kind}", "1")
+        warnings.warn(
+            f"result file {os.fspath(path)!r}: format version 1 has no checksum; its fields "
+            f"were validated but damage to its numbers cannot be detected. Save it again to "
+            f"write format version {FORMAT_VERSION}.",
+            _warning_class(),
+            stacklevel=4,
+        )
+        return fields, version
+    if version != FORMAT_VERSION:
+        raise fields.error(
+            "format_version",
+            f"{FORMAT_VERSION} (or 1) -- this file may come from a newer occlusion_probe",
+            str(version),
+        )
+    stored = fields.string("checksum")
+    payload = {key: value for key, value in arrays.items() if key != "checksum"}
+    if payload_checksum(payload) != stored:
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: is corrupted (its SHA-256 checksum does not match "
+            "its contents) and was not loaded"
+        )
+    stored_kind = fields.string("kind")
+    if stored_kind != kind:
+        raise fields.error("kind", repr(kind), repr(stored_kind))
+    return fields, version
+
+
+def _warning_class() -> type[Warning]:
+    from .result import OcclusionProbeWarning
+
+    return OcclusionProbeWarning
+
+
+def _write(path: str | os.PathLike[str], kind: str, arrays: dict[str, np.ndarray]) -> Path:
+    path = Path(path)
+    payload = dict(arrays)
+    payload["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
+    payload["kind"] = np.array(kind, dtype=np.str_)
+    payload["checksum"] = np.array(payload_checksum(payload), dtype=np.str_)
+    # Refuse to write what `read` would refuse: a saved file always loads again.
+    _validate(_Fields(path, payload), kind, FORMAT_VERSION, writing=True)
+    atomic_write_npz(path, payload)
+    return path
+
+
+def _metadata_arrays(
+    regions: Regions,
+    fill_labels: tuple[str, ...],
+    class_names: tuple[str, ...] | None,
+    image_shape: tuple[int, ...],
+    output: str,
+    engine: str,
+    engine_note: str,
+) -> dict[str, np.ndarray]:
+    arrays = {
+        "region_ids": np.array(regions.ids, dtype=np.int64),
+        "region_masks": regions.masks.cpu().numpy(),
+        "fill_labels": np.array(fill_labels, dtype=np.str_).reshape(-1),
+        "image_shape": np.array(image_shape, dtype=np.int64).reshape(-1),
+        "output": np.array(output, dtype=np.str_),
+        "output_kind": np.array(
+            output if output in _BUILTIN_OUTPUTS else "callable", dtype=np.str_
+        ),
+        "engine": np.array(engine, dtype=np.str_),
+        "engine_note": np.array(engine_note, dtype=np.str_),
+    }
+    if class_names is not None:
+        arrays["class_names"] = np.array(class_names, dtype=np.str_).reshape(-1)
+    return arrays
+
+
+def _metadata(fields: _Fields, version: int, k: int, writing: bool) -> dict[str, Any]:
+    """Validated regions, fills, class names, image shape, output and engine."""
+    masks = fields.array("region_masks")
+    if masks.dtype != np.bool_ or masks.ndim != 3 or masks.shape[0] == 0:
+        raise fields.error(
+            "region_masks",
+            "a bool array of shape (R, H, W), R >= 1",
+            f"dtype {masks.dtype}, shape {masks.shape}",
+        )
+    r, h, w = masks.shape
+    ids = fields.integers("region_ids", (r,), low=-(2**62))
+    if len(set(ids.tolist())) != r:
+        raise fields.error("region_ids", "distinct ids", str(ids.tolist()[:20]))
+    empty = np.flatnonzero(~masks.reshape(r, -1).any(axis=1))
+    if empty.size:
+        raise fields.error(
+            "region_masks",
+            "every region to cover a pixel",
+            f"empty regions at {empty.tolist()[:10]}",
+        )
+    fill_labels = fields.strings("fill_labels")
+    if not fill_labels or len(set(fill_labels)) != len(fill_labels):
+        raise fields.error("fill_labels", "at least one label, all distinct", str(fill_labels[:10]))
+    class_names = fields.strings("class_names", k) if fields.has("class_names") else None
+    image_shape = tuple(int(s) for s in fields.integers("image_shape", (None,), low=1))
+    if image_shape and not (
+        (len(image_shape) == 2 and image_shape == (h, w))
+        or (len(image_shape) == 3 and image_shape[1:] == (h, w))
+    ):
+        raise fields.error(
+            "image_shape", f"(), ({h}, {w}) or (C, {h}, {w}) to match the regions", str(image_shape)
+        )
+    output = fields.string("output")
+    if version == _LEGACY_VERSION:
+        output_kind = output if output in _BUILTIN_OUTPUTS else "callable"
+    else:
+        output_kind = fields.string("output_kind")
+    if output_kind not in (*_BUILTIN_OUTPUTS, "callable"):
+        raise fields.error("output_kind", '"softmax", "logits" or "callable"', repr(output_kind))
+    if output_kind in _BUILTIN_OUTPUTS and output != output_kind:
+        raise fields.error("output", repr(output_kind) + " (as output_kind says)", repr(output))
+    if output_kind == "callable" and (not output or not output.isprintable()):
+        raise fields.error("output", "the name of the output callable", repr(output))
+    engine = fields.string("engine")
+    if engine not in _ENGINES:
+        raise fields.error("engine", " or ".join(repr(e) for e in _ENGINES), repr(engine))
+    meta: dict[str, Any] = {
+        "fill_labels": fill_labels,
+        "class_names": class_names,
+        "image_shape": image_shape,
+        "output": output,
+        "engine": engine,
+        "engine_note": fields.string("engine_note"),
+    }
+    if not writing:
+        meta["regions"] = Regions(torch.from_numpy(masks), tuple(int(i) for i in ids))
+    return meta
+
+
+def _validate(fields: _Fields, kind: str, version: int, writing: bool = False) -> dict[str, Any]:
+    """Check every field of a result of `kind`; returns the constructor's keyword arguments."""
+    try:
+        if kind == "SweepResult":
+            return _sweep_fields(fields, version, writing)
+        return _class_mean_fields(fields, writing)
+    except ResultFileError:
+        raise
+    except InputValueError as error:  # e.g. Regions' own checks
+        raise ResultFileError(f"result file {os.fspath(fields.path)!r}: {error}") from error
+
+
+def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any]:
+    baseline = fields.floats("baseline", (None, None))
+    n, k = baseline.shape
+    masks_shape = fields.array("region_masks").shape
+    r = masks_shape[0] if len(masks_shape) == 3 else None
+    v = fields.array("fill_labels").shape[0] if fields.array("fill_labels").ndim == 1 else None
+    occluded = fields.floats("occluded", (n, r, v, k))
+    labels = None
+    if fields.has("labels"):
+        labels = fields.integers("labels", (n,))
+        if labels.size and int(labels.max()) >= k:
+            raise fields.error(
+                "labels", f"class indices in [0, {k - 1}]", f"maximum {int(labels.max())}"
+            )
+    meta = _metadata(fields, version, k, writing)
+    if baseline.dtype != occluded.dtype:
+        raise fields.error(
+            "occluded", f"dtype {baseline.dtype} like baseline", f"dtype {occluded.dtype}"
+        )
+    return {
+        "baseline": torch.from_numpy(baseline),
+        "occluded": torch.from_numpy(occluded),
+        "labels": None if labels is None else torch.from_numpy(labels),
+        **meta,
+    }
+
+
+def _class_mean_fields(fields: _Fields, writing: bool) -> dict[str, Any]:
+    confusion = fields.integers("confusion", (None, None))
+    k = confusion.shape[0]
+    if confusion.shape != (k, k):
+        raise fields.error("confusion", "a square (K, K) array", f"shape {confusion.shape}")
+    counts = fields.integers("counts", (2, k))
+    if not np.array_equal(counts[0], confusion.sum(axis=1)):
+        raise fields.error("counts", "counts[0] = row sums of confusion", f"{counts[0].tolist()}")
+    if not np.array_equal(counts[1], np.diagonal(confusion)):
+        raise fields.error("counts", "counts[1] = diagonal of confusion", f"{counts[1].tolist()}")
+    masks_shape = fields.array("region_masks").shape
+    r = masks_shape[0] if len(masks_shape) == 3 else None
+    v = fields.array("fill_labels").shape[0] if fields.array("fill_labels").ndim == 1 else None
+    occluded_sum = fields.floats("occluded_sum", (2, k, r, v, k))
+    baseline_sum = fields.floats("baseline_sum", (2, k, k))
+    for field, array in (("occluded_sum", occluded_sum), ("baseline_sum", baseline_sum)):
+        if array.dtype != np.float64:
+            raise fields.error(field, "float64 sums", f"dtype {array.dtype}")
+    meta = _metadata(fields, FORMAT_VERSION, k, writing)
+    return {
+        "occluded_sum": torch.from_numpy(occluded_sum),
+        "baseline_sum": torch.from_numpy(baseline_sum),
+        "counts": torch.from_numpy(counts),
+        "confusion": torch.from_numpy(confusion),
+        **meta,
+    }
+
+
+def write_sweep_result(
+    path: str | os.PathLike[str],
+    baseline: torch.Tensor,
+    occluded: torch.Tensor,
+    labels: torch.Tensor | None,
+    meta: dict[str, Any],
+) -> Path:
+    """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`."""
+    arrays = {
+        "baseline": baseline.detach().cpu().numpy(),
+        "occluded": occluded.detach().cpu().numpy(),
+        **_metadata_arrays(**meta),
+    }
+    if labels is not None:
+        arrays["labels"] = labels.detach().cpu().numpy()
+    return _write(path, "SweepResult", arrays)
+
+
+def read_sweep_result(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Validated keyword arguments of `SweepResult` from a file written by `write_sweep_result`."""
+    fields, version = _read_checked(path, "SweepResult")
+    return _validate(fields, "SweepResult", version)
+
+
+def write_class_means(
+    path: str | os.PathLike[str], sums: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write a ClassMeanResult's four sums and metadata to `path`."""
+    arrays = {key: tensor.detach().cpu().numpy() for key, tensor in sums.items()}
+    return _write(path, "ClassMeanResult", {**arrays, **_metadata_arrays(**meta)})
+
+
+def read_class_means(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Validated keyword arguments of `ClassMeanResult` from a file of `write_class_means`."""
+    fields, version = _read_checked(path, "ClassMeanResult")
+    return _validate(fields, "ClassMeanResult", version)

@@ -1,0 +1,250 @@
+"""Result files: checksummed, every field validated, only ResultFileError on bad files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import occlusion_probe as op
+from occlusion_probe import ClassMeanResult, OcclusionProbeWarning, ResultFileError, SweepResult
+from occlusion_probe.resultfile import payload_checksum
+
+
+def _small_result() -> SweepResult:
+    generator = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    return op.sweep(
+        model,
+        torch.rand(2, 1, 4, 4, generator=generator),
+        op.grid(4, 4, 2, 2),
+        fills=[0.0, 1.0],
+        labels=[0, 2],
+        class_names=["a", "b", "c"],
+        progress=False,
+    )
+
+
+def _class_means() -> ClassMeanResult:
+    generator = torch.Generator().manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    return op.sweep(
+        model,
+        torch.rand(6, 1, 4, 4, generator=generator),
+        op.grid(4, 4, 2, 2),
+        fills=[0.0, 1.0],
+        labels=[0, 1, 2, 0, 1, 2],
+        reduce="class_mean",
+        progress=False,
+    )
+
+
+def _same(a: SweepResult, b: SweepResult) -> bool:
+    tensors = all(
+        (getattr(a, n) is None and getattr(b, n) is None)
+        or (
+            getattr(a, n) is not None
+            and getattr(b, n) is not None
+            and getattr(a, n).dtype == getattr(b, n).dtype
+            and torch.equal(getattr(a, n), getattr(b, n))
+        )
+        for n in ("baseline", "occluded", "labels")
+    )
+    meta = ("fill_labels", "class_names", "image_shape", "output", "engine", "engine_note")
+    return (
+        tensors
+        and torch.equal(a.regions.masks, b.regions.masks)
+        and a.regions.ids == b.regions.ids
+        and all(getattr(a, m) == getattr(b, m) for m in meta)
+    )
+
+
+def _rewrite(path: Path, change: dict[str, np.ndarray | None], checksum: bool = True) -> None:
+    """Rewrite a result file with some fields changed (None: removed), re-checksummed."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    for key, value in change.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    if checksum:
+        arrays.pop("checksum")
+        arrays["checksum"] = np.array(payload_checksum(arrays))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+
+
+def test_round_trips_keep_every_field(tmp_path: Path) -> None:
+    result = _small_result()
+    assert _same(SweepResult.load(result.save(tmp_path / "r.npz")), result)
+    means = _class_means()
+    loaded = ClassMeanResult.load(means.save(tmp_path / "m.npz"))
+    for name in ("occluded_sum", "baseline_sum", "counts", "confusion"):
+        assert torch.equal(getattr(loaded, name), getattr(means, name))
+        assert getattr(loaded, name).dtype == getattr(means, name).dtype
+    assert loaded.regions.ids == means.regions.ids and loaded.fill_labels == means.fill_labels
+    torch.testing.assert_close(loaded.class_curves(0, False), means.class_curves(0, False))
+
+
+def test_byte_flips_load_identically_or_raise_result_file_error(tmp_path: Path) -> None:
+    result = _small_result()
+    data = result.save(tmp_path / "r.npz").read_bytes()
+    flipped = tmp_path / "flipped.npz"
+    positions = random.Random(12).sample(range(len(data)), 300)
+    outcomes = {"identical": 0, "refused": 0}
+    for position in positions:
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF if position % 2 else 0x01
+        flipped.write_bytes(bytes(damaged))
+        try:
+            loaded = SweepResult.load(flipped)
+        except ResultFileError:
+            outcomes["refused"] += 1
+            continue
+        assert _same(loaded, result), f"flip at byte {position} loaded a different result"
+        outcomes["identical"] += 1
+    assert outcomes["refused"] > 200  # most bytes are array data, headers or checksummed names
+
+
+def test_byte_flips_of_class_means(tmp_path: Path) -> None:
+    means = _class_means()
+    data = means.save(tmp_path / "m.npz").read_bytes()
+    flipped = tmp_path / "flipped.npz"
+    for position in random.Random(13).sample(range(len(data)), 100):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x10
+        flipped.write_bytes(bytes(damaged))
+        try:
+            loaded = ClassMeanResult.load(flipped)
+        except ResultFileError:
+            continue
+        assert torch.equal(loaded.occluded_sum, means.occluded_sum)
+        assert torch.equal(loaded.confusion, means.confusion)
+
+
+def test_dropped_field_without_new_checksum_is_corruption(tmp_path: Path) -> None:
+    path = _small_result().save(tmp_path / "r.npz")
+    for field in ("labels", "class_names"):
+        copy = tmp_path / f"no_{field}.npz"
+        copy.write_bytes(path.read_bytes())
+        _rewrite(copy, {field: None}, checksum=False)
+        with pytest.raises(ResultFileError, match="checksum does not match"):
+            SweepResult.load(copy)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("labels", np.array([0, 7]), "field 'labels': expected class indices in \\[0, 2\\]"),
+        ("labels", np.array([0, -1]), "field 'labels': expected values >= 0"),
+        ("labels", np.array([0.0, 1.0]), "field 'labels': expected an int64 array"),
+        ("region_ids", np.array([1.0, 2.5, 3.0, 4.0]), "field 'region_ids': expected an int64"),
+        ("region_ids", np.array([1, 1, 2, 3]), "field 'region_ids': expected distinct ids"),
+        ("image_shape", np.array([1, 5, 4]), "field 'image_shape': expected \\(\\), \\(4, 4\\)"),
+        ("output", np.array("banana"), "field 'output': expected 'softmax'"),
+        ("output_kind", np.array("banana"), "field 'output_kind': expected \"softmax\""),
+        ("engine", np.array("warp"), "field 'engine': expected 'dense' or 'incremental'"),
+        ("fill_labels", np.array(["0.0"]), "field 'occluded': expected shape \\(2, 4, 1, 3\\)"),
+        ("class_names", np.array(["a", "b"]), "field 'class_names': expected 3 entries"),
+        ("baseline", np.full((2, 3), np.nan, np.float32), "field 'baseline': expected finite"),
+        (
+            "occluded",
+            np.zeros((2, 4, 2, 3), np.float64),
+            "field 'occluded': expected dtype float32",
+        ),
+        ("region_masks", np.zeros((4, 4, 4)), "field 'region_masks': expected a bool array"),
+        ("kind", np.array("ClassMeanResult"), "field 'kind': expected 'SweepResult'"),
+        ("format_version", np.array(3), "field 'format_version': expected 2 \\(or 1\\)"),
+        ("format_version", np.array("2"), "field 'format_version': expected an integer scalar"),
+        ("checksum", None, "field 'checksum': expected the field to be present"),
+    ],
+)
+def test_every_field_is_validated_on_load(
+    tmp_path: Path, field: str, value: np.ndarray | None, message: str
+) -> None:
+    path = _small_result().save(tmp_path / "r.npz")
+    _rewrite(path, {field: value}, checksum=field != "checksum")
+    with pytest.raises(ResultFileError, match=message) as caught:
+        SweepResult.load(path)
+    assert "r.npz" in str(caught.value)
+
+
+def test_class_mean_fields_are_validated(tmp_path: Path) -> None:
+    path = _class_means().save(tmp_path / "m.npz")
+    _rewrite(path, {"counts": np.zeros((2, 3), dtype=np.int64)})
+    with pytest.raises(ResultFileError, match="field 'counts': expected counts\\[0\\] = row sums"):
+        ClassMeanResult.load(path)
+    with pytest.raises(ResultFileError, match="field 'kind': expected 'SweepResult'"):
+        SweepResult.load(_class_means().save(tmp_path / "other.npz"))
+
+
+def test_unreadable_files_raise_result_file_error(tmp_path: Path) -> None:
+    with pytest.raises(ResultFileError, match="no such file"):
+        SweepResult.load(tmp_path / "missing.npz")
+    with pytest.raises(ResultFileError, match="is a directory"):
+        SweepResult.load(tmp_path)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    with pytest.raises(ResultFileError, match="truncated, corrupted or not an \\.npz archive"):
+        SweepResult.load(garbage)
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros(3))
+    with pytest.raises(ResultFileError, match="not an \\.npz archive"):
+        SweepResult.load(single)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(ResultFileError, match="is not a SweepResult file"):
+        SweepResult.load(foreign)
+    path = _small_result().save(tmp_path / "r.npz")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ResultFileError, match="truncated, corrupted"):
+        SweepResult.load(path)
+    assert issubclass(ResultFileError, op.InputValueError)
+
+
+def _format_one(path: Path, result: SweepResult, labels: np.ndarray) -> None:
+    """A file as SweepResult.save wrote it in format version 1 (no checksum, no kind)."""
+    np.savez(
+        path,
+        format_version=np.array(1),
+        baseline=result.baseline.numpy(),
+        occluded=result.occluded.numpy(),
+        labels=labels,
+        region_ids=np.array(result.regions.ids, dtype=np.int64),
+        region_masks=result.regions.masks.numpy(),
+        fill_labels=np.array(result.fill_labels),
+        image_shape=np.array(result.image_shape, dtype=np.int64),
+        output=np.array(result.output),
+        engine=np.array(result.engine),
+        engine_note=np.array(result.engine_note),
+    )
+
+
+def test_format_one_loads_validated_with_a_warning(tmp_path: Path) -> None:
+    result = _small_result()
+    assert result.labels is not None
+    path = tmp_path / "old.npz"
+    _format_one(path, result, result.labels.numpy())
+    with pytest.warns(OcclusionProbeWarning, match="format version 1 has no checksum"):
+        loaded = SweepResult.load(path)
+    assert torch.equal(loaded.occluded, result.occluded) and loaded.class_names is None
+    _format_one(path, result, np.array([0, 9]))
+    with (
+        pytest.warns(OcclusionProbeWarning),
+        pytest.raises(ResultFileError, match="field 'labels': expected class indices"),
+    ):
+        SweepResult.load(path)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
+    result = _small_result()
+    bad = SweepResult(
+        result.baseline, result.occluded, torch.tensor([0, 5]), result.regions, result.fill_labels
+    )
+    with pytest.raises(ResultFileError, match="field 'labels': expected class indices"):
+        bad.save(tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
