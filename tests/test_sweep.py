@@ -164,7 +164,8 @@ def test_logits_and_callable_output(cnn: nn.Module, images: torch.Tensor) -> Non
     assert logp.output == "log_probs"
     torch.testing.assert_close(logp.occluded.exp(), probs.occluded, rtol=1e-5, atol=1e-6)
     with pytest.raises(
-        InputValueError, match='output: expected "softmax", "logits" or a callable, got \'probs\''
+        InputValueError,
+        match='output: expected "softmax", "logits", "probabilities" or a callable, got \'probs\'',
     ):
         op.sweep(cnn, images, regions, output="probs", progress=False)
 
