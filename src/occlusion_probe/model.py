@@ -312,6 +312,12 @@ def output_name(output: OutputSpec) -> str:
     )
 
 
+def _describe_output(raw: object) -> str:
+    if isinstance(raw, Mapping):
+        return f"{type(raw).__name__} with keys {list(raw)[:10]}"
+    return describe(raw)
+
+
 def _storage_dtype(values: Tensor) -> torch.dtype:
     return torch.float64 if values.dtype == torch.float64 else torch.float32
 
@@ -425,7 +431,7 @@ class CheckedForward:
                 raise InputTypeError(
                     "model: expected it to return a Tensor of shape (B, K), an object with a "
                     '.logits Tensor, a Mapping with a "logits" Tensor, or a tuple or list whose '
-                    f"first element is a Tensor, got {describe(raw)}; for other outputs pass "
+                    f"first element is a Tensor, got {_describe_output(raw)}; for other outputs pass "
                     "output= a callable that takes what the model returns and gives the (B, K) "
                     "tensor to record"
                 )
