@@ -222,3 +222,15 @@ def test_device_index_compared() -> None:
     assert not _same_device(torch.device("cuda", 0), torch.device("cuda", 1))
     assert _same_device(torch.device("cuda", 1), torch.device("cuda"))
     assert not _same_device(torch.device("cpu"), torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_devices_checked_on_a_gpu_machine() -> None:
+    count = torch.cuda.device_count()
+    cuda0 = torch.device("cuda", 0)
+    with pytest.raises(InputValueError, match=rf"device: expected one of cuda:0..cuda:{count - 1}"):
+        resolve_device(f"cuda:{count}", lambda x: x, torch.device("cpu"))
+    assert resolve_device(None, lambda x: x, cuda0) == cuda0  # the images' device
+    assert resolve_device("cuda", nn.Linear(2, 2).to(cuda0), cuda0) == cuda0
+    with pytest.raises(InputValueError, match="device: the model's parameters are on cpu"):
+        resolve_device("cuda:0", nn.Linear(2, 2), cuda0)

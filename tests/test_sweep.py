@@ -404,9 +404,11 @@ def test_unreadable_output_refused_on_the_first_call(images: torch.Tensor) -> No
     [
         (torch.float64, "dense", 1e-6),
         (torch.float64, "incremental", 1e-6),
-        (torch.bfloat16, "dense", 3e-2),
-        (torch.bfloat16, "incremental", 3e-2),
-        (torch.float16, "dense", 3e-3),
+        # measured: 6e-4 (bfloat16) and 8e-5 (float16) off the float32 model, both engines
+        (torch.bfloat16, "dense", 5e-3),
+        (torch.bfloat16, "incremental", 5e-3),
+        (torch.float16, "dense", 1e-3),
+        (torch.float16, "incremental", 1e-3),
     ],
 )
 def test_low_and_high_precision_models(

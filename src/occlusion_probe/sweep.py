@@ -234,7 +234,7 @@ def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: to
     """
     got, want = graph_outputs.double(), model_outputs.double()
     error = float((got - want).abs().max()) if got.numel() else 0.0
-    relative = max(1e-4, 16 * torch.finfo(dtype).eps)
+    relative = max(1e-4, 2 * torch.finfo(dtype).eps)
     scale = relative * (1.0 + float(want.abs().max())) if want.numel() else 0.0
     if got.shape != want.shape or error > scale:
         raise InputValueError(
@@ -302,10 +302,15 @@ def sweep(
 
     Parameters
     ----------
-    model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
+    model : callable, Tensor (B, C, H, W) -> Tensor (B, K) or a model output holding it
         Any classifier. It runs under ``torch.inference_mode()`` in eval mode; each module's
-        train/eval flag is restored afterwards. Preprocessing that must follow the mask
-        (normalisation, whitening) belongs inside the model.
+        train/eval flag is restored afterwards. It gets a copy of the images in its floating
+        dtype (a module's first floating parameter; a callable gets the images' dtype), so
+        in-place ops on its input change nothing of the caller's. Its output is read by one
+        rule: a Tensor (B, K); else its ``.logits``; else its ``["logits"]`` (a Mapping);
+        else its element 0 (a tuple or list); anything else needs a callable `output`. K is
+        fixed by a first call on two images, made before any heavy work. Preprocessing that
+        must follow the mask (normalisation, whitening) belongs inside the model.
     images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
         Raw images in the space where the fills make sense (e.g. pixels in [0, 1]).
         (N, H, W) is one channel, and the model is then called with (B, H, W).
@@ -317,12 +322,17 @@ def sweep(
     labels : Tensor or sequence of int, shape (N,), optional
         True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
     output : str or callable
-        What is recorded of the (B, K) model outputs: ``"softmax"`` (the default), the raw
-        ``"logits"``, or the result of a callable applied to them.
+        What is recorded of the (B, K) model outputs, in float32 (float64 for a float64
+        model): ``"softmax"`` (the default; a model whose outputs already are probabilities
+        gets a warning), the raw ``"logits"``, ``"probabilities"`` (outputs recorded as they
+        are), or a callable that receives exactly what the model returned and gives a
+        floating (B, K) tensor.
     batch_size : int or "auto"
         Occluded images per model call, or ``"auto"`` (from a memory budget).
     device : torch.device or str, optional
-        Where masks are built and the model runs; default: the model's device.
+        Where masks are built and the model runs; default: the model's device (for a
+        callable without parameters, the images' device). It must exist on this machine
+        and match the device of a module's parameters, index included.
     progress : bool
         Show a tqdm progress bar.
     class_names : sequence of str, optional
@@ -351,15 +361,17 @@ def sweep(
         When an argument has a type `sweep` cannot work with (e.g. `model` is not callable or
         `regions` is not a `Regions`).
     InputValueError
-        When an argument has an unusable value (shape, size, label range, unknown option),
-        the model produces NaN or inf outputs, or `checkpoint` belongs to another sweep or is
-        truncated or corrupted.
+        When an argument has an unusable value (shape, size, label range, unknown option, a
+        fill the model's dtype cannot hold), the model returns no class or a different number
+        of classes between calls, produces NaN or inf outputs, or `checkpoint` belongs to
+        another sweep or is truncated or corrupted.
 
     Warns
     -----
     OcclusionProbeWarning
         When a constant fill lies well outside the images' value range (usually a unit
-        mistake, e.g. 128 on images in [0, 1]).
+        mistake, e.g. 128 on images in [0, 1]), or with ``output="softmax"`` the model's
+        outputs already are probabilities.
 
     Notes
     -----

@@ -226,7 +226,8 @@ def keep_only(
     batch_size : int or "auto"
         Masked images per model call, or ``"auto"`` (from a memory budget).
     device : torch.device or str, optional
-        Where the model runs; default: the model's device.
+        Where the model runs; default: the model's device (for a callable without
+        parameters, the images' device), checked as in `sweep`.
     progress : bool
         Show a tqdm progress bar.
     class_names : sequence of str, optional
