@@ -6,6 +6,8 @@ A module of its own (not conftest.py): tests/examples has a conftest.py too, and
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -262,3 +264,38 @@ class ConvNeXt(nn.Module):
         x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = self.stages(x)
         return self.head(self.norm(x.mean((-2, -1))))
+
+
+# --------------------------------------------------------------------------- model outputs
+
+
+@dataclasses.dataclass
+class ZooOutput:
+    """A dataclass-style model output, as model zoos return them (logits and extras)."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+# torch.export must know the class to export a model returning it (zoos register theirs).
+torch.export.register_dataclass(ZooOutput)
+
+
+class ZooNet(nn.Module):
+    """`small_cnn` returning its logits wrapped as a model zoo would: "dataclass" (.logits),
+    "mapping" ({"logits": ...}), "tuple" ((logits, features)) or "tensor"."""
+
+    def __init__(self, kind: str, classes: int = 5) -> None:
+        super().__init__()
+        self.kind = kind
+        self.net = small_cnn(classes=classes).eval()
+
+    def forward(self, x: torch.Tensor) -> object:
+        logits = self.net(x)
+        if self.kind == "dataclass":
+            return ZooOutput(logits, x.mean(dim=(2, 3)))
+        if self.kind == "mapping":
+            return {"logits": logits, "features": x.mean(dim=(2, 3))}
+        if self.kind == "tuple":
+            return logits, x.mean(dim=(2, 3))
+        return logits

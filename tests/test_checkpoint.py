@@ -69,10 +69,11 @@ def _run(
 
 
 def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
-    # Each batch of 4 images costs 2 model calls (baseline + 24 occluded copies in one call).
+    # One call checks the model's output first; then each batch of 4 images costs 2 model
+    # calls (baseline + 24 occluded copies in one call).
     clean = _run(tmp_path, tmp_path / "clean.ckpt", tmp_path / "clean.npz", 0)
     assert clean.returncode == 0, clean.stderr
-    assert clean.stdout.split()[-1] == "12"
+    assert clean.stdout.split()[-1] == "13"
 
     killed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "never.npz", 8)  # dies in batch 4
     assert killed.returncode == -signal.SIGKILL
@@ -82,7 +83,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
 
     resumed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "resumed.npz", 0)
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.split()[-1] == "6"  # batches 4, 5, 6 only: three were done
+    assert resumed.stdout.split()[-1] == "7"  # the check, then batches 4, 5, 6: three were done
     a, b = (
         op.SweepResult.load(tmp_path / "clean.npz"),
         op.SweepResult.load(tmp_path / "resumed.npz"),

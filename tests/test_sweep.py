@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_models import reference_sweep, small_cnn
+from reference_models import ZooNet, reference_sweep, small_cnn
 from torch import nn
 
 import occlusion_probe as op
@@ -164,7 +164,8 @@ def test_logits_and_callable_output(cnn: nn.Module, images: torch.Tensor) -> Non
     assert logp.output == "log_probs"
     torch.testing.assert_close(logp.occluded.exp(), probs.occluded, rtol=1e-5, atol=1e-6)
     with pytest.raises(
-        InputValueError, match='output: expected "softmax", "logits" or a callable, got \'probs\''
+        InputValueError,
+        match='output: expected "softmax", "logits", "probabilities" or a callable, got \'probs\'',
     ):
         op.sweep(cnn, images, regions, output="probs", progress=False)
 
@@ -344,3 +345,204 @@ def test_fill_far_outside_image_range_warns(cnn: nn.Module, images: torch.Tensor
         op.sweep(cnn, images, op.grid(12, 12, 2, 2), fills=[0.0, 128.0], progress=False)
     # just outside the range on purpose (black or a negative marker on bright images): silent
     op.sweep(cnn, images * 0.1 + 0.9, op.grid(12, 12, 2, 2), fills=[0.0, -0.5], progress=False)
+
+
+# --------------------------------------------------------------------------- model boundary
+
+TWO_FILLS = [0.0, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "mapping", "tuple"])
+@pytest.mark.parametrize("engine", ["dense", "incremental"])
+def test_zoo_outputs_read_by_the_rule(kind: str, engine: str, images: torch.Tensor) -> None:
+    model = ZooNet(kind)
+    regions = op.grid(12, 12, 2, 2)
+    result = op.sweep(model, images, regions, TWO_FILLS, progress=False, engine=engine)  # type: ignore[arg-type]
+    assert result.engine == engine
+    expected = reference_sweep(model.net, images, regions.masks, TWO_FILLS)
+    torch.testing.assert_close(result.occluded, expected, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(result.baseline, torch.softmax(model.net(images), 1))
+
+
+def test_unreadable_output_refused_on_the_first_call(images: torch.Tensor) -> None:
+    calls: list[int] = []
+
+    class Scores(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn().eval()
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            calls.append(x.shape[0])
+            return {"scores": self.net(x)}
+
+    model = Scores()
+    with pytest.raises(InputTypeError, match=r"got dict with keys \['scores'\]; .*pass output="):
+        op.sweep(model, images, op.grid(12, 12), progress=False, engine="incremental")
+    assert calls == [2]  # one small call, before torch.export reads the model
+    result = op.sweep(
+        model, images, op.grid(12, 12), progress=False, output=lambda raw: raw["scores"]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(result.baseline, model.net(images))
+
+    class NoClasses(Scores):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return self.net(x)[:, :0]
+
+    with pytest.raises(InputValueError, match=r"at least one class output \(K >= 1\)"):
+        op.sweep(NoClasses(), images, op.grid(12, 12), progress=False, engine="incremental")
+    with pytest.raises(InputTypeError, match="must return a floating-point Tensor"):
+        op.sweep(
+            model, images, op.grid(12, 12), progress=False, output=lambda raw: raw["scores"].long()
+        )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "engine", "tolerance"),
+    [
+        (torch.float64, "dense", 1e-6),
+        (torch.float64, "incremental", 1e-6),
+        # measured: 6e-4 (bfloat16) and 8e-5 (float16) off the float32 model, both engines
+        (torch.bfloat16, "dense", 5e-3),
+        (torch.bfloat16, "incremental", 5e-3),
+        (torch.float16, "dense", 1e-3),
+        (torch.float16, "incremental", 1e-3),
+    ],
+)
+def test_low_and_high_precision_models(
+    dtype: torch.dtype, engine: str, tolerance: float, images: torch.Tensor
+) -> None:
+    import copy
+
+    model32 = small_cnn().eval()
+    model = copy.deepcopy(model32).to(dtype)
+    regions = op.grid(12, 12, 2, 2)
+    want = op.sweep(model32, images, regions, progress=False, engine="dense")
+    got = op.sweep(model, images, regions, progress=False, engine=engine)  # type: ignore[arg-type]
+    stored = torch.float64 if dtype == torch.float64 else torch.float32
+    assert got.occluded.dtype == got.baseline.dtype == stored
+    # the float32 model's probabilities, rounded to the model's dtype, within `tolerance`
+    torch.testing.assert_close(
+        got.occluded, want.occluded.to(dtype).to(stored), rtol=0, atol=tolerance
+    )
+    torch.testing.assert_close(
+        got.baseline, want.baseline.to(dtype).to(stored), rtol=0, atol=tolerance
+    )
+
+
+def test_double_softmax_warns_and_probabilities_are_recorded_as_they_are(
+    images: torch.Tensor,
+) -> None:
+    model = nn.Sequential(small_cnn(), nn.Softmax(dim=1)).eval()
+    regions = op.grid(12, 12, 2, 2)
+    with pytest.warns(op.OcclusionProbeWarning, match='output="probabilities"') as caught:
+        op.sweep(model, images, regions, progress=False)
+    assert len([w for w in caught if "probabilities" in str(w.message)]) == 1
+    result = op.sweep(model, images, regions, progress=False, output="probabilities")
+    assert result.output == "probabilities"
+    with torch.no_grad():
+        torch.testing.assert_close(result.baseline, model(images))
+
+
+@pytest.mark.parametrize("engine", ["dense", "incremental"])
+def test_in_place_model_sees_copies(engine: str, images: torch.Tensor) -> None:
+    class Normalise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_cnn().eval()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x.sub_(0.5))
+
+    model = Normalise()
+    given = images.clone()
+    regions = op.grid(12, 12, 2, 2)
+    result = op.sweep(model, given, regions, TWO_FILLS, progress=False, engine=engine)  # type: ignore[arg-type]
+    assert torch.equal(given, images)
+    expected = reference_sweep(lambda x: model.net(x - 0.5), images, regions.masks, TWO_FILLS)  # type: ignore[arg-type]
+    torch.testing.assert_close(result.occluded, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(images: torch.Tensor) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for model in (lambda x: x.flatten(1)[:, :3], small_cnn()):
+        with pytest.raises(InputValueError, match=r"device: .* CUDA is not available"):
+            op.sweep(model, images, op.grid(12, 12), progress=False, device="cuda")
+
+
+def test_number_of_classes_must_not_change(images: torch.Tensor) -> None:
+    calls = 0
+
+    def growing(x: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1  # the first check, then baseline and occluded of batch 0, then batch 1
+        return x.flatten(1)[:, : 3 if calls <= 3 else 4]
+
+    batches = [images[:2], images[2:]]
+    with pytest.raises(
+        InputValueError,
+        match=r"expected 3 class outputs per image \(as on the first call\), got 4 for batch 1 "
+        "of the stream",
+    ):
+        op.sweep(growing, batches, op.grid(12, 12), progress=False, batch_size=1000)
+
+
+def test_list_of_single_images_is_refused(cnn: nn.Module) -> None:
+    rgb = [torch.rand(3, 8, 8), torch.rand(3, 8, 8)]
+    with pytest.raises(
+        InputValueError, match=r"images\[0\]: a list or tuple given as images must hold batches"
+    ):
+        op.sweep(lambda x: x.flatten(1), rgb, op.grid(8, 8, 2, 2), progress=False)
+    stacked = op.sweep(
+        lambda x: x.flatten(1)[:, :4], torch.stack(rgb), op.grid(8, 8, 2, 2), progress=False
+    )
+    assert stacked.occluded.shape[0] == 2
+    with pytest.raises(InputValueError, match=r"images\[1\]: a list or tuple given as images"):
+        op.sweep(
+            cnn,
+            (torch.rand(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])),
+            op.grid(12, 12),
+            progress=False,
+        )
+
+
+def test_boundary_argument_errors(cnn: nn.Module, images: torch.Tensor) -> None:
+    import numpy as np
+
+    regions = op.grid(12, 12, 2, 2)
+    for value in ("yes", None, 1):
+        with pytest.raises(InputTypeError, match="progress: expected True or False"):
+            op.sweep(cnn, images, regions, progress=value)  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="labels: expected integer class labels, got ndarray"):
+        op.sweep(cnn, images, regions, labels=np.array(list("abcde")), progress=False)  # type: ignore[arg-type]
+    empty = [(images[:0], torch.zeros(0, dtype=torch.int64))] * 2
+    with pytest.raises(InputValueError, match="a stream whose batches are all empty"):
+        op.sweep(cnn, empty, regions, progress=False)
+
+
+def test_fills_the_model_dtype_cannot_hold_or_that_are_not_real(
+    cnn: nn.Module, images: torch.Tensor
+) -> None:
+    regions = op.grid(12, 12, 2, 2)
+    with pytest.raises(
+        InputValueError,
+        match=r"fills\[1\]: expected a value the model's dtype torch.float32 can hold",
+    ):
+        op.sweep(cnn, images, regions, fills=[0.0, 1e39], progress=False)
+    half = small_cnn().half().eval()
+    with pytest.raises(InputValueError, match=r"fills\[0\]: .* torch.float16 can hold"):
+        op.sweep(half, images, regions, fills=[torch.full((1, 12, 12), 1e5)], progress=False)
+    for bad in (torch.tensor(1 + 2j), torch.tensor(True)):
+        with pytest.raises(InputTypeError, match=r"fills\[0\]: expected a real number"):
+            op.sweep(cnn, images, regions, fills=[bad], progress=False)
+
+    def nan_fill(x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(
+        InputValueError, match="fills: the callable 'nan_fill' returned NaN or inf values"
+    ):
+        op.sweep(cnn, images, regions, fills=[nan_fill], progress=False)

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_models import small_cnn
+from reference_models import ZooNet, small_cnn
 from torch import nn
 
 import occlusion_probe as op
-from occlusion_probe import ConfusionReport, InputValueError, confusion_report
+from occlusion_probe import ConfusionReport, InputTypeError, InputValueError, confusion_report
 
 
 def test_keep_only_matches_plain_loop() -> None:
@@ -90,3 +90,59 @@ def test_report_is_frozen() -> None:
     assert isinstance(report, ConfusionReport)
     with pytest.raises(AttributeError):
         report.accuracy = 0.0  # type: ignore[misc]
+
+
+def _plain_keep_only(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Confusion counts of keeping regions 1 and 4 of a 2x2 grid, filled with 0, one image at a time."""
+    visible = op.grid(12, 12, 2, 2).union([1, 4])
+    expected = torch.zeros(5, 5, dtype=torch.int64)
+    with torch.no_grad():
+        for x, y in zip(images, labels, strict=True):
+            expected[y, int(model(torch.where(visible, x, 0.0)[None]).argmax())] += 1
+    return expected
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "mapping", "tuple"])
+def test_keep_only_reads_zoo_outputs(kind: str) -> None:
+    images = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(8) % 5
+    model = ZooNet(kind)
+    report = op.keep_only(model, images, labels, op.grid(12, 12, 2, 2), keep=[1, 4], progress=False)
+    assert torch.equal(report.confusion, _plain_keep_only(model.net, images, labels))
+
+
+def test_keep_only_model_boundary() -> None:
+    images = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(4))
+    labels = torch.arange(8) % 5
+    regions = op.grid(12, 12, 2, 2)
+    net = small_cnn().eval()
+
+    class Normalise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"scores": self.net(x.sub_(0.5))}
+
+    given = images.clone()
+    report = op.keep_only(
+        Normalise(),
+        given,
+        labels,
+        regions,
+        keep=[1, 4],
+        output=lambda raw: raw["scores"],
+        progress=False,
+    )
+    assert torch.equal(given, images)
+    assert torch.equal(report.confusion, _plain_keep_only(lambda x: net(x - 0.5), images, labels))  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match=r"got dict with keys \['scores'\]"):
+        op.keep_only(Normalise(), images, labels, regions, keep=[1, 4], progress=False)
+    with pytest.raises(InputTypeError, match="progress: expected True or False"):
+        op.keep_only(net, images, labels, regions, keep=[1, 4], progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"fills\[0\]: .* torch.float32 can hold"):
+        op.keep_only(net, images, labels, regions, keep=[1, 4], fill=1e39, progress=False)
+    # a float64 model gets float64 images (cast from float32) and predicts as the float32 one
+    wide = op.keep_only(small_cnn().double(), images, labels, regions, keep=[1, 4], progress=False)
+    assert torch.equal(wide.confusion, _plain_keep_only(net, images, labels))

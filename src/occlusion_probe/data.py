@@ -62,9 +62,35 @@ def _as_image_tensor(name: str, images: object, height: int, width: int) -> tupl
     return images, single_channel
 
 
+def _check_listed_batches(items: list[object] | tuple[object, ...]) -> None:
+    """A list or tuple given as `images` must hold batches, never bare images.
+
+    A bare (C, H, W) image and a (n, H, W) batch of one channel look alike, so items that
+    are neither (images, labels) pairs, {"images": ...} dicts nor 4-d (n, C, H, W) batches
+    are refused instead of being read one way or the other.
+    """
+    for position, item in enumerate(items):
+        if isinstance(item, (tuple, list, dict)):
+            continue
+        if isinstance(item, (Tensor, np.ndarray)) and item.ndim == 4:
+            continue
+        raise InputValueError(
+            f"images[{position}]: a list or tuple given as images must hold batches: "
+            "(images, labels) pairs, {'images': ...} dicts or (n, C, H, W) tensors; got "
+            f"{describe(item)}. For a list of single images (C, H, W) pass "
+            "torch.stack(images); for one-channel batches (n, H, W) add the channel "
+            "(batch.unsqueeze(1)) or pass them from a generator"
+        )
+
+
 def check_labels(name: str, labels: object, n: int) -> Tensor:
     """Validate labels for n images: an integer tensor (n,). Range is checked later, once K is known."""
     if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu":
+            raise InputTypeError(
+                f"{name}: expected integer class labels, got {describe(labels)}; map class "
+                "names to indices 0..K-1 first"
+            )
         labels = torch.from_numpy(labels)
     elif isinstance(labels, (list, tuple)):
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
@@ -124,6 +150,9 @@ class ImageSource:
         self._labels: Tensor | None = None
         self.chunk_images = chunk_images
         self._first: object = None
+        self._probe: Tensor | None = None
+        self.dtype: torch.dtype
+        self.device: torch.device
         if isinstance(images, (Tensor, np.ndarray)):
             tensor, self.single_channel = _as_image_tensor("images", images, height, width)
             if tensor.shape[0] == 0:
@@ -136,7 +165,11 @@ class ImageSource:
             if labels is not None:
                 self._labels = check_labels("labels", labels, int(tensor.shape[0]))
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
+            self.dtype, self.device = tensor.dtype, tensor.device
+            self._probe = tensor[:2]
         elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
+            if isinstance(images, (list, tuple)):
+                _check_listed_batches(images)
             if labels is not None:
                 raise InputValueError(
                     "labels: must be None when images is a stream of (images, labels) batches; "
@@ -157,6 +190,10 @@ class ImageSource:
                 "images[batch 0]", batch_images, height, width
             )
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
+            self.dtype, self.device = tensor.dtype, tensor.device
+            self._probe = tensor[:2] if tensor.shape[0] else None
+            if self._probe is not None:
+                _check_finite("images[batch 0]", self._probe, 0)
         else:
             raise InputTypeError(
                 "images: expected a Tensor (N, C, H, W) / (N, H, W) or an iterable of "
@@ -166,6 +203,11 @@ class ImageSource:
     @property
     def is_stream(self) -> bool:
         return self._stream is not None
+
+    def first_images(self) -> Tensor | None:
+        """Up to two of the first images (n, C, H, W), for checking the model before the
+        run; None when the first batch of a stream is empty."""
+        return self._probe
 
     @staticmethod
     def _split_batch(batch: object, index: int) -> tuple[object, object]:
@@ -207,6 +249,10 @@ class ImageSource:
             )
             yield Chunk(index, tensor, labels)
             offset += int(tensor.shape[0])
+        if offset == 0:
+            raise InputValueError(
+                "images: expected at least one image, got a stream whose batches are all empty"
+            )
 
     def _chain_first(self) -> Iterator[object]:
         if self._first is not None:

@@ -23,7 +23,15 @@ from typing_extensions import Protocol, runtime_checkable
 
 from .errors import InputTypeError, InputValueError, describe
 
-__all__ = ["Fill", "FillFunction", "FillSpec", "resolve_fills", "stack_fills", "warn_if_outside"]
+__all__ = [
+    "Fill",
+    "FillFunction",
+    "FillSpec",
+    "check_fills_fit",
+    "resolve_fills",
+    "stack_fills",
+    "warn_if_outside",
+]
 
 # A constant fill more than 1.5 "image scales" (the larger of the range's width and its
 # largest magnitude) outside [min, max] is probably a unit mistake, e.g. 128 on [0, 1]
@@ -63,9 +71,10 @@ class Fill:
         if self.function is None:  # unreachable by construction; keeps the type checker honest
             raise InputValueError(f"fill {self.label!r}: has neither value, tensor nor function")
         made = self.function(images)
-        if not isinstance(made, Tensor):
+        if not isinstance(made, Tensor) or made.is_complex() or made.dtype == torch.bool:
             raise InputTypeError(
-                f"fills: the callable {self.label!r} must return a Tensor, got {describe(made)}"
+                f"fills: the callable {self.label!r} must return a real-valued Tensor, "
+                f"got {describe(made)}"
             )
         try:
             _broadcast_shapes(made.shape, images.shape)
@@ -79,7 +88,16 @@ class Fill:
                 f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
                 f"which would enlarge the batch shape {tuple(images.shape)}"
             )
-        return made.to(device=images.device, dtype=images.dtype)
+        made = made.to(device=images.device, dtype=images.dtype)
+        if not bool(torch.isfinite(made).all()):
+            finite = torch.isfinite(made.expand(images.shape).flatten(1)).all(dim=1)
+            bad = torch.nonzero(~finite).flatten()[:10].tolist()
+            raise InputValueError(
+                f"fills: the callable {self.label!r} returned NaN or inf values (in "
+                f"{images.dtype}) for images {bad} of the chunk (first offending positions); "
+                "a fill must be finite"
+            )
+        return made
 
 
 def _broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
@@ -119,6 +137,10 @@ def resolve_fills(
                 raise InputValueError(f"{name}: expected a finite number, got {value}")
             resolved.append(Fill(label=_label_of_number(value), value=value))
         elif isinstance(spec, Tensor):
+            if spec.dtype == torch.bool or spec.is_complex():
+                raise InputTypeError(
+                    f"{name}: expected a real number or a floating-point tensor, got {describe(spec)}"
+                )
             if spec.dim() == 0:
                 # 7 significant digits: a float32 0.3 is labelled "0.3", not "0.30000001192092896".
                 value = float(f"{float(spec):.7g}")
@@ -164,6 +186,41 @@ def resolve_fills(
             for i, fill in enumerate(resolved)
         ]
     return tuple(resolved)
+
+
+def check_fills_fit(fills: Sequence[Fill], dtype: torch.dtype) -> None:
+    """Refuse constant and tensor fills that overflow `dtype`, the dtype the model gets.
+
+    Parameters
+    ----------
+    fills : sequence of Fill
+        The resolved fills, in the order of the `fills` argument.
+    dtype : torch.dtype
+        The floating dtype the occluded images are built in.
+
+    Raises
+    ------
+    InputValueError
+        When a fill's magnitude exceeds the largest finite value of `dtype` (e.g. 1e39 for
+        float32, 7e4 for float16).
+
+    Examples
+    --------
+    >>> check_fills_fit(resolve_fills([0.0, 1e39], (1, 2, 2)), torch.float64)
+    """
+    largest = torch.finfo(dtype).max
+    for position, fill in enumerate(fills):
+        if fill.value is not None:
+            peak = abs(fill.value)
+        elif fill.tensor is not None and fill.tensor.numel():
+            peak = float(fill.tensor.abs().max())
+        else:
+            continue
+        if peak > largest:
+            raise InputValueError(
+                f"fills[{position}]: expected a value the model's dtype {dtype} can hold "
+                f"(|fill| <= {largest:.4g}), got {peak:.4g}"
+            )
 
 
 def warn_if_outside(fills: Sequence[Fill], images: Tensor) -> bool:

@@ -1,37 +1,66 @@
-"""Running the user's model: the callable protocol, output checks, and eval/inference mode."""
+"""The model boundary: what the library hands the user's model, and what it accepts back.
+
+Every call of the user's model goes through one `CheckedForward`, from `sweep`, `keep_only`
+and (as the `finish` of the raw graph outputs) the incremental engine, so the rules below
+hold alike everywhere:
+
+* the model gets a copy of the images cast to its floating dtype, never the caller's tensor
+  (a model may normalise its input in place);
+* what it returns is read by one rule (`unwrap_outputs`): a Tensor (B, K); else an object
+  whose ``.logits`` is a Tensor (a dataclass-style model output); else a Mapping whose
+  ``"logits"`` is a Tensor; else a tuple or list whose first element is a Tensor. A callable
+  `output` instead receives exactly what the model returned;
+* K is fixed by the first call; a later call with another K is refused, naming the chunk;
+* softmax is computed, and outputs are stored, in float32 (float64 for float64 outputs).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from typing import TypeAlias
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import Protocol, runtime_checkable
 
 from .errors import InputTypeError, InputValueError, describe
+from .result import OcclusionProbeWarning
 
 __all__ = [
+    "OUTPUT_NAMES",
+    "CheckedForward",
     "Model",
     "OutputSpec",
+    "cast_images",
     "check_outputs",
-    "checked_forward",
     "evaluation_mode",
+    "input_dtype",
     "model_device",
     "model_dtype",
-    "transform_outputs",
+    "output_name",
+    "resolve_device",
+    "unwrap_outputs",
 ]
 
 
 @runtime_checkable
 class Model(Protocol):
-    """Any callable classifier: a batch (B, C, H, W) in, class outputs (B, K) out."""
+    """Any callable classifier: a batch (B, C, H, W) in, class outputs (B, K) out (or a
+    model output holding them, see `unwrap_outputs`)."""
 
-    def __call__(self, images: Tensor, /) -> Tensor: ...
+    def __call__(self, images: Tensor, /) -> Any: ...
 
 
-OutputSpec: TypeAlias = str | Callable[[Tensor], Tensor]
+OutputSpec: TypeAlias = str | Callable[[Any], Tensor]
+
+#: The names `output` accepts besides a callable. "probabilities" records outputs that
+#: already are probabilities (a model ending in softmax) as they are.
+OUTPUT_NAMES = ("softmax", "logits", "probabilities")
+
+# Rows that are non-negative and sum to 1 within this are taken for probabilities already.
+_PROBABILITY_TOLERANCE = 1e-3
 
 
 def model_device(model: object) -> torch.device | None:
@@ -44,13 +73,88 @@ def model_device(model: object) -> torch.device | None:
     return None
 
 
-def model_dtype(model: object) -> torch.dtype:
-    """The floating dtype of a module's first floating parameter or buffer (float32 if none)."""
+def input_dtype(model: object) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter or buffer; None for other
+    callables and modules without floating state (their input keeps the images' dtype)."""
     if isinstance(model, nn.Module):
         for tensor in (*model.parameters(), *model.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
-    return torch.float32
+    return None
+
+
+def model_dtype(model: object) -> torch.dtype:
+    """The floating dtype of a module's first floating parameter or buffer (float32 if none)."""
+    return input_dtype(model) or torch.float32
+
+
+def _same_device(own: torch.device, wanted: torch.device) -> bool:
+    """Whether `wanted` names the device `own` (an index-less `wanted` means the current one)."""
+    if own.type != wanted.type:
+        return False
+    return wanted.index is None or own.index is None or own.index == wanted.index
+
+
+def resolve_device(
+    device: torch.device | str | None, model: object, images_device: torch.device
+) -> torch.device:
+    """Where masks are built and the model runs.
+
+    Parameters
+    ----------
+    device : torch.device, str or None
+        The `device` argument; None means the model's device, or for a callable without
+        parameters the images' device.
+    model : object
+        The model; a module's parameters must be on `device` when one is given.
+    images_device : torch.device
+        Where the (first) images are.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    InputValueError
+        When `device` is no device name, names a backend this machine lacks (``"cuda"``
+        without CUDA, ``"cuda:3"`` with one GPU), or is not where the model's parameters are
+        (type and index compared).
+
+    Examples
+    --------
+    >>> resolve_device(None, lambda x: x, torch.device("cpu"))
+    device(type='cpu')
+    """
+    own = model_device(model)
+    if device is None:
+        return own if own is not None else images_device
+    try:
+        wanted = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputValueError(
+            f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from error
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputValueError(
+                f"device: expected a device this machine has, got {str(wanted)!r}, but CUDA "
+                "is not available (a CPU-only torch build or no GPU); use 'cpu' or leave "
+                "device=None"
+            )
+        count = torch.cuda.device_count()
+        if wanted.index is not None and wanted.index >= count:
+            raise InputValueError(
+                f"device: expected one of cuda:0..cuda:{count - 1}, got {str(wanted)!r}"
+            )
+        if wanted.index is None:
+            wanted = torch.device("cuda", torch.cuda.current_device())
+    if own is not None and not _same_device(own, wanted):
+        raise InputValueError(
+            f"device: the model's parameters are on {own}, but device={str(wanted)!r} was given; "
+            "move the model (model.to(device)) or leave device=None"
+        )
+    return wanted
 
 
 @contextlib.contextmanager
@@ -69,64 +173,291 @@ def evaluation_mode(model: object) -> Iterator[None]:
             module.training = training
 
 
-def checked_forward(model: Model, single_channel: bool) -> Callable[[Tensor], Tensor]:
-    """Wrap `model` so every call is checked to return a (B, K) tensor.
+def cast_images(images: Tensor, dtype: torch.dtype | None, name: str = "images") -> Tensor:
+    """`images` in `dtype` (None: unchanged), refusing values the narrower dtype cannot hold.
 
-    single_channel : the caller gave images as (N, H, W); the model is then fed (B, H, W).
+    Parameters
+    ----------
+    images : Tensor, shape (n, C, H, W), floating
+    dtype : torch.dtype or None
+        The model's floating dtype.
+    name : str
+        The argument named in the error.
+
+    Returns
+    -------
+    Tensor
+        `images` itself when no cast is needed, else a cast copy.
+
+    Raises
+    ------
+    InputValueError
+        When a finite value overflows `dtype` (e.g. 1e5 for a float16 model).
+
+    Examples
+    --------
+    >>> cast_images(torch.ones(1, 1, 2, 2), torch.float64).dtype
+    torch.float64
     """
+    if dtype is None or images.dtype == dtype:
+        return images
+    largest = torch.finfo(dtype).max
+    if largest < torch.finfo(images.dtype).max and images.numel():
+        peak = float(images.abs().max())
+        if peak > largest:
+            raise InputValueError(
+                f"{name}: expected values the model's dtype {dtype} can hold (|x| <= "
+                f"{largest:.4g}), got values up to {peak:.4g}"
+            )
+    return images.to(dtype)
 
-    def forward(batch: Tensor) -> Tensor:
-        given = batch[:, 0] if single_channel else batch
-        return check_outputs(model(given), batch.shape[0])
 
-    return forward
+def unwrap_outputs(raw: object) -> tuple[Tensor, str] | None:
+    """The class-output tensor inside a model's raw output, by the one rule, and where it was.
+
+    The rule, in this order: a Tensor is itself; an object whose ``.logits`` is a Tensor
+    (a dataclass-style model output) gives ``.logits``; a Mapping whose ``"logits"`` is a
+    Tensor gives that; a tuple or list whose first element is a Tensor gives element 0.
+
+    Parameters
+    ----------
+    raw : object
+        What the model returned.
+
+    Returns
+    -------
+    (Tensor, str) or None
+        The tensor and a phrase saying where it was found; None when the rule finds none.
+
+    Examples
+    --------
+    >>> logits = torch.zeros(2, 3)
+    >>> unwrap_outputs({"logits": logits})[1]
+    'the "logits" of the dict it returned'
+    >>> unwrap_outputs((logits, "aux"))[0] is logits
+    True
+    """
+    if isinstance(raw, Tensor):
+        return raw, "the tensor it returned"
+    kind = type(raw).__name__
+    logits = getattr(raw, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits, f"the .logits of the {kind} it returned"
+    if isinstance(raw, Mapping) and isinstance(raw.get("logits"), Tensor):
+        return raw["logits"], f'the "logits" of the {kind} it returned'
+    if isinstance(raw, (tuple, list)) and raw and isinstance(raw[0], Tensor):
+        return raw[0], f"element 0 of the {kind} it returned"
+    return None
 
 
-def check_outputs(outputs: object, batch_size: int) -> Tensor:
-    """The model's raw `outputs` for `batch_size` images, checked to be a (B, K) float tensor."""
+def check_outputs(outputs: object, batch_size: int | None, where: str = "") -> Tensor:
+    """`outputs` checked to be a floating-point (B, K) tensor with K >= 1.
+
+    Parameters
+    ----------
+    outputs : object
+        The class outputs (already unwrapped).
+    batch_size : int or None
+        The B it must have; None accepts any.
+    where : str
+        A phrase appended to errors (e.g. "element 0 of the tuple it returned").
+
+    Returns
+    -------
+    Tensor, shape (B, K)
+
+    Raises
+    ------
+    InputTypeError
+        When `outputs` is no Tensor, or not floating point.
+    InputValueError
+        When its shape is not (B, K) with K >= 1.
+    """
+    suffix = f" ({where})" if where else ""
     if not isinstance(outputs, Tensor):
         raise InputTypeError(
             f"model: expected it to return a Tensor of shape (B, K), got {describe(outputs)}"
         )
-    if outputs.dim() != 2 or outputs.shape[0] != batch_size:
+    wanted_b = "B" if batch_size is None else f"B = {batch_size}"
+    if outputs.dim() != 2 or (batch_size is not None and outputs.shape[0] != batch_size):
         raise InputValueError(
-            f"model: expected outputs of shape (B, K) with B = {batch_size}, "
-            f"got shape {tuple(outputs.shape)}"
+            f"model: expected outputs of shape (B, K) with {wanted_b}, "
+            f"got shape {tuple(outputs.shape)}{suffix}"
+        )
+    if outputs.shape[1] == 0:
+        raise InputValueError(
+            f"model: expected at least one class output (K >= 1), got shape "
+            f"{tuple(outputs.shape)}{suffix}"
         )
     if not outputs.is_floating_point():
-        raise InputTypeError(f"model: expected floating-point outputs, got dtype {outputs.dtype}")
+        raise InputTypeError(
+            f"model: expected floating-point outputs, got dtype {outputs.dtype}{suffix}"
+        )
     return outputs
 
 
 def output_name(output: OutputSpec) -> str:
     """A readable name of the `output` argument, validating it."""
     if isinstance(output, str):
-        if output not in ("softmax", "logits"):
+        if output not in OUTPUT_NAMES:
             raise InputValueError(
-                f'output: expected "softmax", "logits" or a callable, got {output!r}'
+                f'output: expected "softmax", "logits", "probabilities" or a callable, got {output!r}'
             )
         return output
     if callable(output):
         return str(getattr(output, "__name__", type(output).__name__))
     raise InputTypeError(
-        f'output: expected "softmax", "logits" or a callable, got {describe(output)}'
+        'output: expected "softmax", "logits", "probabilities" or a callable, '
+        f"got {describe(output)}"
     )
 
 
-def transform_outputs(raw: Tensor, output: OutputSpec) -> Tensor:
-    """Apply the `output` choice to raw model outputs of shape (..., K)."""
-    if output == "logits":
-        return raw
-    if output == "softmax":
-        return torch.softmax(raw, dim=-1)
-    if not callable(output):
-        raise InputTypeError(
-            f'output: expected "softmax", "logits" or a callable, got {describe(output)}'
-        )
-    flat = raw.reshape(-1, raw.shape[-1])
-    made = output(flat)
-    if not isinstance(made, Tensor) or made.shape != flat.shape:
-        raise InputValueError(
-            f"output: the callable must map (B, K) to (B, K) = {tuple(flat.shape)}, got {describe(made)}"
-        )
-    return made.reshape(raw.shape)
+def _describe_output(raw: object) -> str:
+    if isinstance(raw, Mapping):
+        return f"{type(raw).__name__} with keys {list(raw)[:10]}"
+    return describe(raw)
+
+
+def _storage_dtype(values: Tensor) -> torch.dtype:
+    return torch.float64 if values.dtype == torch.float64 else torch.float32
+
+
+def _looks_like_probabilities(values: Tensor) -> bool:
+    if values.shape[1] < 2 or values.numel() == 0:
+        return False
+    sums = values.sum(dim=1)
+    return bool(values.min() >= 0) and float((sums - 1).abs().max()) <= _PROBABILITY_TOLERANCE
+
+
+class CheckedForward:
+    """The model boundary: one per `sweep` or `keep_only` call.
+
+    Calling it with a batch (b, C, H, W) runs the model on a copy cast to `dtype` and returns
+    the recorded outputs (b, K) (after `output`, float32 or float64); `finish` does the same
+    for an output the caller computed (the incremental engine's graph outputs).
+
+    Parameters
+    ----------
+    model : Model
+        The user's callable.
+    output : OutputSpec
+        ``"softmax"``, ``"logits"``, ``"probabilities"`` or a callable receiving the raw
+        model output and returning the (B, K) floating tensor to record.
+    single_channel : bool
+        The caller gave images as (N, H, W); the model is then fed (b, H, W).
+    dtype : torch.dtype or None
+        The model's floating dtype (images are cast to it); None keeps the images' dtype.
+
+    Attributes
+    ----------
+    num_classes : int or None
+        K, fixed by the first call.
+    where : str
+        Where the current calls come from ("chunk 2 (images 512..767)"), named in errors;
+        set by the caller.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        output: OutputSpec,
+        *,
+        single_channel: bool,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.output_label = output_name(output)
+        self.model = model
+        self.output = output
+        self.single_channel = single_channel
+        self.dtype = dtype
+        self.num_classes: int | None = None
+        self.where = "the first call"
+        self._first_where = ""
+
+    def __call__(self, batch: Tensor, *, scratch: bool = False) -> Tensor:
+        """Recorded outputs (b, K) of the model on `batch` (b, C, H, W).
+
+        scratch : `batch` is a buffer the library built and rewrites before reusing it, so
+            the model may get it without a copy.
+        """
+        given = cast_images(batch, self.dtype)
+        if given is batch and not scratch:
+            given = batch.clone()
+        if self.single_channel:
+            given = given[:, 0]
+        return self.finish(self.model(given), int(batch.shape[0]))
+
+    def check_first(self, images: Tensor | None, device: torch.device) -> None:
+        """Call the model once on `images` (a few first images, n >= 1) before any heavy
+        work (reading the graph, building occluded batches), so that an output the library
+        cannot read is reported at once; fixes K. Nothing is done for None."""
+        if images is None:
+            return
+        self.where = "the first call"
+        with evaluation_mode(self.model):
+            self(cast_images(images.to(device), self.dtype))
+
+    def finish(self, raw: object, batch_size: int | None = None) -> Tensor:
+        """The recorded outputs (B, K) for a raw model output (any structure the model returns).
+
+        Raises
+        ------
+        InputTypeError, InputValueError
+            When the output is not readable by the rule (and `output` is no callable), not a
+            floating (B, K) tensor, or has another K than the first call.
+        """
+        if callable(self.output) and not isinstance(self.output, str):
+            made = self.output(raw)
+            name = self.output_label
+            if not isinstance(made, Tensor) or not made.is_floating_point():
+                raise InputTypeError(
+                    f"output: the callable {name!r} must return a floating-point Tensor (B, K), "
+                    f"got {describe(made)}"
+                )
+            if (
+                made.dim() != 2
+                or made.shape[1] == 0
+                or (batch_size is not None and made.shape[0] != batch_size)
+            ):
+                wanted = "B" if batch_size is None else f"B = {batch_size}"
+                raise InputValueError(
+                    f"output: the callable {name!r} must return shape (B, K) with {wanted} and "
+                    f"K >= 1, got shape {tuple(made.shape)}"
+                )
+            recorded = made.to(_storage_dtype(made))
+        else:
+            found = unwrap_outputs(raw)
+            if found is None:
+                raise InputTypeError(
+                    "model: expected it to return a Tensor of shape (B, K), an object with a "
+                    '.logits Tensor, a Mapping with a "logits" Tensor, or a tuple or list whose '
+                    f"first element is a Tensor, got {_describe_output(raw)}; for other outputs pass "
+                    "output= a callable that takes what the model returns and gives the (B, K) "
+                    "tensor to record"
+                )
+            values = check_outputs(found[0], batch_size, found[1])
+            values = values.to(_storage_dtype(values))
+            if self.num_classes is None and self.output == "softmax":
+                self._warn_if_probabilities(values)
+            recorded = torch.softmax(values, dim=1) if self.output == "softmax" else values
+        k = int(recorded.shape[1])
+        if self.num_classes is None:
+            self.num_classes, self._first_where = k, self.where
+        elif k != self.num_classes:
+            raise InputValueError(
+                f"model: expected {self.num_classes} class outputs per image (as on "
+                f"{self._first_where}), got {k} for {self.where}; the number of classes must "
+                "not change between calls"
+            )
+        return recorded
+
+    @staticmethod
+    def _warn_if_probabilities(values: Tensor) -> None:
+        if _looks_like_probabilities(values):
+            warnings.warn(
+                "model: its outputs already look like probabilities (non-negative, each row "
+                'sums to 1), and output="softmax" would apply softmax a second time; pass '
+                'output="probabilities" to record them as they are (or output="logits")',
+                OcclusionProbeWarning,
+                stacklevel=4,
+            )

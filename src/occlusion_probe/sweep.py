@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -21,17 +22,16 @@ from .engines.dense import run_dense
 from .engines.graph import hook_reason
 from .engines.incremental import MIN_FLOP_BOUND, IncrementalEngine
 from .errors import InputTypeError, InputValueError, describe
-from .fills import FillSpec, resolve_fills, stack_fills, warn_if_outside
+from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
+    CheckedForward,
     Model,
     OutputSpec,
-    check_outputs,
-    checked_forward,
+    cast_images,
     evaluation_mode,
-    model_device,
-    model_dtype,
+    input_dtype,
     output_name,
-    transform_outputs,
+    resolve_device,
 )
 from .regions import Regions
 from .result import SweepResult
@@ -48,7 +48,9 @@ DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
 
 
-def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int) -> int:
+def auto_batch_size(
+    image_shape: Sequence[int], device: torch.device, items: int, element_size: int = 4
+) -> int:
     """Occluded images per model call for `batch_size="auto"`, from a memory budget.
 
     The budget (1 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
@@ -59,11 +61,14 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     Parameters
     ----------
     image_shape : sequence of int
-        Shape of one image, e.g. (C, H, W); each element counts as 4 bytes.
+        Shape of one image, e.g. (C, H, W).
     device : torch.device
         Where the model runs; ``"cuda"`` devices get the CUDA budget.
     items : int
         How many occluded images there are in all; the batch is never larger.
+    element_size : int
+        Bytes per pixel value in the dtype the model gets (4 for float32, 2 for bfloat16,
+        8 for float64).
 
     Returns
     -------
@@ -76,8 +81,10 @@ def auto_batch_size(image_shape: Sequence[int], device: torch.device, items: int
     64
     >>> auto_batch_size((3, 224, 224), torch.device("cpu"), items=1000)
     4
+    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000, element_size=2)
+    128
     """
-    bytes_per_image = 4 * math.prod(image_shape)
+    bytes_per_image = element_size * math.prod(image_shape)
     budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -101,6 +108,7 @@ def choose_engine(
     single_channel: bool,
     masks: Tensor,
     items: int | None,
+    dtype: torch.dtype,
 ) -> tuple[IncrementalEngine | None, str]:
     """Pick the engine that computes the occluded outputs, and prepare it.
 
@@ -120,6 +128,8 @@ def choose_engine(
         The regions, on the device the model runs on.
     items : int or None
         How many occluded images the sweep computes (None: unknown, a stream).
+    dtype : torch.dtype
+        The floating dtype the model gets its images in (the engine is read and run in it).
 
     Returns
     -------
@@ -151,9 +161,7 @@ def choose_engine(
         )
     if reason is None and isinstance(model, nn.Module):
         with evaluation_mode(model), torch.inference_mode(False):
-            prepared = IncrementalEngine.prepare(
-                model, image_shape, masks, model_dtype(model), masks.device
-            )
+            prepared = IncrementalEngine.prepare(model, image_shape, masks, dtype, masks.device)
         if isinstance(prepared, str):
             reason = prepared
         elif engine == "auto" and prepared.flop_bound < MIN_FLOP_BOUND:
@@ -168,7 +176,9 @@ def choose_engine(
     return None, f"incremental engine not applicable: {reason}"
 
 
-def check_common_arguments(model: object, regions: object, batch_size: object) -> None:
+def check_common_arguments(
+    model: object, regions: object, batch_size: object, progress: object
+) -> None:
     """Checks shared by `sweep` and `keep_only`.
 
     Parameters
@@ -179,11 +189,13 @@ def check_common_arguments(model: object, regions: object, batch_size: object) -
         Must be a `Regions`.
     batch_size : object
         Must be a positive int or ``"auto"``.
+    progress : object
+        Must be True or False.
 
     Raises
     ------
     InputTypeError
-        When `model` is not callable or `regions` is not a `Regions`.
+        When `model` is not callable, `regions` is not a `Regions` or `progress` not a bool.
     InputValueError
         When `batch_size` is neither a positive int nor ``"auto"``.
     """
@@ -199,24 +211,8 @@ def check_common_arguments(model: object, regions: object, batch_size: object) -
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
-
-
-def _resolve_device(device: torch.device | str | None, model: object) -> torch.device:
-    own = model_device(model)
-    if device is None:
-        return own if own is not None else torch.device("cpu")
-    try:
-        wanted = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise InputValueError(
-            f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}"
-        ) from error
-    if own is not None and own.type != wanted.type:
-        raise InputValueError(
-            f"device: the model's parameters are on {own}, but device={str(wanted)!r} was given; "
-            "move the model (model.to(device)) or leave device=None"
-        )
-    return wanted
+    if not isinstance(progress, bool):
+        raise InputTypeError(f"progress: expected True or False, got {describe(progress)}")
 
 
 def _check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
@@ -229,22 +225,17 @@ def _check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
         )
 
 
-def _batch_of(raw: object) -> int:
-    """The batch size of a raw model output (its first tensor's first dimension)."""
-    leaves = [leaf for leaf in torch.utils._pytree.tree_leaves(raw) if isinstance(leaf, Tensor)]
-    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() > 0 else -1
-
-
-def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, output: OutputSpec) -> None:
+def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: torch.dtype) -> None:
     """Refuse to go on when the exported graph computes something else than the model.
 
     The incremental engine runs the graph torch.export read, not the model's own forward; on
-    the unoccluded images both are computed, and they must agree to float32 rounding.
+    the unoccluded images both are computed, and their recorded outputs must agree to the
+    rounding of `dtype` (the decomposed graph may order some sums differently).
     """
-    got = transform_outputs(graph_outputs, output).double()
-    want = transform_outputs(model_outputs, output).double()
+    got, want = graph_outputs.double(), model_outputs.double()
     error = float((got - want).abs().max()) if got.numel() else 0.0
-    scale = 1e-4 * (1.0 + float(want.abs().max())) if want.numel() else 0.0
+    relative = max(1e-4, 2 * torch.finfo(dtype).eps)
+    scale = relative * (1.0 + float(want.abs().max())) if want.numel() else 0.0
     if got.shape != want.shape or error > scale:
         raise InputValueError(
             "model: the graph torch.export read from the model computes different outputs "
@@ -311,10 +302,15 @@ def sweep(
 
     Parameters
     ----------
-    model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
+    model : callable, Tensor (B, C, H, W) -> Tensor (B, K) or a model output holding it
         Any classifier. It runs under ``torch.inference_mode()`` in eval mode; each module's
-        train/eval flag is restored afterwards. Preprocessing that must follow the mask
-        (normalisation, whitening) belongs inside the model.
+        train/eval flag is restored afterwards. It gets a copy of the images in its floating
+        dtype (a module's first floating parameter; a callable gets the images' dtype), so
+        in-place ops on its input change nothing of the caller's. Its output is read by one
+        rule: a Tensor (B, K); else its ``.logits``; else its ``["logits"]`` (a Mapping);
+        else its element 0 (a tuple or list); anything else needs a callable `output`. K is
+        fixed by a first call on two images, made before any heavy work. Preprocessing that
+        must follow the mask (normalisation, whitening) belongs inside the model.
     images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
         Raw images in the space where the fills make sense (e.g. pixels in [0, 1]).
         (N, H, W) is one channel, and the model is then called with (B, H, W).
@@ -326,12 +322,17 @@ def sweep(
     labels : Tensor or sequence of int, shape (N,), optional
         True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
     output : str or callable
-        What is recorded of the (B, K) model outputs: ``"softmax"`` (the default), the raw
-        ``"logits"``, or the result of a callable applied to them.
+        What is recorded of the (B, K) model outputs, in float32 (float64 for a float64
+        model): ``"softmax"`` (the default; a model whose outputs already are probabilities
+        gets a warning), the raw ``"logits"``, ``"probabilities"`` (outputs recorded as they
+        are), or a callable that receives exactly what the model returned and gives a
+        floating (B, K) tensor.
     batch_size : int or "auto"
         Occluded images per model call, or ``"auto"`` (from a memory budget).
     device : torch.device or str, optional
-        Where masks are built and the model runs; default: the model's device.
+        Where masks are built and the model runs; default: the model's device (for a
+        callable without parameters, the images' device). It must exist on this machine
+        and match the device of a module's parameters, index included.
     progress : bool
         Show a tqdm progress bar.
     class_names : sequence of str, optional
@@ -361,16 +362,18 @@ def sweep(
         When an argument has a type `sweep` cannot work with (e.g. `model` is not callable or
         `regions` is not a `Regions`).
     InputValueError
-        When an argument has an unusable value (shape, size, label range, unknown option),
-        the model produces NaN or inf outputs, or `checkpoint` belongs to another sweep, is
-        locked by another process, is a folder or in a missing folder, or is corrupted
-        (`CheckpointError`).
+        When an argument has an unusable value (shape, size, label range, unknown option, a
+        fill the model's dtype cannot hold), the model returns no class or a different number
+        of classes between calls, produces NaN or inf outputs, or `checkpoint` belongs to
+        another sweep, is locked by another process, is a folder or in a missing folder, or
+        is corrupted (`CheckpointError`).
 
     Warns
     -----
     OcclusionProbeWarning
         When a constant fill lies well outside the images' value range (usually a unit
-        mistake, e.g. 128 on images in [0, 1]).
+        mistake, e.g. 128 on images in [0, 1]), or with ``output="softmax"`` the model's
+        outputs already are probabilities.
 
     Notes
     -----
@@ -386,7 +389,7 @@ def sweep(
     >>> tuple(result.occluded.shape)
     (3, 4, 6, 4)
     """
-    check_common_arguments(model, regions, batch_size)
+    check_common_arguments(model, regions, batch_size, progress)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
     out_name = output_name(output)
@@ -400,7 +403,12 @@ def sweep(
     image_shape = source.image_shape
     c, h, w = image_shape
     fill_list = resolve_fills(fills, (c, h, w))
-    run_device = _resolve_device(device, model)
+    run_device = resolve_device(device, model, source.device)
+    # The model gets its images (and so the fills) in its own floating dtype.
+    dtype = input_dtype(model) or source.dtype
+    check_fills_fit(fill_list, dtype)
+    forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
+    forward.check_first(source.first_images(), run_device)
     masks = regions.masks.to(run_device)
     r, v = len(regions), len(fill_list)
     incremental, engine_note = choose_engine(
@@ -410,9 +418,12 @@ def sweep(
         source.single_channel,
         masks,
         None if source.num_images is None else source.num_images * r * v,
+        dtype,
     )
     per_call = (
-        auto_batch_size(image_shape, run_device, max(1, r * v * (source.num_images or 1)))
+        auto_batch_size(
+            image_shape, run_device, max(1, r * v * (source.num_images or 1)), dtype.itemsize
+        )
         if batch_size == "auto"
         else batch_size
     )
@@ -426,7 +437,6 @@ def sweep(
         )
         store.resume(Fingerprint.of(model, regions, fill_list, output, reduce, source), collector)
 
-    forward = checked_forward(model, source.single_channel)
     bar = tqdm(
         total=None if source.num_images is None else source.num_images * r * v,
         disable=not progress,
@@ -434,7 +444,6 @@ def sweep(
         desc="occlusion sweep",
         file=sys.stderr,
     )
-    num_classes: int | None = None
     warned_range = False
     try:
         with evaluation_mode(model):
@@ -444,31 +453,38 @@ def sweep(
                 if store is not None and store.restore(chunk, collector):
                     bar.update(chunk.images.shape[0] * r * v)
                     continue
-                x = chunk.images.to(run_device)
-                baseline_raw = torch.cat(
+                first_image = chunk.index * source.chunk_images if not source.is_stream else 0
+                forward.where = (
+                    f"batch {chunk.index} of the stream"
+                    if source.is_stream
+                    else f"chunk {chunk.index} (images {first_image}.."
+                    f"{first_image + chunk.images.shape[0] - 1})"
+                )
+                x = cast_images(chunk.images.to(run_device), dtype)
+                baseline = torch.cat(
                     [forward(x[i : i + per_call]) for i in range(0, x.shape[0], per_call)]
                 )
-                num_classes = int(baseline_raw.shape[1])
+                num_classes = int(baseline.shape[1])
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
                 if incremental is not None:
-                    clean_raw, occluded_raw = incremental.run(
+                    clean, occluded = incremental.run(
+                        x, fill_images, masks, max(per_call * 4, 24), forward.finish, bar.update
+                    )
+                    _check_same_as_model(clean, baseline, dtype)
+                else:
+                    # The occluded batches are scratch buffers rewritten for every block.
+                    occluded = run_dense(
+                        functools.partial(forward, scratch=True),
                         x,
                         fill_images,
                         masks,
-                        max(per_call * 4, 24),
-                        lambda raw: check_outputs(raw, _batch_of(raw)),
+                        per_call,
+                        num_classes,
                         bar.update,
                     )
-                    _check_same_as_model(clean_raw, baseline_raw, output)
-                else:
-                    occluded_raw = run_dense(
-                        forward, x, fill_images, masks, per_call, num_classes, bar.update
-                    )
-                baseline = transform_outputs(baseline_raw, output).float().cpu()
-                occluded = transform_outputs(occluded_raw, output).float().cpu()
-                first_image = chunk.index * source.chunk_images if not source.is_stream else 0
+                baseline, occluded = baseline.cpu(), occluded.cpu()
                 _check_finite_outputs(baseline, first_image, "the unoccluded copies")
                 _check_finite_outputs(occluded, first_image, "occluded copies")
                 if chunk.labels is not None:

@@ -12,10 +12,18 @@ from tqdm.auto import tqdm
 
 from .data import Images, ImageSource, check_label_range
 from .errors import InputValueError
-from .fills import FillSpec, resolve_fills, stack_fills
-from .model import Model, checked_forward, evaluation_mode
+from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
+from .model import (
+    CheckedForward,
+    Model,
+    OutputSpec,
+    cast_images,
+    evaluation_mode,
+    input_dtype,
+    resolve_device,
+)
 from .regions import Regions
-from .sweep import _resolve_device, auto_batch_size, check_common_arguments
+from .sweep import auto_batch_size, check_common_arguments
 
 __all__ = ["ConfusionReport", "confusion_report", "keep_only"]
 
@@ -183,6 +191,7 @@ def keep_only(
     keep: Iterable[int] = (10, 11),
     fill: FillSpec = 0.0,
     *,
+    output: OutputSpec = "logits",
     batch_size: int | str = "auto",
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -195,8 +204,10 @@ def keep_only(
 
     Parameters
     ----------
-    model : callable, Tensor (B, C, H, W) -> Tensor (B, K)
-        Any classifier; it runs in eval mode under ``torch.inference_mode()``, as in `sweep`.
+    model : callable, Tensor (B, C, H, W) -> Tensor (B, K) or a model output holding it
+        Any classifier, called by the same rules as in `sweep`: in eval mode under
+        ``torch.inference_mode()``, on a copy of the images in its floating dtype, its output
+        read by the rule of `sweep` (a Tensor, ``.logits``, ``["logits"]`` or element 0).
     images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
         Raw images in the space where `fill` makes sense, as in `sweep`.
     labels : Tensor or sequence of int, shape (N,), or None
@@ -207,10 +218,16 @@ def keep_only(
         Region ids that stay visible; ``keep=regions.ids`` gives the plain confusion matrix.
     fill : number, Tensor or callable
         A number, a tensor broadcastable to one image, or a callable images -> fill images.
+    output : str or callable
+        What the predicted class is the argmax of: the model's class outputs as found by the
+        rule of `sweep` (``"logits"``, the default; ``"softmax"`` and ``"probabilities"``
+        predict the same), or a callable that receives exactly what the model returned and
+        gives a floating (B, K) tensor (for outputs the rule does not read).
     batch_size : int or "auto"
         Masked images per model call, or ``"auto"`` (from a memory budget).
     device : torch.device or str, optional
-        Where the model runs; default: the model's device.
+        Where the model runs; default: the model's device (for a callable without
+        parameters, the images' device), checked as in `sweep`.
     progress : bool
         Show a tqdm progress bar.
     class_names : sequence of str, optional
@@ -238,20 +255,23 @@ def keep_only(
     >>> tuple(report.confusion.shape), int(report.confusion.sum())
     ((3, 3), 6)
     """
-    check_common_arguments(model, regions, batch_size)
+    check_common_arguments(model, regions, batch_size, progress)
     kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
     source = ImageSource(images, labels, regions.height, regions.width)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")
     (fill_spec,) = resolve_fills([fill], source.image_shape)  # type: ignore[arg-type]
-    run_device = _resolve_device(device, model)
+    run_device = resolve_device(device, model, source.device)
+    dtype = input_dtype(model) or source.dtype
+    check_fills_fit([fill_spec], dtype)
+    forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
+    forward.check_first(source.first_images(), run_device)
     visible = regions.union(kept_ids).to(run_device)
     per_call = (
-        auto_batch_size(source.image_shape, run_device, source.num_images or 1024)
+        auto_batch_size(source.image_shape, run_device, source.num_images or 1024, dtype.itemsize)
         if batch_size == "auto"
         else int(batch_size)
     )
-    forward = checked_forward(model, source.single_channel)
     all_labels: list[Tensor] = []
     all_predicted: list[Tensor] = []
     num_classes = 0
@@ -265,10 +285,14 @@ def keep_only(
                     raise InputValueError(
                         f"images[batch {chunk.index}]: keep_only needs labels with every batch"
                     )
-                x = chunk.images.to(run_device)
+                forward.where = (
+                    f"batch {chunk.index}" if source.is_stream else f"chunk {chunk.index}"
+                )
+                x = cast_images(chunk.images.to(run_device), dtype)
                 masked = torch.where(visible, x, stack_fills([fill_spec], x)[0])
                 for start in range(0, masked.shape[0], per_call):
-                    outputs = forward(masked[start : start + per_call])
+                    # `masked` is built here and each slice used once: no copy needed.
+                    outputs = forward(masked[start : start + per_call], scratch=True)
                     num_classes = int(outputs.shape[1])
                     finite = torch.isfinite(outputs).all(dim=1)
                     if not bool(finite.all()):
