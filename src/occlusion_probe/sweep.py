@@ -408,18 +408,36 @@ def sweep(
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
-    forward.check_first(source.first_images(), run_device)
-    masks = regions.masks.to(run_device)
-    r, v = len(regions), len(fill_list)
-    incremental, engine_note = choose_engine(
-        engine,
-        model,
-        (c, h, w),
-        source.single_channel,
-        masks,
-        None if source.num_images is None else source.num_images * r * v,
-        dtype,
+    collector: FullCollector | ClassMeanCollector = (
+        ClassMeanCollector() if reduce == "class_mean" else FullCollector()
     )
+    store = None
+    # The checkpoint's place, lock and fingerprint are checked before the model runs at all.
+    if checkpoint is not None:
+        store = Checkpoint(
+            checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
+        )
+    try:
+        if store is not None:
+            store.resume(
+                Fingerprint.of(model, regions, fill_list, output, reduce, source), collector
+            )
+        forward.check_first(source.first_images(), run_device)
+        masks = regions.masks.to(run_device)
+        r, v = len(regions), len(fill_list)
+        incremental, engine_note = choose_engine(
+            engine,
+            model,
+            (c, h, w),
+            source.single_channel,
+            masks,
+            None if source.num_images is None else source.num_images * r * v,
+            dtype,
+        )
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     per_call = (
         auto_batch_size(
             image_shape, run_device, max(1, r * v * (source.num_images or 1)), dtype.itemsize
@@ -427,15 +445,6 @@ def sweep(
         if batch_size == "auto"
         else batch_size
     )
-    collector: FullCollector | ClassMeanCollector = (
-        ClassMeanCollector() if reduce == "class_mean" else FullCollector()
-    )
-    store = None
-    if checkpoint is not None:
-        store = Checkpoint(
-            checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
-        )
-        store.resume(Fingerprint.of(model, regions, fill_list, output, reduce, source), collector)
 
     bar = tqdm(
         total=None if source.num_images is None else source.num_images * r * v,
