@@ -231,3 +231,34 @@ def test_batch_sizes_zero_one_two() -> None:
     regions = op.grid(32, 32, rows=2, cols=2)
     for n in (1, 2):
         assert_engines_agree(model, torch.rand(n, 3, 32, 32), regions)
+
+
+class _PositionalBias(nn.Module):
+    """A conv plus a learned bias per position (1, C, H, W): a constant with rows and columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.position = nn.Parameter(torch.randn(1, 8, 16, 16))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.relu(self.conv(x) + self.position).mean((2, 3)))
+
+
+def test_constant_with_rows_and_columns_is_cut_per_region() -> None:
+    # Regions of one shape are grouped; a per-position constant must still be cut at each
+    # region's own box (grouping them once cut it at the first member's box for all).
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert_engines_agree(_PositionalBias(), images, op.grid(16, 16, 4, 4))
+
+
+def test_indexed_windows_equal_strided_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Accelerators gather and scatter windows with one indexed op; run that path on the CPU.
+    from occlusion_probe.engines import incremental
+
+    monkeypatch.setattr(incremental, "INDEXED_WINDOWS_ON_CPU", True)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert_engines_agree(ResNet18(width=4), images, op.grid(32, 32, 4, 4))
+    assert_engines_agree(_PositionalBias(), images[:, :, :16, :16], op.grid(16, 16, 4, 4))

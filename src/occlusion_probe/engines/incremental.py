@@ -32,9 +32,9 @@ from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
     FULL,
-    POINTWISE,
     GroupPlan,
     RegionPlan,
+    constant_cut,
     group_part,
     node_flops,
     op_name,
@@ -75,8 +75,9 @@ class IncrementalEngine:
     """The incremental engine, prepared for one model, image shape and set of regions.
 
     Use `prepare` to make one; it returns a reason (str) instead when the model cannot be
-    read. ``flop_bound`` is dense FLOPs over planned FLOPs (conv2d and linear ops counted),
-    the most the plan can gain over running the whole model on every occluded image.
+    read. ``flop_bound`` is dense FLOPs over the FLOPs the grouped plan runs (conv2d and
+    linear ops counted, on boxes grown to each group's shapes), the most the plan can gain
+    over running the whole model on every occluded image.
     """
 
     def __init__(
@@ -88,7 +89,6 @@ class IncrementalEngine:
     ) -> None:
         self.graph = graph
         self.boxes = boxes
-        self.plans = plans
         self.empty_regions = [r for r, box in enumerate(boxes) if box is None]
         # Regions with the same plan up to where their boxes lie run together, on boxes
         # grown to common shapes: each op is then one call per group, so launches grow
@@ -344,8 +344,8 @@ class IncrementalEngine:
         value = cache.get(arg)
         if not facts.varying:
             # A constant broadcast against the node: cut its rows and columns where it has
-            # them. Such a node's signature holds its absolute box, so a group shares it.
-            cut = _constant_cut(self.graph, node, arg)
+            # them. plan_groups only groups regions whose boxes at such a node are equal.
+            cut = constant_cut(self.graph, node, arg)
             if not cut or not isinstance(value, Tensor):
                 return value
             box = boxes[0]
@@ -541,24 +541,6 @@ def _scatter(whole: Tensor, spatial: tuple[int, int], patch: _Patch, groups: int
     for index, (top, bottom, left, right) in enumerate(patch.boxes):
         target[index, ..., top:bottom, left:right] = values[index]
     return whole
-
-
-def _constant_cut(graph: ModelGraph, node: Node, constant: Node) -> tuple[int | None, ...]:
-    """The dims of `constant` that broadcast against `node`'s rows and columns with a size
-    above 1 (empty when it has none): those are cut to the node's box."""
-    spatial = graph.info[node].spatial
-    value = constant.meta.get("val")
-    own_shape = graph.info[node].shape
-    if spatial is None or own_shape is None or op_name(node) not in POINTWISE:
-        return ()
-    if not isinstance(value, Tensor):
-        return ()
-    shift = value.dim() - (len(own_shape) + 1)
-    dims = tuple(
-        dim + shift if dim + shift >= 0 and value.shape[dim + shift] > 1 else None
-        for dim in spatial
-    )
-    return dims if any(d is not None for d in dims) else ()
 
 
 def _map(arg: object, function: Callable[[object], object]) -> Any:

@@ -37,6 +37,7 @@ __all__ = [
     "GroupPlan",
     "LocalGeometry",
     "RegionPlan",
+    "constant_cut",
     "group_part",
     "layout_rule",
     "local_geometry",
@@ -548,6 +549,24 @@ def _grown(box: Box, height: int, width: int, size: tuple[int, int]) -> Box:
     return (top, top + height, left, left + width)
 
 
+def constant_cut(graph: ModelGraph, node: Node, constant: Node) -> tuple[int | None, ...]:
+    """The dims of `constant` that broadcast against `node`'s rows and columns with a size
+    above 1 (empty when it has none): those are cut to the node's box."""
+    spatial = graph.info[node].spatial
+    value = constant.meta.get("val")
+    own_shape = graph.info[node].shape
+    if spatial is None or own_shape is None or op_name(node) not in POINTWISE:
+        return ()
+    if not isinstance(value, Tensor):
+        return ()
+    shift = value.dim() - (len(own_shape) + 1)
+    dims = tuple(
+        dim + shift if dim + shift >= 0 and value.shape[dim + shift] > 1 else None
+        for dim in spatial
+    )
+    return dims if any(d is not None for d in dims) else ()
+
+
 def _group_key(graph: ModelGraph, plan: RegionPlan, box: Box) -> tuple[object, ...]:
     """Regions with one key have the same nodes changed, in the same way (box, full or
     whole-map local op), from input boxes of one shape."""
@@ -564,6 +583,13 @@ def _group_key(graph: ModelGraph, plan: RegionPlan, box: Box) -> tuple[object, .
                 if geometry is not None and geometry.whole:
                     kind = "whole"
         parts.append((node.name, kind))
+        if kind == "box" and any(
+            constant_cut(graph, node, arg)
+            for arg in node.all_input_nodes
+            if not graph.info[arg].varying
+        ):
+            # A constant with rows and columns is cut at the node's box: members must share it.
+            parts.append(state)
     return tuple(parts)
 
 
