@@ -16,9 +16,9 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from occlusion_probe import plot
-from occlusion_probe.errors import InputTypeError, InputValueError
+from occlusion_probe.errors import EmptySelectionError, InputTypeError, InputValueError
 from occlusion_probe.regions import grid
-from occlusion_probe.result import OcclusionProbeWarning, SweepResult
+from occlusion_probe.result import SweepResult
 from occlusion_probe.verify import confusion_report
 
 FILLS = ("0.0", "0.2", "0.4", "0.6", "0.8", "1.0")
@@ -117,11 +117,11 @@ def test_class_curves_without_labels_and_empty_selection(tmp_path: Path) -> None
     )
     figure = plot.class_curves(unlabelled, "Ne", correct_only=False)
     assert "40 images (all, unlabelled)" in figure.axes[0].get_title()
-    with pytest.warns(OcclusionProbeWarning, match="no image selected for class 'Di'"):
-        empty = plot.class_curves(result, "Di")
-    assert not empty.axes[0].get_lines()
-    assert "no images selected" in [t.get_text() for t in empty.axes[0].texts]
-    _render(empty, tmp_path / "empty.png")
+    _render(figure, tmp_path / "unlabelled.png")
+    with pytest.raises(EmptySelectionError, match="no image selected for class 'Di'"):
+        plot.class_curves(result, "Di")
+    with pytest.raises(EmptySelectionError, match="no image selected for class 'Di'"):
+        plot.heatmap(result, "Di", torch.rand(16, 16))
 
 
 def test_class_curves_bad_class() -> None:
@@ -130,8 +130,12 @@ def test_class_curves_bad_class() -> None:
         plot.class_curves(result, "Joy")
     with pytest.raises(InputValueError, match=r"cls: expected a class index in \[0, 6\], got 7"):
         plot.class_curves(result, 7)
-    with pytest.raises(InputTypeError, match="cls: expected a class index or name"):
-        plot.class_curves(result, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="cls: expected a class index"):
+        plot.class_curves(result, 1.5)
+    with pytest.raises(InputTypeError, match="correct_only: expected a bool"):
+        plot.class_curves(result, 3, correct_only="no")
+    with pytest.raises(InputTypeError, match="result: expected a SweepResult or ClassMeanResult"):
+        plot.class_curves(result.occluded, 3)  # type: ignore[arg-type]
     with pytest.raises(InputTypeError, match="ax: expected a matplotlib Axes"):
         plot.class_curves(result, 3, ax="left")  # type: ignore[arg-type]
 
@@ -152,8 +156,8 @@ def test_heatmap_gray(tmp_path: Path) -> None:
     drawn = axes.get_images()
     assert len(drawn) == 2
     painted = np.ma.getdata(drawn[1].get_array())
-    drops = result.mean_drop("Ha").numpy()
-    assert painted[10, 5] == pytest.approx(drops[9])  # pixel (row 10, column 5) is in area 10
+    drops = result.mean_drop("Ha")
+    assert painted[10, 5] == pytest.approx(drops[10])  # pixel (row 10, column 5) is in area 10
     assert "mean over fills" in axes.get_title()
     assert _distinct_colours(_render(figure, tmp_path / "heat.png")) > 50
 

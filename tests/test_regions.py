@@ -148,3 +148,26 @@ def test_repr_and_to() -> None:
     assert "4 partition of 4x4" in repr(regions)
     assert regions.to("cpu").ids == regions.ids
     assert op.grid is grid
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ((1.5, 2.7), r"Regions.ids: expected integer ids .* got \[1.5, 2.7\]"),
+        ((True, False), r"Regions.ids: expected integer ids .* got \[True, False\]"),
+        (("a", "b"), r"Regions.ids: expected integer ids .* got \['a', 'b'\]"),
+        ("ab", "Regions.ids: expected a sequence of int ids, got str 'ab'"),
+    ],
+)
+def test_region_ids_are_never_coerced(ids: object, message: str) -> None:
+    with pytest.raises(InputTypeError, match=message):
+        Regions(torch.ones(2, 1, 1, dtype=torch.bool), ids)  # type: ignore[arg-type]
+    assert Regions(torch.ones(2, 1, 1, dtype=torch.bool), (np.int64(4), 7)).ids == (4, 7)
+
+
+def test_from_label_map_ignore_must_be_an_integer() -> None:
+    label_map = torch.tensor([[0, 1], [2, 2]])
+    for ignore in (0.5, True, "0"):
+        with pytest.raises(InputTypeError, match="ignore: expected None or an integer label"):
+            Regions.from_label_map(label_map, ignore=ignore)  # type: ignore[arg-type]
+    assert Regions.from_label_map(label_map, ignore=np.int64(2)).ids == (0, 1)

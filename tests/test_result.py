@@ -8,7 +8,7 @@ from reference_models import small_cnn
 from torch import nn
 
 import occlusion_probe as op
-from occlusion_probe import InputTypeError, InputValueError, OcclusionProbeWarning, SweepResult
+from occlusion_probe import EmptySelectionError, InputTypeError, InputValueError, SweepResult
 
 
 @pytest.fixture
@@ -47,41 +47,30 @@ def test_class_curves_match_plain_loop(result: SweepResult) -> None:
             ]
             if not rows:
                 continue
-            expected = torch.stack(rows).mean(0)
+            expected = torch.stack(rows).double().mean(0)
             torch.testing.assert_close(
                 result.class_curves(cls, correct_only=correct_only), expected
             )
     torch.testing.assert_close(result.class_curves("b"), result.class_curves(1))
 
 
-def test_empty_class_curve_warns_and_is_nan(result: SweepResult) -> None:
-    labels = torch.zeros(12, dtype=torch.int64)
-    only_zero = SweepResult(
-        result.baseline, result.occluded, labels, result.regions, result.fill_labels
-    )
-    with pytest.warns(OcclusionProbeWarning, match="no image selected for class 2"):
-        curves = only_zero.class_curves(2)
-    assert curves.shape == (9, 6) and bool(curves.isnan().all())
-    with pytest.raises(InputValueError, match="no image selected for class 2"):
-        only_zero.ranking(2)
-
-
 def test_ranking_and_mean_drop(result: SweepResult) -> None:
     drops = result.mean_drop(0, correct_only=False)
     assert result.labels is not None
     chosen = result.labels == 0
-    expected = (result.baseline[chosen, None, None, 0] - result.occluded[chosen, :, :, 0]).mean(
-        (0, 2)
-    )
-    torch.testing.assert_close(drops, expected)
+    delta = result.baseline[chosen, None, None, 0].double() - result.occluded[chosen, :, :, 0]
+    expected = delta.mean((0, 2))
+    torch.testing.assert_close(drops.tensor, expected)
+    assert drops.ids == result.regions.ids
+    for position, region in enumerate(result.regions.ids):
+        assert drops[region] == pytest.approx(float(expected[position]), rel=1e-12)
     ranking = result.ranking(0, correct_only=False)
     assert sorted(ranking) == list(range(1, 10))
-    assert ranking[0] == int(torch.argmax(expected)) + 1
+    assert ranking[0] == result.regions.ids[int(torch.argmax(expected))]
     per_fill = result.mean_drop(0, fill=0.4, correct_only=False)
-    torch.testing.assert_close(
-        per_fill, (result.baseline[chosen, None, 0] - result.occluded[chosen, :, 2, 0]).mean(0)
-    )
-    assert result.fill_position("0.4") == result.fill_position(2) == 2
+    torch.testing.assert_close(per_fill.tensor, delta[:, :, 2].mean(0))
+    assert result.fill_position("0.4") == result.fill_position(fill_index=2) == 2
+    assert result.fill_position(1) == result.fill_position(1.0) == 5  # fill 1 is the value 1.0
 
 
 def test_without_labels() -> None:
@@ -103,24 +92,24 @@ def test_without_labels() -> None:
             r"cls: expected a class index in \[0, 2\], got 3",
         ),
         (lambda r: r.class_curves("z"), InputValueError, "cls: unknown class name 'z'"),
-        (lambda r: r.class_curves(1.0), InputTypeError, "cls: expected a class index or name"),
+        (lambda r: r.class_curves(1.0), InputTypeError, "cls: expected a class index"),
         (
             lambda r: r.ranking(0, fill=0.3, correct_only=False),
             InputValueError,
             "fill: no fill with value 0.3",
         ),
         (
-            lambda r: r.ranking(0, fill=6, correct_only=False),
+            lambda r: r.ranking(0, fill_index=6, correct_only=False),
             InputValueError,
-            r"fill: expected a position in \[0, 5\], got 6",
+            r"fill_index: expected a position in \[0, 5\]",
         ),
         (
             lambda r: r.attribution(torch.zeros(3, dtype=torch.int64)),
             InputValueError,
-            r"target: expected an int or an integer tensor of shape \(12,\)",
+            r"cls: expected one class, or an integer tensor of shape \(12,\)",
         ),
         (
-            lambda r: r.attribution(torch.full((12,), 5)),
+            lambda r: r.attribution(target=torch.full((12,), 5)),
             InputValueError,
             r"target: expected class indices in \[0, 2\], got values 5..5",
         ),
@@ -153,7 +142,7 @@ def test_attribution_equals_captum_feature_ablation(fill_index: int) -> None:
         images, target=targets, baselines=fill, feature_mask=mask
     )
     torch.testing.assert_close(
-        result.attribution(targets, fill=fill_index), expected, rtol=1e-5, atol=1e-5
+        result.attribution(targets, fill_index=fill_index), expected, rtol=1e-5, atol=1e-5
     )
 
 
@@ -238,3 +227,264 @@ def test_constructor_checks_shapes(result: SweepResult) -> None:
         SweepResult(
             result.baseline, result.occluded, None, result.regions, result.fill_labels, ("a",)
         )
+
+
+# -- one reading API on both result types -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def both() -> tuple[SweepResult, op.ClassMeanResult]:
+    """A full result and the class-mean result of the same sweep (class 2 is never right).
+
+    A linear model whose class-k output is the mean of pixel block k (plus a bias per image
+    row) gives predictions we can steer: images 0-5 are brightest in block 0, 6-11 in
+    block 1, so classes 0 and 1 have right and wrong images and class 2 only wrong ones.
+    """
+    weight = torch.zeros(3, 1, 12, 12)
+    weight[0, :, :4], weight[1, :, 4:8], weight[2, :, 8:] = 1 / 48, 1 / 48, 1 / 48
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 3, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(weight.flatten(1))
+    images = 0.2 * torch.rand(15, 1, 12, 12, generator=torch.Generator().manual_seed(11))
+    images[:6, :, :4] += 0.6
+    images[6:12, :, 4:8] += 0.6
+    images[12:, :, :4] += 0.6
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 1, 1, 1, 0, 2, 1, 0, 1, 0])
+    regions = op.grid(12, 12, 3, 3)
+    kwargs = {"labels": labels, "progress": False, "class_names": ["a", "b", "c"]}
+    full = op.sweep(model, images, regions, **kwargs)
+    reduced = op.sweep(model, images, regions, reduce="class_mean", **kwargs)
+    assert isinstance(full, SweepResult) and isinstance(reduced, op.ClassMeanResult)
+    assert full.predicted.tolist() == [0] * 6 + [1] * 6 + [0] * 3
+    return full, reduced
+
+
+def _readings(full: SweepResult, cls: object, correct_only: bool) -> list[object]:
+    assert full.labels is not None
+    chosen = [
+        n
+        for n in range(full.num_images)
+        if int(full.labels[n]) == int(full.class_index(cls))
+        and (not correct_only or bool(full.correct[n]))
+    ]
+    return chosen
+
+
+@pytest.mark.parametrize("correct_only", [True, False])
+@pytest.mark.parametrize("cls", [0, 1, "a", np.int64(1), torch.tensor(0)])
+def test_both_results_agree_with_a_plain_loop(
+    both: tuple[SweepResult, op.ClassMeanResult], cls: object, correct_only: bool
+) -> None:
+    full, reduced = both
+    index = full.class_index(cls)
+    chosen = _readings(full, cls, correct_only)
+    assert chosen  # the fixture selects images for classes 0 and 1
+    expected_curves = sum(full.occluded[n, :, :, index].double() for n in chosen) / len(chosen)
+    expected_base = sum(float(full.baseline[n, index]) for n in chosen) / len(chosen)
+    for result in (full, reduced):
+        assert result.selected_count(cls, correct_only=correct_only) == len(chosen)
+        curves = result.class_curves(cls, correct_only=correct_only)
+        assert curves.dtype == torch.float64 and curves.shape == (9, 6)
+        torch.testing.assert_close(curves, expected_curves, rtol=1e-9, atol=1e-12)
+        assert result.unoccluded_mean(cls, correct_only=correct_only) == pytest.approx(
+            expected_base, rel=1e-9
+        )
+        for fill, fill_index in ((None, None), (0.2, None), ("1.0", None), (None, 3)):
+            drops = result.mean_drop(
+                cls, fill=fill, fill_index=fill_index, correct_only=correct_only
+            )
+            column = {0.2: 1, "1.0": 5}.get(fill, fill_index)  # type: ignore[arg-type]
+            after = expected_curves.mean(1) if column is None else expected_curves[:, column]
+            assert drops.tensor.dtype == torch.float64
+            for position, region in enumerate(result.regions.ids):
+                assert drops[region] == pytest.approx(
+                    expected_base - float(after[position]), rel=1e-9, abs=1e-12
+                )
+            ranking = result.ranking(
+                cls, fill=fill, fill_index=fill_index, correct_only=correct_only
+            )
+            assert ranking == drops.ranking()
+    assert full.ranking(cls, correct_only=correct_only) == reduced.ranking(
+        cls, correct_only=correct_only
+    )
+
+
+@pytest.mark.parametrize("which", ["full", "class_mean"])
+def test_empty_selection_raises_in_every_reading(
+    both: tuple[SweepResult, op.ClassMeanResult], which: str
+) -> None:
+    result = both[0] if which == "full" else both[1]
+    assert result.selected_count("c", correct_only=True) == 0
+    assert result.selected_count("c", correct_only=False) == 2
+    readings = [
+        lambda: result.class_curves("c"),
+        lambda: result.mean_drop("c"),
+        lambda: result.ranking("c", fill=0.0),
+        lambda: result.unoccluded_mean("c"),
+        lambda: op.plot.class_curves(result, "c"),
+    ]
+    if isinstance(result, SweepResult):
+        readings += [lambda: result.significance("c"), lambda: result.curve_bands("c")]
+    for reading in readings:
+        with pytest.raises(EmptySelectionError, match="no image selected for class 'c'"):
+            reading()
+    assert result.class_curves("c", correct_only=False).shape == (9, 6)
+
+
+@pytest.mark.parametrize("which", ["full", "class_mean"])
+def test_reading_arguments_after_the_class_are_keyword_only(
+    both: tuple[SweepResult, op.ClassMeanResult], which: str
+) -> None:
+    result = both[0] if which == "full" else both[1]
+    for method in (result.class_curves, result.mean_drop, result.ranking, result.selected_count):
+        with pytest.raises(TypeError, match="positional argument"):
+            method(0, False)  # type: ignore[operator]
+    with pytest.raises(InputTypeError, match="correct_only: expected a bool"):
+        result.ranking(0, correct_only="no")  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"fill: no fill with value 0.3; fills are \('0.0'"):
+        result.mean_drop(0, fill=0.3)
+    with pytest.raises(InputValueError, match="fill, fill_index: expected at most one"):
+        result.ranking(0, fill=0.2, fill_index=1)
+
+
+def test_labels_element_selects_a_class(both: tuple[SweepResult, op.ClassMeanResult]) -> None:
+    full, reduced = both
+    assert full.labels is not None
+    first = full.labels[0]  # a 0-d int64 tensor
+    torch.testing.assert_close(full.class_curves(first), full.class_curves(int(first)))
+    assert reduced.ranking(first) == reduced.ranking(int(first))
+
+
+def test_attribution_cls_and_target(result: SweepResult) -> None:
+    torch.testing.assert_close(
+        result.attribution(1, fill=0.2), result.attribution(target=1, fill_index=1)
+    )
+    torch.testing.assert_close(result.attribution("b"), result.attribution(torch.tensor(1)))
+    with pytest.raises(InputValueError, match="cls, target: expected exactly one of them"):
+        result.attribution(1, target=1)
+    with pytest.raises(InputValueError, match="cls, target: expected exactly one of them"):
+        result.attribution()
+
+
+def test_no_result_holds_inference_tensors(both: tuple[SweepResult, op.ClassMeanResult]) -> None:
+    full, reduced = both
+    tensors = {
+        "baseline": full.baseline,
+        "occluded": full.occluded,
+        "labels": full.labels,
+        "occluded_sum": reduced.occluded_sum,
+        "baseline_sum": reduced.baseline_sum,
+        "counts": reduced.counts,
+        "confusion": reduced.confusion,
+        "mean_drop": full.mean_drop(0).tensor,
+        "curves": reduced.class_curves(0),
+    }
+    model = small_cnn(classes=3).eval()
+    report = op.keep_only(
+        model, torch.rand(4, 1, 12, 12), [0, 1, 2, 0], full.regions, keep=[5], progress=False
+    )
+    tensors.update(report_confusion=report.confusion, percent=report.percent, recall=report.recall)
+    for name, tensor in tensors.items():
+        assert tensor is not None and not tensor.is_inference(), name
+    reduced.counts.add_(0)  # a user's in-place op works
+    full.occluded.mul_(1.0)
+
+
+def test_a_result_made_under_inference_mode_is_ordinary(result: SweepResult) -> None:
+    with torch.inference_mode():
+        made = SweepResult(
+            result.baseline.clone(),
+            result.occluded.clone(),
+            None,
+            result.regions,
+            result.fill_labels,
+        )
+    assert not made.baseline.is_inference() and not made.occluded.is_inference()
+    made.baseline.add_(0.0)
+
+
+def test_class_names_are_checked(result: SweepResult) -> None:
+    with pytest.raises(InputTypeError, match="class_names: expected a sequence of str"):
+        SweepResult(
+            result.baseline, result.occluded, None, result.regions, result.fill_labels, "abc"
+        )  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"class_names: expected distinct names, got \['a'\]"):
+        SweepResult(
+            result.baseline,
+            result.occluded,
+            None,
+            result.regions,
+            result.fill_labels,
+            ("a", "b", "a"),
+        )
+    model = small_cnn(classes=3).eval()
+    with pytest.raises(InputTypeError, match=r"class_names: expected a sequence of str .* 'cat'"):
+        op.sweep(model, torch.rand(2, 1, 12, 12), result.regions, class_names="cat", progress=False)  # type: ignore[arg-type]
+
+
+# -- labelled export ----------------------------------------------------------------------------
+
+
+def test_to_xarray_and_to_pandas(both: tuple[SweepResult, op.ClassMeanResult]) -> None:
+    full, reduced = both
+    data = full.to_xarray()
+    assert data["occluded"].dims == ("image", "region", "fill", "class")
+    assert list(data["region"].values) == list(full.regions.ids)
+    assert list(data["fill"].values) == list(full.fill_labels)
+    assert list(data["class"].values) == ["a", "b", "c"]
+    assert float(data["occluded"].sel(region=5, fill="0.2", **{"class": "b"})[3]) == float(
+        full.occluded[3, 4, 1, 1]
+    )
+    np.testing.assert_array_equal(data["labels"].values, full.labels.numpy())  # type: ignore[union-attr]
+    sums = reduced.to_xarray()
+    assert sums["occluded_sum"].dims == ("subset", "true_class", "region", "fill", "class")
+    assert int(sums["counts"].sel(subset="correct", true_class="a")) == reduced.selected_count("a")
+    series = full.mean_drop("a").to_pandas()
+    assert series.index.name == "region" and series.name == "mean_drop"
+    assert series.loc[5] == full.mean_drop("a")[5]
+    frame = full.significance("a").to_pandas()
+    assert list(frame.columns) == ["mean_drop", "effect_size", "p", "p_adjusted"]
+    assert frame.loc[5, "p"] == full.significance("a").row(5).p
+    report = op.confusion_report(full.labels, full.predicted, 3, class_names=["a", "b", "c"])  # type: ignore[arg-type]
+    counts = report.to_pandas()
+    assert counts.loc["a", "b"] == int(report.confusion[0, 1]) and counts.index.name == "true"
+    assert report.to_pandas(percent=True).loc["a"].sum() == pytest.approx(100.0)
+
+
+def test_export_without_pandas_or_xarray_says_how_to_install(
+    both: tuple[SweepResult, op.ClassMeanResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name: str, *args: object) -> object:
+        if name in ("pandas", "xarray"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    full, reduced = both
+    for export, module in (
+        (full.to_xarray, "xarray"),
+        (reduced.to_xarray, "xarray"),
+        (full.mean_drop(0).to_pandas, "pandas"),
+    ):
+        with pytest.raises(
+            ImportError,
+            match=rf"needs the optional dependency '{module}'.*occlusion_probe\[tables\]",
+        ):
+            export()
+
+
+def test_region_values_mapping(result: SweepResult) -> None:
+    drops = result.mean_drop(0, correct_only=False)
+    assert isinstance(drops, op.RegionValues) and len(drops) == 9
+    assert list(drops) == list(result.regions.ids) and dict(drops)[1] == drops[1]
+    assert drops[np.int64(3)] == drops[torch.tensor(3)] == float(drops.tensor[2])
+    with pytest.raises(KeyError, match="unknown region id 0"):
+        drops[0]
+    with pytest.raises(InputTypeError, match="region: expected an integer region id"):
+        drops[1.0]  # type: ignore[index]
+    with pytest.raises(InputValueError, match=r"tensor: expected shape \(2,\)"):
+        op.RegionValues((1, 2), torch.zeros(3))

@@ -87,7 +87,9 @@ def test_round_trips_keep_every_field(tmp_path: Path) -> None:
         assert torch.equal(getattr(loaded, name), getattr(means, name))
         assert getattr(loaded, name).dtype == getattr(means, name).dtype
     assert loaded.regions.ids == means.regions.ids and loaded.fill_labels == means.fill_labels
-    torch.testing.assert_close(loaded.class_curves(0, False), means.class_curves(0, False))
+    torch.testing.assert_close(
+        loaded.class_curves(0, correct_only=False), means.class_curves(0, correct_only=False)
+    )
 
 
 def test_byte_flips_load_identically_or_raise_result_file_error(tmp_path: Path) -> None:

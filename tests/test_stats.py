@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -100,15 +101,18 @@ def test_significance_known_answer() -> None:
     assert table.significant(0.05) == (10,)
 
 
-def test_significance_all_zero_differences_warns_and_gives_nan() -> None:
+def test_significance_unchanged_region_has_p_one_and_no_effect() -> None:
     before = torch.linspace(0.1, 0.9, 12)
     after = torch.stack([before, before - 0.1 * torch.arange(1, 13) / 12], dim=1)
-    with pytest.warns(OcclusionProbeWarning, match=r"region 1 \(every difference is zero\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no evidence of a drop is a result, not a warning
         table = significance(before, after, [1, 2])
-    assert math.isnan(table[0].p) and math.isnan(table[0].p_adjusted)
-    assert math.isnan(table[0].effect_size) and table[0].mean_drop == 0.0
-    # the NaN region is not counted by Holm: region 2 keeps its raw p-value
-    assert table[1].p_adjusted == pytest.approx(table[1].p)
+    assert table[0].p == 1.0 and table[0].p_adjusted == 1.0
+    assert table[0].effect_size == 0.0 and table[0].mean_drop == 0.0
+    # Holm counts every region: region 2's p is doubled (m = 2)
+    assert table[1].p_adjusted == pytest.approx(min(1.0, 2 * table[1].p))
+    np.testing.assert_allclose(table.column("p_adjusted"), holm(table.column("p")))
+    assert table.significant() == (2,)
 
 
 def test_significance_single_image_warns() -> None:
@@ -176,7 +180,7 @@ def _result(n: int = 24, k: int = 3, v: int = 2, seed: int = 0) -> SweepResult:
 
 def test_sweep_result_significance_uses_this_module() -> None:
     result = _result(n=60)
-    table = result.significance("a", fill=None, correct_only=True)
+    table = result.significance("a", correct_only=True)
     chosen = result.selection(0)
     direct = stats.significance(
         result.baseline[chosen, 0], result.occluded[chosen, :, :, 0].mean(dim=2), result.regions.ids

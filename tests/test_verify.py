@@ -60,7 +60,9 @@ def test_markdown_states_convention() -> None:
     assert "kept regions [10, 11]" in text
     assert "| Ha | 100.0 | 0.0 |" in text
     assert "| An | Ha |" in report.to_markdown(["An", "Ha"])
-    with pytest.raises(InputValueError, match="class_names: expected 2 names, got 1"):
+    with pytest.raises(
+        InputValueError, match=r"class_names: expected 2 names \(one per class output\), got 1"
+    ):
         report.to_markdown(["x"])
 
 
@@ -146,3 +148,20 @@ def test_keep_only_model_boundary() -> None:
     # a float64 model gets float64 images (cast from float32) and predicts as the float32 one
     wide = op.keep_only(small_cnn().double(), images, labels, regions, keep=[1, 4], progress=False)
     assert torch.equal(wide.confusion, _plain_keep_only(net, images, labels))
+
+
+def test_keep_only_refuses_a_bare_id_and_bad_class_names() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    images, labels = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+    regions = op.grid(4, 4, 2, 2)
+    for keep in (1, "1"):
+        with pytest.raises(InputTypeError, match="keep: expected a sequence of region ids"):
+            op.keep_only(model, images, labels, regions, keep=keep, progress=False)  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="class_names: expected a sequence of str"):
+        op.keep_only(model, images, labels, regions, keep=[1], class_names="ab", progress=False)
+    with pytest.raises(InputValueError, match=r"class_names: expected 2 names \(one per class"):
+        op.keep_only(model, images, labels, regions, keep=[1], class_names=["a"], progress=False)
+    with pytest.raises(InputValueError, match="class_names: expected distinct names"):
+        confusion_report(labels, labels, 2, class_names=["a", "a"])
+    report = op.keep_only(model, images, labels, regions, keep=(1,), progress=False)
+    assert report.kept_ids == (1,)

@@ -77,7 +77,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _selected_count(result: op.SweepResult, cls: int) -> int:
-    return int(result.selection(cls, correct_only=True).sum())
+    return result.selected_count(cls, correct_only=True)
 
 
 def class_curve_table(result: op.SweepResult) -> dict[str, list[list[float]]]:
@@ -107,7 +107,8 @@ def class_rankings(result: op.SweepResult) -> tuple[dict[str, list[int]], dict[s
     for cls, name in enumerate(CLASS_NAMES):
         if _selected_count(result, cls):
             rankings[name] = result.ranking(cls)
-            drops[name] = result.mean_drop(cls).tolist()
+            # In the order of area_ids (the payload's "area_ids" labels each entry).
+            drops[name] = list(result.mean_drop(cls).values())
         else:
             rankings[name] = []
             drops[name] = [float("nan")] * len(result.regions)
@@ -382,7 +383,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
                     if payload["unoccluded_output"][name] is None
                     else f"{payload['unoccluded_output'][name]:.3f}",
                     ", ".join(
-                        f"{area} ({payload['mean_drop'][name][area - 1]:.3f})"
+                        f"{area} ({dict(zip(payload['area_ids'], payload['mean_drop'][name], strict=True))[area]:.3f})"
                         for area in payload["ranking"][name][:4]
                     )
                     or "no correctly classified image",

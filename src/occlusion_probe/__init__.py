@@ -14,10 +14,17 @@ from __future__ import annotations
 
 from . import captum, plot, stats
 from .collect import ClassMeanResult
-from .errors import InputTypeError, InputValueError, OcclusionProbeError, ResultFileError
+from .errors import (
+    EmptySelectionError,
+    InputTypeError,
+    InputValueError,
+    OcclusionProbeError,
+    ResultFileError,
+)
 from .regions import Regions, grid, sliding_windows
 from .result import OcclusionProbeWarning, SweepResult
 from .sweep import DEFAULT_FILLS, sweep
+from .tables import RegionValues
 from .verify import ConfusionReport, confusion_report, keep_only
 
 __version__ = "0.1.0"
@@ -26,10 +33,12 @@ __all__ = [
     "DEFAULT_FILLS",
     "ClassMeanResult",
     "ConfusionReport",
+    "EmptySelectionError",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",
     "OcclusionProbeWarning",
+    "RegionValues",
     "Regions",
     "ResultFileError",
     "SweepResult",

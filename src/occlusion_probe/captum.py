@@ -355,7 +355,7 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
                 part_target = checked_target[part]
             else:
                 part_target = checked_target
-            attribution = result.attribution(part_target, fill=0)
+            attribution = result.attribution(target=part_target, fill_index=0)
             if forward.dtype is not None:
                 attribution = attribution.to(forward.dtype)
             attributions.append(attribution)

@@ -8,7 +8,6 @@ Both expose their state as plain arrays for checkpoints and for merging across r
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from torch import Tensor
 from . import resultfile
 from .errors import InputValueError
 from .regions import Regions
-from .result import OcclusionProbeWarning, SweepResult, class_index
+from .result import ClassReadings, SweepResult, ordinary_tensor
+from .selection import check_bool, check_class_names
+from .tables import optional_import
 
 __all__ = ["ClassMeanCollector", "ClassMeanResult", "FullCollector"]
 
@@ -168,8 +169,13 @@ class FullCollector:
 
 
 @dataclass(frozen=True, eq=False)
-class ClassMeanResult:
+class ClassMeanResult(ClassReadings):
     """Per-true-class running sums of a sweep (``reduce="class_mean"``): constant memory in N.
+
+    The reading methods (`class_curves`, `mean_drop`, `ranking`, `selected_count`,
+    `unoccluded_mean`, `to_xarray`) are those of `SweepResult` (see `ClassReadings`), with
+    the same arguments and results; per-image readings (`significance`, `curve_bands`,
+    `attribution`) need a full `SweepResult`.
 
     Attributes
     ----------
@@ -222,6 +228,21 @@ class ClassMeanResult:
     engine: str = "dense"
     engine_note: str = ""
 
+    def __post_init__(self) -> None:
+        k = int(self.confusion.shape[0])
+        expected = {
+            "occluded_sum": (2, k, len(self.regions), len(self.fill_labels), k),
+            "baseline_sum": (2, k, k),
+            "counts": (2, k),
+            "confusion": (k, k),
+        }
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if tuple(value.shape) != shape:
+                raise InputValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
+            object.__setattr__(self, name, ordinary_tensor(value))
+        object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
+
     @property
     def num_classes(self) -> int:
         """K, the number of classes."""
@@ -238,97 +259,49 @@ class ClassMeanResult:
         total = int(self.confusion.sum())
         return float(self.confusion.diagonal().sum()) / total if total else float("nan")
 
-    def _class_index(self, cls: int | str) -> int:
-        return class_index(cls, self.num_classes, self.class_names)
+    def selected_count(self, cls: object, *, correct_only: bool = True) -> int:
+        """How many images the readings of class `cls` use (all images of true class `cls`,
+        or only the correctly classified ones when `correct_only`)."""
+        index = self.class_index(cls)
+        return int(self.counts[int(check_bool("correct_only", correct_only)), index])
 
-    def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Mean output of class `cls` per region and fill, as `SweepResult.class_curves`.
-
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (s = 1 of the sums).
-
-        Returns
-        -------
-        Tensor, shape (R, V)
-            ``curves[r, v]``: mean output of class `cls` with region r set to fill v. NaN when
-            no image is selected.
-
-        Warns
-        -----
-        OcclusionProbeWarning
-            When no image is selected (e.g. a class the model never gets right).
-        """
-        index = self._class_index(cls)
+    def _occluded_mean(self, index: int, correct_only: bool) -> Tensor:
         which = int(correct_only)
-        count = int(self.counts[which, index])
-        if count == 0:
-            warnings.warn(
-                f"class_curves: no image selected for class {cls!r} (correct_only={correct_only}); "
-                "the curves are NaN",
-                OcclusionProbeWarning,
-                stacklevel=2,
-            )
-            return torch.full(
-                self.occluded_sum.shape[2:4], float("nan"), dtype=self.occluded_sum.dtype
-            )
-        return self.occluded_sum[which, index, :, :, index] / count
+        total = self.occluded_sum[which, index, :, :, index].to(torch.float64)
+        return total / int(self.counts[which, index])
 
-    def mean_drop(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Mean drop of class `cls` per region, averaged over fills.
+    def _baseline_mean(self, index: int, correct_only: bool) -> float:
+        which = int(correct_only)
+        return float(self.baseline_sum[which, index, index]) / int(self.counts[which, index])
 
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (s = 1 of the sums).
+    def to_xarray(self) -> Any:
+        """The sums as an ``xarray.Dataset`` with labelled dimensions.
 
-        Returns
-        -------
-        Tensor, shape (R,)
-            Mean unoccluded output minus mean occluded output (over the fills) of each region.
+        Variables: ``occluded_sum`` (subset, true_class, region, fill, class),
+        ``baseline_sum`` (subset, true_class, class), ``counts`` (subset, true_class) and
+        ``confusion`` (true_class, predicted_class). Coordinates: ``subset`` = ``"all"``,
+        ``"correct"``; ``region`` = region ids; ``fill`` = fill labels; the class axes =
+        class names (indices without names).
 
         Raises
         ------
-        InputValueError
-            When no image is selected for `cls`.
+        ImportError
+            When xarray is not installed (``pip install "occlusion_probe[tables]"``).
         """
-        index = self._class_index(cls)
-        which = int(correct_only)
-        count = int(self.counts[which, index])
-        if count == 0:
-            raise InputValueError(
-                f"cls: no image selected for class {cls!r} (correct_only={correct_only}); nothing to rank"
-            )
-        baseline = self.baseline_sum[which, index, index] / count
-        return baseline - self.occluded_sum[which, index, :, :, index].mean(dim=1) / count
-
-    def ranking(self, cls: int | str, correct_only: bool = True) -> list[int]:
-        """Region ids by mean drop of class `cls`, largest first.
-
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (s = 1 of the sums).
-
-        Returns
-        -------
-        list of int
-            All R region ids, by decreasing `mean_drop` (ties: lower position first).
-
-        Raises
-        ------
-        InputValueError
-            When no image is selected for `cls`.
-        """
-        order = torch.sort(self.mean_drop(cls, correct_only), descending=True, stable=True).indices
-        return [self.regions.ids[i] for i in order.tolist()]
+        xr = optional_import("xarray", "ClassMeanResult.to_xarray")
+        coords = self._coordinates()
+        classes = coords["class"]
+        coords.update(subset=["all", "correct"], true_class=classes, predicted_class=classes)
+        variables = {
+            "occluded_sum": (
+                ("subset", "true_class", "region", "fill", "class"),
+                self.occluded_sum.cpu().numpy(),
+            ),
+            "baseline_sum": (("subset", "true_class", "class"), self.baseline_sum.cpu().numpy()),
+            "counts": (("subset", "true_class"), self.counts.cpu().numpy()),
+            "confusion": (("true_class", "predicted_class"), self.confusion.cpu().numpy()),
+        }
+        return xr.Dataset(variables, coords=coords, attrs={"output": self.output})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the sums and metadata to a checksummed ``.npz`` file (no pickles), atomically.

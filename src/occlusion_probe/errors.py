@@ -7,7 +7,13 @@ working, while callers who want to tell our validation apart from other failures
 
 from __future__ import annotations
 
-__all__ = ["InputTypeError", "InputValueError", "OcclusionProbeError", "ResultFileError"]
+__all__ = [
+    "EmptySelectionError",
+    "InputTypeError",
+    "InputValueError",
+    "OcclusionProbeError",
+    "ResultFileError",
+]
 
 
 class OcclusionProbeError(Exception):
@@ -28,6 +34,15 @@ class ResultFileError(InputValueError):
     Raised for a missing, truncated or corrupted file (its SHA-256 checksum does not match),
     a file of another format version or kind, and a field whose value is invalid; the
     message names the file and the field.
+    """
+
+
+class EmptySelectionError(InputValueError):
+    """A reading of a result (curves, drops, rankings, tests, bands) selects no image.
+
+    Every reading method of `SweepResult` and `ClassMeanResult` raises it for an empty
+    selection (e.g. a class the model never gets right with ``correct_only=True``);
+    ``selected_count`` tells beforehand how many images a selection holds.
     """
 
 

@@ -12,7 +12,6 @@ Save it with ``fig.savefig("curves.png")``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,8 @@ from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
-from .result import OcclusionProbeWarning, SweepResult
+from .result import ClassReadings, SweepResult
+from .selection import check_bool, class_label
 
 if TYPE_CHECKING:
     from .verify import ConfusionReport
@@ -48,20 +48,23 @@ def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure,
     return root, ax
 
 
-def _class_name(result: SweepResult, index: int) -> str:
-    if result.class_names is not None:
-        return result.class_names[index]
-    return f"class {index}"
+def _readings(result: object) -> ClassReadings:
+    if not isinstance(result, ClassReadings):
+        raise InputTypeError(
+            f"result: expected a SweepResult or ClassMeanResult, got {describe(result)}"
+        )
+    return result
 
 
-def _output_label(result: SweepResult) -> str:
-    if result.output == "logits":
+def _output_label(result: ClassReadings) -> str:
+    output = str(getattr(result, "output", "softmax"))
+    if output == "logits":
         return "logit"
-    return f"{result.output} output"
+    return f"{output} output"
 
 
-def _selection_label(result: SweepResult, correct_only: bool) -> str:
-    if result.labels is None:
+def _selection_label(result: ClassReadings, correct_only: bool) -> str:
+    if isinstance(result, SweepResult) and result.labels is None:
         return "images (all, unlabelled)"
     if correct_only:
         return "correctly classified images"
@@ -69,8 +72,9 @@ def _selection_label(result: SweepResult, correct_only: bool) -> str:
 
 
 def class_curves(
-    result: SweepResult,
-    cls: int | str,
+    result: ClassReadings,
+    cls: object,
+    *,
     correct_only: bool = True,
     bands: bool = False,
     ax: Axes | None = None,
@@ -88,14 +92,15 @@ def class_curves(
 
     Parameters
     ----------
-    result : SweepResult
+    result : SweepResult or ClassMeanResult
         The sweep to plot.
-    cls : int or str
+    cls : int, numpy integer, 0-d integer Tensor or str
         Class index, or class name when the result has ``class_names``.
     correct_only : bool
         Use only the correctly classified images of class `cls` (see `SweepResult.selection`).
     bands : bool
-        Add a 95 % percentile bootstrap band to each line.
+        Add a 95 % percentile bootstrap band to each line (needs a `SweepResult`: the bands
+        resample images).
     ax : Axes, optional
         Axes to draw into; a new figure when None.
     n_resamples : int
@@ -111,13 +116,12 @@ def class_curves(
     Raises
     ------
     InputTypeError
-        When `ax` is neither None nor a matplotlib ``Axes``.
-
-    Warns
-    -----
-    OcclusionProbeWarning
-        When no image is selected (a class the model never gets right); the figure then says
-        so in place of the curves.
+        When `result` is not a result, or `ax` is neither None nor a matplotlib ``Axes``.
+    InputValueError
+        When `bands` is asked of a `ClassMeanResult` (it keeps no per-image outputs).
+    EmptySelectionError
+        When no image is selected (a class the model never gets right), as for every
+        reading of a result.
 
     Examples
     --------
@@ -129,34 +133,31 @@ def class_curves(
     >>> len(fig.axes[0].get_lines())  # 6 fills and the unoccluded level
     7
     """
-    index = result._class_index(cls)
-    chosen = result.selection(index, correct_only)
-    count = int(chosen.sum())
-    name = _class_name(result, index)
+    readings = _readings(result)
+    index = readings.class_index(cls)
+    flag = check_bool("correct_only", correct_only)
+    show_bands = check_bool("bands", bands)
+    if show_bands and not isinstance(readings, SweepResult):
+        raise InputValueError(
+            "bands: bootstrap bands resample images, which a ClassMeanResult does not keep; "
+            "sweep without reduce= for bands, or pass bands=False"
+        )
+    curves = readings.class_curves(index, correct_only=flag).cpu().numpy()  # (R, V)
+    unoccluded = readings.unoccluded_mean(index, correct_only=flag)
+    count = readings.selected_count(index, correct_only=flag)
+    name = class_label(index, readings.class_names)
     figure, axes = _target_axes(ax, (7.0, 4.5))
     axes.set_xlabel("occluded region")
-    axes.set_ylabel(f"mean {_output_label(result)} of {name}")
-    axes.set_title(f"{name}: mean over {count} {_selection_label(result, correct_only)}")
-    if count == 0:
-        warnings.warn(
-            f"class_curves: no image selected for class {cls!r} (correct_only={correct_only}); "
-            "the figure has no curves",
-            OcclusionProbeWarning,
-            stacklevel=2,
-        )
-        axes.text(
-            0.5, 0.5, "no images selected", transform=axes.transAxes, ha="center", va="center"
-        )
-        return figure
-
-    curves = result.class_curves(index, correct_only).double().cpu().numpy()  # (R, V)
-    unoccluded = float(result.baseline[chosen, index].double().mean())
-    positions = np.arange(len(result.regions))
+    axes.set_ylabel(f"mean {_output_label(readings)} of {name}")
+    axes.set_title(f"{name}: mean over {count} {_selection_label(readings, flag)}")
+    positions = np.arange(len(readings.regions))
     # The fills are usually an ordered scale (0.0 .. 1.0), so a sequential colour map reads
     # better than the default colour cycle.
-    colours = _sequential_colours(len(result.fill_labels))
-    if bands:
-        low, high = result.curve_bands(index, correct_only, n_resamples=n_resamples, seed=seed)
+    colours = _sequential_colours(len(readings.fill_labels))
+    if show_bands and isinstance(readings, SweepResult):
+        low, high = readings.curve_bands(
+            index, correct_only=flag, n_resamples=n_resamples, seed=seed
+        )
         low_np, high_np = low.double().cpu().numpy(), high.double().cpu().numpy()
         for column, colour in enumerate(colours):
             axes.fill_between(
@@ -167,10 +168,10 @@ def class_curves(
                 alpha=0.2,
                 linewidth=0,
             )
-    for column, (label, colour) in enumerate(zip(result.fill_labels, colours, strict=True)):
+    for column, (label, colour) in enumerate(zip(readings.fill_labels, colours, strict=True)):
         axes.plot(positions, curves[:, column], marker="o", markersize=3, color=colour, label=label)
     axes.axhline(unoccluded, color="black", linestyle="--", linewidth=1, label="unoccluded")
-    _region_ticks(axes, result.regions.ids)
+    _region_ticks(axes, readings.regions.ids)
     axes.legend(title="fill", fontsize="small", loc="best")
     axes.grid(alpha=0.3)
     return figure
@@ -223,32 +224,37 @@ def _display_image(image: Tensor, height: int, width: int) -> np.ndarray:
 
 
 def heatmap(
-    result: SweepResult,
-    cls: int | str,
+    result: ClassReadings,
+    cls: object,
     image: Tensor,
+    *,
     correct_only: bool = True,
-    fill: int | float | str | None = None,
+    fill: object = None,
+    fill_index: object = None,
     ax: Axes | None = None,
 ) -> Figure:
     """Mean output drop of class `cls` per region, painted over an example image.
 
-    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill)``
+    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill=...)``
     (red: occluding lowers the output, blue: raises it; pixels of overlapping regions get
     the mean), its id and its rank (#1 = largest drop) are written at the region's centroid,
     and a colour bar gives the scale.
 
     Parameters
     ----------
-    result : SweepResult
+    result : SweepResult or ClassMeanResult
         The sweep to plot.
-    cls : int or str
+    cls : int, numpy integer, 0-d integer Tensor or str
         Class index or name.
     image : Tensor, shape (H, W), (1, H, W) or (3, H, W)
         Shown in gray or colour, min-max normalised for display (so whitened inputs work).
     correct_only : bool
         Which images `SweepResult.mean_drop` averages over (as in `class_curves`).
-    fill : int, float or str, optional
-        Position, value or label of one fill; None averages over the fills.
+    fill : number or str, optional
+        Value or label of one fill; with neither `fill` nor `fill_index`, the mean over the
+        fills.
+    fill_index : int, optional
+        Position of one fill.
     ax : Axes, optional
         Axes to draw into; a new figure when None.
 
@@ -259,10 +265,13 @@ def heatmap(
 
     Raises
     ------
+    EmptySelectionError
+        When no image is selected.
     InputValueError
-        When no image is selected, or `image` does not match the regions' size.
+        When `image` does not match the regions' size.
     InputTypeError
-        When `image` is not a Tensor or `ax` is neither None nor a matplotlib ``Axes``.
+        When `result` is not a result, `image` is not a Tensor or `ax` is neither None nor a
+        matplotlib ``Axes``.
 
     Examples
     --------
@@ -274,11 +283,17 @@ def heatmap(
     >>> fig.axes[0].get_title()
     'class 1: drop of softmax output\\n(mean over fills, 10 images)'
     """
-    index = result._class_index(cls)
-    regions = result.regions
+    readings = _readings(result)
+    index = readings.class_index(cls)
+    regions = readings.regions
     display = _display_image(image, regions.height, regions.width)
-    drops = result.mean_drop(index, fill=fill, correct_only=correct_only).double().cpu()
-    count = int(result.selection(index, correct_only).sum())
+    flag = check_bool("correct_only", correct_only)
+    drops = (
+        readings.mean_drop(index, fill=fill, fill_index=fill_index, correct_only=flag)
+        .tensor.double()
+        .cpu()
+    )
+    count = readings.selected_count(index, correct_only=flag)
     order = torch.sort(drops, descending=True, stable=True).indices.tolist()
     rank_of = {position: rank for rank, position in enumerate(order, start=1)}
 
@@ -290,7 +305,7 @@ def heatmap(
     limit = float(finite.abs().max()) if finite.numel() else 0.0
     limit = limit if limit > 0.0 else 1.0
 
-    name = _class_name(result, index)
+    name = class_label(index, readings.class_names)
     figure, axes = _target_axes(ax, (5.5, 4.8))
     if display.ndim == 2:
         axes.imshow(display, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
@@ -318,12 +333,13 @@ def heatmap(
         )
     fill_text = (
         "mean over fills"
-        if fill is None
-        else f"fill {result.fill_labels[result.fill_position(fill)]}"
+        if fill is None and fill_index is None
+        else f"fill {readings.fill_labels[readings.fill_position(fill, fill_index=fill_index)]}"
     )
-    axes.set_title(f"{name}: drop of {_output_label(result)}\n({fill_text}, {count} images)")
+    output = _output_label(readings)
+    axes.set_title(f"{name}: drop of {output}\n({fill_text}, {count} images)")
     axes.set_axis_off()
-    figure.colorbar(painted_image, ax=axes, label=f"mean drop of {_output_label(result)}")
+    figure.colorbar(painted_image, ax=axes, label=f"mean drop of {output}")
     return figure
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
+from .selection import integer_value
 
 __all__ = ["Regions", "grid", "sliding_windows"]
 
@@ -49,12 +50,12 @@ class Regions:
         ``masks[r]`` is True on the pixels region ``ids[r]`` covers. Every region must cover
         at least one pixel. Regions may overlap (e.g. `sliding_windows`).
     ids : tuple of int, length R
-        Distinct region ids, in the order of ``masks``.
+        Distinct integer region ids, in the order of ``masks`` (floats and bools are refused).
 
     Raises
     ------
     InputTypeError
-        When ``masks`` is not a Tensor.
+        When ``masks`` is not a Tensor, or ``ids`` is not a sequence of integers.
     InputValueError
         When ``masks`` is not a bool tensor of shape (R, H, W), R is 0, the number of ids
         differs from R, the ids are not distinct, or a region covers no pixel.
@@ -83,6 +84,16 @@ class Regions:
             )
         if masks.shape[0] == 0:
             raise InputValueError("Regions.masks: expected at least one region, got R = 0")
+        if isinstance(self.ids, (str, bytes)) or not isinstance(self.ids, Sequence):
+            raise InputTypeError(
+                f"Regions.ids: expected a sequence of int ids, got {describe(self.ids)}"
+            )
+        not_integer = [i for i in self.ids if integer_value(i) is None]
+        if not_integer:
+            # 1.5 -> 1 or True -> 1 would silently rename regions.
+            raise InputTypeError(
+                f"Regions.ids: expected integer ids (int, numpy integer), got {not_integer[:5]!r}"
+            )
         ids = tuple(int(i) for i in self.ids)
         if len(ids) != masks.shape[0]:
             raise InputValueError(
@@ -133,7 +144,8 @@ class Regions:
         Parameters
         ----------
         ids : iterable of int
-            Region ids; a single int is taken as one id.
+            Region ids (ints, numpy integers or 0-d integer tensors); a single int is taken
+            as one id.
 
         Returns
         -------
@@ -152,21 +164,23 @@ class Regions:
         >>> grid(48, 48).positions([10, 11])
         [9, 10]
         """
-        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
-            ids = [int(ids)]
-        wanted = list(ids)
-        lookup = {region_id: position for position, region_id in enumerate(self.ids)}
-        bad_type = [
-            i for i in wanted if isinstance(i, bool) or not isinstance(i, (int, np.integer))
-        ]
+        single = integer_value(ids)
+        if single is not None:
+            ids = [single]
+        if isinstance(ids, (str, bytes)):
+            raise InputTypeError(f"ids: expected integer region ids, got {describe(ids)}")
+        given = list(ids)
+        bad_type = [i for i in given if integer_value(i) is None]
         if bad_type:
             raise InputTypeError(f"ids: expected integer region ids, got {bad_type!r}")
-        unknown = [int(i) for i in wanted if int(i) not in lookup]
+        wanted = [int(i) for i in given]
+        lookup = {region_id: position for position, region_id in enumerate(self.ids)}
+        unknown = [i for i in wanted if i not in lookup]
         if unknown:
             raise InputValueError(
                 f"ids: unknown region ids {unknown}; valid ids are {_id_summary(self.ids)}"
             )
-        return [lookup[int(i)] for i in wanted]
+        return [lookup[i] for i in wanted]
 
     def select(self, ids: Iterable[int]) -> Regions:
         """The sub-collection of regions with the given ids (order as given).
@@ -273,8 +287,8 @@ class Regions:
             One map for all images; leading singleton dimensions are allowed, such as in
             captum's (1, 1, H, W) ``feature_mask``.
         ignore : int, optional
-            A label that is not a region (e.g. a background label); its pixels are never
-            occluded.
+            An integer label that is not a region (e.g. a background label); its pixels are
+            never occluded.
 
         Returns
         -------
@@ -284,7 +298,8 @@ class Regions:
         Raises
         ------
         InputTypeError
-            When `label_map` is not a Tensor or ndarray, or its dtype is not an integer dtype.
+            When `label_map` is not a Tensor or ndarray, its dtype is not an integer dtype, or
+            `ignore` is neither None nor an integer.
         InputValueError
             When its shape is neither (H, W) nor (1, ..., 1, H, W), or no label is left once
             `ignore` is removed.
@@ -294,6 +309,10 @@ class Regions:
         >>> Regions.from_label_map(torch.tensor([[0, 0, 1], [2, 2, 1]])).ids
         (0, 1, 2)
         """
+        if ignore is not None and integer_value(ignore) is None:
+            raise InputTypeError(
+                f"ignore: expected None or an integer label, got {describe(ignore)}"
+            )
         if isinstance(label_map, np.ndarray):
             label_map = torch.from_numpy(label_map)
         if not isinstance(label_map, Tensor):
@@ -313,7 +332,7 @@ class Regions:
         flat = label_map.reshape(label_map.shape[-2], label_map.shape[-1]).to(torch.int64)
         labels = torch.unique(flat)
         if ignore is not None:
-            labels = labels[labels != ignore]
+            labels = labels[labels != integer_value(ignore)]
         if labels.numel() == 0:
             raise InputValueError("label_map: no region labels left (every pixel is ignored)")
         masks = flat.unsqueeze(0) == labels[:, None, None]

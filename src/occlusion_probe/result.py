@@ -1,48 +1,277 @@
-"""SweepResult: every class output of every occluded image, and what to read from it."""
+"""SweepResult: every class output of every occluded image, and what to read from it.
+
+`ClassReadings` is the reading API that `SweepResult` and `ClassMeanResult` share
+(`class_curves`, `mean_drop`, `ranking`, `selected_count`, `unoccluded_mean`, `to_xarray`),
+written once over two primitives each result type provides, so that the two cannot drift
+apart. Arguments after the class are keyword-only; every reading of an empty selection
+raises `EmptySelectionError`; curves and drops are float64.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from . import resultfile
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputValueError, describe
 from .regions import Regions
+from .selection import (
+    check_bool,
+    check_class_names,
+    check_selected,
+    class_index,
+    fill_position,
+)
+from .tables import RegionValues, optional_import
 
 if TYPE_CHECKING:
     from .stats import SignificanceTable
 
-__all__ = ["OcclusionProbeWarning", "SweepResult"]
+__all__ = ["ClassReadings", "OcclusionProbeWarning", "SweepResult", "ordinary_tensor"]
 
 
 class OcclusionProbeWarning(UserWarning):
-    """Doubtful but legal input or an undefined statistic (e.g. a curve over zero images)."""
+    """Doubtful but legal input or an undefined statistic (e.g. a test over one image)."""
 
 
-def class_index(cls: object, num_classes: int, class_names: Sequence[str] | None) -> int:
-    """Validate a class given by index or name; returns the index."""
-    if isinstance(cls, str):
-        if class_names is None or cls not in class_names:
-            raise InputValueError(f"cls: unknown class name {cls!r}; known names are {class_names}")
-        return list(class_names).index(cls)
-    if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
-        raise InputTypeError(f"cls: expected a class index or name, got {describe(cls)}")
-    if not 0 <= int(cls) < num_classes:
-        raise InputValueError(f"cls: expected a class index in [0, {num_classes - 1}], got {cls}")
-    return int(cls)
+def ordinary_tensor(tensor: Tensor) -> Tensor:
+    """`tensor`, or a copy of it made outside inference mode when it is an inference tensor.
+
+    Sweeps run the model under ``torch.inference_mode()``; tensors made there refuse in-place
+    updates (and autograd) outside it, which would surprise a user of a result.
+    """
+    if not tensor.is_inference():
+        return tensor
+    with torch.inference_mode(False):
+        return tensor.clone()
+
+
+class ClassReadings:
+    """The reading API shared by `SweepResult` and `ClassMeanResult`.
+
+    Subclasses provide `selected_count`, `_occluded_mean` and `_baseline_mean`; everything
+    else (argument checks, the empty-selection rule, fills, labelled outputs) lives here.
+
+    Conventions of every method:
+
+    - the class comes first (``cls``: index, numpy integer, 0-d integer tensor or name);
+      every other argument is keyword-only;
+    - ``correct_only=True`` (the paper's choice) uses the correctly classified images of
+      true class ``cls``; ``False`` all images of that class;
+    - ``fill=`` picks one fill by value or label, ``fill_index=`` by position; neither
+      averages over the fills;
+    - a selection with no image raises `EmptySelectionError` (an `InputValueError`);
+    - values are float64; per-region numbers are `RegionValues` keyed by region id.
+    """
+
+    regions: Regions
+    fill_labels: tuple[str, ...]
+    class_names: tuple[str, ...] | None
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of class outputs per image."""
+        raise NotImplementedError
+
+    # -- primitives the result types provide ------------------------------------------------
+    def selected_count(self, cls: object, *, correct_only: bool = True) -> int:
+        """How many images the readings of class `cls` use (see the class docstring)."""
+        raise NotImplementedError
+
+    def _occluded_mean(self, index: int, correct_only: bool) -> Tensor:
+        """Mean occluded output of class `index`, shape (R, V), float64 (selection non-empty)."""
+        raise NotImplementedError
+
+    def _baseline_mean(self, index: int, correct_only: bool) -> float:
+        """Mean unoccluded output of class `index` over the same (non-empty) selection."""
+        raise NotImplementedError
+
+    # -- argument resolution ------------------------------------------------------------------
+    def class_index(self, cls: object) -> int:
+        """The index of class `cls`, given as an index (int, numpy integer, 0-d integer tensor)
+        or a name in ``class_names``.
+
+        Raises
+        ------
+        InputTypeError
+            When `cls` is a bool, a float or of another type.
+        InputValueError
+            When the index is out of range or the name unknown.
+        """
+        return class_index(cls, self.num_classes, self.class_names)
+
+    def fill_position(self, fill: object = None, *, fill_index: object = None) -> int:
+        """Position on the V axis of a fill given by value or label (`fill`) or position.
+
+        Parameters
+        ----------
+        fill : number or str, optional
+            A fill value (``0.2``, or ``1`` for the fill 1.0) or label (one of ``fill_labels``).
+        fill_index : int, optional
+            A position in [0, V).
+
+        Returns
+        -------
+        int
+            The position in ``fill_labels``.
+
+        Raises
+        ------
+        InputTypeError
+            When `fill` is a bool or of another type, or `fill_index` is not an integer.
+        InputValueError
+            When neither or both are given, or no fill matches (the message lists the fills).
+        """
+        position = fill_position(fill, fill_index, self.fill_labels)
+        if position is None:
+            raise InputValueError(
+                f"fill, fill_index: expected one of them, got neither; fills are {self.fill_labels}"
+            )
+        return position
+
+    def _selected(self, cls: object, correct_only: object, method: str) -> tuple[int, bool]:
+        index = self.class_index(cls)
+        flag = check_bool("correct_only", correct_only)
+        count = self.selected_count(index, correct_only=flag)
+        check_selected(count, index, self.class_names, flag, method)
+        return index, flag
+
+    # -- readings -------------------------------------------------------------------------------
+    def class_curves(self, cls: object, *, correct_only: bool = True) -> Tensor:
+        """Mean output of class `cls` per region and fill over the selected images (Figs 4-9).
+
+        Parameters
+        ----------
+        cls : int, numpy integer, 0-d integer Tensor or str
+            Class index, or class name when the result has ``class_names``.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice).
+
+        Returns
+        -------
+        Tensor, shape (R, V), float64
+            ``curves[r, v]``: mean output of class `cls` with region r set to fill v.
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected (e.g. a class the model never gets right).
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+        >>> images, labels = torch.rand(14, 1, 48, 48), torch.arange(14) % 7
+        >>> result = op.sweep(model, images, op.grid(48, 48), labels=labels, progress=False)
+        >>> curves = result.class_curves(3, correct_only=False)
+        >>> tuple(curves.shape)  # 16 areas x 6 fills
+        (16, 6)
+        """
+        index, flag = self._selected(cls, correct_only, "class_curves")
+        return self._occluded_mean(index, flag)
+
+    def unoccluded_mean(self, cls: object, *, correct_only: bool = True) -> float:
+        """Mean unoccluded output of class `cls` over the images `class_curves` uses.
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected.
+        """
+        index, flag = self._selected(cls, correct_only, "unoccluded_mean")
+        return self._baseline_mean(index, flag)
+
+    def mean_drop(
+        self,
+        cls: object,
+        *,
+        fill: object = None,
+        fill_index: object = None,
+        correct_only: bool = True,
+    ) -> RegionValues:
+        """Mean drop (unoccluded minus occluded output) of class `cls` per region.
+
+        Parameters
+        ----------
+        cls : int, numpy integer, 0-d integer Tensor or str
+            Class index, or class name when the result has ``class_names``.
+        fill : number or str, optional
+            One fill by value or label; with neither `fill` nor `fill_index` the drop is
+            averaged over the fills.
+        fill_index : int, optional
+            One fill by position.
+        correct_only : bool
+            Use only the correctly classified images of class `cls` (the paper's choice).
+
+        Returns
+        -------
+        RegionValues
+            Region id -> mean drop (float64): positive when occluding the region lowers the
+            output. ``drops[10]`` is region 10's.
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected.
+        """
+        position = fill_position(fill, fill_index, self.fill_labels)
+        index, flag = self._selected(cls, correct_only, "mean_drop")
+        occluded = self._occluded_mean(index, flag)
+        after = occluded.mean(dim=1) if position is None else occluded[:, position]
+        drops = self._baseline_mean(index, flag) - after
+        return RegionValues(self.regions.ids, drops, "mean_drop")
+
+    def ranking(
+        self,
+        cls: object,
+        *,
+        fill: object = None,
+        fill_index: object = None,
+        correct_only: bool = True,
+    ) -> list[int]:
+        """Region ids ordered by `mean_drop` of class `cls`, largest first.
+
+        Same arguments as `mean_drop`.
+
+        Returns
+        -------
+        list of int
+            All R region ids, by decreasing mean drop (ties: the earlier region first).
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected.
+        """
+        return self.mean_drop(
+            cls, fill=fill, fill_index=fill_index, correct_only=correct_only
+        ).ranking()
+
+    def _coordinates(self) -> dict[str, Any]:
+        classes: list[object] = (
+            list(self.class_names)
+            if self.class_names is not None
+            else list(range(self.num_classes))
+        )
+        return {
+            "region": list(self.regions.ids),
+            "fill": list(self.fill_labels),
+            "class": classes,
+        }
 
 
 @dataclass(frozen=True, eq=False)
-class SweepResult:
+class SweepResult(ClassReadings):
     """All class outputs of a sweep over images x regions x fills.
+
+    Reading methods (`class_curves`, `mean_drop`, `ranking`, ...) are shared with
+    `ClassMeanResult`; see `ClassReadings` for their conventions.
 
     Attributes
     ----------
@@ -57,7 +286,7 @@ class SweepResult:
     fill_labels : tuple of str, length V
         A readable name of each fill (``"0.2"`` for a number, ``"tensor"``, a callable's name).
     class_names : tuple of str or None
-        The K class names given to `sweep`, if any.
+        The K distinct class names given to `sweep`, if any.
     image_shape : tuple of int
         Shape of one image as given to `sweep`: (C, H, W), or (H, W) for single-channel input.
     output : str
@@ -97,10 +326,11 @@ class SweepResult:
             )
         if self.labels is not None and tuple(self.labels.shape) != (n,):
             raise InputValueError(f"labels: expected shape ({n},), got {tuple(self.labels.shape)}")
-        if self.class_names is not None and len(self.class_names) != k:
-            raise InputValueError(
-                f"class_names: expected {k} names (one per class output), got {len(self.class_names)}"
-            )
+        object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
+        for name in ("baseline", "occluded", "labels"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, ordinary_tensor(value))
 
     # -- sizes and simple views ---------------------------------------------------------------
     @property
@@ -142,57 +372,7 @@ class SweepResult:
         return self.baseline[:, None, None, :] - self.occluded
 
     # -- selections ---------------------------------------------------------------------------
-    def _class_index(self, cls: int | str) -> int:
-        return class_index(cls, self.num_classes, self.class_names)
-
-    def fill_position(self, fill: int | float | str) -> int:
-        """Position on the V axis of a fill given as its position, value or label.
-
-        Parameters
-        ----------
-        fill : int, float or str
-            A position on the V axis (int), a fill value (float, e.g. ``0.2``) or a fill label
-            (str, one of ``fill_labels``).
-
-        Returns
-        -------
-        int
-            The position of the fill in ``fill_labels``.
-
-        Raises
-        ------
-        InputTypeError
-            When `fill` is a bool or of another type.
-        InputValueError
-            When no fill has that position, value or label.
-        """
-        if isinstance(fill, bool):
-            raise InputTypeError(
-                f"fill: expected an int position, float value or label, got {fill!r}"
-            )
-        if isinstance(fill, (int, np.integer)):
-            if not 0 <= int(fill) < len(self.fill_labels):
-                raise InputValueError(
-                    f"fill: expected a position in [0, {len(self.fill_labels) - 1}], got {fill}"
-                )
-            return int(fill)
-        if isinstance(fill, float):
-            for position, label in enumerate(self.fill_labels):
-                try:
-                    if float(label) == fill:
-                        return position
-                except ValueError:
-                    continue
-            raise InputValueError(f"fill: no fill with value {fill}; fills are {self.fill_labels}")
-        if isinstance(fill, str):
-            if fill not in self.fill_labels:
-                raise InputValueError(f"fill: unknown fill {fill!r}; fills are {self.fill_labels}")
-            return self.fill_labels.index(fill)
-        raise InputTypeError(
-            f"fill: expected an int position, float value or label, got {describe(fill)}"
-        )
-
-    def selection(self, cls: int | str, correct_only: bool = True) -> Tensor:
+    def selection(self, cls: object, *, correct_only: bool = True) -> Tensor:
         """Which images the class statistics of `cls` use.
 
         With labels: the images whose true class is `cls` (and, if `correct_only`, that are
@@ -201,7 +381,7 @@ class SweepResult:
 
         Parameters
         ----------
-        cls : int or str
+        cls : int, numpy integer, 0-d integer Tensor or str
             Class index, or class name when the result has ``class_names``.
         correct_only : bool
             Keep only the correctly classified images of class `cls`.
@@ -209,176 +389,98 @@ class SweepResult:
         Returns
         -------
         Tensor, shape (N,), bool
-            True for the selected images.
+            True for the selected images (possibly none).
 
         Raises
         ------
         InputValueError
             When `correct_only` is True but the result has no labels, or `cls` is unknown.
+        InputTypeError
+            When `correct_only` is not a bool.
         """
-        index = self._class_index(cls)
+        index = self.class_index(cls)
+        flag = check_bool("correct_only", correct_only)
         if self.labels is None:
-            if correct_only:
+            if flag:
                 raise InputValueError(
                     "correct_only: True needs labels; pass labels= to sweep, or correct_only=False "
                     "to use every image"
                 )
             return torch.ones(self.num_images, dtype=torch.bool)
         chosen = self.labels == index
-        if correct_only:
+        if flag:
             chosen = chosen & self.correct
         return chosen
 
-    def class_curves(self, cls: int | str, correct_only: bool = True) -> Tensor:
-        """Mean output of class `cls` per region and fill over the selected images (Figs 4-9).
+    def selected_count(self, cls: object, *, correct_only: bool = True) -> int:
+        """How many images the readings of class `cls` use: ``selection(...).sum()``."""
+        return int(self.selection(cls, correct_only=correct_only).sum())
 
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (the paper's choice); see
-            `selection`.
+    def _occluded_mean(self, index: int, correct_only: bool) -> Tensor:
+        chosen = self.selection(index, correct_only=correct_only)
+        return self.occluded[chosen, :, :, index].to(torch.float64).mean(dim=0)
 
-        Returns
-        -------
-        Tensor, shape (R, V)
-            ``curves[r, v]``: mean output of class `cls` with region r set to fill v. NaN when
-            no image is selected.
+    def _baseline_mean(self, index: int, correct_only: bool) -> float:
+        chosen = self.selection(index, correct_only=correct_only)
+        return float(self.baseline[chosen, index].to(torch.float64).mean())
 
-        Warns
-        -----
-        OcclusionProbeWarning
-            When no image is selected (e.g. a class the model never gets right).
+    def _per_image_class(self, cls: object, name: str) -> Tensor:
+        n = self.num_images
+        if isinstance(cls, Tensor) and cls.dim() == 1:
+            if cls.shape != (n,) or cls.is_floating_point() or cls.dtype == torch.bool:
+                raise InputValueError(
+                    f"{name}: expected one class, or an integer tensor of shape ({n},), got {describe(cls)}"
+                )
+            if n and (int(cls.min()) < 0 or int(cls.max()) >= self.num_classes):
+                raise InputValueError(
+                    f"{name}: expected class indices in [0, {self.num_classes - 1}], got values "
+                    f"{int(cls.min())}..{int(cls.max())}"
+                )
+            return cls.to(torch.int64).cpu()
+        return torch.full(
+            (n,), class_index(cls, self.num_classes, self.class_names, name), dtype=torch.int64
+        )
 
-        Examples
-        --------
-        >>> import torch, occlusion_probe as op
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
-        >>> images, labels = torch.rand(14, 1, 48, 48), torch.arange(14) % 7
-        >>> result = op.sweep(model, images, op.grid(48, 48), labels=labels, progress=False)
-        >>> curves = result.class_curves(3, correct_only=False)
-        >>> tuple(curves.shape)  # 16 areas x 6 fills
-        (16, 6)
-        >>> tuple(curves[9].shape)  # class-3 output with area 10 occluded, one value per fill
-        (6,)
-        """
-        index = self._class_index(cls)
-        chosen = self.selection(index, correct_only)
-        count = int(chosen.sum())
-        if count == 0:
-            warnings.warn(
-                f"class_curves: no image selected for class {cls!r} "
-                f"(correct_only={correct_only}); the curves are NaN",
-                OcclusionProbeWarning,
-                stacklevel=2,
-            )
-            return torch.full(
-                (len(self.regions), len(self.fill_labels)), float("nan"), dtype=self.occluded.dtype
-            )
-        return self.occluded[chosen, :, :, index].mean(dim=0)
-
-    def mean_drop(
-        self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
+    def attribution(
+        self,
+        cls: object = None,
+        *,
+        target: object = None,
+        fill: object = None,
+        fill_index: object = None,
     ) -> Tensor:
-        """Mean drop of class `cls` per region over the selected images.
-
-        The mean of ``delta[..., cls]`` over the selected images (see `selection`) and, when
-        `fill` is None, over the fills.
-
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        fill : int, float or str, optional
-            One fill, by position (int), value (float) or label (str); None (the default)
-            averages over the fills.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (the paper's choice); see
-            `selection`.
-
-        Returns
-        -------
-        Tensor, shape (R,)
-            The mean drop of each region: positive when occluding it lowers the output.
-
-        Raises
-        ------
-        InputValueError
-            When no image is selected for `cls`.
-        """
-        index = self._class_index(cls)
-        chosen = self.selection(index, correct_only)
-        if int(chosen.sum()) == 0:
-            raise InputValueError(
-                f"cls: no image selected for class {cls!r} (correct_only={correct_only}); "
-                "nothing to rank"
-            )
-        drops = self.delta[chosen, :, :, index]
-        if fill is not None:
-            drops = drops[:, :, self.fill_position(fill)]
-            return drops.mean(dim=0)
-        return drops.mean(dim=(0, 2))
-
-    def ranking(
-        self, cls: int | str, fill: int | float | str | None = None, correct_only: bool = True
-    ) -> list[int]:
-        """Region ids ordered by mean drop of class `cls`, largest first.
-
-        Parameters
-        ----------
-        cls : int or str
-            Class index, or class name when the result has ``class_names``.
-        fill : int, float or str, optional
-            One fill, by position (int), value (float) or label (str); None (the default)
-            averages over the fills.
-        correct_only : bool
-            Use only the correctly classified images of class `cls` (the paper's choice); see
-            `selection`.
-
-        Returns
-        -------
-        list of int
-            All R region ids, by decreasing `mean_drop` (ties: lower position first).
-
-        Raises
-        ------
-        InputValueError
-            When no image is selected for `cls`.
-        """
-        drops = self.mean_drop(cls, fill=fill, correct_only=correct_only)
-        order = torch.sort(drops, descending=True, stable=True).indices
-        return [self.regions.ids[i] for i in order.tolist()]
-
-    def attribution(self, target: int | Tensor, fill: int | float | str | None = None) -> Tensor:
         """Per-pixel attribution with captum's sign convention (output drop when occluded).
 
-        Each pixel gets ``baseline[n, target] - occluded[n, r, v, target]`` of the region r
-        that covers it, averaged over the fills when `fill` is None and over the regions
+        Each pixel gets ``baseline[n, cls] - occluded[n, r, v, cls]`` of the region r
+        that covers it, averaged over the fills when no fill is given and over the regions
         when several cover it (overlapping windows, as captum's ``Occlusion`` averages);
         uncovered pixels get 0. For a partition and one fill this equals captum's
-        ``FeatureAblation(forward).attribute(images, target=target, baselines=fill,
+        ``FeatureAblation(forward).attribute(images, target=cls, baselines=fill,
         feature_mask=regions.label_map())``.
 
         Parameters
         ----------
-        target : int or str, or Tensor of shape (N,)
-            The class whose output drop is attributed: one class index (or name) for all
-            images, or an integer tensor with one class index per image.
-        fill : int, float or str, optional
-            One fill, by position (int), value (float) or label (str); None (the default)
-            averages over the fills.
+        cls : int, numpy integer, 0-d integer Tensor, str, or Tensor of shape (N,)
+            The class whose output drop is attributed: one class for all images, or an
+            integer tensor with one class index per image.
+        target : same as `cls`
+            captum's name for `cls`; give one of the two.
+        fill : number or str, optional
+            One fill by value or label; with neither `fill` nor `fill_index` the drop is
+            averaged over the fills.
+        fill_index : int, optional
+            One fill by position.
 
         Returns
         -------
         Tensor, shape (N, C, H, W) or (N, H, W)
-            Shaped like the images given to `sweep`.
+            Shaped like the images given to `sweep`, in the dtype of the outputs.
 
         Raises
         ------
         InputValueError
-            When a target tensor is not an integer tensor of shape (N,) or holds class indices
-            out of range.
+            When both or neither of `cls` and `target` are given, or a per-image tensor is
+            not an integer tensor of shape (N,) or holds class indices out of range.
 
         Examples
         --------
@@ -388,26 +490,20 @@ class SweepResult:
         >>> tuple(result.attribution(1, fill=0.0).shape)
         (2, 3, 8, 8)
         """
-        n = self.num_images
-        if isinstance(target, Tensor):
-            if target.shape != (n,) or target.is_floating_point():
-                raise InputValueError(
-                    f"target: expected an int or an integer tensor of shape ({n},), got {describe(target)}"
-                )
-            if n and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
-                raise InputValueError(
-                    f"target: expected class indices in [0, {self.num_classes - 1}], got values "
-                    f"{int(target.min())}..{int(target.max())}"
-                )
-            targets = target.to(torch.int64).cpu()
+        if (cls is None) == (target is None):
+            raise InputValueError(
+                "cls, target: expected exactly one of them (target= is captum's name for cls), "
+                f"got cls={describe(cls)} and target={describe(target)}"
+            )
+        if cls is not None:
+            targets = self._per_image_class(cls, "cls")
         else:
-            targets = torch.full((n,), self._class_index(target), dtype=torch.int64)
+            targets = self._per_image_class(target, "target")
+        position = fill_position(fill, fill_index, self.fill_labels)
+        n = self.num_images
         index = targets[:, None, None, None].expand(n, len(self.regions), len(self.fill_labels), 1)
         drops = self.delta.gather(3, index)[..., 0]  # (N, R, V)
-        if fill is None:
-            per_region = drops.mean(dim=2)
-        else:
-            per_region = drops[:, :, self.fill_position(fill)]
+        per_region = drops.mean(dim=2) if position is None else drops[:, :, position]
         masks = self.regions.masks.to(per_region.dtype)
         coverage = masks.sum(dim=0).clamp(min=1.0)
         pixels = torch.einsum("nr,rhw->nhw", per_region, masks) / coverage
@@ -417,27 +513,30 @@ class SweepResult:
 
     def significance(
         self,
-        cls: int | str,
-        fill: int | float | str | None = None,
+        cls: object,
+        *,
+        fill: object = None,
+        fill_index: object = None,
         correct_only: bool = True,
         alternative: str = "greater",
     ) -> SignificanceTable:
         """Per region, a paired Wilcoxon signed-rank test of unoccluded vs occluded output.
 
         The test compares the output of class `cls` over the selected images, one test per
-        region, Holm-corrected across regions. See `occlusion_probe.stats.significance` for
-        the columns.
+        region, Holm-corrected across all regions. See `occlusion_probe.stats.significance`
+        for the columns.
 
         Parameters
         ----------
-        cls : int or str
+        cls : int, numpy integer, 0-d integer Tensor or str
             Class index, or class name when the result has ``class_names``.
-        fill : int, float or str, optional
-            One fill, by position (int), value (float) or label (str); with None (the default)
-            the occluded output is averaged over the fills per image first.
+        fill : number or str, optional
+            One fill by value or label; with neither `fill` nor `fill_index` the occluded
+            output is averaged over the fills per image first.
+        fill_index : int, optional
+            One fill by position.
         correct_only : bool
-            Use only the correctly classified images of class `cls` (the paper's choice); see
-            `selection`.
+            Use only the correctly classified images of class `cls` (the paper's choice).
         alternative : {"greater", "less", "two-sided"}
             ``"greater"`` tests whether occluding lowers the output.
 
@@ -445,19 +544,26 @@ class SweepResult:
         -------
         SignificanceTable
             One row per region.
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected.
         """
         from .stats import significance
 
-        index = self._class_index(cls)
-        chosen = self.selection(index, correct_only)
+        position = fill_position(fill, fill_index, self.fill_labels)
+        index, flag = self._selected(cls, correct_only, "significance")
+        chosen = self.selection(index, correct_only=flag)
         before = self.baseline[chosen, index]
         after = self.occluded[chosen, :, :, index]
-        after = after.mean(dim=2) if fill is None else after[:, :, self.fill_position(fill)]
+        after = after.mean(dim=2) if position is None else after[:, :, position]
         return significance(before, after, self.regions.ids, alternative=alternative)
 
     def curve_bands(
         self,
-        cls: int | str,
+        cls: object,
+        *,
         correct_only: bool = True,
         n_resamples: int = 1000,
         confidence: float = 0.95,
@@ -467,11 +573,10 @@ class SweepResult:
 
         Parameters
         ----------
-        cls : int or str
+        cls : int, numpy integer, 0-d integer Tensor or str
             Class index, or class name when the result has ``class_names``.
         correct_only : bool
-            Use only the correctly classified images of class `cls` (the paper's choice); see
-            `selection`.
+            Use only the correctly classified images of class `cls` (the paper's choice).
         n_resamples : int
             Number of bootstrap resamples.
         confidence : float
@@ -481,26 +586,50 @@ class SweepResult:
 
         Returns
         -------
-        low : Tensor, shape (R, V)
+        low : Tensor, shape (R, V), float64
             Lower edge of the band.
-        high : Tensor, shape (R, V)
+        high : Tensor, shape (R, V), float64
             Upper edge of the band.
 
         Raises
         ------
-        InputValueError
-            When no image is selected for `cls`.
+        EmptySelectionError
+            When no image is selected.
         """
         from .stats import bootstrap_bands
 
-        index = self._class_index(cls)
-        chosen = self.selection(index, correct_only)
+        index, flag = self._selected(cls, correct_only, "curve_bands")
+        chosen = self.selection(index, correct_only=flag)
         return bootstrap_bands(
-            self.occluded[chosen, :, :, index],
+            self.occluded[chosen, :, :, index].to(torch.float64),
             n_resamples=n_resamples,
             confidence=confidence,
             seed=seed,
         )
+
+    def to_xarray(self) -> Any:
+        """The result as an ``xarray.Dataset`` with labelled dimensions.
+
+        Variables: ``occluded`` (image, region, fill, class), ``baseline`` (image, class),
+        ``predicted`` (image) and, with labels, ``labels`` (image). Coordinates: ``region``
+        = region ids, ``fill`` = fill labels, ``class`` = class names (indices without
+        names), ``image`` = 0..N-1.
+
+        Raises
+        ------
+        ImportError
+            When xarray is not installed (``pip install "occlusion_probe[tables]"``).
+        """
+        xr = optional_import("xarray", "SweepResult.to_xarray")
+        coords = {"image": list(range(self.num_images)), **self._coordinates()}
+        variables: dict[str, Any] = {
+            "occluded": (("image", "region", "fill", "class"), self.occluded.cpu().numpy()),
+            "baseline": (("image", "class"), self.baseline.cpu().numpy()),
+            "predicted": (("image",), self.predicted.cpu().numpy()),
+        }
+        if self.labels is not None:
+            variables["labels"] = (("image",), self.labels.cpu().numpy())
+        return xr.Dataset(variables, coords=coords, attrs={"output": self.output})
 
     # -- combination and storage --------------------------------------------------------------
     @classmethod

@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
 from .result import OcclusionProbeWarning
+from .tables import optional_import
 
 __all__ = [
     "SignificanceRow",
@@ -49,9 +51,12 @@ class SignificanceRow:
         Mean over the images of ``before - after``: positive when occluding lowers the output.
     effect_size : float
         Matched-pairs rank-biserial correlation ``(W+ - W-) / (W+ + W-)`` over the nonzero
-        differences, in [-1, 1]: 1 when occluding lowers the output of every image.
+        differences, in [-1, 1]: 1 when occluding lowers the output of every image, 0 when
+        it changes no output.
     p : float
-        p-value of the Wilcoxon signed-rank test (NaN when the test is undefined).
+        p-value of the Wilcoxon signed-rank test: 1 when occluding changes no output (no
+        evidence of a drop); NaN only when the test is undefined (fewer than 2 images, NaN
+        in the outputs).
     p_adjusted : float
         Holm-Bonferroni adjusted p-value across the regions of the table.
     """
@@ -81,12 +86,9 @@ class SignificanceTable:
     >>> import torch
     >>> before = torch.ones(12)
     >>> after = torch.stack([before - 0.1 * torch.arange(1, 13), before], dim=1)
-    >>> import warnings
-    >>> with warnings.catch_warnings():
-    ...     warnings.simplefilter("ignore")  # region 2 never changes: its p is NaN
-    ...     table = significance(before, after, region_ids=[1, 2])
-    >>> table.rows[0].effect_size, table.significant()
-    (1.0, (1,))
+    >>> table = significance(before, after, region_ids=[1, 2])  # region 2 never changes
+    >>> table.rows[0].effect_size, table.rows[1].p, table.rows[1].effect_size, table.significant()
+    (1.0, 1.0, 0.0, (1,))
     """
 
     rows: tuple[SignificanceRow, ...]
@@ -164,6 +166,22 @@ class SignificanceTable:
             raise InputValueError(f"name: expected one of {names}, got {name!r}")
         dtype = np.int64 if name == "region" else np.float64
         return np.array([getattr(r, name) for r in self.rows], dtype=dtype)
+
+    def to_pandas(self) -> Any:
+        """The table as a ``pandas.DataFrame`` indexed by region id (index name ``"region"``).
+
+        Columns: ``mean_drop``, ``effect_size``, ``p``, ``p_adjusted`` (float64).
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed (``pip install "occlusion_probe[tables]"``).
+        """
+        pd = optional_import("pandas", "SignificanceTable.to_pandas")
+        columns = {
+            name: self.column(name) for name in ("mean_drop", "effect_size", "p", "p_adjusted")
+        }
+        return pd.DataFrame(columns, index=pd.Index(self.column("region"), name="region"))
 
     def significant(self, alpha: float = 0.05) -> tuple[int, ...]:
         """Ids of the regions whose Holm-adjusted p-value is below `alpha` (NaN never is).
@@ -287,9 +305,11 @@ def _as_float64(name: str, value: object, dims: int) -> np.ndarray:
 
 
 def _rank_biserial(differences: np.ndarray) -> float:
-    nonzero = differences[differences != 0]
-    if nonzero.size == 0 or np.isnan(nonzero).any():
+    if np.isnan(differences).any():
         return math.nan
+    nonzero = differences[differences != 0]
+    if nonzero.size == 0:
+        return 0.0  # no image changes: no effect in either direction
     ranks = scipy.stats.rankdata(np.abs(nonzero))
     positive = float(ranks[nonzero > 0].sum())
     negative = float(ranks[nonzero < 0].sum())
@@ -331,9 +351,10 @@ def significance(
     Warns
     -----
     OcclusionProbeWarning
-        When the test is undefined for a region (n < 2, every difference zero, or NaN in the
-        data): that region's p is NaN, the warning says why, and the other regions are
-        corrected among themselves.
+        When the test is undefined for a region (n < 2, or NaN in the data): that region's
+        p is NaN, the warning says why, and the other regions are corrected among
+        themselves. A region whose occlusion changes no output is not undefined: its p is 1
+        and its effect size 0 (no evidence of a drop), and it counts in the correction.
 
     Notes
     -----
@@ -377,7 +398,10 @@ def significance(
         elif np.isnan(differences).any():
             reason = "NaN in the outputs"
         elif not np.any(differences != 0):
-            reason = "every difference is zero"
+            # Occluding the region changes no output: no evidence of a drop (p = 1), and the
+            # region still counts in the Holm correction, as every region tested does.
+            p_values.append(1.0)
+            continue
         if reason is not None:
             undefined.append(f"region {region} ({reason})")
             p_values.append(math.nan)

@@ -35,6 +35,7 @@ from .model import (
 )
 from .regions import Regions
 from .result import SweepResult
+from .selection import check_class_names
 
 __all__ = ["DEFAULT_FILLS", "auto_batch_size", "choose_engine", "sweep"]
 
@@ -393,7 +394,7 @@ def sweep(
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
     out_name = output_name(output)
-    names = tuple(class_names) if class_names is not None else None
+    names = check_class_names(class_names)
     shard = distributed.current_shard()
     chunk_images = DEFAULT_CHUNK_IMAGES
     if shard is not None and isinstance(images, (Tensor, np.ndarray)):

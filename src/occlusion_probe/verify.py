@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Images, ImageSource, check_label_range
-from .errors import InputValueError
+from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
 from .model import (
     CheckedForward,
@@ -23,7 +24,10 @@ from .model import (
     resolve_device,
 )
 from .regions import Regions
+from .result import ordinary_tensor
+from .selection import check_bool, check_class_names
 from .sweep import auto_batch_size, check_common_arguments
+from .tables import optional_import
 
 __all__ = ["ConfusionReport", "confusion_report", "keep_only"]
 
@@ -64,9 +68,46 @@ class ConfusionReport:
     class_names: tuple[str, ...] | None = None
     kept_ids: tuple[int, ...] = ()
 
+    def __post_init__(self) -> None:
+        k = int(self.confusion.shape[0])
+        for name in ("confusion", "percent", "recall"):
+            object.__setattr__(self, name, ordinary_tensor(getattr(self, name)))
+        object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
+
     @property
     def num_images(self) -> int:
+        """The number of images the matrix counts."""
         return int(self.confusion.sum())
+
+    def to_pandas(self, percent: bool = False) -> Any:
+        """The matrix as a ``pandas.DataFrame``: rows = true class, columns = predicted class.
+
+        Parameters
+        ----------
+        percent : bool
+            Row-normalised percentages (float64) instead of the counts (int64).
+
+        Returns
+        -------
+        pandas.DataFrame, shape (K, K)
+            Index named ``"true"``, columns named ``"predicted"``, labelled with the class
+            names (indices without names).
+
+        Raises
+        ------
+        ImportError
+            When pandas is not installed (``pip install "occlusion_probe[tables]"``).
+        """
+        pd = optional_import("pandas", "ConfusionReport.to_pandas")
+        flag = check_bool("percent", percent)
+        k = int(self.confusion.shape[0])
+        labels: list[object] = list(self.class_names) if self.class_names else list(range(k))
+        values = (self.percent if flag else self.confusion).cpu().numpy()
+        return pd.DataFrame(
+            values,
+            index=pd.Index(labels, name="true"),
+            columns=pd.Index(labels, name="predicted"),
+        )
 
     def to_markdown(self, class_names: Sequence[str] | None = None, digits: int = 1) -> str:
         """The percent table as markdown, with the row/column convention stated above it.
@@ -102,12 +143,11 @@ class ConfusionReport:
         | dog | 0.0 | 100.0 |
         <BLANKLINE>
         """
-        names = list(class_names) if class_names is not None else self.class_names
-        k = self.confusion.shape[0]
+        k = int(self.confusion.shape[0])
+        given = check_class_names(class_names, k)
+        names = given if given is not None else self.class_names
         if names is None:
-            names = [str(i) for i in range(k)]
-        if len(names) != k:
-            raise InputValueError(f"class_names: expected {k} names, got {len(names)}")
+            names = tuple(str(i) for i in range(k))
         kept = f"kept regions {list(self.kept_ids)}; " if self.kept_ids else ""
         lines = [
             f"Confusion matrix in percent ({CONVENTION}); {kept}accuracy "
@@ -127,7 +167,7 @@ def confusion_report(
     predicted: Tensor,
     num_classes: int,
     class_names: Sequence[str] | None = None,
-    kept_ids: Iterable[int] = (),
+    kept_ids: Sequence[int] = (),
 ) -> ConfusionReport:
     """A `ConfusionReport` from true labels (n,) and predicted classes (n,).
 
@@ -140,8 +180,8 @@ def confusion_report(
     num_classes : int
         K, the number of classes.
     class_names : sequence of str, optional
-        K names, kept on the report.
-    kept_ids : iterable of int
+        K distinct names, kept on the report.
+    kept_ids : sequence of int
         The regions that stayed visible, kept on the report.
 
     Returns
@@ -152,9 +192,13 @@ def confusion_report(
     Raises
     ------
     InputValueError
-        When `labels` and `predicted` are not two tensors of the same shape (n,), or a label
-        is outside [0, num_classes).
+        When `labels` and `predicted` are not two tensors of the same shape (n,), a label
+        is outside [0, num_classes), or `class_names` does not hold `num_classes` distinct
+        names.
+    InputTypeError
+        When `class_names` is a single string or holds a non-string.
     """
+    check_class_names(class_names, num_classes)
     if labels.shape != predicted.shape or labels.dim() != 1:
         raise InputValueError(
             f"labels, predicted: expected two (n,) tensors, got {tuple(labels.shape)} and {tuple(predicted.shape)}"
@@ -188,7 +232,7 @@ def keep_only(
     images: Images,
     labels: Tensor | Sequence[int] | None,
     regions: Regions,
-    keep: Iterable[int] = (10, 11),
+    keep: Sequence[int] = (10, 11),
     fill: FillSpec = 0.0,
     *,
     output: OutputSpec = "logits",
@@ -214,8 +258,9 @@ def keep_only(
         True classes; None when the batches carry labels.
     regions : Regions, masks (R, H, W)
         The regions `keep` refers to.
-    keep : iterable of int
-        Region ids that stay visible; ``keep=regions.ids`` gives the plain confusion matrix.
+    keep : sequence of int
+        Region ids that stay visible (a list or tuple, even for one region: ``keep=[10]``);
+        ``keep=regions.ids`` gives the plain confusion matrix.
     fill : number, Tensor or callable
         A number, a tensor broadcastable to one image, or a callable images -> fill images.
     output : str or callable
@@ -231,7 +276,8 @@ def keep_only(
     progress : bool
         Show a tqdm progress bar.
     class_names : sequence of str, optional
-        K names, kept on the report.
+        K distinct names, kept on the report (checked before the model runs, and their
+        number against K once the model's outputs are known).
 
     Returns
     -------
@@ -256,6 +302,12 @@ def keep_only(
     ((3, 3), 6)
     """
     check_common_arguments(model, regions, batch_size, progress)
+    if isinstance(keep, (str, bytes)) or not isinstance(keep, (Sequence, Tensor)):
+        raise InputTypeError(
+            f"keep: expected a sequence of region ids (e.g. [10, 11], or [10] for one), "
+            f"got {describe(keep)}"
+        )
+    check_class_names(class_names)
     kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
     source = ImageSource(images, labels, regions.height, regions.width)
     if not source.is_stream and labels is None:
