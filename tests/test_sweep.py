@@ -325,19 +325,6 @@ def test_other_argument_errors(cnn: nn.Module, images: torch.Tensor) -> None:
         op.sweep(cnn, images, op.grid(12, 12), progress=False, device="gpu0")
 
 
-def test_auto_batch_size_is_a_power_of_two_within_budget() -> None:
-    from occlusion_probe.sweep import auto_batch_size
-
-    cpu = torch.device("cpu")
-    # 1 MiB of float32 input: 113 images of 1x48x48, rounded down to a power of two.
-    assert auto_batch_size((1, 48, 48), cpu, 10**6) == 64
-    assert auto_batch_size((1, 48, 48), cpu, 7) == 7
-    # Large images: at least 4 per call while 4 fit in 16 MiB, else one.
-    assert auto_batch_size((3, 224, 224), cpu, 100) == 4
-    assert auto_batch_size((3, 224, 224), cpu, 3) == 3
-    assert auto_batch_size((3, 2000, 2000), cpu, 100) == 1
-
-
 def test_fill_far_outside_image_range_warns(cnn: nn.Module, images: torch.Tensor) -> None:
     with pytest.warns(
         op.OcclusionProbeWarning, match=r"fills: \['128.0'\] lie outside the images' value range"

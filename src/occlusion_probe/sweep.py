@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .batching import BatchConfig, BatchPlan, auto_batch_size
 from .checkpoint import Checkpoint, Fingerprint
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
@@ -37,65 +37,14 @@ from .regions import Regions
 from .result import SweepResult
 from .selection import check_class_names
 
-__all__ = ["DEFAULT_FILLS", "auto_batch_size", "choose_engine", "sweep"]
+__all__ = [
+    "DEFAULT_FILLS",
+    "auto_batch_size",
+    "choose_engine",
+    "sweep",
+]  # auto_batch_size: batching.py
 
 DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-# "auto" batch size: occluded inputs of one batch take about this many bytes. Measured with
-# benchmarks/ on an idle 2-core CPU (torch 2.13, 1 and 2 threads; docs/performance.md): the
-# paper CNN (1x48x48) ran fastest at 32-64 images per call and a third slower at 256-2048
-# (the activations of a big batch fall out of the caches); a VGG-style net (3x224x224) ran
-# fastest at 2-8 images. On CUDA a larger budget keeps the GPU busy.
-_AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
-
-
-def auto_batch_size(
-    image_shape: Sequence[int], device: torch.device, items: int, element_size: int = 4
-) -> int:
-    """Occluded images per model call for `batch_size="auto"`, from a memory budget.
-
-    The budget (1 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
-    smaller) divided by the bytes of one image and rounded down to a power of two; on CPU
-    at least 4 images while they fit in 16 MiB (one large image per call leaves the
-    convolutions too little work to split across threads). The smaller of that and `items`.
-
-    Parameters
-    ----------
-    image_shape : sequence of int
-        Shape of one image, e.g. (C, H, W).
-    device : torch.device
-        Where the model runs; ``"cuda"`` devices get the CUDA budget.
-    items : int
-        How many occluded images there are in all; the batch is never larger.
-    element_size : int
-        Bytes per pixel value in the dtype the model gets (4 for float32, 2 for bfloat16,
-        8 for float64).
-
-    Returns
-    -------
-    int
-        Occluded images per model call, at least 1 and at most `items`.
-
-    Examples
-    --------
-    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000)
-    64
-    >>> auto_batch_size((3, 224, 224), torch.device("cpu"), items=1000)
-    4
-    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000, element_size=2)
-    128
-    """
-    bytes_per_image = element_size * math.prod(image_shape)
-    budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = min(budget, int(free) // 16)
-    size = max(1, budget // bytes_per_image)
-    if device.type != "cuda":
-        size = max(size, min(4, 16 * budget // bytes_per_image))
-    size = 1 << int(math.log2(size))
-    return max(1, min(size, items))
-
 
 # engine="auto" reads the model (torch.export, about 1-3 s) only for sweeps of at least this
 # many occluded images: below it, reading the model costs more than the engine can save.
@@ -243,6 +192,15 @@ def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: to
             f"than the model's own forward (max difference {error:.3g}); the model has state "
             'that export does not see. Use engine="dense".'
         )
+
+
+def _forward_in_batches(forward: CheckedForward, images: Tensor, config: BatchConfig) -> Tensor:
+    """Recorded outputs (n, K) of the model on `images`, `config.size` per call."""
+    parts = [
+        forward(config.prepare(images[i : i + config.size]))
+        for i in range(0, images.shape[0], config.size)
+    ]
+    return torch.cat(parts)
 
 
 @overload
@@ -439,13 +397,17 @@ def sweep(
         if store is not None:
             store.close()
         raise
-    per_call = (
-        auto_batch_size(
-            image_shape, run_device, max(1, r * v * (source.num_images or 1)), dtype.itemsize
+    if batch_size == "auto":
+        batches = BatchPlan.auto(
+            model,
+            image_shape,
+            dtype,
+            run_device,
+            None if source.num_images is None else source.num_images * r * v,
+            formats=not source.single_channel and incremental is None,
         )
-        if batch_size == "auto"
-        else batch_size
-    )
+    else:
+        batches = BatchPlan.fixed(batch_size)
 
     bar = tqdm(
         total=None if source.num_images is None else source.num_images * r * v,
@@ -471,17 +433,19 @@ def sweep(
                     f"{first_image + chunk.images.shape[0] - 1})"
                 )
                 x = cast_images(chunk.images.to(run_device), dtype)
-                baseline = torch.cat(
-                    [forward(x[i : i + per_call]) for i in range(0, x.shape[0], per_call)]
-                )
-                num_classes = int(baseline.shape[1])
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
                 if incremental is not None:
                     clean, occluded = incremental.run(
-                        x, fill_images, masks, max(per_call * 4, 24), forward.finish, bar.update
+                        x,
+                        fill_images,
+                        masks,
+                        max(batches.current.size * 4, 24),
+                        forward.finish,
+                        bar.update,
                     )
+                    baseline = _forward_in_batches(forward, x, batches.current)
                     _check_same_as_model(clean, baseline, dtype)
                 else:
                     # The occluded batches are scratch buffers rewritten for every block.
@@ -490,10 +454,13 @@ def sweep(
                         x,
                         fill_images,
                         masks,
-                        per_call,
-                        num_classes,
+                        batches,
+                        forward.num_classes or 0,
                         bar.update,
                     )
+                    # After the occluded blocks, so that it runs in the config they ended on.
+                    baseline = _forward_in_batches(forward, x, batches.current)
+                num_classes = int(baseline.shape[1])
                 baseline, occluded = baseline.cpu(), occluded.cpu()
                 _check_finite_outputs(baseline, first_image, "the unoccluded copies")
                 _check_finite_outputs(occluded, first_image, "occluded copies")
@@ -522,7 +489,8 @@ def sweep(
         image_shape=tuple(image_shape) if not source.single_channel else (h, w),
         output=out_name,
         engine="dense" if incremental is None else "incremental",
-        engine_note=engine_note,
+        engine_note=f"{engine_note}; "
+        + (batches.note if incremental is None else incremental.layout_note),
     )
     if shard is not None:
         merged = distributed.gather_collector(collector, shard)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .batching import auto_batch_size, remembered_batch
 from .data import Images, ImageSource, check_label_range
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
@@ -26,7 +27,7 @@ from .model import (
 from .regions import Regions
 from .result import ordinary_tensor
 from .selection import check_bool, check_class_names
-from .sweep import auto_batch_size, check_common_arguments
+from .sweep import check_common_arguments
 from .tables import optional_import
 
 __all__ = ["ConfusionReport", "confusion_report", "keep_only"]
@@ -319,10 +320,16 @@ def keep_only(
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
     forward.check_first(source.first_images(), run_device)
     visible = regions.union(kept_ids).to(run_device)
+    # An earlier sweep's timed choice for this model and input, else the memory budget's.
+    known = remembered_batch(model, source.image_shape, dtype, run_device)
     per_call = (
-        auto_batch_size(source.image_shape, run_device, source.num_images or 1024, dtype.itemsize)
-        if batch_size == "auto"
-        else int(batch_size)
+        int(batch_size)
+        if batch_size != "auto"
+        else known.size
+        if known is not None
+        else auto_batch_size(
+            source.image_shape, run_device, source.num_images or 1024, dtype.itemsize
+        )
     )
     all_labels: list[Tensor] = []
     all_predicted: list[Tensor] = []

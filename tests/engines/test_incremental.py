@@ -262,3 +262,62 @@ def test_indexed_windows_equal_strided_copies(monkeypatch: pytest.MonkeyPatch) -
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert_engines_agree(ResNet18(width=4), images, op.grid(32, 32, 4, 4))
     assert_engines_agree(_PositionalBias(), images[:, :, :16, :16], op.grid(16, 16, 4, 4))
+
+
+def _top_level_ops(run: object) -> int:
+    """ATen ops `run()` calls directly (not those called inside other ATen ops): on an
+    accelerator each is about one kernel launch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()  # type: ignore[operator]
+    return sum(
+        1
+        for event in prof.events()
+        if event.name.startswith("aten::")
+        and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
+    )
+
+
+def test_launches_grow_with_layers_not_with_regions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The path accelerators take (one indexed op per window gather, patch write and
+    # scatter), run on the CPU: 4x the regions in one group must not mean more ops.
+    from occlusion_probe.engines import incremental
+    from occlusion_probe.engines.incremental import IncrementalEngine
+
+    monkeypatch.setattr(incremental, "INDEXED_WINDOWS_ON_CPU", True)
+    model = ResNet18(width=4).eval()
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    fills = torch.zeros(1, 1, 1, 1, 1)
+    counts = {}
+    for rows in (4, 8):
+        masks = op.grid(64, 64, rows, rows).masks
+        engine = IncrementalEngine.prepare(model, (3, 64, 64), masks, torch.float32, images.device)
+        assert isinstance(engine, IncrementalEngine)
+        assert len(engine.groups) == 1  # all regions in one group, run as one call per op
+        counts[rows] = _top_level_ops(
+            lambda e=engine, m=masks: e.run(images, fills, m, 10**6, lambda raw: raw)
+        )
+    layers = sum(1 for node in engine.graph.nodes if node.op == "call_function")
+    # 16 and 64 regions: the same ops but for a few plan differences at the borders.
+    assert counts[8] <= 1.1 * counts[4], counts
+    # About two dozen ops per node (views included), against 64 regions x nodes before.
+    assert counts[8] < 64 * layers / 2, (counts, layers)
+
+
+def test_channels_last_maps_equal_contiguous_ones() -> None:
+    from occlusion_probe.engines.incremental import IncrementalEngine
+
+    model = ResNet18(width=4).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    masks = op.grid(32, 32, 4, 4).masks
+    fills = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    engine = IncrementalEngine.prepare(model, (3, 32, 32), masks, torch.float32, images.device)
+    assert isinstance(engine, IncrementalEngine)
+    nchw = engine.run(images, fills, masks, 32, lambda raw: raw, channels_last=False)
+    nhwc = engine.run(images, fills, masks, 32, lambda raw: raw, channels_last=True)
+    torch.testing.assert_close(nhwc[1], nchw[1], rtol=0, atol=1e-5)
+    assert engine.channels_last is None  # given, not decided
+    engine.run(images, fills, masks, 32, lambda raw: raw)  # decided by timing, once
+    assert engine.channels_last in (True, False)
+    assert "maps " in engine.layout_note and "ms" in engine.layout_note

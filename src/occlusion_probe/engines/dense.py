@@ -25,9 +25,17 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from occlusion_probe.batching import BatchPlan, clock
 from occlusion_probe.engines.boxes import bounding_boxes
 
-__all__ = ["occluded_blocks", "plan_blocks", "region_boxes", "run_dense"]
+__all__ = [
+    "BlockBuilder",
+    "flat_blocks",
+    "occluded_blocks",
+    "plan_blocks",
+    "region_boxes",
+    "run_dense",
+]
 
 Block = tuple[slice, slice, slice]
 
@@ -104,6 +112,117 @@ def region_boxes(masks: Tensor) -> list[tuple[int, int, int, int, bool] | None]:
     ]
 
 
+class BlockBuilder:
+    """Builds the occluded images of any block (rows, regions, fills) into given memory.
+
+    Entry (i, r, v) of a block equals ``torch.where(masks[r], fill_images[v, i], images[i])``
+    exactly (dtype promoted alike), whichever way it is built (bit select, boxes or where;
+    see the module docstring).
+
+    images : Tensor, shape (n, C, H, W)
+    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
+    masks : Tensor, shape (R, H, W), bool
+    batch_size : about how many images a block holds (decides between the ways)
+    """
+
+    def __init__(self, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int) -> None:
+        n, _channels, h, w = images.shape
+        self.images, self.masks = images, masks
+        self.shape = (n, masks.shape[0], fill_images.shape[0])
+        self.dtype = torch.promote_types(images.dtype, fill_images.dtype)
+        # (n, R, V, C, H, W) views: everything broadcasts, only the output block is written.
+        self.fills_by_image = fill_images.transpose(0, 1).unsqueeze(1)
+        self.masks_view = masks[None, :, None, None]
+        self.images_view = images[:, None, None]
+        self.per_image_fill = fill_images.shape[1] != 1
+        self.boxes = _boxes_worth_it(images, masks, fill_images.shape[0], batch_size)
+        self.bits = None if self.boxes is not None else _bit_select_type(images, fill_images, masks)
+        # Fills with full spatial dims, so that a box can be sliced out of any of them.
+        self.fills_full = self.fills_by_image.expand(*self.fills_by_image.shape[:-2], h, w)
+        self._tables: tuple[Tensor, Tensor] | None = None
+
+    def _bit_tables(self) -> tuple[Tensor, Tensor]:
+        """(fill bits (1, R, V, C, H, W), keep (1, R, 1, 1, H, W)), made once; blocks read
+        slices of them."""
+        if self._tables is None:
+            if self.bits is None:
+                raise RuntimeError("the bit select does not apply to these fills")
+            fill_bits = torch.where(self.masks_view, self.fills_by_image, 0.0)
+            keep = (~self.masks_view).to(self.bits)
+            self._tables = (fill_bits.contiguous().view(self.bits), keep)
+        return self._tables
+
+    def write(self, block: Block, out: Tensor) -> None:
+        """Write `block`'s occluded images into `out`, shape (k, nr, nv, C, H, W)."""
+        rows, regions, fills = block
+        fill_rows = rows if self.per_image_fill else slice(None)
+        if self.bits is not None:
+            fill_bits, keep = self._bit_tables()
+            image_bits = self.images_view[rows].view(self.bits)
+            target = out.view(self.bits)
+            torch.addcmul(fill_bits[:, regions, fills], image_bits, keep[:, regions], out=target)
+            return
+        if self.boxes is None:
+            condition = self.masks_view[:, regions]
+            fill_block = self.fills_by_image[fill_rows, :, fills]
+            torch.where(condition, fill_block, self.images_view[rows], out=out)
+            return
+        out.copy_(self.images_view[rows].expand(out.shape))
+        fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, H, W)
+        for j, box in enumerate(self.boxes[regions]):
+            if box is None:
+                continue
+            top, bottom, left, right, full = box
+            target = out[:, j : j + 1, :, :, top:bottom, left:right]
+            fill_box = fill_block[..., top:bottom, left:right]
+            if full:
+                target.copy_(fill_box)
+            else:
+                region = self.masks[regions.start + j, top:bottom, left:right]
+                target.copy_(torch.where(region, fill_box, target))
+
+    def write_range(self, start: int, stop: int, out: Tensor) -> None:
+        """Write flat items [start, stop) of the (n, R, V) order into `out` (stop - start,
+        C, H, W), as at most five rectangular blocks."""
+        offset = 0
+        _n, r, v = self.shape
+        for block in flat_blocks(start, stop, r, v):
+            rows, regions, fills = block
+            k, nr, nv = (
+                rows.stop - rows.start,
+                regions.stop - regions.start,
+                fills.stop - fills.start,
+            )
+            count = k * nr * nv
+            self.write(block, out[offset : offset + count].view(k, nr, nv, *out.shape[1:]))
+            offset += count
+
+
+def flat_blocks(start: int, stop: int, r: int, v: int) -> list[Block]:
+    """Items [start, stop) of the flattened (n, R, V) order as rectangular blocks, in order:
+    part of a region's fills, whole regions of one image, whole images, and so on."""
+    blocks: list[Block] = []
+    slab = r * v
+    position = start
+    while position < stop:
+        image, within = divmod(position, slab)
+        region, fill = divmod(within, v)
+        left = stop - position
+        if fill != 0 or left < v:
+            end = min(v, fill + left)
+            blocks.append((slice(image, image + 1), slice(region, region + 1), slice(fill, end)))
+            position += end - fill
+        elif region != 0 or left < slab:
+            count = min(r - region, left // v)
+            blocks.append((slice(image, image + 1), slice(region, region + count), slice(0, v)))
+            position += count * v
+        else:
+            count = left // slab
+            blocks.append((slice(image, image + count), slice(0, r), slice(0, v)))
+            position += count * slab
+    return blocks
+
+
 def occluded_blocks(
     images: Tensor,
     fill_images: Tensor,
@@ -126,63 +245,17 @@ def occluded_blocks(
     """
     n, c, h, w = images.shape
     r, v = masks.shape[0], fill_images.shape[0]
-    dtype = torch.promote_types(images.dtype, fill_images.dtype)
-    # (n, R, V, C, H, W) views: everything broadcasts, only the output block is written.
-    fills_by_image = fill_images.transpose(0, 1).unsqueeze(1)
-    masks_view = masks[None, :, None, None]
-    images_view = images[:, None, None]
-    per_image_fill = fill_images.shape[1] != 1
-    boxes = _boxes_worth_it(images, masks, v, batch_size)
-    bits = None if boxes is not None else _bit_select_type(images, fill_images, masks)
-    tables: dict[tuple[int, int, int, int], tuple[Tensor, Tensor]] = {}
+    builder = BlockBuilder(images, fill_images, masks, batch_size)
     buffers: dict[tuple[int, int, int], Tensor] = {}
-
-    def output(k: int, nr: int, nv: int) -> Tensor:
-        """The memory for a (k, nr, nv, C, H, W) block: fresh, or the last one of that shape."""
-        if reuse_buffers and (k, nr, nv) in buffers:
-            return buffers[k, nr, nv]
-        memory = torch.empty((k, nr, nv, c, h, w), dtype=dtype, device=images.device)
-        if reuse_buffers:
-            buffers[k, nr, nv] = memory
-        return memory
-
-    # Fills with full spatial dims, so that a box can be sliced out of any of them.
-    fills_full = fills_by_image.expand(*fills_by_image.shape[:-2], h, w)
     for block in plan_blocks(n, r, v, batch_size):
         rows, regions, fills = block
-        fill_rows = rows if per_image_fill else slice(None)
-        k, nr, nv = rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start
-        batch = output(k, nr, nv)
-        if bits is not None:
-            key = (regions.start, regions.stop, fills.start, fills.stop)
-            if key not in tables:
-                region_masks = masks_view[:, regions]  # (1, nr, 1, 1, H, W)
-                fill_bits = torch.where(region_masks, fills_by_image[:, :, fills], 0.0)
-                keep = (~region_masks).to(bits)
-                tables[key] = (fill_bits.contiguous().view(bits), keep)
-            fill_bits, keep = tables[key]
-            torch.addcmul(fill_bits, images_view[rows].view(bits), keep, out=batch.view(bits))
-            yield block, batch.reshape(-1, c, h, w)
-            continue
-        if boxes is None:
-            condition = masks_view[:, regions]
-            fill_block, image_block = fills_by_image[fill_rows, :, fills], images_view[rows]
-            torch.where(condition, fill_block, image_block, out=batch)
-            yield block, batch.reshape(-1, c, h, w)
-            continue
-        batch.copy_(images_view[rows].expand(k, nr, nv, c, h, w))
-        fill_block = fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, H, W)
-        for j, box in enumerate(boxes[regions]):
-            if box is None:
-                continue
-            top, bottom, left, right, full = box
-            target = batch[:, j : j + 1, :, :, top:bottom, left:right]
-            fill_box = fill_block[..., top:bottom, left:right]
-            if full:
-                target.copy_(fill_box)
-            else:
-                region = masks[regions.start + j, top:bottom, left:right]
-                target.copy_(torch.where(region, fill_box, target))
+        shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
+        batch = buffers.get(shape) if reuse_buffers else None
+        if batch is None:
+            batch = torch.empty((*shape, c, h, w), dtype=builder.dtype, device=images.device)
+            if reuse_buffers:
+                buffers[shape] = batch
+        builder.write(block, batch)
         yield block, batch.reshape(-1, c, h, w)
 
 
@@ -225,7 +298,7 @@ def run_dense(
     images: Tensor,
     fill_images: Tensor,
     masks: Tensor,
-    batch_size: int,
+    batches: BatchPlan | int,
     num_classes: int,
     on_progress: Callable[[int], None] | None = None,
 ) -> Tensor:
@@ -235,21 +308,36 @@ def run_dense(
     images : Tensor, shape (n, C, H, W)
     fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
     masks : Tensor, shape (R, H, W), bool
+    batches : the sizes (and memory formats) of the model calls: a `BatchPlan` (which may
+        time its candidates on these blocks), or a fixed number of images per call
     returns : Tensor, shape (n, R, V, K), on the images' device; entry (i, r, v) is
         ``forward(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]``.
     """
-    n = images.shape[0]
+    n, c, h, w = images.shape
     r, v = masks.shape[0], fill_images.shape[0]
+    plan = BatchPlan.fixed(batches) if isinstance(batches, int) else batches
+    builder = BlockBuilder(images, fill_images, masks, plan.current.size)
     out: Tensor | None = None
-    blocks = occluded_blocks(images, fill_images, masks, batch_size, reuse_buffers=True)
-    for (rows, regions, fills), batch in blocks:
-        outputs = forward(batch)
+    buffers: dict[int, Tensor] = {}  # a block's memory is reused by the next of its size
+    start = 0
+    for config in plan.blocks(n * r * v):
+        began = clock(images.device)
+        stop = start + config.size
+        batch = buffers.get(config.size)
+        if batch is None:
+            batch = torch.empty((config.size, c, h, w), dtype=builder.dtype, device=images.device)
+            buffers[config.size] = batch
+        builder.write_range(start, stop, batch)
+        outputs = forward(config.prepare(batch))
         if out is None:
-            out = torch.empty((n, r, v, num_classes), dtype=outputs.dtype, device=outputs.device)
-        shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start, -1)
-        out[rows, regions, fills] = outputs.reshape(shape)
+            out = torch.empty(
+                (n * r * v, outputs.shape[1]), dtype=outputs.dtype, device=outputs.device
+            )
+        out[start:stop] = outputs
+        plan.record(config, clock(images.device) - began)
+        start = stop
         if on_progress is not None:
-            on_progress(batch.shape[0])
+            on_progress(config.size)
     if out is None:
         return torch.empty((n, r, v, num_classes), dtype=images.dtype, device=images.device)
-    return out
+    return out.reshape(n, r, v, num_classes)

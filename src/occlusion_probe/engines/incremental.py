@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Node
 
+from ..batching import clock
 from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
@@ -98,6 +99,9 @@ class IncrementalEngine:
         planned = sum(group.flops * len(group.members) for group in self.groups)
         count = sum(len(group.members) for group in self.groups)
         self.flop_bound = math.inf if planned == 0 else dense_flops * count / max(1, planned)
+        # The maps' memory layout, decided on the first run (see _faster_layout).
+        self.channels_last: bool | None = None
+        self.layout_seconds: dict[bool, float] = {}
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -168,6 +172,8 @@ class IncrementalEngine:
         items_per_call: int,
         finish: Finish,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        channels_last: bool | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Outputs of the model on the unoccluded and on every occluded image.
 
@@ -176,6 +182,9 @@ class IncrementalEngine:
         masks : Tensor, shape (R, H, W), bool, the regions `prepare` planned
         items_per_call : about how many occluded images are computed together
         finish : turns the graph's raw output into a (b, K) tensor (the sweep's output rule)
+        channels_last : run the graph on channels-last maps (the cache and every window), as
+            the model's forward would run on channels-last images; None: the faster of the
+            two layouts, timed once per engine on the first images' full forward
         returns : clean (n, K) and occluded (n, R, V, K); entry (i, r, v) equals the model on
             ``torch.where(masks[r], fill_images[v, i], images[i])``, up to rounding
         """
@@ -186,10 +195,12 @@ class IncrementalEngine:
         clean_parts: list[Tensor] = []
         occluded: Tensor | None = None
         with torch.inference_mode():
+            if channels_last is None:
+                channels_last = self._faster_layout(images[:block])
             for start in range(0, n, block):
                 stop = min(n, start + block)
                 m = stop - start
-                cache = self._cache(images[start:stop].clone())
+                cache = self._cache(_in_layout(images[start:stop].clone(), channels_last))
                 clean = finish(self._output(cache, {}, _Items(1, 1)))
                 clean_parts.append(clean)
                 if occluded is None:
@@ -227,6 +238,38 @@ class IncrementalEngine:
             )
             return empty[:, 0, 0], empty
         return torch.cat(clean_parts), occluded
+
+    def _faster_layout(self, images: Tensor) -> bool:
+        """Whether the graph runs faster on channels-last maps: decided once per engine
+        by timing the full forward of `images` (which the cache needs anyway) twice in
+        each layout; always False for one-channel or empty images."""
+        if self.channels_last is None:
+            self.channels_last = False
+            if images.dim() == 4 and images.shape[0] > 0 and images.shape[1] > 1:
+                for _ in range(2):
+                    for layout in (False, True):
+                        began = clock(images.device)
+                        self._cache(_in_layout(images.clone(), layout))
+                        seconds = clock(images.device) - began
+                        self.layout_seconds[layout] = min(
+                            self.layout_seconds.get(layout, math.inf), seconds
+                        )
+                self.channels_last = self.layout_seconds[True] < self.layout_seconds[False]
+        return self.channels_last
+
+    @property
+    def layout_note(self) -> str:
+        """One clause for `engine_note`: the memory layout the maps were computed in."""
+        if self.channels_last is None:
+            return "maps in the images' layout"
+        layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
+        if not self.layout_seconds:
+            return f"maps {layout}"
+        timed = ", ".join(
+            f"{'channels-last' if key else 'NCHW'} {1e3 * value:.1f} ms"
+            for key, value in sorted(self.layout_seconds.items())
+        )
+        return f"maps {layout} (the faster full forward of the first images: {timed})"
 
     # ------------------------------------------------------------------ execution
 
@@ -433,6 +476,11 @@ class _Items:
         return grown.reshape(self.groups * n * self.fills, *value.shape[1:])
 
 
+def _in_layout(images: Tensor, channels_last: bool) -> Tensor:
+    """`images` (n, C, H, W) in channels-last memory when asked (a copy), else as given."""
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def _indexed(device: torch.device) -> bool:
     return device.type != "cpu" or INDEXED_WINDOWS_ON_CPU
 
@@ -458,6 +506,13 @@ def _gather(
     box_h, box_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
     groups = len(boxes)
     shape = (groups, n, items.fills, *rest, box_h, box_w)
+    # Windows of a channels-last map are channels-last too, so that convs keep that layout.
+    channels_last = (
+        base.dim() == 4
+        and spatial == (2, 3)
+        and base.is_contiguous(memory_format=torch.channels_last)
+        and not base.is_contiguous()
+    )
     if _indexed(base.device):
         rows, cols = _offsets(boxes, base.device)
         picked = moved[
@@ -474,7 +529,12 @@ def _gather(
         picked = picked.movedim(-3, 0).unsqueeze(2)  # (G, n, 1, rest..., h, w)
         out = picked.expand(shape).contiguous()
     else:
-        out = torch.empty(shape, dtype=base.dtype, device=base.device)
+        if channels_last:  # (G, n, V, h, w, C) memory seen as (G, n, V, C, h, w)
+            out = torch.empty(
+                (*shape[:3], box_h, box_w, *rest), dtype=base.dtype, device=base.device
+            ).permute(0, 1, 2, 5, 3, 4)
+        else:
+            out = torch.empty(shape, dtype=base.dtype, device=base.device)
         for member, (top, bottom, left, right) in enumerate(boxes):
             inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
             target = out[member]
@@ -486,6 +546,8 @@ def _gather(
             source = moved[..., inner[0] : inner[1], inner[2] : inner[3]].unsqueeze(1)
             target.copy_(source.expand(target.shape))
     flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
+    if channels_last:
+        return flat.contiguous(memory_format=torch.channels_last)  # a view on the CPU path
     return flat.movedim((-2, -1), spatial)
 
 
@@ -495,35 +557,67 @@ def _write_patch(
     """Write each member's changed values into its window (in place); windows and patch
     boxes lie at per-member offsets, equal for most members of a group."""
     groups = len(boxes)
-    overlaps: list[tuple[slice, slice, slice, slice] | None] = []
-    for (top, bottom, left, right), (p_top, p_bottom, p_left, p_right) in zip(
-        boxes, patch.boxes, strict=True
-    ):
-        o_top, o_bottom = max(p_top, top), min(p_bottom, bottom)
-        o_left, o_right = max(p_left, left), min(p_right, right)
-        if o_top >= o_bottom or o_left >= o_right:
-            overlaps.append(None)
-            continue
-        overlaps.append(
-            (
-                slice(o_top - top, o_bottom - top),
-                slice(o_left - left, o_right - left),
-                slice(o_top - p_top, o_bottom - p_top),
-                slice(o_left - p_left, o_right - p_left),
-            )
-        )
     target = window.movedim(spatial, (-2, -1))
     target = target.reshape(groups, -1, *target.shape[1:]) if groups > 1 else target[None]
     source = patch.value.movedim(spatial, (-2, -1))
     source = source.reshape(groups, -1, *source.shape[1:])
+    overlaps = [_overlap(box, patch_box) for box, patch_box in zip(boxes, patch.boxes, strict=True)]
     if all(o == overlaps[0] for o in overlaps) and overlaps[0] is not None:
         rows, cols, p_rows, p_cols = overlaps[0]
         target[..., rows, cols] = source[..., p_rows, p_cols]
+        return
+    if _indexed(window.device):
+        _write_patch_indexed(target, source, boxes, patch.boxes)
         return
     for member, overlap in enumerate(overlaps):
         if overlap is not None:
             rows, cols, p_rows, p_cols = overlap
             target[member, ..., rows, cols] = source[member, ..., p_rows, p_cols]
+
+
+def _overlap(box: Box, patch_box: Box) -> tuple[slice, slice, slice, slice] | None:
+    """Where `patch_box` meets `box`: (rows, cols) in the box, (rows, cols) in the patch."""
+    top, bottom, left, right = box
+    p_top, p_bottom, p_left, p_right = patch_box
+    o_top, o_bottom = max(p_top, top), min(p_bottom, bottom)
+    o_left, o_right = max(p_left, left), min(p_right, right)
+    if o_top >= o_bottom or o_left >= o_right:
+        return None
+    return (
+        slice(o_top - top, o_bottom - top),
+        slice(o_left - left, o_right - left),
+        slice(o_top - p_top, o_bottom - p_top),
+        slice(o_left - p_left, o_right - p_left),
+    )
+
+
+def _write_patch_indexed(
+    target: Tensor, source: Tensor, boxes: tuple[Box, ...], patch_boxes: tuple[Box, ...]
+) -> None:
+    """`_write_patch` for members whose overlaps differ, in a fixed number of ops: every
+    window position reads the patch at its own map position (clamped), and keeps its value
+    where that lies outside the member's patch box.
+
+    target : (G, k, rest..., h, w) windows; source : (G, k, rest..., ph, pw) patches
+    """
+    device = target.device
+    window_rows, window_cols = _offsets(boxes, device)  # (G, h), (G, w) map positions
+    patch_rows = window_rows - torch.tensor([b[0] for b in patch_boxes], device=device)[:, None]
+    patch_cols = window_cols - torch.tensor([b[2] for b in patch_boxes], device=device)[:, None]
+    height, width = source.shape[-2], source.shape[-1]
+    inside = ((patch_rows >= 0) & (patch_rows < height))[:, :, None] & (
+        (patch_cols >= 0) & (patch_cols < width)
+    )[:, None, :]  # (G, h, w)
+    member = torch.arange(len(boxes), device=device)[:, None, None]
+    read = source[
+        member,
+        ...,
+        patch_rows.clamp(0, height - 1)[:, :, None],
+        patch_cols.clamp(0, width - 1)[:, None, :],
+    ]  # advanced indices split by the ellipsis: (G, h, w, k, rest...)
+    read = read.movedim((1, 2), (-2, -1))  # (G, k, rest..., h, w)
+    shape = (len(boxes),) + (1,) * (target.dim() - 3) + inside.shape[1:]
+    target.copy_(torch.where(inside.reshape(shape), read, target))
 
 
 def _scatter(whole: Tensor, spatial: tuple[int, int], patch: _Patch, groups: int) -> Tensor:
@@ -596,6 +690,16 @@ def _input_patch(
     """
     if isinstance(boxes, str):
         raise RuntimeError("the images are a patch in every plan")
+    if _indexed(images.device) and len(members) > 1:
+        # One gather per operand for all members (a fixed number of kernel launches).
+        rows, cols = _offsets(boxes, images.device)
+        rows, cols = rows[:, :, None], cols[:, None, :]  # (G, h, 1), (G, 1, w)
+        index = torch.tensor(members, device=images.device)[:, None, None]
+        in_region = masks[index, rows, cols]  # (G, h, w)
+        inside = images[..., rows, cols].movedim(-3, 0)  # (G, m, C, h, w)
+        fill = fills[..., rows, cols].movedim(-3, 0).transpose(1, 2)  # (G, m, V, C, h, w)
+        patch = torch.where(in_region[:, None, None, None], fill, inside[:, :, None])
+        return _Patch(boxes, patch.reshape(-1, *patch.shape[3:]))
     parts = []
     for region, (top, bottom, left, right) in zip(members, boxes, strict=True):
         inside = images[:, None, :, top:bottom, left:right]

@@ -1,0 +1,274 @@
+"""How many occluded images go into one model call, and in which memory format.
+
+A fixed memory budget picks the wrong batch for many models: on a 2-core CPU a half-width
+ResNet-18 at 224x224 ran 1.3x faster at 8 images per call than at the 4 the old 1 MiB budget
+gave, and 1.8x faster again with channels-last inputs, while the paper's small CNN is fastest
+at 32-96 images. So ``batch_size="auto"`` times a few candidates on the sweep's own first
+occluded images and keeps the fastest for the rest:
+
+1. the starting size is the memory budget's (`auto_batch_size`); the candidates are that size
+   halved (on CPU not below 4), doubled and quadrupled (at most 64 MiB of input per call),
+   each with contiguous and, for images of more than one channel, channels-last inputs;
+2. every candidate runs one block of the sweep's real work (nothing is thrown away), then
+   those within 1.5x of the fastest run once more; a candidate's time is its best
+   per-image time (building the block and the forward, device work included);
+3. the fastest is used for the rest of the sweep and remembered for this model, image shape,
+   dtype and device (for the process's lifetime), so later sweeps skip the trial.
+
+The trial runs only when the sweep has at least three times the trial's images; smaller
+sweeps use the starting size, contiguous. A channels-last input is the model's own forward
+on the same values in another memory layout: outputs agree with contiguous inputs to float
+rounding (1.5e-7 on a float32 ResNet-18, 1e-7 relative), like a change of batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchConfig", "BatchPlan", "auto_batch_size", "remembered_batch"]
+
+# Input bytes per call of the starting size. Measured with benchmarks/ on an idle 2-core CPU
+# (torch 2.13): the paper CNN (1x48x48) ran fastest at 32-96 images per call (64 = 1 MiB)
+# and a third slower at 256-2048; on CUDA a larger budget keeps the GPU busy.
+_AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
+# The trial never tries calls of more input than this (a CPU's caches are long exceeded).
+_TRIAL_MAX_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+# Candidates within this factor of the fastest after one round are timed once more (the
+# first call of a new batch shape also pays one-off costs, such as oneDNN primitive setup).
+_SECOND_ROUND_FACTOR = 1.5
+# A sweep must hold this many times the trial's images (two rounds of every candidate, at
+# most) for the trial to run.
+TRIAL_MIN_SHARE = 3
+
+
+def auto_batch_size(
+    image_shape: Sequence[int], device: torch.device, items: int, element_size: int = 4
+) -> int:
+    """The starting batch size of ``batch_size="auto"``: a memory budget's.
+
+    The budget (1 MiB of input on CPU, 256 MiB on CUDA, or 1/16 of the free GPU memory if
+    smaller) divided by the bytes of one image and rounded down to a power of two; on CPU
+    at least 4 images while they fit in 16 MiB (one large image per call leaves the
+    convolutions too little work to split across threads). The smaller of that and `items`.
+
+    Parameters
+    ----------
+    image_shape : sequence of int
+        Shape of one image, e.g. (C, H, W).
+    device : torch.device
+        Where the model runs; ``"cuda"`` devices get the CUDA budget.
+    items : int
+        How many images there are in all; the batch is never larger.
+    element_size : int
+        Bytes per pixel value in the dtype the model gets (4 for float32, 2 for bfloat16,
+        8 for float64).
+
+    Returns
+    -------
+    int
+        Images per model call, at least 1 and at most `items`.
+
+    Examples
+    --------
+    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000)
+    64
+    >>> auto_batch_size((3, 224, 224), torch.device("cpu"), items=1000)
+    4
+    >>> auto_batch_size((1, 48, 48), torch.device("cpu"), items=1000, element_size=2)
+    128
+    """
+    bytes_per_image = element_size * math.prod(image_shape)
+    budget = _AUTO_BATCH_BYTES["cuda" if device.type == "cuda" else "cpu"]
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = min(budget, int(free) // 16)
+    size = max(1, budget // bytes_per_image)
+    if device.type != "cuda":
+        size = max(size, min(4, 16 * budget // bytes_per_image))
+    size = 1 << int(math.log2(size))
+    return max(1, min(size, items))
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """One way to call the model: `size` images per call, in channels-last memory or not."""
+
+    size: int
+    channels_last: bool = False
+
+    def prepare(self, batch: Tensor) -> Tensor:
+        """`batch` (b, C, H, W) in this config's memory format (a copy when it changes)."""
+        if self.channels_last and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def describe(self) -> str:
+        return f"{self.size}{' channels-last' if self.channels_last else ''}"
+
+
+# Choices made by earlier trials, per model (dropped with it) and (shape, dtype, device).
+_REMEMBERED: weakref.WeakKeyDictionary[object, dict[tuple[object, ...], BatchConfig]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _key(
+    image_shape: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> tuple[object, ...]:
+    return (tuple(image_shape), dtype, str(device))
+
+
+def remembered_batch(
+    model: object, image_shape: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> BatchConfig | None:
+    """The config an earlier trial chose for this model and input, or None."""
+    try:
+        return _REMEMBERED.get(model, {}).get(_key(image_shape, dtype, device))
+    except TypeError:  # a callable that cannot be weakly referenced is never remembered
+        return None
+
+
+def _remember(
+    model: object,
+    image_shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    config: BatchConfig,
+) -> None:
+    try:
+        _REMEMBERED.setdefault(model, {})[_key(image_shape, dtype, device)] = config
+    except TypeError:
+        return
+
+
+@dataclass
+class BatchPlan:
+    """The batches of one sweep: a fixed config, or a timing trial followed by the fastest.
+
+    Use `fixed` or `auto` to make one; the dense engine asks `blocks` for the sizes of each
+    chunk's blocks and reports each block's time with `record`.
+
+    Attributes
+    ----------
+    current : BatchConfig
+        The config in use outside the trial (the starting one until the trial ends).
+    trial : list of BatchConfig
+        The candidates still to be timed (empty once decided).
+    """
+
+    current: BatchConfig
+    trial: list[BatchConfig] = field(default_factory=list)
+    how: str = "given"
+    _times: dict[BatchConfig, float] = field(default_factory=dict)
+    _round: int = 1
+    _owner: tuple[object, Sequence[int], torch.dtype, torch.device] | None = None
+
+    @classmethod
+    def fixed(cls, size: int) -> BatchPlan:
+        """Always `size` images per call, contiguous (an explicit ``batch_size=``)."""
+        return cls(BatchConfig(size), how="given")
+
+    @classmethod
+    def auto(
+        cls,
+        model: object,
+        image_shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device,
+        items: int | None,
+        *,
+        formats: bool = True,
+    ) -> BatchPlan:
+        """The plan of ``batch_size="auto"`` for a sweep of `items` occluded images
+        (None: unknown, a stream); `formats` allows channels-last candidates."""
+        known = remembered_batch(model, image_shape, dtype, device)
+        if known is not None:
+            return cls(known, how="remembered from an earlier trial")
+        start = auto_batch_size(image_shape, device, items or 2**62, dtype.itemsize)
+        budget = _TRIAL_MAX_BYTES["cuda" if device.type == "cuda" else "cpu"]
+        most = max(1, budget // (dtype.itemsize * math.prod(image_shape)))
+        factors = (1, 2, 4) if device.type == "cuda" else (1, 2, 4, 8)
+        # On CPU fewer than 4 images per call leave the convolutions too little work to
+        # split across threads (never the fastest in the benchmarks' scans).
+        smallest = 1 if device.type == "cuda" else min(4, start)
+        sizes = sorted(
+            {max(smallest, start * f // 2) for f in factors if start * f // 2 <= most} or {start}
+        )
+        layouts = (
+            [False, True] if formats and len(image_shape) == 3 and image_shape[0] > 1 else [False]
+        )
+        candidates = [BatchConfig(s, cl) for cl in layouts for s in sizes]
+        trial_items = 2 * sum(c.size for c in candidates)
+        # A stream (items None) may end before the trial does: the starting size then stays.
+        if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
+            return cls(BatchConfig(start), how="memory budget (too few images to time)")
+        return cls(
+            BatchConfig(start), candidates, "timed", _owner=(model, image_shape, dtype, device)
+        )
+
+    def blocks(self, total: int) -> Iterator[BatchConfig]:
+        """Configs of consecutive blocks covering `total` items; trial blocks first, then
+        blocks of the current size, split evenly (sizes differ by at most one)."""
+        remaining = total
+        while remaining > 0 and self.trial:
+            config = self.trial[0]
+            if config.size > remaining:
+                break
+            yield config
+            remaining -= config.size
+        if remaining <= 0:
+            return
+        # A candidate larger than what is left waits for the next chunk.
+        count = -(-remaining // self.current.size)
+        size, extra = divmod(remaining, count)
+        for index in range(count):
+            yield BatchConfig(size + (1 if index < extra else 0), self.current.channels_last)
+
+    def record(self, config: BatchConfig, seconds: float) -> None:
+        """The time of one block of `config` (building it and the forward)."""
+        if not self.trial or config != self.trial[0]:
+            return
+        self.trial.pop(0)
+        per_image = seconds / max(1, config.size)
+        self._times[config] = min(self._times.get(config, math.inf), per_image)
+        if self.trial:
+            return
+        best = min(self._times.values())
+        if self._round == 1:
+            self._round = 2
+            self.trial = [c for c, t in self._times.items() if t <= _SECOND_ROUND_FACTOR * best]
+            if len(self.trial) > 1:
+                return
+            self.trial = []
+        self.current = min(self._times, key=lambda c: self._times[c])
+        if self._owner is not None:
+            _remember(*self._owner, self.current)
+
+    @property
+    def note(self) -> str:
+        """One clause for `engine_note`: the config and how it was chosen."""
+        if self.how == "timed" and self._times and not self.trial:
+            timed = ", ".join(
+                f"{c.describe()}: {1 / t:.0f}/s"
+                for c, t in sorted(self._times.items(), key=lambda i: i[1])
+            )
+            return (
+                f"batches of {self.current.describe()} images (timed on the first blocks, "
+                f"images per second: {timed})"
+            )
+        how = "memory budget; the trial did not finish" if self.how == "timed" else self.how
+        return f"batches of {self.current.describe()} images ({how})"
+
+
+def clock(device: torch.device) -> float:
+    """Seconds for timing blocks, after waiting for queued work on `device`."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -1,0 +1,162 @@
+"""batching.py: the starting size, the timing trial (with fake clocks), and sweeps that
+time their batches give the outputs of a fixed batch size."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from reference_models import ResNet18, small_cnn
+from torch import nn
+
+import occlusion_probe as op
+from occlusion_probe import batching
+from occlusion_probe.batching import BatchConfig, BatchPlan, auto_batch_size, remembered_batch
+from occlusion_probe.engines.dense import run_dense
+
+CPU = torch.device("cpu")
+
+
+def test_auto_batch_size_is_a_power_of_two_within_budget() -> None:
+    # 1 MiB of float32 input: 113 images of 1x48x48, rounded down to a power of two.
+    assert auto_batch_size((1, 48, 48), CPU, 10**6) == 64
+    assert auto_batch_size((1, 48, 48), CPU, 7) == 7
+    # Large images: at least 4 per call while 4 fit in 16 MiB, else one.
+    assert auto_batch_size((3, 224, 224), CPU, 100) == 4
+    assert auto_batch_size((3, 224, 224), CPU, 3) == 3
+    assert auto_batch_size((3, 2000, 2000), CPU, 100) == 1
+    # The element size counts: bfloat16 images are half the bytes.
+    assert auto_batch_size((1, 48, 48), CPU, 10**6, element_size=2) == 128
+
+
+def _drain(plan: BatchPlan, total: int, seconds_per_image: dict[BatchConfig, float]) -> list[int]:
+    """Run `plan` over `total` items with a fake clock; the block sizes in order."""
+    sizes = []
+    for config in plan.blocks(total):
+        sizes.append(config.size)
+        per_image = seconds_per_image.get(BatchConfig(config.size, config.channels_last), 1.0)
+        plan.record(config, per_image * config.size)
+    return sizes
+
+
+def test_candidates_around_the_budget_with_both_layouts() -> None:
+    plan = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 10_000)
+    assert plan.how == "timed"
+    assert plan.current == BatchConfig(4)
+    # Half, once, twice and four times the start (4), but never below 4 images on CPU.
+    assert plan.trial == [BatchConfig(s, cl) for cl in (False, True) for s in (4, 8, 16)]
+    # One channel: no channels-last candidates (the same memory either way).
+    single = BatchPlan.auto(object(), (1, 48, 48), torch.float32, CPU, 10**6)
+    assert single.trial == [BatchConfig(s) for s in (32, 64, 128, 256)]
+    assert (
+        not BatchPlan.auto(object(), (3, 8, 8), torch.float32, CPU, 10**7, formats=False)
+        .trial[-1]
+        .channels_last
+    )
+
+
+def test_trial_picks_the_fastest_and_covers_every_item_once() -> None:
+    model = nn.Identity()
+    plan = BatchPlan.auto(model, (3, 224, 224), torch.float32, CPU, 10_000)
+    speed = {BatchConfig(s, cl): 1.0 for s in (4, 8, 16) for cl in (False, True)}
+    speed[BatchConfig(8, True)] = 0.4
+    speed[BatchConfig(16, True)] = 0.55  # within 1.5x: timed again; the others are not
+    sizes = _drain(plan, 1000, speed)
+    assert sum(sizes) == 1000
+    first_round = [4, 8, 16, 4, 8, 16]
+    assert sizes[:8] == [*first_round, 8, 16]
+    assert plan.current == BatchConfig(8, True)
+    after = sizes[8:]
+    assert max(after) - min(after) <= 1 and max(after) <= 8  # even blocks of the choice
+    assert "8 channels-last" in plan.note and "timed" in plan.note
+    # Remembered for this model and input: a later sweep skips the trial.
+    assert remembered_batch(model, (3, 224, 224), torch.float32, CPU) == BatchConfig(8, True)
+    again = BatchPlan.auto(model, (3, 224, 224), torch.float32, CPU, 10_000)
+    assert again.trial == [] and again.current == BatchConfig(8, True)
+    assert "remembered" in again.note
+    # Not for another shape or dtype.
+    assert remembered_batch(model, (3, 112, 112), torch.float32, CPU) is None
+    assert remembered_batch(model, (3, 224, 224), torch.float64, CPU) is None
+
+
+def test_remembered_choices_go_with_the_model() -> None:
+    model = nn.Linear(2, 2)
+    plan = BatchPlan.auto(model, (1, 8, 8), torch.float32, CPU, 10**7)
+    _drain(plan, 10**6, {})
+    assert remembered_batch(model, (1, 8, 8), torch.float32, CPU) is not None
+    before = len(batching._REMEMBERED)
+    del model, plan
+    gc.collect()
+    assert len(batching._REMEMBERED) == before - 1
+
+
+def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:
+    small = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 100)
+    assert small.trial == [] and small.current == BatchConfig(4)
+    assert "too few images" in small.note
+    # A trial that a chunk cannot hold waits for the next chunk; the blocks still cover it.
+    unreferencable = _NoWeakref()
+    plan = BatchPlan.auto(unreferencable, (1, 48, 48), torch.float32, CPU, None)  # a stream
+    assert [c.size for c in plan.trial] == [32, 64, 128, 256]
+    assert _drain(plan, 50, {}) == [32, 18]  # 64 waits for the next chunk
+    assert [c.size for c in plan.trial] == [64, 128, 256]
+    _drain(plan, 10**5, {})
+    assert not plan.trial and plan.how == "timed"
+    assert remembered_batch(unreferencable, (1, 48, 48), torch.float32, CPU) is None
+
+
+class _NoWeakref:
+    """A callable model that cannot be weakly referenced (no __weakref__ slot)."""
+
+    __slots__ = ()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)
+
+
+def test_fixed_plans_split_evenly() -> None:
+    assert [c.size for c in BatchPlan.fixed(64).blocks(96)] == [48, 48]
+    assert [c.size for c in BatchPlan.fixed(7).blocks(20)] == [7, 7, 6]
+    assert list(BatchPlan.fixed(3).blocks(0)) == []
+    assert "given" in BatchPlan.fixed(3).note
+
+
+def test_channels_last_is_a_copy_in_another_layout() -> None:
+    batch = torch.rand(2, 3, 5, 5)
+    moved = BatchConfig(2, channels_last=True).prepare(batch)
+    assert moved.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(moved, batch)
+    assert BatchConfig(2).prepare(batch) is batch
+
+
+def test_run_dense_with_a_trial_equals_fixed_batches() -> None:
+    model = small_cnn(in_channels=3).eval()
+    images = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    masks = op.grid(12, 12, 3, 3).masks
+    fill_images = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1, 1)
+    plan = BatchPlan(BatchConfig(5), [BatchConfig(2), BatchConfig(7, True), BatchConfig(4)])
+    with torch.inference_mode():
+        timed = run_dense(model, images, fill_images, masks, plan, 5)
+        fixed = run_dense(model, images, fill_images, masks, 81, 5)
+    torch.testing.assert_close(timed, fixed, rtol=0, atol=1e-6)
+
+
+def test_sweep_times_its_batches_and_agrees_with_a_fixed_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Time even this small sweep, starting at 4 images per call (candidates 4, 8, 16).
+    monkeypatch.setattr(batching, "TRIAL_MIN_SHARE", 0)
+    monkeypatch.setattr(batching, "_AUTO_BATCH_BYTES", {"cpu": 4 * 3 * 32 * 32 * 4, "cuda": 0})
+    model = ResNet18(width=4).eval()
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    regions = op.grid(32, 32, 4, 4)
+    fills = [0.0, 0.5, 1.0]
+    timed = op.sweep(model, images, regions, fills, engine="dense", progress=False)
+    assert "timed on the first blocks" in timed.engine_note
+    fixed = op.sweep(model, images, regions, fills, engine="dense", batch_size=3, progress=False)
+    assert "batches of 3 images (given)" in fixed.engine_note
+    torch.testing.assert_close(timed.occluded, fixed.occluded, rtol=0, atol=1e-6)
+    torch.testing.assert_close(timed.baseline, fixed.baseline, rtol=0, atol=1e-6)
+    again = op.sweep(model, images, regions, fills, engine="dense", progress=False)
+    assert "remembered from an earlier trial" in again.engine_note
