@@ -4,6 +4,7 @@ time their batches give the outputs of a fixed batch size."""
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -61,13 +62,14 @@ def test_trial_picks_the_fastest_and_covers_every_item_once() -> None:
     plan = BatchPlan.auto(model, (3, 224, 224), torch.float32, CPU, 10_000)
     speed = {BatchConfig(s, cl): 1.0 for s in (4, 8, 16) for cl in (False, True)}
     speed[BatchConfig(8, True)] = 0.4
-    speed[BatchConfig(16, True)] = 0.55  # within 1.5x: timed again; the others are not
+    speed[BatchConfig(16, True)] = 0.45  # within 1.25x: timed again; the others are not
     sizes = _drain(plan, 1000, speed)
     assert sum(sizes) == 1000
-    first_round = [4, 8, 16, 4, 8, 16]
-    assert sizes[:8] == [*first_round, 8, 16]
+    one_round = [4, 8, 16, 4, 8, 16]
+    # A warm-up round (its times are ignored), a timed round, the close ones again.
+    assert sizes[:14] == [*one_round, *one_round, 8, 16]
     assert plan.current == BatchConfig(8, True)
-    after = sizes[8:]
+    after = sizes[14:]
     assert max(after) - min(after) <= 1 and max(after) <= 8  # even blocks of the choice
     assert "8 channels-last" in plan.note and "timed" in plan.note
     # Remembered for this model and input: a later sweep skips the trial.
@@ -85,10 +87,10 @@ def test_remembered_choices_go_with_the_model() -> None:
     plan = BatchPlan.auto(model, (1, 8, 8), torch.float32, CPU, 10**7)
     _drain(plan, 10**6, {})
     assert remembered_batch(model, (1, 8, 8), torch.float32, CPU) is not None
-    before = len(batching._REMEMBERED)
+    alive = weakref.ref(model)
     del model, plan
     gc.collect()
-    assert len(batching._REMEMBERED) == before - 1
+    assert alive() is None  # remembering a choice does not keep the model alive
 
 
 def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:

@@ -9,13 +9,15 @@ occluded images and keeps the fastest for the rest:
 1. the starting size is the memory budget's (`auto_batch_size`); the candidates are that size
    halved (on CPU not below 4), doubled and quadrupled (at most 64 MiB of input per call),
    each with contiguous and, for images of more than one channel, channels-last inputs;
-2. every candidate runs one block of the sweep's real work (nothing is thrown away), then
-   those within 1.5x of the fastest run once more; a candidate's time is its best
+2. every candidate runs one block of the sweep's real work (nothing is thrown away) as a
+   warm-up (the first call of a new shape pays one-off costs such as oneDNN primitive
+   setup: 80x a warm call on the incremental engine's small pieces), then one timed block,
+   then those within 1.25x of the fastest one more; a candidate's time is its best
    per-image time (building the block and the forward, device work included);
 3. the fastest is used for the rest of the sweep and remembered for this model, image shape,
    dtype and device (for the process's lifetime), so later sweeps skip the trial.
 
-The trial runs only when the sweep has at least three times the trial's images; smaller
+The trial runs only when the sweep has at least twice the trial's images; smaller
 sweeps use the starting size, contiguous. A channels-last input is the model's own forward
 on the same values in another memory layout: outputs agree with contiguous inputs to float
 rounding (1.5e-7 on a float32 ResNet-18, 1e-7 relative), like a change of batch size.
@@ -40,12 +42,11 @@ __all__ = ["BatchConfig", "BatchPlan", "auto_batch_size", "remembered_batch"]
 _AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
 # The trial never tries calls of more input than this (a CPU's caches are long exceeded).
 _TRIAL_MAX_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
-# Candidates within this factor of the fastest after one round are timed once more (the
-# first call of a new batch shape also pays one-off costs, such as oneDNN primitive setup).
-_SECOND_ROUND_FACTOR = 1.5
-# A sweep must hold this many times the trial's images (two rounds of every candidate, at
-# most) for the trial to run.
-TRIAL_MIN_SHARE = 3
+# Candidates within this factor of the fastest after the timed round are timed once more.
+_SECOND_ROUND_FACTOR = 1.25
+# A sweep must hold this many times the trial's images (three rounds of every candidate, at
+# most: a warm-up, a timed round and a second for the close ones) for the trial to run.
+TRIAL_MIN_SHARE = 2
 
 
 def auto_batch_size(
@@ -161,13 +162,20 @@ class BatchPlan:
         The config in use outside the trial (the starting one until the trial ends).
     trial : list of BatchConfig
         The candidates still to be timed (empty once decided).
+    how : str
+        How `current` was chosen, for `note`.
+    unit : str
+        What a config's size counts, for `note` ("images"; the incremental engine's
+        pieces count "regions").
     """
 
     current: BatchConfig
     trial: list[BatchConfig] = field(default_factory=list)
     how: str = "given"
+    unit: str = "images"
     _times: dict[BatchConfig, float] = field(default_factory=dict)
-    _round: int = 1
+    _round: int = 0
+    _warmed: list[BatchConfig] = field(default_factory=list)
     _owner: tuple[object, Sequence[int], torch.dtype, torch.device] | None = None
 
     @classmethod
@@ -205,7 +213,7 @@ class BatchPlan:
             [False, True] if formats and len(image_shape) == 3 and image_shape[0] > 1 else [False]
         )
         candidates = [BatchConfig(s, cl) for cl in layouts for s in sizes]
-        trial_items = 2 * sum(c.size for c in candidates)
+        trial_items = 3 * sum(c.size for c in candidates)
         # A stream (items None) may end before the trial does: the starting size then stays.
         if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
             return cls(BatchConfig(start), how="memory budget (too few images to time)")
@@ -236,6 +244,11 @@ class BatchPlan:
         if not self.trial or config != self.trial[0]:
             return
         self.trial.pop(0)
+        if self._round == 0:  # a warm-up call: its time holds one-off costs
+            self._warmed.append(config)
+            if not self.trial:
+                self._round, self.trial = 1, self._warmed
+            return
         per_image = seconds / max(1, config.size)
         self._times[config] = min(self._times.get(config, math.inf), per_image)
         if self.trial:
@@ -260,11 +273,11 @@ class BatchPlan:
                 for c, t in sorted(self._times.items(), key=lambda i: i[1])
             )
             return (
-                f"batches of {self.current.describe()} images (timed on the first blocks, "
-                f"images per second: {timed})"
+                f"batches of {self.current.describe()} {self.unit} (timed on the first blocks, "
+                f"{self.unit} per second: {timed})"
             )
-        how = "memory budget; the trial did not finish" if self.how == "timed" else self.how
-        return f"batches of {self.current.describe()} images ({how})"
+        how = "the trial did not finish" if self.how == "timed" else self.how
+        return f"batches of {self.current.describe()} {self.unit} ({how})"
 
 
 def clock(device: torch.device) -> float:

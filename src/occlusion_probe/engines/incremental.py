@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Node
 
-from ..batching import clock
+from ..batching import BatchConfig, BatchPlan, clock
 from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
@@ -99,6 +99,10 @@ class IncrementalEngine:
         planned = sum(group.flops * len(group.members) for group in self.groups)
         count = sum(len(group.members) for group in self.groups)
         self.flop_bound = math.inf if planned == 0 else dense_flops * count / max(1, planned)
+        # Members per call, timed on the first run (see _pieces).
+        self._piece_plan: BatchPlan | None = None
+        self._piece_unit = 1
+        self._piece_group: GroupPlan | None = None
         # The maps' memory layout, decided on the first run (see _faster_layout).
         self.channels_last: bool | None = None
         self.layout_seconds: dict[bool, float] = {}
@@ -213,10 +217,12 @@ class IncrementalEngine:
                     occluded[start:stop, region] = clean[:, None]
                 if on_progress is not None and self.empty_regions:
                     on_progress(m * v * len(self.empty_regions))
-                group_size = max(1, items_per_call // (m * v))
                 for whole_group in self.groups:
-                    for first in range(0, len(whole_group.members), group_size):
-                        group = group_part(whole_group, first, first + group_size)
+                    pieces = self._pieces(whole_group, items_per_call, m * v)
+                    first = 0
+                    for config in pieces.blocks(len(whole_group.members)):
+                        began = clock(images.device)
+                        group = group_part(whole_group, first, first + config.size)
                         members = group.members
                         items = _Items(len(members), v)
                         patch = _input_patch(
@@ -230,6 +236,8 @@ class IncrementalEngine:
                         outputs = finish(self._output(cache, values, items))
                         shaped = outputs.reshape(len(members), m, v, -1).transpose(0, 1)
                         occluded[start:stop, list(members)] = shaped
+                        pieces.record(config, clock(images.device) - began)
+                        first += config.size
                         if on_progress is not None:
                             on_progress(len(members) * m * v)
         if occluded is None:
@@ -257,19 +265,41 @@ class IncrementalEngine:
                 self.channels_last = self.layout_seconds[True] < self.layout_seconds[False]
         return self.channels_last
 
+    def _pieces(self, group: GroupPlan, items_per_call: int, per_member: int) -> BatchPlan:
+        """How many members of `group` run per call (each member is `per_member` occluded
+        images). On the first call, the largest group times member counts of about a half,
+        one, two and four times `items_per_call` images (batching.py: a warm-up, a timed
+        round and a second for the close ones; when the trial fits in two thirds of its
+        members); every group then uses the fastest."""
+        if self._piece_plan is None:
+            largest = max(self.groups, key=lambda g: len(g.members))
+            counts = sorted({max(1, items_per_call * f // 2 // per_member) for f in (1, 2, 4, 8)})
+            start = BatchConfig(max(1, items_per_call // per_member))
+            timed = len(counts) > 1 and 3 * sum(counts) <= 2 * len(largest.members)
+            trial = [BatchConfig(c) for c in counts] if timed else []
+            self._piece_plan = BatchPlan(
+                start, trial, "timed" if timed else "given", unit="regions"
+            )
+            self._piece_unit, self._piece_group = per_member, largest
+        plan = self._piece_plan
+        if group is self._piece_group and plan.trial and per_member == self._piece_unit:
+            return plan
+        return BatchPlan.fixed(max(1, plan.current.size * self._piece_unit // per_member))
+
     @property
     def layout_note(self) -> str:
         """One clause for `engine_note`: the memory layout the maps were computed in."""
         if self.channels_last is None:
             return "maps in the images' layout"
         layout = "channels-last" if self.channels_last else "contiguous (NCHW)"
+        pieces = "" if self._piece_plan is None else f"; {self._piece_plan.note}"
         if not self.layout_seconds:
-            return f"maps {layout}"
+            return f"maps {layout}{pieces}"
         timed = ", ".join(
             f"{'channels-last' if key else 'NCHW'} {1e3 * value:.1f} ms"
             for key, value in sorted(self.layout_seconds.items())
         )
-        return f"maps {layout} (the faster full forward of the first images: {timed})"
+        return f"maps {layout} (the faster full forward of the first images: {timed}){pieces}"
 
     # ------------------------------------------------------------------ execution
 
