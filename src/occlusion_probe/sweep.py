@@ -287,7 +287,9 @@ def sweep(
         are), or a callable that receives exactly what the model returned and gives a
         floating (B, K) tensor.
     batch_size : int or "auto"
-        Occluded images per model call, or ``"auto"`` (from a memory budget).
+        Occluded images per model call, or ``"auto"``: candidates around a memory budget,
+        contiguous and channels-last, timed on the sweep's first blocks; the fastest is kept
+        and remembered for the model (docs: "How big the batches are").
     device : torch.device or str, optional
         Where masks are built and the model runs; default: the model's device (for a
         callable without parameters, the images' device). It must exist on this machine

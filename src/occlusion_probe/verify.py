@@ -270,7 +270,8 @@ def keep_only(
         predict the same), or a callable that receives exactly what the model returned and
         gives a floating (B, K) tensor (for outputs the rule does not read).
     batch_size : int or "auto"
-        Masked images per model call, or ``"auto"`` (from a memory budget).
+        Masked images per model call, or ``"auto"`` (the size an earlier sweep of this model
+        timed as fastest, else a memory budget's).
     device : torch.device or str, optional
         Where the model runs; default: the model's device (for a callable without
         parameters, the images' device), checked as in `sweep`.
