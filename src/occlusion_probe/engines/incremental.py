@@ -99,6 +99,8 @@ class IncrementalEngine:
         planned = sum(group.flops * len(group.members) for group in self.groups)
         count = sum(len(group.members) for group in self.groups)
         self.flop_bound = math.inf if planned == 0 else dense_flops * count / max(1, planned)
+        # Cached maps padded for windows that cross their border, per cache block.
+        self._padded_maps: dict[tuple[object, ...], Tensor] = {}
         # Members per call, timed on the first run (see _pieces).
         self._piece_plan: BatchPlan | None = None
         self._piece_unit = 1
@@ -205,6 +207,7 @@ class IncrementalEngine:
                 stop = min(n, start + block)
                 m = stop - start
                 cache = self._cache(_in_layout(images[start:stop].clone(), channels_last))
+                self._padded_maps = {}
                 clean = finish(self._output(cache, {}, _Items(1, 1)))
                 clean_parts.append(clean)
                 if occluded is None:
@@ -450,10 +453,37 @@ class IncrementalEngine:
         if not isinstance(base, Tensor):
             raise RuntimeError(f"node {node.name} has no tensor value")
         spatial = self._spatial(node)
-        window = _gather(base, spatial, boxes, items, pad_value)
+        source, inside = base, boxes
+        if not _indexed(base.device):
+            source, inside = self._padded(node, base, spatial, boxes, pad_value)
+        window = _gather(source, spatial, inside, items, pad_value)
         if isinstance(found, _Patch):
             _write_patch(window, spatial, boxes, found)
         return window
+
+    def _padded(
+        self, node: Node, base: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], pad: float
+    ) -> tuple[Tensor, tuple[Box, ...]]:
+        """`base` padded with `pad` so that every box lies inside it, and the boxes moved
+        to match. Made once per node, padding and cache block (a window crossing the border
+        is then one strided copy, instead of a fill of the window and a copy into it)."""
+        height, width = base.shape[spatial[0]], base.shape[spatial[1]]
+        top = max(0, -min(b[0] for b in boxes))
+        bottom = max(0, max(b[1] for b in boxes) - height)
+        left = max(0, -min(b[2] for b in boxes))
+        right = max(0, max(b[3] for b in boxes) - width)
+        if not (top or bottom or left or right):
+            return base, boxes
+        key = (node, top, bottom, left, right, pad)
+        padded = self._padded_maps.get(key)
+        if padded is None:
+            moved = base.movedim(spatial, (-2, -1))
+            padded = F.pad(moved, (left, right, top, bottom), value=pad).movedim((-2, -1), spatial)
+            if _is_channels_last(base, spatial):
+                padded = padded.contiguous(memory_format=torch.channels_last)
+            self._padded_maps[key] = padded
+        moved_boxes = tuple((b[0] + top, b[1] + top, b[2] + left, b[3] + left) for b in boxes)
+        return padded, moved_boxes
 
     def _local(
         self,
@@ -506,6 +536,16 @@ class _Items:
         return grown.reshape(self.groups * n * self.fills, *value.shape[1:])
 
 
+def _is_channels_last(value: Tensor, spatial: tuple[int, int]) -> bool:
+    """Whether `value` is an (n, C, H, W) map in channels-last memory (and not NCHW too)."""
+    return (
+        value.dim() == 4
+        and spatial == (2, 3)
+        and value.is_contiguous(memory_format=torch.channels_last)
+        and not value.is_contiguous()
+    )
+
+
 def _in_layout(images: Tensor, channels_last: bool) -> Tensor:
     """`images` (n, C, H, W) in channels-last memory when asked (a copy), else as given."""
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
@@ -537,12 +577,7 @@ def _gather(
     groups = len(boxes)
     shape = (groups, n, items.fills, *rest, box_h, box_w)
     # Windows of a channels-last map are channels-last too, so that convs keep that layout.
-    channels_last = (
-        base.dim() == 4
-        and spatial == (2, 3)
-        and base.is_contiguous(memory_format=torch.channels_last)
-        and not base.is_contiguous()
-    )
+    channels_last = _is_channels_last(base, spatial)
     if _indexed(base.device):
         rows, cols = _offsets(boxes, base.device)
         picked = moved[
