@@ -165,9 +165,12 @@ class IncrementalEngine:
     def note(self) -> str:
         """One sentence on what the plan does, for `engine_note`."""
         switch = ", ".join(self.switch_points) if self.switch_points else "the output"
+        regions = sum(len(group.members) for group in self.groups)
         return (
             f"incremental engine (torch.export graph): changed boxes are recomputed up to "
-            f"{switch}, then whole maps; FLOP bound {self.flop_bound:.2f}x over dense"
+            f"{switch}, then whole maps; FLOP bound {self.flop_bound:.2f}x over dense; "
+            f"{regions} regions in {len(self.groups)} group(s), each op called once per "
+            "group and call"
         )
 
     def run(
