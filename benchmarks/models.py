@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from reference_models import (
@@ -117,6 +118,18 @@ class Workload:
     def count(self) -> int:
         """Number of occluded images, N * R * V."""
         return self.images.shape[0] * len(self.regions) * len(self.fills)
+
+    def sweep(self, engine: str = "dense", **options: Any) -> op.SweepResult:
+        """``op.sweep`` of the whole workload (no progress bar), e.g. for equality checks."""
+        return op.sweep(
+            self.model,
+            self.images,
+            self.regions,
+            self.fills,
+            engine=engine,
+            progress=False,
+            **options,
+        )
 
     def occluded(self, limit: int | None = None) -> Tensor:
         """The first `limit` (default: all) occluded images in (image, region, fill) order.

@@ -69,14 +69,7 @@ def test_architecture_incremental_sweep(
     assert result.engine == "incremental", result.engine_note
     dense = _DENSE.get((case.id, grid))
     if dense is None and case.smoke:
-        dense = op.sweep(
-            workload.model,
-            workload.images,
-            workload.regions,
-            workload.fills,
-            engine="dense",
-            progress=False,
-        )
+        dense = workload.sweep("dense")
     if dense is None:
         pytest.skip("the dense sweep of this workload did not run in this session (-k)")
     difference = float((result.occluded - dense.occluded).abs().max())

@@ -82,14 +82,7 @@ def test_incremental_sweep(benchmark: object, harness: Harness, case: Case) -> N
     target = case.incremental_target
     result = harness.sweep(benchmark, case, workload, "incremental", "incremental", target)
     if case.smoke:
-        dense = op.sweep(
-            workload.model,
-            workload.images,
-            workload.regions,
-            workload.fills,
-            engine="dense",
-            progress=False,
-        )
+        dense = workload.sweep("dense")
         torch.testing.assert_close(result.occluded, dense.occluded, rtol=1e-4, atol=1e-5)
 
 
