@@ -10,17 +10,36 @@ minimum over rounds. See benchmarks/README.md.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from models import Case, Workload, workload_of
 from torch import Tensor, nn
 
+# The architectures are defined once, in tests/reference_models.py, for the tests (tiny) and
+# for the benchmarks (224x224); tests/ is not a package, so its folder goes on the path here,
+# before models.py imports it. Appended, so that benchmarks/ keeps precedence for its names.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+
+from models import Case, Workload, workload_of
+
+import occlusion_probe as op
+from occlusion_probe.engines.incremental import IncrementalEngine
+
 _HARNESS = pytest.StashKey["Harness"]()
+
+#: The memory formats the forward-limit scan may try (Case.memory_formats names them).
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+#: Every incremental sweep should reach this fraction of its FLOP bound (issue 11).
+BOUND_FRACTION_TARGET = 0.7
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,14 +75,16 @@ def harness(pytestconfig: pytest.Config) -> Harness:
 
 @dataclass(frozen=True)
 class ForwardLimit:
-    """Plain forwards of prebuilt occluded images: the best batch size of a scan.
+    """Plain forwards of prebuilt occluded images: the best batch size and memory format of
+    a scan.
 
-    scan : images/s per batch size tried (minimum time over the repeats)
+    scan : images/s per (memory format, batch size) tried (minimum time over the repeats)
     """
 
     batch_size: int
+    memory_format: str
     images_per_s: float
-    scan: dict[int, float]
+    scan: dict[tuple[str, int], float]
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,12 @@ class Row:
     ratio : the method's images/s divided by the reference's images/s, both measured in the
         same test (interleaved rounds, minimum time of each)
     target : the ratio the issue asks for, as a lower bound (None: no target)
+    flop_bound : for an incremental sweep, dense FLOPs over the FLOPs its plan runs (the most
+        its ratio could be if time followed FLOPs); None for other methods
+    bound_target : the fraction of `flop_bound` the ratio should reach (None: no target)
+    prepare_seconds : for an incremental sweep, the time its `IncrementalEngine.prepare`
+        (reading the model with torch.export and planning) took inside the fastest round
+    note : the sweep's ``result.engine_note``
     """
 
     group: str
@@ -83,10 +110,26 @@ class Row:
     ratio: float
     reference: str
     target: float | None = None
+    flop_bound: float | None = None
+    bound_target: float | None = None
+    prepare_seconds: float | None = None
+    note: str = ""
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def bound_fraction(self) -> float | None:
+        """The ratio reached, as a fraction of the FLOP bound."""
+        return None if self.flop_bound is None else self.ratio / self.flop_bound
+
+    @property
+    def ratio_without_prepare(self) -> float | None:
+        """The ratio had the sweep not spent `prepare_seconds` (same reference rate)."""
+        if self.prepare_seconds is None or self.prepare_seconds >= self.seconds:
+            return None
+        return self.ratio * self.seconds / (self.seconds - self.prepare_seconds)
 
 
 @dataclass
@@ -98,6 +141,8 @@ class Harness:
     load_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     rows: list[Row] = field(default_factory=list)
     limits: dict[str, ForwardLimit] = field(default_factory=dict)
+    # Per (limit key, memory format): the model in that format (a copy, unless contiguous).
+    formatted: dict[tuple[str, str], nn.Module] = field(default_factory=dict)
 
     def sync(self) -> None:
         """Wait for queued GPU work, so that wall-clock times cover it."""
@@ -122,30 +167,46 @@ class Harness:
 
         return run
 
+    def in_format(self, key: str, model: nn.Module, memory_format: str) -> nn.Module:
+        """`model` in `memory_format`: the model itself for "contiguous", else a copy
+        converted with ``.to(memory_format=...)`` (which converts in place), kept per `key`."""
+        if memory_format == "contiguous":
+            return model
+        if (key, memory_format) not in self.formatted:
+            converted = copy.deepcopy(model).to(memory_format=MEMORY_FORMATS[memory_format])
+            self.formatted[key, memory_format] = converted
+        return self.formatted[key, memory_format]
+
     def forward_limit(
         self,
         key: str,
         model: nn.Module,
         occluded: Tensor,
         batch_sizes: Sequence[int],
+        memory_formats: Sequence[str] = ("contiguous",),
         repeats: int = 2,
     ) -> ForwardLimit:
         """The forward limit of `model` on these prebuilt occluded images, scanned once per
-        session and `key`: every batch size is warmed up, then timed `repeats` times with the
-        sizes interleaved (so that load changes hit all sizes alike); best images/s wins."""
+        session and `key` over batch sizes x memory formats (model and images both in the
+        format): every pair is warmed up, then timed `repeats` times with the pairs
+        interleaved (so that load changes hit all alike); best images/s wins."""
         if key in self.limits:
             return self.limits[key]
         sizes = sorted({min(size, occluded.shape[0]) for size in batch_sizes})
-        runs = {size: self.forwards(model, occluded, size) for size in sizes}
-        for size in sizes:
-            self.seconds(self.forwards(model, occluded[:size], size))
-        best = dict.fromkeys(sizes, float("inf"))
-        for _ in range(repeats):
+        runs: dict[tuple[str, int], Callable[[], None]] = {}
+        for name in memory_formats:
+            formatted = self.in_format(key, model, name)
+            images = occluded.contiguous(memory_format=MEMORY_FORMATS[name])
             for size in sizes:
-                best[size] = min(best[size], self.seconds(runs[size]))
-        scan = {size: occluded.shape[0] / best[size] for size in sizes}
-        fastest = max(scan, key=lambda size: scan[size])
-        limit = ForwardLimit(fastest, scan[fastest], scan)
+                self.seconds(self.forwards(formatted, images[:size], size))
+                runs[name, size] = self.forwards(formatted, images, size)
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(repeats):
+            for pair, run in runs.items():
+                best[pair] = min(best[pair], self.seconds(run))
+        scan = {pair: occluded.shape[0] / best[pair] for pair in runs}
+        fastest = max(scan, key=lambda pair: scan[pair])
+        limit = ForwardLimit(fastest[1], fastest[0], scan[fastest], scan)
         self.limits[key] = limit
         return limit
 
@@ -182,18 +243,32 @@ class Harness:
         """The case's forward limit, scanned over its main workload's first occluded images."""
         workload = workload_of(case, self.device)
         return self.forward_limit(
-            case.title, workload.model, workload.occluded(case.scan_images), case.batch_sizes
+            case.title,
+            workload.model,
+            workload.occluded(case.scan_images),
+            case.batch_sizes,
+            case.memory_formats,
         )
 
+    def limit_forwards(
+        self, case: Case, workload: Workload, count: int | None = None
+    ) -> tuple[Callable[[], None], int]:
+        """(callable, images): plain forwards of `workload`'s first `count` (default: all)
+        prebuilt occluded images at the case's best batch size and memory format."""
+        limit = self.limit(case)
+        model = self.in_format(case.title, workload.model, limit.memory_format)
+        images = workload.occluded(count)
+        images = images.contiguous(memory_format=MEMORY_FORMATS[limit.memory_format])
+        return self.forwards(model, images, limit.batch_size), images.shape[0]
+
     def reference(self, case: Case, workload: Workload) -> tuple[Callable[[], None], int]:
-        """(callable, images): plain forwards of `workload`'s first ``case.scan_images``
-        prebuilt occluded images at the case's best batch size: the forward limit, paired
-        with a method in a test. A workload with fewer images borrows the case's main
-        workload (same model and input size), so that the limit keeps its full batches."""
+        """(callable, images): the forward limit on `workload`'s first ``case.scan_images``
+        prebuilt occluded images, paired with a method in a test. A workload with fewer
+        images borrows the case's main workload (same model and input size), so that the
+        limit keeps its full batches."""
         if workload.count < case.scan_images:
             workload = workload_of(case, self.device)
-        images = workload.occluded(case.scan_images)
-        return self.forwards(workload.model, images, self.limit(case).batch_size), images.shape[0]
+        return self.limit_forwards(case, workload, case.scan_images)
 
     def against_limit(
         self,
@@ -208,14 +283,24 @@ class Harness:
         warmup: Callable[[], object] | None = None,
         target: float | None = None,
         group: str | None = None,
+        flop_bound: float | None = None,
+        prepare_seconds: Callable[[], float] | None = None,
+        note: Callable[[], str] | None = None,
         **extra: object,
     ) -> Row:
         """Time `method` (which evaluates all of `workload`'s occluded images) against the
         forward limit on the same workload, and record the row (in `group`, default: the
-        workload's name). Smoke cases carry no target."""
+        workload's name). Smoke cases carry no target.
+
+        flop_bound : an incremental sweep's FLOP bound; the row then carries the target
+            fraction of it (`BOUND_FRACTION_TARGET`) unless the case is a smoke case
+        prepare_seconds, note : called after the rounds (e.g. to read what the fastest round
+            spent preparing, or the last result's engine note)
+        """
         reference, reference_images = self.reference(case, workload)
         seconds, reference_seconds = self.paired(benchmark, method, reference, rounds, warmup)
         limit_rate = reference_images / reference_seconds
+        limit = self.limit(case)
         return self.record(
             benchmark,
             group=group or workload.name,
@@ -225,10 +310,101 @@ class Harness:
             seconds=seconds,
             ratio=workload.count / seconds / limit_rate,
             target=None if case.smoke else target,
+            flop_bound=flop_bound,
+            bound_target=None if case.smoke or flop_bound is None else BOUND_FRACTION_TARGET,
+            prepare_seconds=None if prepare_seconds is None else prepare_seconds(),
+            note="" if note is None else note(),
             forward_limit_images_per_s=limit_rate,
-            forward_limit_batch_size=self.limit(case).batch_size,
+            forward_limit_batch_size=limit.batch_size,
+            forward_limit_memory_format=limit.memory_format,
             **extra,
         )
+
+    def flop_bound(self, workload: Workload) -> float:
+        """The FLOP bound of the incremental engine prepared for `workload` as a sweep
+        prepares it (float32, the workload's device)."""
+        masks = workload.regions.masks.to(self.device)
+        prepared = IncrementalEngine.prepare(
+            workload.model, tuple(workload.images.shape[1:]), masks, torch.float32, self.device
+        )
+        if isinstance(prepared, str):
+            raise AssertionError(f"the incremental engine cannot run {workload.name}: {prepared}")
+        return prepared.flop_bound
+
+    def sweep(
+        self,
+        benchmark: object,
+        case: Case,
+        workload: Workload,
+        engine: str,
+        key: str,
+        target: float | None,
+        batch_size: int | None = None,
+        group: str | None = None,
+    ) -> op.SweepResult:
+        """Time the whole ``op.sweep(..., engine=engine)`` on `workload` against the forward
+        limit, with the default ``batch_size="auto"`` unless `batch_size` is given. The
+        engine note goes into the row; an incremental sweep's row also gets the FLOP bound
+        and the time the fastest round spent in its prepare. The warm-up sweeps one image with one fill over the
+        first 16 regions; smoke cases skip it (their times mean nothing, and an incremental
+        warm-up costs one more torch.export of the model)."""
+        results: list[op.SweepResult] = []
+        # Per round: (seconds of the whole sweep, seconds of its IncrementalEngine.prepare).
+        rounds: list[tuple[float, float]] = []
+        model, images, regions, fills = (
+            workload.model,
+            workload.images,
+            workload.regions,
+            workload.fills,
+        )
+        size: int | str = "auto" if batch_size is None else batch_size
+        first = regions.select(regions.ids[:16])
+
+        def method() -> None:
+            prepares: list[float] = []
+            start = time.perf_counter()
+            with timing_prepare(prepares):
+                results.append(
+                    op.sweep(
+                        model,
+                        images,
+                        regions,
+                        fills,
+                        engine=engine,
+                        batch_size=size,
+                        progress=False,
+                    )
+                )
+            rounds.append((time.perf_counter() - start, sum(prepares)))
+
+        def warmup() -> None:
+            op.sweep(
+                model, images[:1], first, fills[:1], engine=engine, batch_size=size, progress=False
+            )
+
+        bound = self.flop_bound(workload) if engine == "incremental" else None
+        label = (
+            f'sweep(engine="{engine}"), batch_size="auto"'
+            if batch_size is None
+            else f'sweep(engine="{engine}"), batch_size={batch_size} (the limit\'s)'
+        )
+        self.against_limit(
+            benchmark,
+            case,
+            workload,
+            method,
+            key=key,
+            label=label,
+            rounds=case.rounds,
+            warmup=None if case.smoke else warmup,
+            target=target,
+            group=group,
+            flop_bound=bound,
+            prepare_seconds=None if bound is None else lambda: min(rounds)[1],
+            note=lambda: results[-1].engine_note,
+            batch_size=size,
+        )
+        return results[-1]
 
     def record(
         self,
@@ -242,14 +418,32 @@ class Harness:
         ratio: float,
         reference: str = "forward limit",
         target: float | None = None,
+        flop_bound: float | None = None,
+        bound_target: float | None = None,
+        prepare_seconds: float | None = None,
+        note: str = "",
         **extra: object,
     ) -> Row:
         """Store a summary row, put it in ``benchmark.extra_info``, and print it.
 
         group : the workload (one table per group); key : the method's kind ("dense",
-        "captum", ...) for cross-row checks; ratio : images/s over the reference's images/s.
+        "captum", ...) for cross-row checks; ratio : images/s over the reference's images/s;
+        the other fields as in `Row`.
         """
-        row = Row(group, key, method, images, seconds, ratio, reference, target)
+        row = Row(
+            group,
+            key,
+            method,
+            images,
+            seconds,
+            ratio,
+            reference,
+            target,
+            flop_bound,
+            bound_target,
+            prepare_seconds,
+            note,
+        )
         info = benchmark.extra_info  # type: ignore[attr-defined]
         info.update(
             method=row.method,
@@ -262,14 +456,53 @@ class Harness:
             device=str(self.device),
             **extra,
         )
-        if row.target is not None:
-            info["target"] = row.target
+        optional = {
+            "ratio_without_prepare": row.ratio_without_prepare,
+            "target": row.target,
+            "flop_bound": row.flop_bound,
+            "flop_bound_fraction": row.bound_fraction,
+            "flop_bound_fraction_target": row.bound_target,
+            "prepare_seconds": row.prepare_seconds,
+            "engine_note": row.note or None,
+        }
+        info.update({name: value for name, value in optional.items() if value is not None})
         self.rows.append(row)
+        bound = (
+            ""
+            if row.flop_bound is None
+            else f"; FLOP bound {row.flop_bound:.2f}, reached {row.bound_fraction:.0%}"
+        )
         print(
             f"\n[{row.group}] {row.method}: {row.images} images in {row.seconds:.3f} s = "
-            f"{row.images_per_s:.1f} images/s; ratio to {row.reference}: {row.ratio:.3f}"
+            f"{row.images_per_s:.1f} images/s; ratio to {row.reference}: {row.ratio:.3f}{bound}"
+            + (f"\n  engine note: {row.note}" if row.note else "")
         )
         return row
+
+
+@contextlib.contextmanager
+def timing_prepare(seconds: list[float]) -> Iterator[None]:
+    """Append the duration of every `IncrementalEngine.prepare` call made inside to `seconds`.
+
+    The sweep prepares its engine itself; wrapping the classmethod for the duration of one
+    timed sweep is the only way to see how much of that sweep was reading and planning the
+    model, without running anything twice. The original is restored on exit.
+    """
+    descriptor = IncrementalEngine.__dict__["prepare"]
+    original = IncrementalEngine.prepare
+
+    def timed(*args: Any, **kwargs: Any) -> object:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    IncrementalEngine.prepare = timed  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        IncrementalEngine.prepare = descriptor  # type: ignore[method-assign]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -290,10 +523,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"at end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}, on {os.cpu_count()} CPUs"
     )
     for key, limit in harness.limits.items():
-        scan = ", ".join(f"{size}: {rate:.0f}" for size, rate in limit.scan.items())
+        scan = "; ".join(
+            f"{name}: "
+            + ", ".join(
+                f"{size}: {rate:.0f}" for (fmt, size), rate in limit.scan.items() if fmt == name
+            )
+            for name in dict.fromkeys(fmt for fmt, _size in limit.scan)
+        )
         write(
             f"forward limit [{key}]: {limit.images_per_s:.1f} images/s at batch "
-            f"{limit.batch_size} (scan, images/s by batch size: {scan})"
+            f"{limit.batch_size}, {limit.memory_format} (scan, images/s by format and batch "
+            f"size: {scan})"
         )
     groups: dict[str, list[Row]] = {}
     for row in harness.rows:
@@ -302,13 +542,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for group, rows in groups.items():
         write("")
         write(f"{group}")
-        write("| method | images | s (min) | ms/image | images/s | ratio | ratio to |")
-        write("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        write(
+            "| method | images | s (min) | ms/image | images/s | ratio | ratio to "
+            "| FLOP bound | of bound | prepare s | ratio without prepare |"
+        )
+        write("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
         for row in rows:
+            bound = "" if row.flop_bound is None else f"{row.flop_bound:.2f}"
+            fraction = "" if row.bound_fraction is None else f"{row.bound_fraction:.0%}"
+            prepare = "" if row.prepare_seconds is None else f"{row.prepare_seconds:.2f}"
+            unprepared = row.ratio_without_prepare
+            without = "" if unprepared is None else f"{unprepared:.3f}"
             write(
                 f"| {row.method} | {row.images} | {row.seconds:.3f} "
                 f"| {1e3 / row.images_per_s:.3f} | {row.images_per_s:.1f} "
-                f"| {row.ratio:.3f} | {row.reference} |"
+                f"| {row.ratio:.3f} | {row.reference} | {bound} | {fraction} | {prepare} "
+                f"| {without} |"
             )
             if row.target is not None:
                 verdict = "met" if row.ratio >= row.target else "MISSED"
@@ -316,6 +565,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     f"{group} / {row.method}: ratio {row.ratio:.3f}, target >= {row.target} "
                     f"-> {verdict}"
                 )
+            if row.bound_target is not None and row.bound_fraction is not None:
+                verdict = "met" if row.bound_fraction >= row.bound_target else "MISSED"
+                checks.append(
+                    f"{group} / {row.method}: {row.bound_fraction:.0%} of its FLOP bound "
+                    f"{row.flop_bound:.2f}, target >= {row.bound_target:.0%} -> {verdict}"
+                )
+        notes = dict.fromkeys(f"{row.method}: {row.note}" for row in rows if row.note)
+        for line in notes:
+            write(f"  engine note, {line}")
         by_key = {row.key: row for row in rows}
         if "dense" in by_key and "captum" in by_key and by_key["dense"].target is not None:
             speedup = by_key["dense"].ratio / by_key["captum"].ratio

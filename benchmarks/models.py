@@ -1,22 +1,57 @@
-"""What the benchmarks time: the paper's CNN, a VGG-style stack, and occlusion workloads.
+"""What the benchmarks time: the paper's CNN, VGG, ResNet, MobileNet, DenseNet and ConvNeXt
+nets, and occlusion workloads.
 
 Weights are random (seeded): the cost of a forward pass does not depend on what was learnt.
-Both models are one flat ``nn.Sequential`` of standard layers, the form the incremental
-engine runs on, so every engine can be timed on the same model. A `Case` fixes a model and
-the sizes it is timed at; the ``*_SMOKE`` cases are tiny versions that CI runs.
+The architectures are defined once, in tests/reference_models.py (written from their papers;
+every BatchNorm has non-trivial running statistics), and built here at the sizes below. A
+`Case` fixes a model and the sizes it is timed at; the ``*_SMOKE`` cases are tiny versions
+that CI runs.
+
+Architectures at 3x224x224 (`ARCHITECTURES`, 1000 classes), GFLOPs per image counted by the
+incremental engine's planner (2 x multiply-adds of conv2d and linear). The widths are chosen
+so that one dense sweep of one image x 196 patches x 2 fills takes roughly 5-20 s on 2 CPU
+cores:
+
+| case | model | GFLOPs | FLOP bound 16x16 / 32x32 patches |
+| --- | --- | ---: | ---: |
+| vgg16 | VGG-16 (configuration D) at 1/2 width: convs of 32-64-128-256-256 channels, fc 6272-2048-2048-1000 | 7.78 | 7.05 / 5.27 |
+| resnet18 | ResNet-18 at full width (64-128-256-512) | 3.63 | 2.27 / 2.07 |
+| mobilenetv2 | MobileNetV2 at width 1.0 (the paper's Table 2, stem 32, head 1280) | 0.63 | 1.90 / 1.82 |
+| densenet121 | DenseNet-121's blocks (6, 12, 24, 16) at growth rate 16 (the paper's: 32), stem 32 | 1.48 | 2.08 / 1.94 |
+| convnext_t | ConvNeXt-T's depths (3, 3, 9, 3) at half width: 48-96-192-384 | 2.29 | 1.28 / 1.25 |
+
+The FLOP bound is dense FLOPs over the FLOPs of the incremental engine's plan (its
+``flop_bound``); the benchmarks record it next to every incremental ratio.
+
+The paper CNN (1x48x48) and VGG-11 at 1/8 width (3x224x224) are the cases of test_sweep.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from reference_models import (
+    MOBILENETV2_SETTINGS,
+    VGG11_LAYOUT,
+    VGG16_LAYOUT,
+    ConvNeXt,
+    DenseNet,
+    MobileNetV2,
+    ResNet18,
+    vgg,
+)
 from torch import Tensor, nn
 
 import occlusion_probe as op
 
 __all__ = [
+    "ARCHITECTURES",
+    "ARCHITECTURE_FILLS",
+    "ARCHITECTURE_SHAPE",
+    "ARCHITECTURE_SMOKES",
     "PAPER",
     "PAPER_FILLS",
     "PAPER_SHAPE",
@@ -24,21 +59,17 @@ __all__ = [
     "VGG",
     "VGG_SHAPE",
     "VGG_SMOKE",
-    "VGG_WIDTHS",
     "Case",
     "Workload",
     "make_workload",
     "paper_cnn",
-    "vgg_style",
+    "vgg11_eighth",
     "workload_of",
 ]
 
 PAPER_SHAPE = (1, 48, 48)
 PAPER_FILLS: tuple[float, ...] = tuple(op.DEFAULT_FILLS)
 VGG_SHAPE = (3, 224, 224)
-#: VGG-11's layout ("M" is a 2x2 max pool) at 1/8 of its width, so that the dense sweep of
-#: 2 images x 196 patches x 6 fills stays within about a minute on a 2-core CPU.
-VGG_WIDTHS: tuple[int | str, ...] = (8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M")
 
 
 def paper_cnn(num_classes: int = 7, seed: int = 0) -> nn.Sequential:
@@ -62,33 +93,11 @@ def paper_cnn(num_classes: int = 7, seed: int = 0) -> nn.Sequential:
     ).eval()
 
 
-def vgg_style(
-    widths: tuple[int | str, ...] = VGG_WIDTHS,
-    in_channels: int = 3,
-    size: int = 224,
-    hidden: int = 256,
-    num_classes: int = 10,
-    seed: int = 0,
-) -> nn.Sequential:
-    """3x3 convs (padding 1) + ReLU, 2x2 max pools at the "M" entries, then a small MLP head."""
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    channels = in_channels
-    for entry in widths:
-        if entry == "M":
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        else:
-            width = int(entry)
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-            channels = width
-    layers += [
-        nn.Flatten(),
-        nn.Linear(channels * size * size, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    ]
-    return nn.Sequential(*layers).eval()
+def vgg11_eighth(seed: int = 0) -> nn.Sequential:
+    """VGG-11's layout at 1/8 of its width (3x3 convs of 8-16-32-32-64-64-64-64 channels,
+    five 2x2 max pools) with a 3136-256-10 head, so that the dense sweep of 2 images x 196
+    patches x 6 fills stays within about a minute on a 2-core CPU."""
+    return vgg(VGG11_LAYOUT, divisor=8, size=224, hidden=(256,), classes=10, seed=seed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +118,18 @@ class Workload:
     def count(self) -> int:
         """Number of occluded images, N * R * V."""
         return self.images.shape[0] * len(self.regions) * len(self.fills)
+
+    def sweep(self, engine: str = "dense", **options: Any) -> op.SweepResult:
+        """``op.sweep`` of the whole workload (no progress bar), e.g. for equality checks."""
+        return op.sweep(
+            self.model,
+            self.images,
+            self.regions,
+            self.fills,
+            engine=engine,
+            progress=False,
+            **options,
+        )
 
     def occluded(self, limit: int | None = None) -> Tensor:
         """The first `limit` (default: all) occluded images in (image, region, fill) order.
@@ -155,9 +176,14 @@ class Case:
 
     n, grid, fills : the main workload (n images, a grid x grid grid, the fills)
     batch_sizes : tried by the forward-limit scan
+    memory_formats : tried by the forward-limit scan, with every batch size: "contiguous" and
+        "channels_last" (the model converted with ``.to(memory_format=...)`` and the prebuilt
+        images too)
     scan_images : how many prebuilt occluded images the scan and the per-test reference
         run over (a prefix of the workload's occluded images)
     rounds : timed rounds of the main benchmarks (the minimum is reported)
+    incremental_target : the ratio to the forward limit the incremental sweep should reach
+        on the main workload (None: no target)
     fine_grid, fine_n : grid and N of the incremental engine's small-area benchmark
     captum_n, naive_n : N for captum (one attribute call per class and fill) and for the
         one-image-per-forward loop
@@ -166,7 +192,7 @@ class Case:
 
     id: str
     title: str
-    build: Callable[[], nn.Sequential]
+    build: Callable[[], nn.Module]
     shape: tuple[int, int, int]
     n: int
     grid: int
@@ -174,6 +200,8 @@ class Case:
     batch_sizes: tuple[int, ...]
     scan_images: int
     rounds: int
+    memory_formats: tuple[str, ...] = ("contiguous", "channels_last")
+    incremental_target: float | None = None
     fine_grid: int = 12
     fine_n: int = 16
     captum_n: int = 32
@@ -216,8 +244,8 @@ PAPER_SMOKE = Case(
 )
 VGG = Case(
     "vgg",
-    "VGG-style 3x224x224",
-    vgg_style,
+    "VGG-11 1/8 width 3x224x224",
+    vgg11_eighth,
     VGG_SHAPE,
     n=2,
     grid=14,
@@ -225,6 +253,7 @@ VGG = Case(
     batch_sizes=(2, 4, 8, 16, 32, 64),
     scan_images=64,
     rounds=2,
+    incremental_target=2.0,
     # One image: captum's 60 calls (10 classes x 6 fills) of 196 perturbations already take
     # about as long as the dense sweep of both images.
     captum_n=1,
@@ -232,7 +261,7 @@ VGG = Case(
 
 
 def _vgg_smoke() -> nn.Sequential:
-    return vgg_style(widths=(4, "M", 8, "M"), size=32, hidden=16)
+    return vgg((4, "M", 8, "M"), divisor=1, size=32, hidden=(16,), classes=10)
 
 
 VGG_SMOKE = Case(
@@ -250,7 +279,88 @@ VGG_SMOKE = Case(
     smoke=True,
 )
 
-_MODELS: dict[tuple[str, str], nn.Sequential] = {}
+ARCHITECTURE_SHAPE = (3, 224, 224)
+#: Two fills per region (black and mid-grey): enough to exercise the fill batching while
+#: keeping a 14x14 sweep at 392 occluded images.
+ARCHITECTURE_FILLS: tuple[float, ...] = (0.0, 0.5)
+
+
+def _architecture(
+    case_id: str, title: str, build: Callable[[], nn.Module], target: float | None
+) -> Case:
+    """A 224x224 case: N=1, 16x16 patches (14x14 grid) as the main workload, 2 fills."""
+    return Case(
+        case_id,
+        f"{title} 3x224x224",
+        build,
+        ARCHITECTURE_SHAPE,
+        n=1,
+        grid=14,
+        fills=ARCHITECTURE_FILLS,
+        # Batch 1 never won on 2 cores at 224x224 (it leaves the convolutions too little
+        # work to split across the threads).
+        batch_sizes=(2, 4, 8, 16, 32),
+        scan_images=32,
+        rounds=2,
+        incremental_target=target,
+    )
+
+
+def _architecture_smoke(case_id: str, title: str, build: Callable[[], nn.Module]) -> Case:
+    """The same architecture at its tiny test size on 3x32x32 (8x8 patches): CI's check."""
+    return Case(
+        f"{case_id}-smoke",
+        f"{title} 3x32x32 (smoke)",
+        build,
+        (3, 32, 32),
+        n=1,
+        grid=4,
+        fills=ARCHITECTURE_FILLS,
+        batch_sizes=(4, 16),
+        scan_images=16,
+        rounds=1,
+        smoke=True,
+    )
+
+
+# Targets of issue 11 for the incremental engine at 16x16 patches, on 2 CPU cores (VGG-16:
+# Krypton reported 5.4x for exact VGG-16 on a CPU); ConvNeXt-T has none.
+ARCHITECTURES: tuple[Case, ...] = (
+    _architecture(
+        "vgg16",
+        "VGG-16 1/2 width",
+        lambda: vgg(VGG16_LAYOUT, divisor=2, size=224, hidden=(2048, 2048), classes=1000),
+        6.0,
+    ),
+    _architecture("resnet18", "ResNet-18", lambda: ResNet18(width=64, classes=1000), 2.0),
+    _architecture(
+        "mobilenetv2",
+        "MobileNetV2 1.0",
+        lambda: MobileNetV2(classes=1000, settings=MOBILENETV2_SETTINGS, stem=32, head=1280),
+        1.5,
+    ),
+    _architecture(
+        "densenet121",
+        "DenseNet-121 growth 16",
+        lambda: DenseNet(growth=16, blocks=(6, 12, 24, 16), classes=1000),
+        1.5,
+    ),
+    _architecture(
+        "convnext_t",
+        "ConvNeXt-T 1/2 width",
+        lambda: ConvNeXt(dims=(48, 96, 192, 384), depths=(3, 3, 9, 3), classes=1000),
+        None,
+    ),
+)
+ARCHITECTURE_SMOKES: tuple[Case, ...] = (
+    _architecture_smoke("vgg16", "VGG-16 1/16 width", vgg),
+    _architecture_smoke("resnet18", "ResNet-18 width 4", lambda: ResNet18(width=4)),
+    _architecture_smoke("mobilenetv2", "MobileNetV2 tiny", MobileNetV2),
+    _architecture_smoke("densenet121", "DenseNet tiny", DenseNet),
+    _architecture_smoke("convnext_t", "ConvNeXt tiny", ConvNeXt),
+)
+
+_MODELS: dict[tuple[str, str], nn.Module] = {}
 _WORKLOADS: dict[tuple[str, str, int, int, tuple[float, ...]], Workload] = {}
 
 

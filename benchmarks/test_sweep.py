@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 from captum.attr import FeatureAblation
-from models import PAPER, PAPER_SMOKE, VGG, VGG_SMOKE, Case, Workload, workload_of
+from models import PAPER, PAPER_SMOKE, VGG, VGG_SMOKE, Case, workload_of
 from torch import Tensor, nn
 
 import occlusion_probe as op
-from occlusion_probe.sweep import auto_batch_size
 
 if TYPE_CHECKING:
     from conftest import Harness
@@ -31,77 +30,26 @@ ALL_CASES = [
 PAPER_CASES = [pytest.param(PAPER, id="paper"), pytest.param(PAPER_SMOKE, id="paper-smoke")]
 
 
-def time_sweep(
-    benchmark: object,
-    harness: Harness,
-    case: Case,
-    workload: Workload,
-    engine: str,
-    key: str,
-    target: float | None,
-    batch_size: int | None = None,
-) -> op.SweepResult:
-    """Time the whole ``op.sweep(..., engine=engine)`` on `workload`, with the default
-    ``batch_size="auto"`` unless `batch_size` is given."""
-    results: list[op.SweepResult] = []
-    model, images, regions, fills = (
-        workload.model,
-        workload.images,
-        workload.regions,
-        workload.fills,
-    )
-    size: int | str = "auto" if batch_size is None else batch_size
-
-    def method() -> None:
-        results.append(
-            op.sweep(model, images, regions, fills, engine=engine, batch_size=size, progress=False)
-        )
-
-    def warmup() -> None:
-        op.sweep(
-            model, images[:1], regions, fills[:1], engine=engine, batch_size=size, progress=False
-        )
-
-    auto = auto_batch_size(images.shape[1:], harness.device, workload.count)
-    label = (
-        f'sweep(engine="{engine}"), batch_size="auto" = {auto}'
-        if batch_size is None
-        else f'sweep(engine="{engine}"), batch_size={batch_size} (the limit\'s)'
-    )
-    harness.against_limit(
-        benchmark,
-        case,
-        workload,
-        method,
-        key=key,
-        label=label,
-        rounds=case.rounds,
-        warmup=warmup,
-        target=target,
-        auto_batch_size=auto,
-        batch_size=size,
-    )
-    return results[-1]
-
-
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_forward_limit(benchmark: object, harness: Harness, case: Case) -> None:
-    """Plain forwards over *all* prebuilt occluded images at the scanned best batch size.
+    """Plain forwards over *all* prebuilt occluded images at the scanned best batch size and
+    memory format.
 
     Its ratio to the per-test reference (a prefix of the same images) should be about 1: it
     checks that the prefix the other tests pair with stands for the whole set.
     """
     workload = workload_of(case, harness.device)
-    batch_size = harness.limit(case).batch_size
+    limit = harness.limit(case)
     harness.against_limit(
         benchmark,
         case,
         workload,
-        harness.forwards(workload.model, workload.occluded(), batch_size),
+        harness.limit_forwards(case, workload)[0],
         key="forward",
-        label=f"plain forwards of all {workload.count} prebuilt images, batch {batch_size}",
+        label=f"plain forwards of all {workload.count} prebuilt images, batch "
+        f"{limit.batch_size}, {limit.memory_format}",
         rounds=case.rounds,
-        scan=harness.limit(case).scan,
+        scan={f"{name} {size}": rate for (name, size), rate in limit.scan.items()},
     )
 
 
@@ -109,7 +57,7 @@ def test_forward_limit(benchmark: object, harness: Harness, case: Case) -> None:
 def test_dense_sweep(benchmark: object, harness: Harness, case: Case) -> None:
     """The whole dense sweep (masks, forwards, collection); target: >= 0.9 of the limit."""
     workload = workload_of(case, harness.device)
-    result = time_sweep(benchmark, harness, case, workload, "dense", "dense", 0.9)
+    result = harness.sweep(benchmark, case, workload, "dense", "dense", 0.9)
     n, r, v = workload.images.shape[0], len(workload.regions), len(workload.fills)
     assert tuple(result.occluded.shape[:3]) == (n, r, v)
 
@@ -120,7 +68,7 @@ def test_dense_sweep_best_batch(benchmark: object, harness: Harness, case: Case)
     the unoccluded forward, collection), apart from the choice of the "auto" batch size."""
     workload = workload_of(case, harness.device)
     best = harness.limit(case).batch_size
-    time_sweep(benchmark, harness, case, workload, "dense", "dense-best", 0.9, best)
+    harness.sweep(benchmark, case, workload, "dense", "dense-best", 0.9, best)
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -131,17 +79,10 @@ def test_incremental_sweep(benchmark: object, harness: Harness, case: Case) -> N
     48x48 CNN); the paper CNN's 4x4 grid has large areas and no target.
     """
     workload = workload_of(case, harness.device)
-    target = 2.0 if case is VGG else None
-    result = time_sweep(benchmark, harness, case, workload, "incremental", "incremental", target)
+    target = case.incremental_target
+    result = harness.sweep(benchmark, case, workload, "incremental", "incremental", target)
     if case.smoke:
-        dense = op.sweep(
-            workload.model,
-            workload.images,
-            workload.regions,
-            workload.fills,
-            engine="dense",
-            progress=False,
-        )
+        dense = workload.sweep("dense")
         torch.testing.assert_close(result.occluded, dense.occluded, rtol=1e-4, atol=1e-5)
 
 
@@ -149,7 +90,7 @@ def test_incremental_sweep(benchmark: object, harness: Harness, case: Case) -> N
 def test_incremental_sweep_fine_grid(benchmark: object, harness: Harness, case: Case) -> None:
     """The incremental engine with small areas (12x12 grid of 4x4 pixels); target: >= 2x."""
     workload = workload_of(case, harness.device, n=case.fine_n, grid=case.fine_grid)
-    time_sweep(benchmark, harness, case, workload, "incremental", "incremental-fine", 2.0)
+    harness.sweep(benchmark, case, workload, "incremental", "incremental-fine", 2.0)
 
 
 def captum_all_classes(

@@ -49,8 +49,10 @@ def reference_sweep(
 
 
 # --------------------------------------------------------------------------- architectures
-# Small versions of the architectures users run, written from their papers, with random
-# weights and non-trivial batch-norm statistics (running means and variances away from 0, 1).
+# The architectures users run, written from their papers, with random weights (seeded) and
+# non-trivial batch-norm statistics (running means and variances away from 0, 1). Each takes
+# size parameters (width, depth, growth rate, classes): the defaults are the tiny versions the
+# tests use; benchmarks/architectures.py builds the 224x224 versions from the same code.
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -64,6 +66,65 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(c, generator=generator) - 0.5)
     return model.eval()
+
+
+#: VGG's configuration A (VGG-11) and D (VGG-16) from Simonyan & Zisserman 2015, Table 1:
+#: output channels of each 3x3 conv, "M" a 2x2 max pool (stride 2).
+VGG11_LAYOUT: tuple[int | str, ...] = (
+    64,
+    "M",
+    128,
+    "M",
+    256,
+    256,
+    "M",
+    512,
+    512,
+    "M",
+    512,
+    512,
+    "M",
+)
+VGG16_LAYOUT: tuple[int | str, ...] = (
+    *(64, 64, "M", 128, 128, "M"),
+    *(256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+)
+
+
+def vgg(
+    layout: tuple[int | str, ...] = VGG16_LAYOUT,
+    divisor: int = 16,
+    size: int = 32,
+    hidden: tuple[int, ...] = (32, 32),
+    classes: int = 5,
+    in_channels: int = 3,
+    seed: int = 0,
+) -> nn.Sequential:
+    """A VGG net (Simonyan & Zisserman 2015) as one flat ``nn.Sequential``: 3x3 convs
+    (padding 1) + ReLU, 2x2 max pools at the "M" entries, then fully connected layers of
+    `hidden` units (ReLU, dropout 0.5; the paper's are 4096, 4096) and `classes` outputs.
+
+    divisor : every conv width of `layout` is divided by it (1: the paper's widths)
+    size : the input's height and width (sets the first fully connected layer's inputs)
+    """
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for entry in layout:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        else:
+            width = max(1, int(entry) // divisor)
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+            channels = width
+    layers.append(nn.Flatten())
+    features = channels * size * size
+    for units in hidden:
+        layers += [nn.Linear(features, units), nn.ReLU(), nn.Dropout(0.5)]
+        features = units
+    layers.append(nn.Linear(features, classes))
+    return nn.Sequential(*layers).eval()
 
 
 class BasicBlock(nn.Module):
@@ -91,9 +152,16 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18's layout (7x7 stem, max pool, 2-2-2-2 basic blocks) at a chosen width."""
+    """ResNet-18's layout (He et al. 2016, Table 1: 7x7 stride-2 stem, 3x3 max pool, four
+    stages of 2-2-2-2 basic blocks at width, 2, 4, 8 x width, global average pool, fc).
 
-    def __init__(self, width: int = 8, classes: int = 5) -> None:
+    width : the first stage's channels (the paper's: 64); blocks : basic blocks per stage
+    (``(3, 4, 6, 3)`` gives ResNet-34)
+    """
+
+    def __init__(
+        self, width: int = 8, classes: int = 5, blocks: tuple[int, ...] = (2, 2, 2, 2)
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Sequential(
@@ -104,8 +172,9 @@ class ResNet18(nn.Module):
         )
         layers: list[nn.Module] = []
         cin = width
-        for stage, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
-            for index in range(2):
+        for stage, count in enumerate(blocks):
+            cout = width * 2**stage
+            for index in range(count):
                 layers.append(BasicBlock(cin, cout, 2 if stage and not index else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
@@ -140,26 +209,65 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV2(nn.Module):
-    """MobileNetV2's layout (stem, inverted residuals with t=6, 1x1 head) at a small width."""
+#: MobileNetV2's Table 2 (Sandler et al. 2018): per stage the expansion t, output channels c,
+#: repeats n and the first block's stride s; with a 32-channel stem and a 1280-channel head.
+MOBILENETV2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
-    def __init__(self, classes: int = 5) -> None:
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2's layout: a 3x3 stride-2 stem, stages of inverted residuals, a 1x1 head
+    conv, global average pool, dropout, fc. The defaults are a tiny version (four stages);
+    ``settings=MOBILENETV2_SETTINGS, stem=32, head=1280`` is the paper's network.
+
+    settings : (t, c, n, s) per stage; stem, head : channels of the first and last conv
+    width : the paper's width multiplier, applied to the stem and every stage's channels
+        (rounded to the nearest integer); the head keeps its channels when width < 1, as in
+        the paper
+    """
+
+    def __init__(
+        self,
+        classes: int = 5,
+        settings: tuple[tuple[int, int, int, int], ...] = (
+            (1, 8, 1, 1),
+            (6, 12, 2, 2),
+            (6, 16, 2, 2),
+            (6, 24, 1, 1),
+        ),
+        stem: int = 8,
+        head: int = 64,
+        width: float = 1.0,
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)
-        settings = [(1, 8, 1, 1), (6, 12, 2, 2), (6, 16, 2, 2), (6, 24, 1, 1)]
+        stem = max(1, round(stem * width))
+        head = head if width < 1 else max(1, round(head * width))
         layers: list[nn.Module] = [
-            nn.Conv2d(3, 8, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(8),
+            nn.Conv2d(3, stem, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(stem),
             nn.ReLU6(inplace=True),
         ]
-        cin = 8
-        for expand, cout, repeats, stride in settings:
+        cin = stem
+        for expand, channels, repeats, stride in settings:
+            cout = max(1, round(channels * width))
             for index in range(repeats):
                 layers.append(InvertedResidual(cin, cout, stride if index == 0 else 1, expand))
                 cin = cout
-        layers += [nn.Conv2d(cin, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(cin, head, 1, bias=False),
+            nn.BatchNorm2d(head),
+            nn.ReLU6(inplace=True),
+        ]
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, classes))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(head, classes))
         randomize_batch_norms(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,8 +294,13 @@ class DenseLayer(nn.Module):
 
 
 class DenseNet(nn.Module):
-    """A DenseNet-121-style stack: stem, dense blocks joined by 1x1 conv + 2x2 avg-pool
-    transitions, BN-ReLU, global average pool."""
+    """A DenseNet-BC stack (Huang et al. 2017): 7x7 stride-2 stem of 2 x growth channels,
+    3x3 max pool, dense blocks of bottleneck layers joined by transitions (BN-ReLU, 1x1 conv
+    halving the channels, 2x2 average pool), BN-ReLU, global average pool, fc.
+
+    growth : the growth rate k (DenseNet-121: 32); blocks : layers per dense block
+    (DenseNet-121: ``(6, 12, 24, 16)``; the default is a tiny two-block stack)
+    """
 
     def __init__(self, growth: int = 4, blocks: tuple[int, ...] = (2, 3), classes: int = 5) -> None:
         super().__init__()
@@ -240,9 +353,22 @@ class ConvNeXtBlock(nn.Module):
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an (N, C, H, W) map (ConvNeXt's "channels_first" LN),
+    written as permute - LayerNorm - permute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class ConvNeXt(nn.Module):
-    """A ConvNeXt-T-style net: 4x4 patchify stem with LayerNorm, blocks, a 2x2 downsampling
-    conv between stages, global average pool, LayerNorm, Linear."""
+    """A ConvNeXt net (Liu et al. 2022): 4x4 stride-4 patchify stem with LayerNorm, stages of
+    blocks, between stages a LayerNorm and a 2x2 stride-2 downsampling conv, global average
+    pool, LayerNorm, Linear.
+
+    dims, depths : channels and blocks per stage (ConvNeXt-T: (96, 192, 384, 768) and
+    (3, 3, 9, 3); the default is a tiny two-stage net)
+    """
 
     def __init__(
         self, dims: tuple[int, ...] = (8, 16), depths: tuple[int, ...] = (1, 1), classes: int = 5
@@ -250,10 +376,11 @@ class ConvNeXt(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Conv2d(3, dims[0], 4, 4)
-        self.stem_norm = nn.LayerNorm(dims[0], eps=1e-6)
+        self.stem_norm = ChannelsFirstLayerNorm(dims[0], eps=1e-6)
         stages: list[nn.Module] = []
         for index, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
             if index:
+                stages.append(ChannelsFirstLayerNorm(dims[index - 1], eps=1e-6))
                 stages.append(nn.Conv2d(dims[index - 1], dim, 2, 2))
             stages += [ConvNeXtBlock(dim) for _ in range(depth)]
         self.stages = nn.Sequential(*stages)
@@ -261,8 +388,7 @@ class ConvNeXt(nn.Module):
         self.head = nn.Linear(dims[-1], classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        x = self.stages(x)
+        x = self.stages(self.stem_norm(self.stem(x)))
         return self.head(self.norm(x.mean((-2, -1))))
 
 
