@@ -321,3 +321,50 @@ def test_channels_last_maps_equal_contiguous_ones() -> None:
     engine.run(images, fills, masks, 32, lambda raw: raw)  # decided by timing, once
     assert engine.channels_last in (True, False)
     assert "maps " in engine.layout_note and "ms" in engine.layout_note
+
+
+def test_prepared_engine_is_kept_until_the_model_changes() -> None:
+    model = ResNet18(width=4).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    regions = op.grid(32, 32, 4, 4)
+
+    def sweep() -> op.SweepResult:
+        return op.sweep(model, images, regions, engine="incremental", progress=False)
+
+    first = sweep()
+    assert "(torch.export graph)" in first.engine_note
+    again = sweep()
+    assert "kept from an earlier sweep of this model" in again.engine_note
+    torch.testing.assert_close(again.occluded, first.occluded, rtol=0, atol=0)
+    # An in-place weight update (an optimizer step) bumps the version: read again, and the
+    # new weights are what the engine computes with.
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    changed = sweep()
+    assert "(torch.export graph)" in changed.engine_note
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    torch.testing.assert_close(changed.occluded, dense.occluded, rtol=0, atol=1e-5)
+    # Other regions are planned anew.
+    other = op.sweep(model, images, op.grid(32, 32, 2, 2), engine="incremental", progress=False)
+    assert "(torch.export graph)" in other.engine_note
+
+
+def test_a_changed_plain_attribute_is_read_again() -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.scale = 1.0
+
+        def forward(self, x: Tensor) -> Tensor:
+            return (torch.relu(self.conv(x)) * self.scale).mean((2, 3))
+
+    model = Scaled().eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    regions = op.grid(16, 16, 4, 4)
+    op.sweep(model, images, regions, engine="incremental", progress=False)
+    model.scale = 3.0
+    result = op.sweep(model, images, regions, engine="incremental", progress=False)
+    assert "(torch.export graph)" in result.engine_note
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    torch.testing.assert_close(result.occluded, dense.occluded, rtol=0, atol=1e-5)
