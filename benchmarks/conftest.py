@@ -72,7 +72,7 @@ class Row:
 
     ratio : the method's images/s divided by the reference's images/s, both measured in the
         same test (interleaved rounds, minimum time of each)
-    target : the ratio the issue asks for, as a lower bound (None: no target)
+    target : the ratio the project aims for, as a lower bound (None: no target)
     """
 
     group: str
