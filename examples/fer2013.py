@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         help="run under torchrun: the sweep is sharded across ranks, rank 0 writes outputs",
     )
     parser.add_argument("--epochs", type=int, help="override the number of training epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="training minibatch size")
+    parser.add_argument("--batch-size", type=int, default=64, help="training minibatch size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or messages")
     args = parser.parse_args(argv)
     try:
