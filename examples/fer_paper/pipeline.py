@@ -85,13 +85,14 @@ README.md gives measured times with the CPU named. On real FER-2013 (28,709 trai
 QUICK_SETTINGS = RunSettings(
     synthetic_train=2500,
     synthetic_test=200,
-    synthetic_epochs=4,
+    synthetic_epochs=6,
     real_epochs=3,
     real_train_limit=3000,
     real_test_limit=300,
 )
-"""``--quick``: small data and few epochs, for tests and smoke runs (about a minute on 2 idle
-CPU cores). On the synthetic data it still recovers the ground truth (checked for seeds 0-3)."""
+"""``--quick``: small data and few epochs, for tests and smoke runs. On the synthetic data it
+still recovers the ground truth (checked for seeds 0-3 with the one-cycle schedule at batch 64:
+with 4 epochs, seed 3 ranked area 6 above area 11 for Happiness; 6 epochs restore it)."""
 
 
 @dataclass(frozen=True)
