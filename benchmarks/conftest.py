@@ -38,7 +38,7 @@ _HARNESS = pytest.StashKey["Harness"]()
 
 #: The memory formats the forward-limit scan may try (Case.memory_formats names them).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-#: Every incremental sweep should reach this fraction of its FLOP bound (issue 11).
+#: Every incremental sweep should reach this fraction of its FLOP bound.
 BOUND_FRACTION_TARGET = 0.7
 
 
@@ -93,7 +93,7 @@ class Row:
 
     ratio : the method's images/s divided by the reference's images/s, both measured in the
         same test (interleaved rounds, minimum time of each)
-    target : the ratio the issue asks for, as a lower bound (None: no target)
+    target : the ratio the project aims for, as a lower bound (None: no target)
     flop_bound : for an incremental sweep, dense FLOPs over the FLOPs its plan runs (the most
         its ratio could be if time followed FLOPs); None for other methods
     bound_target : the fraction of `flop_bound` the ratio should reach (None: no target)

@@ -323,7 +323,7 @@ def _architecture_smoke(case_id: str, title: str, build: Callable[[], nn.Module]
     )
 
 
-# Targets of issue 11 for the incremental engine at 16x16 patches, on 2 CPU cores (VGG-16:
+# The targets for the incremental engine at 16x16 patches, on 2 CPU cores (VGG-16:
 # Krypton reported 5.4x for exact VGG-16 on a CPU); ConvNeXt-T has none.
 ARCHITECTURES: tuple[Case, ...] = (
     _architecture(

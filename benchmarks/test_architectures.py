@@ -22,7 +22,7 @@ import occlusion_probe as op
 if TYPE_CHECKING:
     from conftest import Harness
 
-#: Issue 11's target for the dense sweep with batch_size="auto", on every model and grid.
+#: The target for the dense sweep with batch_size="auto", on every model and grid.
 DENSE_TARGET = 0.95
 
 

@@ -75,8 +75,8 @@ def test_dense_sweep_best_batch(benchmark: object, harness: Harness, case: Case)
 def test_incremental_sweep(benchmark: object, harness: Harness, case: Case) -> None:
     """The incremental engine on the case's own grid (16x16 patches on the VGG input).
 
-    Target on the VGG input: >= 2x the forward limit (the issue asks for more than on the
-    48x48 CNN); the paper CNN's 4x4 grid has large areas and no target.
+    Target on the VGG input: >= 2x the forward limit (a larger input should gain more than
+    the 48x48 CNN); the paper CNN's 4x4 grid has large areas and no target.
     """
     workload = workload_of(case, harness.device)
     target = case.incremental_target

@@ -1,7 +1,7 @@
 """Reproduce the occlusion analysis of Nishime et al. on FER-2013 (or on synthetic faces).
 
-    python examples/fer2013.py                      # synthetic faces, train, analyse (~4 min, 2 cores)
-    python examples/fer2013.py --quick              # small and fast (< 2 min)
+    python examples/fer2013.py                      # synthetic faces, train, analyse (README: timings)
+    python examples/fer2013.py --quick              # small and fast, what the tests run
     python examples/fer2013.py --csv fer2013.csv    # Kaggle's FER-2013 csv (PublicTest = test)
     python examples/fer2013.py --data-dir fer2013/  # train/<class>/*.png, test/<class>/*.png
     python examples/fer2013.py --weights fer2013-output/weights.pt   # skip training
@@ -59,7 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
     )
     parser.add_argument("--out", type=Path, default=Path("fer2013-output"), help="output folder")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 2 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small data, few epochs (what the tests run)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--skip-bad-rows",
@@ -72,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> RunConfig:
         help="run under torchrun: the sweep is sharded across ranks, rank 0 writes outputs",
     )
     parser.add_argument("--epochs", type=int, help="override the number of training epochs")
-    parser.add_argument("--batch-size", type=int, default=32, help="training minibatch size")
+    parser.add_argument("--batch-size", type=int, default=64, help="training minibatch size")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or messages")
     args = parser.parse_args(argv)
     try:

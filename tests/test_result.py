@@ -488,3 +488,35 @@ def test_region_values_mapping(result: SweepResult) -> None:
         drops[1.0]  # type: ignore[index]
     with pytest.raises(InputValueError, match=r"tensor: expected shape \(2,\)"):
         op.RegionValues((1, 2), torch.zeros(3))
+
+
+class _LeftHalfOnly(nn.Module):
+    """Outputs that depend on the left half of the image only."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        total = images[:, :, :, :4].sum(dim=(1, 2, 3))
+        return torch.stack([total, -total, torch.zeros_like(total)], dim=1)
+
+
+def test_significance_over_all_fills_gives_p_one_where_no_fill_changes_anything() -> None:
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = op.sweep(
+        _LeftHalfOnly(),
+        images,
+        op.grid(8, 8, 2, 2),
+        labels=torch.zeros(8, dtype=torch.long),
+        progress=False,
+    )
+    # Regions 2 and 4 (the right half) change no output under any fill, exactly.
+    assert torch.equal(
+        result.occluded[:, [1, 3]], result.baseline[:, None, None].expand(-1, 2, 6, -1)
+    )
+    # The mean over the six fills of those equal outputs is not always equal to them in
+    # float32; the test must still see "no change", not rounding noise.
+    averaged = result.occluded[:, [1, 3], :, 0].mean(dim=2)
+    assert not torch.equal(averaged, result.baseline[:, None, 0].expand(-1, 2))
+    table = result.significance(0, correct_only=False)
+    for region in (2, 4):
+        row = table.row(region)
+        assert (row.p, row.effect_size, row.mean_drop) == (1.0, 0.0, 0.0), row
+    assert table.row(1).p < 0.05 and table.row(3).p < 0.05

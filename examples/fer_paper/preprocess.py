@@ -5,8 +5,9 @@ occlusion analysis masks raw pixels in [0, 1] and the mask then goes through the
 normalisation the network was trained with, as in the paper.
 
 The formulas are pylearn2's (``pylearn2.expr.preprocessing.global_contrast_normalize`` and
-``pylearn2.datasets.preprocessing.ZCA``), the library of the paper's era; see
-``/work/shared/DESIGN.md``.
+``pylearn2.datasets.preprocessing.ZCA``, Goodfellow et al., "Pylearn2: a machine learning
+research library", arXiv:1308.4214), the library of the paper's era; each class docstring below
+states its formula in full, with the settings this reproduction uses.
 """
 
 from __future__ import annotations

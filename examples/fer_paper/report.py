@@ -252,7 +252,8 @@ def write_figures(
     - ``heatmaps.png``: each class's mean drop per area over a correctly classified example;
     - ``table2.png``, ``table3.png``, ``table4.png``: the confusion matrices.
 
-    test_images : Tensor, shape (N, 1, 48, 48), the images of the sweep (for the heat maps).
+    test_images : Tensor, shape (N, 1, 48, 48), the images of the sweep, in its order (for the
+        heat maps).
     """
     written: list[str] = []
 
@@ -370,6 +371,8 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "Each class's curve is the mean softmax output of that class over its correctly "
         "classified test images, with one area of the 4x4 grid (ids 1..16 row-major, 12x12 "
         "pixels each; eyes in 6, 7, mouth in 10, 11) set to each fill 0.0, 0.2, ..., 1.0. "
+        f"Only those images are swept ({sum(payload['selected_images'].values())} of "
+        f"{sum(data['counts']['test'].values())} test images). "
         "Figures: `curves_<class>.png`, `curves_all.png`, `heatmaps.png`; numbers: "
         "`curves.csv`, `curves.json`. Ranking = areas by mean drop of the class output "
         "(over the fills), largest first.\n",
