@@ -14,6 +14,7 @@ from reference_models import (
     ResNet18,
     randomize_batch_norms,
     reference_sweep,
+    small_cnn,
 )
 from torch import Tensor, nn
 
@@ -307,6 +308,18 @@ def test_launches_grow_with_layers_not_with_regions(monkeypatch: pytest.MonkeyPa
 
 def test_channels_last_maps_equal_contiguous_ones() -> None:
     from occlusion_probe.engines.incremental import IncrementalEngine
+
+    # A flatten before the head: export writes it as a view, which channels-last maps need
+    # as a reshape.
+    flat = small_cnn(in_channels=3, size=16).eval()
+    small = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    grid = op.grid(16, 16, 4, 4).masks
+    prepared = IncrementalEngine.prepare(flat, (3, 16, 16), grid, torch.float32, small.device)
+    assert isinstance(prepared, IncrementalEngine)
+    two_fills = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    on_nhwc = prepared.run(small, two_fills, grid, 32, lambda raw: raw, channels_last=True)
+    on_nchw = prepared.run(small, two_fills, grid, 32, lambda raw: raw, channels_last=False)
+    torch.testing.assert_close(on_nhwc[1], on_nchw[1], rtol=0, atol=1e-5)
 
     model = ResNet18(width=4).eval()
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))

@@ -62,6 +62,9 @@ class ModelGraph:
         return iter(node.users)
 
 
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default)
+
+
 def hook_reason(model: nn.Module) -> str | None:
     """Why the incremental engine cannot honour the model's hooks, or None when it has none."""
     from torch.nn.modules import module as module_state
@@ -122,6 +125,13 @@ def read_graph(model: nn.Module, example: Tensor) -> ModelGraph | str:
         return f"torch.export could not read the model ({type(error).__name__}: {first[:200]})"
     if not isinstance(module, GraphModule):
         return f"torch.export returned {type(module).__name__}, not a GraphModule"
+    for node in module.graph.nodes:
+        # The functional graph never writes through a view, so reshape (a view where the
+        # strides allow, else a copy) gives the same values; a view fails on the
+        # channels-last maps the engine may run on, where the model's own forward (e.g.
+        # nn.Flatten, which reshapes) works.
+        if node.op == "call_function" and node.target in _VIEWS:
+            node.target = torch.ops.aten.reshape.default
     nodes = tuple(module.graph.nodes)
     images = [node for node in nodes if node.op == "placeholder"]
     if len(images) != 1:
