@@ -47,9 +47,9 @@ def test_candidates_around_the_budget_with_both_layouts() -> None:
     assert plan.current == BatchConfig(4)
     # Half, once, twice and four times the start (4), but never below 4 images on CPU.
     assert plan.trial == [BatchConfig(s, cl) for cl in (False, True) for s in (4, 8, 16)]
-    # One channel: no channels-last candidates (the same memory either way).
+    # One channel too: channels-last strides make its convolutions run channels-last.
     single = BatchPlan.auto(object(), (1, 48, 48), torch.float32, CPU, 10**6)
-    assert single.trial == [BatchConfig(s) for s in (32, 64, 128, 256)]
+    assert single.trial == [BatchConfig(s, cl) for cl in (False, True) for s in (32, 64, 128, 256)]
     assert (
         not BatchPlan.auto(object(), (3, 8, 8), torch.float32, CPU, 10**7, formats=False)
         .trial[-1]
@@ -65,11 +65,12 @@ def test_trial_picks_the_fastest_and_covers_every_item_once() -> None:
     speed[BatchConfig(16, True)] = 0.45  # within 1.25x: timed again; the others are not
     sizes = _drain(plan, 1000, speed)
     assert sum(sizes) == 1000
-    one_round = [4, 8, 16, 4, 8, 16]
-    # A warm-up round (its times are ignored), a timed round, the close ones again.
-    assert sizes[:14] == [*one_round, *one_round, 8, 16]
+    warm_up = [4, 8, 16, 4, 8, 16]
+    # Every candidate over 16 images (the largest size): 4 calls of 4, 2 of 8, 1 of 16.
+    timed = [4, 4, 4, 4, 8, 8, 16]
+    assert sizes[:23] == [*warm_up, *timed, *timed, 8, 8, 16]
     assert plan.current == BatchConfig(8, True)
-    after = sizes[14:]
+    after = sizes[23:]
     assert max(after) - min(after) <= 1 and max(after) <= 8  # even blocks of the choice
     assert "8 channels-last" in plan.note and "timed" in plan.note
     # Remembered for this model and input: a later sweep skips the trial.
@@ -80,6 +81,15 @@ def test_trial_picks_the_fastest_and_covers_every_item_once() -> None:
     # Not for another shape or dtype.
     assert remembered_batch(model, (3, 112, 112), torch.float32, CPU) is None
     assert remembered_batch(model, (3, 224, 224), torch.float64, CPU) is None
+
+
+def test_an_unfinished_trial_uses_the_best_so_far() -> None:
+    plan = BatchPlan.auto(object(), (1, 48, 48), torch.float32, CPU, None)  # a stream
+    speed = {BatchConfig(64, False): 0.2}
+    sizes = _drain(plan, 480 + 4 * 256 + 40, speed)  # the warm-up, then part of the round
+    assert plan.trial  # not finished: nothing remembered yet
+    assert plan.current == BatchConfig(64, False)  # the fastest of those timed so far
+    assert sizes[-1] <= 64
 
 
 def test_remembered_choices_go_with_the_model() -> None:
@@ -100,9 +110,9 @@ def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:
     # A trial that a chunk cannot hold waits for the next chunk; the blocks still cover it.
     unreferencable = _NoWeakref()
     plan = BatchPlan.auto(unreferencable, (1, 48, 48), torch.float32, CPU, None)  # a stream
-    assert [c.size for c in plan.trial] == [32, 64, 128, 256]
+    assert [c.size for c in plan.trial] == [32, 64, 128, 256] * 2
     assert _drain(plan, 50, {}) == [32, 18]  # 64 waits for the next chunk
-    assert [c.size for c in plan.trial] == [64, 128, 256]
+    assert [c.size for c in plan.trial] == [64, 128, 256, 32, 64, 128, 256]
     _drain(plan, 10**5, {})
     assert not plan.trial and plan.how == "timed"
     assert remembered_batch(unreferencable, (1, 48, 48), torch.float32, CPU) is None
@@ -151,7 +161,7 @@ def test_sweep_times_its_batches_and_agrees_with_a_fixed_batch(
     monkeypatch.setattr(batching, "TRIAL_MIN_SHARE", 0)
     monkeypatch.setattr(batching, "_AUTO_BATCH_BYTES", {"cpu": 4 * 3 * 32 * 32 * 4, "cuda": 0})
     model = ResNet18(width=4).eval()
-    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     regions = op.grid(32, 32, 4, 4)
     fills = [0.0, 0.5, 1.0]
     timed = op.sweep(model, images, regions, fills, engine="dense", progress=False)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["BatchConfig", "BatchPlan", "auto_batch_size", "remembered_batch"]
+__all__ = ["BatchConfig", "BatchPlan", "as_channels_last", "auto_batch_size", "remembered_batch"]
 
 # Input bytes per call of the starting size. Measured with benchmarks/ on an idle 2-core CPU
 # (torch 2.13): the paper CNN (1x48x48) ran fastest at 32-96 images per call (64 = 1 MiB)
@@ -44,9 +44,9 @@ _AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
 _TRIAL_MAX_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
 # Candidates within this factor of the fastest after the timed round are timed once more.
 _SECOND_ROUND_FACTOR = 1.25
-# A sweep must hold this many times the trial's images (three rounds of every candidate, at
-# most: a warm-up, a timed round and a second for the close ones) for the trial to run.
-TRIAL_MIN_SHARE = 2
+# A sweep must hold this many times the images of the trial's warm-up and timed round for
+# the trial to run (a second timed round for the close candidates runs if images are left).
+TRIAL_MIN_SHARE = 1.25
 
 
 def auto_batch_size(
@@ -97,6 +97,21 @@ def auto_batch_size(
     return max(1, min(size, items))
 
 
+def as_channels_last(images: Tensor) -> Tensor:
+    """A copy of `images` (n, C, H, W) with channels-last strides, also for C = 1.
+
+    ``contiguous(memory_format=torch.channels_last)`` keeps one-channel images as they are
+    (their layout is both at once), and a convolution then runs NCHW; with channels-last
+    strides set explicitly it runs channels-last: 2.6x faster on the paper's 1x48x48 CNN
+    on 2 CPU cores, with the same outputs to float rounding (3e-8).
+    """
+    _n, c, h, w = images.shape
+    out = torch.empty_strided(
+        images.shape, (h * w * c, 1, w * c, c), dtype=images.dtype, device=images.device
+    )
+    return out.copy_(images)
+
+
 @dataclass(frozen=True)
 class BatchConfig:
     """One way to call the model: `size` images per call, in channels-last memory or not."""
@@ -106,9 +121,7 @@ class BatchConfig:
 
     def prepare(self, batch: Tensor) -> Tensor:
         """`batch` (b, C, H, W) in this config's memory format (a copy when it changes)."""
-        if self.channels_last and batch.dim() == 4:
-            return batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return as_channels_last(batch) if self.channels_last and batch.dim() == 4 else batch
 
     def describe(self) -> str:
         return f"{self.size}{' channels-last' if self.channels_last else ''}"
@@ -175,8 +188,12 @@ class BatchPlan:
     unit: str = "images"
     _times: dict[BatchConfig, float] = field(default_factory=dict)
     _round: int = 0
-    _warmed: list[BatchConfig] = field(default_factory=list)
+    _candidates: list[BatchConfig] = field(default_factory=list)
+    _spent: dict[BatchConfig, list[float]] = field(default_factory=dict)
     _owner: tuple[object, Sequence[int], torch.dtype, torch.device] | None = None
+
+    def __post_init__(self) -> None:
+        self._candidates = list(self.trial)
 
     @classmethod
     def fixed(cls, size: int) -> BatchPlan:
@@ -209,17 +226,17 @@ class BatchPlan:
         sizes = sorted(
             {max(smallest, start * f // 2) for f in factors if start * f // 2 <= most} or {start}
         )
-        layouts = (
-            [False, True] if formats and len(image_shape) == 3 and image_shape[0] > 1 else [False]
-        )
+        layouts = [False, True] if formats and len(image_shape) == 3 else [False]
         candidates = [BatchConfig(s, cl) for cl in layouts for s in sizes]
-        trial_items = 3 * sum(c.size for c in candidates)
-        # A stream (items None) may end before the trial does: the starting size then stays.
-        if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
-            return cls(BatchConfig(start), how="memory budget (too few images to time)")
-        return cls(
+        plan = cls(
             BatchConfig(start), candidates, "timed", _owner=(model, image_shape, dtype, device)
         )
+        # The warm-up and the first timed round must fit; a stream (items None) may end
+        # before the trial does, and the best so far is used for what is left.
+        trial_items = sum(c.size for c in candidates + plan._timed_round(candidates))
+        if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
+            return cls(BatchConfig(start), how="memory budget (too few images to time)")
+        return plan
 
     def blocks(self, total: int) -> Iterator[BatchConfig]:
         """Configs of consecutive blocks covering `total` items; trial blocks first, then
@@ -244,25 +261,36 @@ class BatchPlan:
         if not self.trial or config != self.trial[0]:
             return
         self.trial.pop(0)
-        if self._round == 0:  # a warm-up call: its time holds one-off costs
-            self._warmed.append(config)
-            if not self.trial:
-                self._round, self.trial = 1, self._warmed
-            return
-        per_image = seconds / max(1, config.size)
-        self._times[config] = min(self._times.get(config, math.inf), per_image)
+        if self._round > 0:  # round 0 is a warm-up: first calls hold one-off costs
+            spent = self._spent.setdefault(config, [0.0, 0])
+            spent[0] += seconds
+            spent[1] += config.size
+            if config not in self.trial:  # this candidate's blocks of the round are done
+                per_image = spent[0] / max(1, spent[1])
+                self._times[config] = min(self._times.get(config, math.inf), per_image)
+                self.current = min(self._times, key=lambda c: self._times[c])
+                del self._spent[config]
         if self.trial:
             return
-        best = min(self._times.values())
-        if self._round == 1:
-            self._round = 2
-            self.trial = [c for c, t in self._times.items() if t <= _SECOND_ROUND_FACTOR * best]
-            if len(self.trial) > 1:
+        if self._round < 2:
+            best = min(self._times.values(), default=0.0)
+            close = [
+                c
+                for c in self._candidates
+                if self._round == 0 or self._times[c] <= _SECOND_ROUND_FACTOR * best
+            ]
+            self._round += 1
+            if self._round == 1 or len(close) > 1:
+                self.trial = self._timed_round(close)
                 return
-            self.trial = []
-        self.current = min(self._times, key=lambda c: self._times[c])
         if self._owner is not None:
             _remember(*self._owner, self.current)
+
+    def _timed_round(self, candidates: list[BatchConfig]) -> list[BatchConfig]:
+        """Blocks of one timed round: every candidate over about as many images as the
+        largest holds (several calls of a small size), so that each time averages alike."""
+        largest = max(c.size for c in candidates)
+        return [c for c in candidates for _ in range(max(1, largest // c.size))]
 
     @property
     def note(self) -> str:

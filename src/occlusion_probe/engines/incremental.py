@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Node
 
-from ..batching import BatchConfig, BatchPlan, clock
+from ..batching import BatchConfig, BatchPlan, as_channels_last, clock
 from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
@@ -295,10 +295,10 @@ class IncrementalEngine:
     def _faster_layout(self, images: Tensor) -> bool:
         """Whether the graph runs faster on channels-last maps: decided once per engine
         by timing the full forward of `images` (which the cache needs anyway) twice in
-        each layout; always False for one-channel or empty images."""
+        each layout; False for empty images."""
         if self.channels_last is None:
             self.channels_last = False
-            if images.dim() == 4 and images.shape[0] > 0 and images.shape[1] > 1:
+            if images.dim() == 4 and images.shape[0] > 0:
                 for _ in range(2):
                     for layout in (False, True):
                         began = clock(images.device)
@@ -522,7 +522,7 @@ class IncrementalEngine:
             moved = base.movedim(spatial, (-2, -1))
             padded = F.pad(moved, (left, right, top, bottom), value=pad).movedim((-2, -1), spatial)
             if _is_channels_last(base, spatial):
-                padded = padded.contiguous(memory_format=torch.channels_last)
+                padded = as_channels_last(padded)
             self._padded_maps[key] = padded
         moved_boxes = tuple((b[0] + top, b[1] + top, b[2] + left, b[3] + left) for b in boxes)
         return padded, moved_boxes
@@ -609,18 +609,20 @@ class _Items:
 
 
 def _is_channels_last(value: Tensor, spatial: tuple[int, int]) -> bool:
-    """Whether `value` is an (n, C, H, W) map in channels-last memory (and not NCHW too)."""
+    """Whether `value` is an (n, C, H, W) map with channels-last strides (channels
+    innermost; for one channel, strides set so, as `as_channels_last` makes them)."""
     return (
         value.dim() == 4
         and spatial == (2, 3)
         and value.is_contiguous(memory_format=torch.channels_last)
-        and not value.is_contiguous()
+        and value.stride(1) == 1
+        and (value.shape[2] * value.shape[3] > 1 or value.shape[1] == 1)
     )
 
 
 def _in_layout(images: Tensor, channels_last: bool) -> Tensor:
     """`images` (n, C, H, W) in channels-last memory when asked (a copy), else as given."""
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    return as_channels_last(images) if channels_last else images
 
 
 def _indexed(device: torch.device) -> bool:
@@ -684,7 +686,8 @@ def _gather(
             target.copy_(source.expand(target.shape))
     flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
     if channels_last:
-        return flat.contiguous(memory_format=torch.channels_last)  # a view on the CPU path
+        # Already so on the CPU path (a view of the memory allocated above).
+        return flat if _is_channels_last(flat, (2, 3)) else as_channels_last(flat)
     return flat.movedim((-2, -1), spatial)
 
 
