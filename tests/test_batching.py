@@ -172,3 +172,18 @@ def test_sweep_times_its_batches_and_agrees_with_a_fixed_batch(
     torch.testing.assert_close(timed.baseline, fixed.baseline, rtol=0, atol=1e-6)
     again = op.sweep(model, images, regions, fills, engine="dense", progress=False)
     assert "remembered from an earlier trial" in again.engine_note
+
+
+def test_one_call_per_candidate_when_rounds_need_not_be_equal() -> None:
+    plan = BatchPlan(
+        BatchConfig(2),
+        [BatchConfig(1), BatchConfig(4)],
+        "timed",
+        unit="regions",
+        equal_rounds=False,
+    )
+    sizes = _drain(plan, 20, {BatchConfig(4): 0.5})
+    # A warm-up call each, one timed call each; 1 is not within 1.25x of 4: decided.
+    assert sizes[:4] == [1, 4, 1, 4]
+    assert plan.current == BatchConfig(4) and not plan.trial
+    assert "batches of 4 regions (timed" in plan.note

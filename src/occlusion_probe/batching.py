@@ -180,12 +180,16 @@ class BatchPlan:
     unit : str
         What a config's size counts, for `note` ("images"; the incremental engine's
         pieces count "regions").
+    equal_rounds : bool
+        Time each candidate over about as many images as the largest (several calls of a
+        small one); False: one call each (where the work to time on is short).
     """
 
     current: BatchConfig
     trial: list[BatchConfig] = field(default_factory=list)
     how: str = "given"
     unit: str = "images"
+    equal_rounds: bool = True
     _times: dict[BatchConfig, float] = field(default_factory=dict)
     _round: int = 0
     _candidates: list[BatchConfig] = field(default_factory=list)
@@ -289,6 +293,8 @@ class BatchPlan:
     def _timed_round(self, candidates: list[BatchConfig]) -> list[BatchConfig]:
         """Blocks of one timed round: every candidate over about as many images as the
         largest holds (several calls of a small size), so that each time averages alike."""
+        if not self.equal_rounds:
+            return list(candidates)
         largest = max(c.size for c in candidates)
         return [c for c in candidates for _ in range(max(1, largest // c.size))]
 
