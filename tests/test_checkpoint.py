@@ -254,8 +254,9 @@ def test_damaged_chunk_files_are_recomputed_exactly(
     assert "unreadable" in reasons and "checksum does not match" in reasons
     assert "holds chunk 3, not 5" in reasons
     # The first call checks the model's output on the first image (before any heavy work),
-    # then chunks 1, 2, 4 and 5 are recomputed: one baseline and one occluded call each.
-    assert _CALLS == [1] + [1, 24] * 4
+    # then chunks 1, 2, 4 and 5 are recomputed: one occluded call and then one baseline
+    # call each (the baseline runs after the occluded blocks, in the batch config they chose).
+    assert _CALLS == [1] + [24, 1] * 4
     assert resumed.num_images == 6
     assert torch.equal(resumed.occluded, clean.occluded)
     assert torch.equal(resumed.baseline, clean.baseline)
