@@ -9,6 +9,7 @@ raises `EmptySelectionError`; curves and drops are float64.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def ordinary_tensor(tensor: Tensor) -> Tensor:
         return tensor.clone()
 
 
-class ClassReadings:
+class ClassReadings(abc.ABC):
     """The reading API shared by `SweepResult` and `ClassMeanResult`.
 
     Subclasses provide `selected_count`, `_occluded_mean` and `_baseline_mean`; everything
@@ -75,22 +76,22 @@ class ClassReadings:
     class_names: tuple[str, ...] | None
 
     @property
+    @abc.abstractmethod
     def num_classes(self) -> int:
         """K, the number of class outputs per image."""
-        raise NotImplementedError
 
     # -- primitives the result types provide ------------------------------------------------
+    @abc.abstractmethod
     def selected_count(self, cls: object, *, correct_only: bool = True) -> int:
         """How many images the readings of class `cls` use (see the class docstring)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _occluded_mean(self, index: int, correct_only: bool) -> Tensor:
         """Mean occluded output of class `index`, shape (R, V), float64 (selection non-empty)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _baseline_mean(self, index: int, correct_only: bool) -> float:
         """Mean unoccluded output of class `index` over the same (non-empty) selection."""
-        raise NotImplementedError
 
     # -- argument resolution ------------------------------------------------------------------
     def class_index(self, cls: object) -> int:
