@@ -187,3 +187,33 @@ def test_one_call_per_candidate_when_rounds_need_not_be_equal() -> None:
     assert sizes[:4] == [1, 4, 1, 4]
     assert plan.current == BatchConfig(4) and not plan.trial
     assert "batches of 4 regions (timed" in plan.note
+
+
+class _ViewsItsInput(nn.Module):
+    """A model written for contiguous input: x.view(n, -1) fails on channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.view(x.shape[0], -1))
+
+
+def test_a_model_refusing_channels_last_gets_contiguous_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batching, "TRIAL_MIN_SHARE", 0)
+    monkeypatch.setattr(batching, "_AUTO_BATCH_BYTES", {"cpu": 4 * 3 * 8 * 8 * 4, "cuda": 0})
+    model = _ViewsItsInput().eval()
+    images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    regions = op.grid(8, 8, 4, 4)
+    timed = op.sweep(model, images, regions, [0.0, 1.0], engine="dense", progress=False)
+    assert "raised an error on channels-last input" in timed.engine_note
+    assert "channels-last images" not in timed.engine_note.split(";")[1]
+    fixed = op.sweep(
+        model, images, regions, [0.0, 1.0], engine="dense", batch_size=5, progress=False
+    )
+    torch.testing.assert_close(timed.occluded, fixed.occluded, rtol=0, atol=1e-6)
+    chosen = remembered_batch(model, (3, 8, 8), torch.float32, CPU)
+    assert chosen is not None and not chosen.channels_last

@@ -190,6 +190,7 @@ class BatchPlan:
     how: str = "given"
     unit: str = "images"
     equal_rounds: bool = True
+    channels_last_refused: bool = False
     _times: dict[BatchConfig, float] = field(default_factory=dict)
     _round: int = 0
     _candidates: list[BatchConfig] = field(default_factory=list)
@@ -274,8 +275,11 @@ class BatchPlan:
                 self._times[config] = min(self._times.get(config, math.inf), per_image)
                 self.current = min(self._times, key=lambda c: self._times[c])
                 del self._spent[config]
-        if self.trial:
-            return
+        if not self.trial:
+            self._next_round()
+
+    def _next_round(self) -> None:
+        """After a round: the timed round, then the close candidates again, then decide."""
         if self._round < 2:
             best = min(self._times.values(), default=0.0)
             close = [
@@ -290,6 +294,19 @@ class BatchPlan:
         if self._owner is not None:
             _remember(*self._owner, self.current)
 
+    def refuse_channels_last(self) -> None:
+        """The model raised an error on channels-last input: time and use contiguous only."""
+        self.channels_last_refused = True
+        self.trial = [c for c in self.trial if not c.channels_last]
+        self._candidates = [c for c in self._candidates if not c.channels_last]
+        self._times = {c: t for c, t in self._times.items() if not c.channels_last}
+        if self.current.channels_last:
+            self.current = min(
+                self._times, key=lambda c: self._times[c], default=BatchConfig(self.current.size)
+            )
+        if self.how == "timed" and not self.trial and self._candidates:
+            self._next_round()
+
     def _timed_round(self, candidates: list[BatchConfig]) -> list[BatchConfig]:
         """Blocks of one timed round: every candidate over about as many images as the
         largest holds (several calls of a small size), so that each time averages alike."""
@@ -301,6 +318,14 @@ class BatchPlan:
     @property
     def note(self) -> str:
         """One clause for `engine_note`: the config and how it was chosen."""
+        refused = (
+            "; the model raised an error on channels-last input, so it gets contiguous input"
+            if self.channels_last_refused
+            else ""
+        )
+        return self._choice_note() + refused
+
+    def _choice_note(self) -> str:
         if self.how == "timed" and self._times and not self.trial:
             timed = ", ".join(
                 f"{c.describe()}: {1 / t:.0f}/s"

@@ -328,7 +328,15 @@ def run_dense(
             batch = torch.empty((config.size, c, h, w), dtype=builder.dtype, device=images.device)
             buffers[config.size] = batch
         builder.write_range(start, stop, batch)
-        outputs = forward(config.prepare(batch))
+        try:
+            outputs = forward(config.prepare(batch))
+        except RuntimeError:
+            # A model may refuse channels-last input (x.view(n, -1) on it fails); the same
+            # block then runs contiguous, and so does the rest of the sweep.
+            if not config.channels_last:
+                raise
+            plan.refuse_channels_last()
+            outputs = forward(batch)
         if out is None:
             out = torch.empty(
                 (n * r * v, outputs.shape[1]), dtype=outputs.dtype, device=outputs.device
