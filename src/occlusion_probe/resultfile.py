@@ -54,7 +54,7 @@ ARCHIVE_ERRORS = (
     IndexError,
     OverflowError,
     MemoryError,
-    NotImplementedError,
+    NotImplementedError,  # zipfile, for a damaged header naming an unknown compression method
     RuntimeError,  # zipfile: "File ... is encrypted, password required" for a flipped flag bit
     zipfile.BadZipFile,
     zlib.error,
