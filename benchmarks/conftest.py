@@ -100,6 +100,8 @@ class Row:
     prepare_seconds : for an incremental sweep, the time its `IncrementalEngine.prepare`
         (reading the model with torch.export and planning) took inside the fastest round
     note : the sweep's ``result.engine_note``
+    traffic_bound : for an incremental sweep, dense tensor elements read and written over
+        those its plan moves (window copies included); None for other methods
     """
 
     group: str
@@ -114,6 +116,7 @@ class Row:
     bound_target: float | None = None
     prepare_seconds: float | None = None
     note: str = ""
+    traffic_bound: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -286,6 +289,7 @@ class Harness:
         flop_bound: float | None = None,
         prepare_seconds: Callable[[], float] | None = None,
         note: Callable[[], str] | None = None,
+        traffic_bound: float | None = None,
         **extra: object,
     ) -> Row:
         """Time `method` (which evaluates all of `workload`'s occluded images) against the
@@ -314,22 +318,23 @@ class Harness:
             bound_target=None if case.smoke or flop_bound is None else BOUND_FRACTION_TARGET,
             prepare_seconds=None if prepare_seconds is None else prepare_seconds(),
             note="" if note is None else note(),
+            traffic_bound=traffic_bound,
             forward_limit_images_per_s=limit_rate,
             forward_limit_batch_size=limit.batch_size,
             forward_limit_memory_format=limit.memory_format,
             **extra,
         )
 
-    def flop_bound(self, workload: Workload) -> float:
-        """The FLOP bound of the incremental engine prepared for `workload` as a sweep
-        prepares it (float32, the workload's device)."""
+    def bounds(self, workload: Workload) -> tuple[float, float]:
+        """The FLOP and memory-traffic bounds of the incremental engine prepared for
+        `workload` as a sweep prepares it (float32, the workload's device)."""
         masks = workload.regions.masks.to(self.device)
         prepared = IncrementalEngine.prepare(
             workload.model, tuple(workload.images.shape[1:]), masks, torch.float32, self.device
         )
         if isinstance(prepared, str):
             raise AssertionError(f"the incremental engine cannot run {workload.name}: {prepared}")
-        return prepared.flop_bound
+        return prepared.flop_bound, prepared.traffic_bound
 
     def sweep(
         self,
@@ -382,7 +387,8 @@ class Harness:
                 model, images[:1], first, fills[:1], engine=engine, batch_size=size, progress=False
             )
 
-        bound = self.flop_bound(workload) if engine == "incremental" else None
+        bounds = self.bounds(workload) if engine == "incremental" else None
+        bound = None if bounds is None else bounds[0]
         label = (
             f'sweep(engine="{engine}"), batch_size="auto"'
             if batch_size is None
@@ -402,6 +408,7 @@ class Harness:
             flop_bound=bound,
             prepare_seconds=None if bound is None else lambda: min(rounds)[1],
             note=lambda: results[-1].engine_note,
+            traffic_bound=None if bounds is None else bounds[1],
             batch_size=size,
         )
         return results[-1]
@@ -422,6 +429,7 @@ class Harness:
         bound_target: float | None = None,
         prepare_seconds: float | None = None,
         note: str = "",
+        traffic_bound: float | None = None,
         **extra: object,
     ) -> Row:
         """Store a summary row, put it in ``benchmark.extra_info``, and print it.
@@ -443,6 +451,7 @@ class Harness:
             bound_target,
             prepare_seconds,
             note,
+            traffic_bound,
         )
         info = benchmark.extra_info  # type: ignore[attr-defined]
         info.update(
@@ -462,6 +471,7 @@ class Harness:
             "flop_bound": row.flop_bound,
             "flop_bound_fraction": row.bound_fraction,
             "flop_bound_fraction_target": row.bound_target,
+            "traffic_bound": row.traffic_bound,
             "prepare_seconds": row.prepare_seconds,
             "engine_note": row.note or None,
         }
@@ -471,7 +481,7 @@ class Harness:
             ""
             if row.flop_bound is None
             else f"; FLOP bound {row.flop_bound:.2f}, reached {row.bound_fraction:.0%}"
-        )
+        ) + ("" if row.traffic_bound is None else f"; traffic bound {row.traffic_bound:.2f}")
         print(
             f"\n[{row.group}] {row.method}: {row.images} images in {row.seconds:.3f} s = "
             f"{row.images_per_s:.1f} images/s; ratio to {row.reference}: {row.ratio:.3f}{bound}"
@@ -544,19 +554,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         write(f"{group}")
         write(
             "| method | images | s (min) | ms/image | images/s | ratio | ratio to "
-            "| FLOP bound | of bound | prepare s | ratio without prepare |"
+            "| FLOP bound | of bound | traffic bound | prepare s | ratio without prepare |"
         )
-        write("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+        write("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
         for row in rows:
             bound = "" if row.flop_bound is None else f"{row.flop_bound:.2f}"
             fraction = "" if row.bound_fraction is None else f"{row.bound_fraction:.0%}"
+            traffic = "" if row.traffic_bound is None else f"{row.traffic_bound:.2f}"
             prepare = "" if row.prepare_seconds is None else f"{row.prepare_seconds:.2f}"
             unprepared = row.ratio_without_prepare
             without = "" if unprepared is None else f"{unprepared:.3f}"
             write(
                 f"| {row.method} | {row.images} | {row.seconds:.3f} "
                 f"| {1e3 / row.images_per_s:.3f} | {row.images_per_s:.1f} "
-                f"| {row.ratio:.3f} | {row.reference} | {bound} | {fraction} | {prepare} "
+                f"| {row.ratio:.3f} | {row.reference} | {bound} | {fraction} | {traffic} "
+                f"| {prepare} "
                 f"| {without} |"
             )
             if row.target is not None:

@@ -20,7 +20,7 @@ from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMe
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.dense import run_dense
 from .engines.graph import hook_reason
-from .engines.incremental import MIN_FLOP_BOUND, IncrementalEngine
+from .engines.incremental import MIN_BOUND, IncrementalEngine
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
@@ -114,10 +114,11 @@ def choose_engine(
             prepared = IncrementalEngine.prepare(model, image_shape, masks, dtype, masks.device)
         if isinstance(prepared, str):
             reason = prepared
-        elif engine == "auto" and prepared.flop_bound < MIN_FLOP_BOUND:
+        elif engine == "auto" and prepared.bound < MIN_BOUND:
             reason = (
-                f"its plan saves too little: FLOP bound {prepared.flop_bound:.2f}x, below "
-                f"{MIN_FLOP_BOUND}x (the extra copies and launches would cost as much)"
+                f"its plan saves too little: FLOP bound {prepared.flop_bound:.2f}x and "
+                f"memory-traffic bound {prepared.traffic_bound:.2f}x over dense, the smaller "
+                f"below {MIN_BOUND}x (the extra launches would cost as much)"
             )
         else:
             return prepared, prepared.note
