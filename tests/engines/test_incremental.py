@@ -381,3 +381,32 @@ def test_a_changed_plain_attribute_is_read_again() -> None:
     assert "(torch.export graph)" in result.engine_note
     dense = op.sweep(model, images, regions, engine="dense", progress=False)
     torch.testing.assert_close(result.occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+class _SharedPatch(nn.Module):
+    """A conv map read by a ReLU and again by the add after it: the ReLU must not overwrite
+    it; the add's own input (the ReLU's, read once) may be."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)
+        z = torch.relu(y) + y
+        return self.head(torch.tanh(z).mean((2, 3)))
+
+
+def test_in_place_ops_only_on_patches_nothing_else_reads() -> None:
+    model = _SharedPatch().eval()
+    images = torch.rand(2, 3, 16, 16)
+    regions = op.grid(16, 16, rows=4, cols=4)
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fast = op.sweep(model, images, regions, engine="incremental", progress=False)
+    torch.testing.assert_close(fast.occluded, dense.occluded, rtol=0, atol=1e-5)
+    names = [event.key for event in prof.key_averages()]
+    # The add (its input, the ReLU's, read once) ran in place; y was left intact (equality).
+    assert "aten::add_" in names

@@ -124,6 +124,7 @@ class IncrementalEngine:
         # The maps' memory layout, decided on the first run (see _faster_layout).
         self.channels_last: bool | None = None
         self.layout_seconds: dict[bool, float] = {}
+        self._in_place = _in_place_ops(graph)
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -451,7 +452,16 @@ class IncrementalEngine:
                     items=items,
                 ),
             )
-            result = node.target(*args, **kwargs)  # type: ignore[operator]
+            target = node.target
+            in_place = self._in_place.get(node)
+            if in_place is not None and isinstance(args[0], Tensor):
+                source = values.get(node.args[0])  # type: ignore[arg-type]
+                # Its first input is a fresh window, or a patch no other node reads.
+                if not isinstance(source, _Patch) or args[0] is not source.value:
+                    target = in_place
+                elif _sole_reader(node.args[0], node):  # type: ignore[arg-type]
+                    target = in_place
+            result = target(*args, **kwargs)  # type: ignore[operator]
             if isinstance(result, tuple):  # batch norm's (output, saved mean, saved var)
                 result = result[0]
             values[node] = _Patch(boxes, result)
@@ -596,6 +606,57 @@ def _state_signature(model: nn.Module) -> tuple[object, ...]:
 
 
 _LOCAL_OPS = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
+
+# Pointwise ops run in place on a patch that nothing else reads: no new map is allocated and
+# first touched, which is much of what a ReLU or a residual add costs on a CPU.
+_IN_PLACE = frozenset(
+    {
+        "relu",
+        "hardtanh",
+        "clamp_min",
+        "clamp",
+        "add",
+        "mul",
+        "gelu",
+        "silu",
+        "hardswish",
+        "sigmoid",
+        "tanh",
+    }
+)
+
+
+def _in_place_ops(graph: ModelGraph) -> dict[Node, Any]:
+    """Per pointwise node whose output has its first input's shape and dtype: the ATen
+    in-place overload of its op (relu -> relu_), used on patches only (see _group)."""
+    found: dict[Node, Any] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or op_name(node) not in _IN_PLACE or not node.args:
+            continue
+        first = node.args[0]
+        if not isinstance(first, Node) or not graph.info[first].varying:
+            continue
+        own, source = node.meta.get("val"), first.meta.get("val")
+        if not isinstance(own, Tensor) or not isinstance(source, Tensor):
+            continue
+        if own.shape != source.shape or own.dtype != source.dtype:
+            continue
+        packet = getattr(torch.ops.aten, op_name(node) + "_", None)
+        overload = getattr(packet, getattr(node.target, "_overloadname", ""), None)
+        if overload is not None:
+            found[node] = overload
+    return found
+
+
+def _sole_reader(source: Node, node: Node) -> bool:
+    """Whether `node` is the only reader of `source`'s value (through a batch norm's tuple
+    element too, whose patch is the batch norm's)."""
+    if list(source.users) != [node]:
+        return False
+    if op_name(source) == "getitem" and isinstance(source.args[0], Node):
+        return len(source.args[0].users) == 1
+    return True
+
 
 #: Gathers and scatters of windows at many offsets: on the CPU a strided copy per window is
 #: several times faster than one advanced-indexing op; on accelerators one indexed op avoids
