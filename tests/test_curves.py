@@ -410,3 +410,20 @@ def test_signature_of_the_contract() -> None:
     for name in ("mode", "labels", "fill", "output", "batch_size", "device", "progress"):
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY, name
     assert parameters["mode"].default == "keep" and parameters["fill"].default == 0.0
+
+
+def test_streamed_batches_give_the_tensor_result_for_every_kind_of_order() -> None:
+    images, labels = mouth_data(12)
+    model = MouthReader()
+    result = op.sweep(model, images, GRID, labels=labels, progress=False)
+    batches = [(images[:5], labels[:5]), (images[5:], labels[5:])]
+    for order, per_image in ((result, True), (result, False), ([10, 11, *REST], False)):
+        whole = curve(model, images, order, labels=labels, per_image=per_image)
+        streamed = curve(model, batches, order, per_image=per_image)
+        assert torch.equal(whole.orders, streamed.orders)
+        assert torch.equal(whole.predicted, streamed.predicted)
+        assert torch.equal(whole.class_outputs, streamed.class_outputs)
+    with pytest.raises(InputValueError, match="it holds 12 and the stream held 5"):
+        curve(model, batches[:1], result, per_image=True)
+    with pytest.raises(InputValueError, match="perturbation_curve needs labels with every batch"):
+        curve(model, [images[:5]], [10, 11, *REST])

@@ -604,10 +604,8 @@ class _Orders:
         self.fixed: Tensor | None = None
         self.by_class: dict[int, Tensor] = {}
         self.readings: ClassReadings | None = None
-        self.image_orders: Tensor | None = None
         self.rng: np.random.Generator | None = None
         self.class_names = class_names
-        self.target = target
         if per_image and not isinstance(order, SweepResult):
             raise InputValueError(
                 "per_image: True ranks each image by its own occlusion outputs and needs "
@@ -624,21 +622,15 @@ class _Orders:
             self.description = f"random (seed {seed}, {draws} draws per image)"
         elif isinstance(order, ClassReadings):
             _check_same_regions(order, regions)
-            kind = type(order).__name__
-            if per_image and isinstance(order, SweepResult):
-                self.description = (
-                    f"per image: its own ranking in the {kind} (mean drop over the fills of "
-                    + ("each image's true class" if target is None else "the target class")
-                    + ")"
-                )
-                self.readings = order
-            else:
-                self.description = (
-                    f"per class: the {kind}'s ranking (mean drop over the fills, correctly "
-                    "classified images) of "
-                    + ("each image's true class" if target is None else "the target class")
-                )
-                self.readings = order
+            whose = "each image's true class" if target is None else "the target class"
+            self.readings = order
+            self.description = (
+                f"per image: its own ranking in the SweepResult (mean drop over the fills of "
+                f"{whose})"
+                if per_image
+                else f"per class: the {type(order).__name__}'s ranking (mean drop over the "
+                f"fills, correctly classified images) of {whose}"
+            )
         elif isinstance(order, Mapping):
             for key, value in order.items():
                 index = self._class_key(key)
