@@ -9,9 +9,10 @@
 
 A CNN with GCN + ZCA preprocessing is trained (or loaded), every test image is occluded area by
 area on a 4x4 grid with fills 0.0 .. 1.0 (the paper's Figs 4-9), and only the mouth areas
-{10, 11} or eyes and mouth {6, 7, 10, 11} are kept visible (Tables 3 and 4). Everything is
-written to the output folder (default ``fer2013-output/``): report.md, report.json,
-curves.csv, curves.json, weights.pt, sweep.npz and PNG figures.
+{10, 11} or eyes and mouth {6, 7, 10, 11} are kept visible (Tables 3 and 4); the keep and
+remove perturbation curves through those two points compare the sweep's ranking with random
+orders. Everything is written to the output folder (default ``fer2013-output/``): report.md,
+report.json, curves.csv, curves.json, weights.pt, sweep.npz and PNG figures.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from occlusion_probe import plot
+from occlusion_probe import PerturbationCurve, perturbation_curve, plot
 from occlusion_probe.errors import EmptySelectionError, InputTypeError, InputValueError
 from occlusion_probe.regions import grid
 from occlusion_probe.result import SweepResult
@@ -240,3 +240,62 @@ def test_plot_never_touches_pyplot() -> None:
     # Figures are built with matplotlib.figure.Figure: no pyplot state, no window, no show().
     source = Path(plot.__file__).read_text()
     assert "matplotlib.pyplot" not in source and "plt." not in source and ".show(" not in source
+
+
+# -- perturbation_curve -------------------------------------------------------------------------
+
+
+def _curves() -> list[PerturbationCurve]:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    images = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(12) % 3
+    regions = grid(8, 8)
+    return [
+        perturbation_curve(
+            model, images, regions, order, labels=labels, mode=mode, draws=4, progress=False
+        )
+        for mode in ("keep", "remove")
+        for order in (list(reversed(regions.ids)), "random")
+    ]
+
+
+def test_perturbation_curve_figure(tmp_path: Path) -> None:
+    curves = _curves()
+    figure = plot.perturbation_curve(curves, marks={"keep {10, 11}": (2, 0.4)})
+    assert isinstance(figure, Figure)
+    keep_axes, remove_axes = figure.axes
+    assert keep_axes.get_xlabel() == "fraction of regions kept (k / 16)"
+    assert remove_axes.get_xlabel() == "fraction of regions removed (k / 16)"
+    ranked, random = keep_axes.get_lines()
+    np.testing.assert_allclose(ranked.get_ydata(), curves[0].accuracy.numpy())
+    np.testing.assert_allclose(ranked.get_xdata(), np.arange(17) / 16)
+    assert random.get_linestyle() == "--"
+    np.testing.assert_allclose(random.get_ydata(), curves[1].accuracy.numpy())
+    # the ranked area and the random band are shaded
+    shaded = [c for c in keep_axes.collections if isinstance(c, PolyCollection)]
+    assert len(shaded) == 2
+    legend = [t.get_text() for t in keep_axes.get_legend().get_texts()]
+    assert legend[0] == f"given (AUC {curves[0].auc():.3f})"
+    assert legend[1].startswith("random, 4 draws (AUC")
+    assert legend[2] == "keep {10, 11}: 0.400"
+    assert _distinct_colours(_render(figure, tmp_path / "perturbation.png")) > 20
+
+
+def test_perturbation_curve_one_panel_metrics_and_errors() -> None:
+    curves = _curves()
+    figure = plot.perturbation_curve(curves[2], metric="class_output")
+    assert len(figure.axes) == 1
+    assert figure.axes[0].get_ylabel() == "mean softmax output of the true class"
+    given = Figure().subplots(1, 2)
+    figure = plot.perturbation_curve(curves, metric="recall", cls=1, ax=list(given))
+    assert figure.axes[0].get_ylabel() == "recall of class 1"
+    with pytest.raises(InputValueError, match="marks: keep-only points go on the keep panel"):
+        plot.perturbation_curve(curves[2:], marks={"x": (2, 0.5)})
+    with pytest.raises(InputValueError, match=r"marks\['x'\]: expected k in \[0, 16\]"):
+        plot.perturbation_curve(curves, marks={"x": (17, 0.5)})
+    with pytest.raises(InputTypeError, match="curves: expected PerturbationCurve objects"):
+        plot.perturbation_curve([curves[0], "random"])  # type: ignore[list-item]
+    with pytest.raises(InputValueError, match="curves: expected at least one"):
+        plot.perturbation_curve([])
+    with pytest.raises(InputValueError, match=r"ax: expected 2 Axes"):
+        plot.perturbation_curve(curves, ax=given[0])

@@ -3,7 +3,8 @@
 `run` is what ``python examples/fer2013.py`` calls; tests call it in-process with a
 `RunConfig`. It writes into ``config.out``:
 
-- ``report.json``, ``report.md``: tables 2-4, curves, rankings, data used, paper comparison;
+- ``report.json``, ``report.md``: tables 2-4, curves, rankings, keep / remove perturbation
+  curves (ranked vs random, with Tables 3 and 4 marked), data used, paper comparison;
 - ``curves.csv``, ``curves.json``: the numbers of Figs 4-9;
 - ``weights.pt``: ``model.state_dict()`` including the fitted ZCA buffers;
 - ``sweep.npz``: the `occlusion_probe.SweepResult` of the correctly classified test images
@@ -30,7 +31,14 @@ import occlusion_probe as op
 from .classes import CLASS_NAMES
 from .data import TEST_SPLITS, FERData, load_fer2013_csv, load_fer_folder
 from .model import build_model, fit_preprocess, load_model
-from .report import AnalysisTables, report_payload, write_curves, write_figures, write_report
+from .report import (
+    AnalysisTables,
+    PerturbationCurves,
+    report_payload,
+    write_curves,
+    write_figures,
+    write_report,
+)
 from .synthetic import GROUND_TRUTH, make_synthetic_faces
 from .train import predict, train_model
 
@@ -64,6 +72,11 @@ class RunSettings:
         Training epochs on real FER-2013 data.
     real_train_limit, real_test_limit : int or None
         Use at most this many real images (a seeded random subset); None = all.
+    curve_draws : int
+        Random orders per test image for the random baseline of the perturbation curves
+        (each costs 15 forwards per image and mode, besides the ranked curves' 17 and the
+        two order-independent ends; 2 keeps the default run's curves to about as many
+        forwards as its sweep).
     """
 
     synthetic_train: int
@@ -72,6 +85,7 @@ class RunSettings:
     real_epochs: int
     real_train_limit: int | None = None
     real_test_limit: int | None = None
+    curve_draws: int = 2
 
 
 DEFAULT_SETTINGS = RunSettings(
@@ -411,12 +425,19 @@ def prepare_model(
 
 
 def analyse(
-    model: nn.Module, data: FERData, process: _Process, progress: bool
+    model: nn.Module,
+    data: FERData,
+    process: _Process,
+    progress: bool,
+    curve_draws: int = DEFAULT_SETTINGS.curve_draws,
+    seed: int = 0,
 ) -> tuple[op.SweepResult, AnalysisTables, Tensor]:
-    """The paper's analysis of the test set: Tables 2, 3 and 4 and the sweep of Figs 4-9.
+    """The paper's analysis of the test set: Tables 2, 3 and 4, the sweep of Figs 4-9 and the
+    keep / remove perturbation curves around Tables 3 and 4.
 
-    Returns the sweep, the tables and the images swept: the correctly classified test images,
-    the only ones the paper's curves (and this report's rankings and checks) read.
+    Returns the sweep, the tables (with the curves) and the images swept: the correctly
+    classified test images, the only ones the paper's curves (and this report's rankings and
+    checks) read.
     """
     regions = op.grid(48, 48, rows=4, cols=4)
     # On the CPU, 64 occluded images per call keep this CNN's activations (32 x 48 x 48 floats
@@ -461,7 +482,81 @@ def analyse(
         )
         for keep in (KEEP_MOUTH, KEEP_EYES_MOUTH)
     )
-    return result, AnalysisTables(table2=table2, table3=table3, table4=table4), swept_images
+    curves = perturbation_curves(
+        model,
+        data,
+        result,
+        regions,
+        batch_size=batch_size,
+        device=process.device,
+        progress=progress,
+        draws=curve_draws,
+        seed=seed,
+    )
+    tables = AnalysisTables(table2=table2, table3=table3, table4=table4, curves=curves)
+    return result, tables, swept_images
+
+
+def perturbation_curves(
+    model: nn.Module,
+    data: FERData,
+    result: op.SweepResult,
+    regions: op.Regions,
+    *,
+    batch_size: int | Literal["auto"],
+    device: torch.device,
+    progress: bool,
+    draws: int,
+    seed: int,
+) -> PerturbationCurves | None:
+    """Keep and remove curves over the test images of Tables 3 and 4, ranked vs random.
+
+    The ranked order of an image is its true class's ranking in the sweep (the areas by mean
+    drop of the class output over the fills, over its correctly classified test images);
+    the baseline orders are `draws` random permutations per image (seeded; the remove
+    baseline is the keep baseline mirrored: the same forwards, orders reversed). A class the
+    sweep cannot rank (no correctly classified test image: the paper's Disgust) has no
+    ranked order, so its images are left out of all four curves (and counted in
+    ``left_out``); None when no test image is left.
+    """
+    rankable = [cls for cls in range(len(CLASS_NAMES)) if result.selected_count(cls)]
+    usable = torch.isin(data.test_labels, torch.tensor(rankable, dtype=torch.int64))
+    left_out = {
+        name: int((data.test_labels[~usable] == cls).sum())
+        for cls, name in enumerate(CLASS_NAMES)
+        if int((data.test_labels[~usable] == cls).sum())
+    }
+    if not bool(usable.any()):
+        return None
+    images, labels = data.test_images[usable], data.test_labels[usable]
+    common: dict[str, Any] = {
+        "labels": labels,
+        "fill": 0.0,
+        "output": "softmax",
+        "batch_size": batch_size,
+        "device": device,
+        "progress": progress,
+        "class_names": CLASS_NAMES,
+    }
+    made = {
+        mode: op.perturbation_curve(model, images, regions, result, mode=mode, **common)
+        for mode in ("keep", "remove")
+    }
+    # The reverse of a uniform random order is uniform, and on a grid keeping the first
+    # 16 - k areas is removing the other k: the random remove curve is the random keep
+    # curve mirrored, from the same forwards.
+    keep_random = op.perturbation_curve(
+        model, images, regions, "random", mode="keep", draws=draws, seed=seed, **common
+    )
+    made["keep_random"] = keep_random
+    made["remove_random"] = keep_random.mirrored()
+    return PerturbationCurves(
+        keep=made["keep"],
+        keep_random=made["keep_random"],
+        remove=made["remove"],
+        remove_random=made["remove_random"],
+        left_out=left_out,
+    )
 
 
 def run(config: RunConfig) -> dict[str, Any]:
@@ -491,7 +586,12 @@ def run(config: RunConfig) -> dict[str, Any]:
 
         stage = time.perf_counter()
         result, tables, swept_images = analyse(
-            model, data, process, config.progress and process.is_main
+            model,
+            data,
+            process,
+            config.progress and process.is_main,
+            curve_draws=config.settings.curve_draws,
+            seed=config.seed,
         )
         timing["analysis"] = time.perf_counter() - stage
 

@@ -28,6 +28,7 @@ __all__ = [
     "MOUTH_AREAS",
     "PAPER",
     "AnalysisTables",
+    "PerturbationCurves",
     "ground_truth_checks",
     "report_payload",
     "write_curves",
@@ -55,12 +56,28 @@ PAPER: dict[str, Any] = {
 
 
 @dataclass(frozen=True, eq=False)
+class PerturbationCurves:
+    """Keep and remove curves of the test images, ranked by the sweep vs random orders.
+
+    ``left_out``: class name -> test images left out (their class has no ranking).
+    """
+
+    keep: op.PerturbationCurve
+    keep_random: op.PerturbationCurve
+    remove: op.PerturbationCurve
+    remove_random: op.PerturbationCurve
+    left_out: dict[str, int]
+
+
+@dataclass(frozen=True, eq=False)
 class AnalysisTables:
-    """The three confusion reports of the paper: full test set and the two keep-only runs."""
+    """The three confusion reports of the paper: full test set and the two keep-only runs;
+    and the perturbation curves through them (None when no test image could be ranked)."""
 
     table2: op.ConfusionReport  # all areas visible
     table3: op.ConfusionReport  # keep areas 10, 11
     table4: op.ConfusionReport  # keep areas 6, 7, 10, 11
+    curves: PerturbationCurves | None = None
 
 
 def _json_safe(value: Any) -> Any:
@@ -157,8 +174,9 @@ def report_payload(
     ``ranking`` (class name -> area ids, largest drop first), ``unoccluded_output``,
     ``selected_images`` (correctly classified test images per class, used by the curves),
     ``class_names``, ``fills``, ``area_ids``, ``convention``, ``data``, ``training``,
-    ``timing_seconds``, ``paper``, ``engine``, and for synthetic data ``ground_truth`` and
-    ``checks``.
+    ``timing_seconds``, ``paper``, ``engine``, ``perturbation_curves`` (see
+    `perturbation_payload`; None when no test image could be ranked), and for synthetic data
+    ``ground_truth`` and ``checks``.
     """
     rankings, drops = class_rankings(result)
     unoccluded: dict[str, float] = {}
@@ -199,6 +217,7 @@ def report_payload(
         "timing_seconds": dict(timing),
         "paper": PAPER,
         "engine": {"name": result.engine, "note": result.engine_note},
+        "perturbation_curves": perturbation_payload(tables),
     }
     if ground_truth is not None:
         payload["ground_truth"] = dict(ground_truth)
@@ -210,6 +229,59 @@ def report_payload(
         )
     json_ready: dict[str, Any] = _json_safe(payload)
     return json_ready
+
+
+def perturbation_payload(tables: AnalysisTables) -> dict[str, Any] | None:
+    """The perturbation curves for report.json, or None without curves.
+
+    Keys: ``keep``, ``keep_random``, ``remove``, ``remove_random`` (each
+    `PerturbationCurve.as_dict`: fraction k/16, accuracy, bands, recall, class output, AUCs),
+    ``auc_difference`` (mode -> ranked minus random AUC of the accuracy with its 95 % paired
+    bootstrap interval over the images, 2000 resamples), ``table_points`` (Tables 3 and 4 as
+    points of the keep curve: k, kept areas, the table's accuracy and the ranked and random
+    curves' accuracy at that k), ``num_images``, ``left_out``.
+    """
+    curves = tables.curves
+    if curves is None:
+        return None
+    named = {
+        "keep": curves.keep,
+        "keep_random": curves.keep_random,
+        "remove": curves.remove,
+        "remove_random": curves.remove_random,
+    }
+    differences = {}
+    for mode, ranked, random in (
+        ("keep", curves.keep, curves.keep_random),
+        ("remove", curves.remove, curves.remove_random),
+    ):
+        difference = ranked.compare(random)
+        differences[mode] = {
+            "auc": difference.auc,
+            "random_auc": difference.baseline_auc,
+            "difference": difference.difference,
+            "low": difference.low,
+            "high": difference.high,
+            "confidence": difference.confidence,
+            "n_resamples": difference.n_resamples,
+        }
+    points = {}
+    for name, report in (("table3", tables.table3), ("table4", tables.table4)):
+        k = len(report.kept_ids)
+        points[name] = {
+            "k": k,
+            "kept_areas": list(report.kept_ids),
+            "table_accuracy": report.accuracy,
+            "ranked_accuracy": float(curves.keep.accuracy[k]),
+            "random_accuracy": float(curves.keep_random.accuracy[k]),
+        }
+    return {
+        **{name: curve.as_dict() for name, curve in named.items()},
+        "auc_difference": differences,
+        "table_points": points,
+        "num_images": curves.keep.num_images,
+        "left_out": dict(curves.left_out),
+    }
 
 
 def write_curves(out: Path, payload: Mapping[str, Any]) -> None:
@@ -250,7 +322,9 @@ def write_figures(
     - ``curves_<class>.png``: Figs 4-9, one per class (a note in place of curves when no test
       image of the class is classified correctly), and ``curves_all.png`` with all seven;
     - ``heatmaps.png``: each class's mean drop per area over a correctly classified example;
-    - ``table2.png``, ``table3.png``, ``table4.png``: the confusion matrices.
+    - ``table2.png``, ``table3.png``, ``table4.png``: the confusion matrices;
+    - ``perturbation_curves.png``: keep and remove accuracy curves, ranked vs random (with
+      its band), Tables 3 and 4 marked on the keep curve (when there are curves).
 
     test_images : Tensor, shape (N, 1, 48, 48), the images of the sweep, in its order (for the
         heat maps).
@@ -288,6 +362,26 @@ def write_figures(
         ("table4", tables.table4),
     ):
         save(op.plot.confusion(report, class_names=CLASS_NAMES), f"{name}.png")
+    curves = tables.curves
+    if curves is not None:
+        marks = {
+            f"Table {number}: keep {{{', '.join(map(str, sorted(report.kept_ids)))}}}": (
+                len(report.kept_ids),
+                report.accuracy,
+            )
+            for number, report in ((3, tables.table3), (4, tables.table4))
+        }
+        figure = op.plot.perturbation_curve(
+            [curves.keep, curves.keep_random, curves.remove, curves.remove_random],
+            labels=[
+                "ranked (class ranking)",
+                f"random, {curves.keep_random.num_draws} draws",
+                "ranked (class ranking)",
+                f"random, {curves.remove_random.num_draws} draws",
+            ],
+            marks=marks,
+        )
+        save(figure, "perturbation_curves.png")
     return written
 
 
@@ -299,6 +393,94 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _perturbation_markdown(payload: Mapping[str, Any]) -> list[str]:
+    """The report section on the keep and remove curves."""
+    curves = payload.get("perturbation_curves")
+    parts = ["## Tables 3 and 4 as points of curves: keep and remove, ranked vs random\n"]
+    if curves is None:
+        return [*parts, "No curves: no test image is of a class the sweep could rank.\n"]
+    keep, remove = curves["keep"], curves["remove"]
+    left_out = curves["left_out"]
+    parts.append(
+        "Tables 3 and 4 are two points of a curve: keep only the first k areas of an order "
+        "(everything else set to 0.0) for k = 0..16 (insertion), or set the first k areas "
+        "to 0.0 (deletion). Ranked: each test image's areas in its true class's ranking from "
+        "the sweep (largest mean drop first); random: "
+        f"{curves['keep_random']['draws']} seeded random orders per image, mean and the "
+        "2.5-97.5 percentiles of the draws (the random remove curve is the random keep curve "
+        "mirrored: on a grid, keeping the first 16 - k areas of an order is removing the last "
+        "k, the first k of the reversed order, which is random too). AUC: trapezoid over k / 16 in [0, 1] "
+        "(keep: higher is a better ranking; remove: lower is). Difference: ranked minus "
+        "random, with a 95 % paired bootstrap interval over the images (2000 resamples). "
+        f"Over {curves['num_images']} test images"
+        + (
+            " (left out, their class has no correctly classified test image to rank by: "
+            + ", ".join(f"{name} {count}" for name, count in left_out.items())
+            + "; Tables 3 and 4 count them)"
+            if left_out
+            else ""
+        )
+        + ". Figure: `perturbation_curves.png`.\n"
+    )
+    rows = []
+    for mode in ("keep", "remove"):
+        difference = curves["auc_difference"][mode]
+        rows.append(
+            [
+                mode,
+                f"{difference['auc']:.3f}",
+                f"{difference['random_auc']:.3f}",
+                f"{difference['difference']:+.3f} [{difference['low']:+.3f}, "
+                f"{difference['high']:+.3f}]",
+                f"{curves[mode]['auc_class_output']:.3f}",
+            ]
+        )
+    parts.append(
+        _markdown_table(
+            [
+                "mode",
+                "AUC accuracy, ranked",
+                "AUC accuracy, random",
+                "ranked - random [95 % CI]",
+                "AUC true-class softmax, ranked",
+            ],
+            rows,
+        )
+    )
+    shown = [0, 1, 2, 3, 4, 6, 8, 12, 16]
+    parts.append(
+        _markdown_table(
+            ["k", *[str(k) for k in shown]],
+            [
+                ["keep, ranked", *[_percent(keep["accuracy"][k]) for k in shown]],
+                ["keep, random", *[_percent(curves["keep_random"]["accuracy"][k]) for k in shown]],
+                ["remove, ranked", *[_percent(remove["accuracy"][k]) for k in shown]],
+                [
+                    "remove, random",
+                    *[_percent(curves["remove_random"]["accuracy"][k]) for k in shown],
+                ],
+            ],
+        )
+    )
+    parts.append(
+        _markdown_table(
+            ["table", "kept areas", "k", "table accuracy", "ranked keep at k", "random keep at k"],
+            [
+                [
+                    name.replace("table", "Table "),
+                    str(point["kept_areas"]),
+                    str(point["k"]),
+                    _percent(point["table_accuracy"]),
+                    _percent(point["ranked_accuracy"]),
+                    _percent(point["random_accuracy"]),
+                ]
+                for name, point in curves["table_points"].items()
+            ],
+        )
+    )
+    return parts
 
 
 def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
@@ -400,6 +582,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "## Table 4: only areas 6, 7, 10, 11 visible (eyes and mouth)\n",
         tables.table4.to_markdown(CLASS_NAMES),
         f"Paper: {PAPER['table3_table4']}. Everything outside the kept areas is set to 0.0.\n",
+        *_perturbation_markdown(payload),
     ]
     if "checks" in payload:
         checks = payload["checks"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import captum, plot, stats
 from .collect import ClassMeanResult
+from .curves import AucDifference, PerturbationCurve, perturbation_curve
 from .errors import (
     EmptySelectionError,
     InputTypeError,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_FILLS",
+    "AucDifference",
     "ClassMeanResult",
     "ConfusionReport",
     "EmptySelectionError",
@@ -38,6 +40,7 @@ __all__ = [
     "InputValueError",
     "OcclusionProbeError",
     "OcclusionProbeWarning",
+    "PerturbationCurve",
     "RegionValues",
     "Regions",
     "ResultFileError",
@@ -46,6 +49,7 @@ __all__ = [
     "confusion_report",
     "grid",
     "keep_only",
+    "perturbation_curve",
     "plot",
     "sliding_windows",
     "stats",

@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["BatchConfig", "BatchPlan", "as_channels_last", "auto_batch_size", "remembered_batch"]
+__all__ = [
+    "BatchConfig",
+    "BatchPlan",
+    "as_channels_last",
+    "auto_batch_size",
+    "fixed_batch_size",
+    "remembered_batch",
+]
 
 # Input bytes per call of the starting size. Measured with benchmarks/ on an idle 2-core CPU
 # (torch 2.13): the paper CNN (1x48x48) ran fastest at 32-96 images per call (64 = 1 MiB)
@@ -160,6 +167,26 @@ def _remember(
         _REMEMBERED.setdefault(model, {})[_key(image_shape, dtype, device)] = config
     except TypeError:
         return
+
+
+def fixed_batch_size(
+    model: object,
+    batch_size: int | str,
+    image_shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    items: int | None,
+) -> int:
+    """Images per model call of the runs that do not time a trial (`keep_only`,
+    `perturbation_curve`): `batch_size` when it is an int; for ``"auto"`` the size an earlier
+    sweep's trial chose for this model and input (its memory format is not used), else the
+    memory budget's (`auto_batch_size` for `items` images, 1024 when unknown)."""
+    if batch_size != "auto":
+        return int(batch_size)
+    known = remembered_batch(model, image_shape, dtype, device)
+    if known is not None:
+        return known.size
+    return auto_batch_size(image_shape, device, items or 1024, dtype.itemsize)
 
 
 @dataclass

@@ -34,6 +34,7 @@ __all__ = [
     "Model",
     "OutputSpec",
     "cast_images",
+    "check_finite_outputs",
     "check_outputs",
     "evaluation_mode",
     "input_dtype",
@@ -210,6 +211,18 @@ def cast_images(images: Tensor, dtype: torch.dtype | None, name: str = "images")
                 f"{largest:.4g}), got values up to {peak:.4g}"
             )
     return images.to(dtype)
+
+
+def check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
+    """Raise when a row of `outputs` (n, ...), one per image (image `offset` first), holds NaN
+    or inf; the message names `what` was computed and the first offending image indices."""
+    finite = torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = (torch.nonzero(~finite).flatten()[:10] + offset).tolist()
+        raise InputValueError(
+            f"model: produced NaN or inf outputs for {what} of images {bad} (first offending "
+            "image indices); check the model and the input range"
+        )
 
 
 def unwrap_outputs(raw: object) -> tuple[Tensor, str] | None:

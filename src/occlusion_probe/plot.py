@@ -7,12 +7,14 @@ Save it with ``fig.savefig("curves.png")``.
 - `class_curves`: the paper's Figs 4-9, mean class output against the occluded region, one
   line per fill, optionally with bootstrap confidence bands;
 - `heatmap`: the mean output drop of each region painted over an example image;
-- `confusion`: a keep-only confusion matrix (rows = true class, row-normalised percent).
+- `confusion`: a keep-only confusion matrix (rows = true class, row-normalised percent);
+- `perturbation_curve`: keep and remove curves, ranked orders with their area shaded and
+  random orders with their band, keep-only results marked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,14 +25,15 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
+from .curves import PerturbationCurve
 from .errors import InputTypeError, InputValueError, describe
 from .result import ClassReadings, SweepResult
-from .selection import check_bool, class_label
+from .selection import check_bool, class_index, class_label
 
 if TYPE_CHECKING:
     from .verify import ConfusionReport
 
-__all__ = ["class_curves", "confusion", "heatmap"]
+__all__ = ["class_curves", "confusion", "heatmap", "perturbation_curve"]
 
 # Above this many regions, tick labels are thinned so that they stay readable.
 _MAX_TICK_LABELS = 24
@@ -428,4 +431,165 @@ def confusion(
         title += f", kept regions {list(report.kept_ids)}"
     axes.set_title(title)
     figure.colorbar(image, ax=axes, label="% of the true class")
+    return figure
+
+
+def _curve_list(curves: object) -> list[PerturbationCurve]:
+    given = [curves] if isinstance(curves, PerturbationCurve) else curves
+    if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        raise InputTypeError(
+            f"curves: expected a PerturbationCurve or a sequence of them, got {describe(curves)}"
+        )
+    listed = list(given)
+    if not listed:
+        raise InputValueError("curves: expected at least one PerturbationCurve, got none")
+    bad = [describe(c) for c in listed if not isinstance(c, PerturbationCurve)]
+    if bad:
+        raise InputTypeError(f"curves: expected PerturbationCurve objects, got {bad[0]}")
+    return listed
+
+
+def _metric_label(curve: PerturbationCurve, metric: str, cls: object) -> str:
+    if metric == "accuracy":
+        return "accuracy"
+    if metric == "recall":
+        index = class_index(cls, curve.num_classes, curve.class_names)
+        return f"recall of {class_label(index, curve.class_names)}"
+    output = "logit" if curve.output == "logits" else f"{curve.output} output"
+    tracked = (
+        "the true class" if curve.target is None else class_label(curve.target, curve.class_names)
+    )
+    return f"mean {output} of {tracked}"
+
+
+def perturbation_curve(
+    curves: PerturbationCurve | Sequence[PerturbationCurve],
+    *,
+    metric: str = "accuracy",
+    cls: object = None,
+    labels: Sequence[str] | None = None,
+    marks: Mapping[str, tuple[float, float]] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """Perturbation curves: `metric` against the fraction of regions kept or removed.
+
+    One panel per mode the curves hold (keep first, then remove); the x axis is k / R, so
+    the area under a curve is its `PerturbationCurve.auc`. A curve with one order per image
+    (a ranking) is a solid line with the area under it shaded; a curve with several
+    (``order="random"``) is a dashed line, the mean of its draws, inside its band (the 2.5th
+    to 97.5th percentiles of the draws). The legend gives each curve's AUC.
+
+    Parameters
+    ----------
+    curves : PerturbationCurve or sequence of PerturbationCurve
+        The curves to draw, e.g. ``[ranked_keep, random_keep, ranked_remove, random_remove]``.
+    metric : {"accuracy", "class_output", "recall"}
+        What the y axis shows (see `PerturbationCurve.values`).
+    cls : int or str, optional
+        The class of ``"recall"``.
+    labels : sequence of str, optional
+        One legend label per curve; default: the kind of order ("given", "per class",
+        "per image", "random, D draws").
+    marks : mapping of str to (k, value), optional
+        Points to mark on the keep panel, e.g. `keep_only` results:
+        ``{"Table 3: keep {10, 11}": (2, report.accuracy)}``; k is the number of regions
+        kept (plotted at k / R).
+    ax : Axes or sequence of Axes, optional
+        One Axes per panel to draw into; a new figure when None.
+
+    Returns
+    -------
+    Figure
+        The new figure, or the one holding the axes given.
+
+    Raises
+    ------
+    InputTypeError
+        When `curves` holds something else than curves, or `ax` is not Axes.
+    InputValueError
+        When `curves` is empty, `labels` or `ax` do not match, `marks` are given without a
+        keep curve or hold k outside [0, R], or `metric` / `cls` are unusable.
+
+    Examples
+    --------
+    >>> import torch, occlusion_probe as op
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> images, labels = torch.rand(9, 1, 8, 8), torch.arange(9) % 3
+    >>> regions = op.grid(8, 8, 2, 2)
+    >>> curves = [op.perturbation_curve(model, images, regions, order, labels=labels,
+    ...                                 mode=mode, draws=3, progress=False)
+    ...           for mode in ("keep", "remove") for order in ([1, 2, 3, 4], "random")]
+    >>> fig = perturbation_curve(curves, marks={"keep {1, 2}": (2, 0.5)})
+    >>> [axes.get_xlabel() for axes in fig.axes]
+    ['fraction of regions kept (k / 4)', 'fraction of regions removed (k / 4)']
+    """
+    listed = _curve_list(curves)
+    if labels is not None and (isinstance(labels, str) or len(labels) != len(listed)):
+        raise InputValueError(
+            f"labels: expected one label per curve ({len(listed)}), got {labels!r}"
+        )
+    modes = [m for m in ("keep", "remove") if any(c.mode == m for c in listed)]
+    if marks is not None and "keep" not in modes:
+        raise InputValueError(
+            "marks: keep-only points go on the keep panel, but no curve has mode='keep'"
+        )
+    if ax is None:
+        figure = Figure(figsize=(6.0 * len(modes), 4.5), layout="constrained")
+        panels = [figure.add_subplot(1, len(modes), i + 1) for i in range(len(modes))]
+    else:
+        given = [ax] if isinstance(ax, Axes) else ax
+        if not isinstance(given, Sequence) or len(given) != len(modes):
+            raise InputValueError(
+                f"ax: expected {len(modes)} Axes (one per mode: {modes}), got {describe(ax)}"
+            )
+        figure = _target_axes(given[0], (6.0, 4.5))[0]
+        panels = [_target_axes(a, (6.0, 4.5))[1] for a in given]
+    for mode, axes in zip(modes, panels, strict=True):
+        members = [(i, c) for i, c in enumerate(listed) if c.mode == mode]
+        r = members[0][1].num_regions
+        for number, (i, curve) in enumerate(members):
+            x = curve.fraction.numpy()
+            mean = curve.values(metric, cls=cls).mean(dim=0).numpy()
+            area = curve.auc(metric, cls=cls)
+            colour = f"C{number}"
+            kind = curve.order.split(" (")[0].split(":")[0]
+            if curve.num_draws > 1:
+                low, high = curve.band(metric, cls=cls).numpy()
+                name = labels[i] if labels is not None else f"{kind}, {curve.num_draws} draws"
+                axes.fill_between(x, low, high, color=colour, alpha=0.25, linewidth=0)
+                axes.plot(x, mean, linestyle="--", color=colour, label=f"{name} (AUC {area:.3f})")
+            else:
+                name = labels[i] if labels is not None else kind
+                axes.fill_between(x, 0.0, mean, color=colour, alpha=0.15, linewidth=0)
+                axes.plot(
+                    x,
+                    mean,
+                    marker="o",
+                    markersize=3,
+                    color=colour,
+                    label=f"{name} (AUC {area:.3f})",
+                )
+        if mode == "keep" and marks is not None:
+            for j, (text, point) in enumerate(marks.items()):
+                if not isinstance(point, (tuple, list)) or len(point) != 2:
+                    raise InputValueError(
+                        f"marks[{text!r}]: expected a pair (k, value), got {describe(point)}"
+                    )
+                k, value = float(point[0]), float(point[1])
+                if not 0 <= k <= r:
+                    raise InputValueError(f"marks[{text!r}]: expected k in [0, {r}], got {k:g}")
+                axes.scatter(
+                    [k / r], [value], marker="*", s=140, color=f"C{len(members) + j}",
+                    edgecolors="black", zorder=5, label=f"{text}: {value:.3f}",
+                )  # fmt: skip
+        first = members[0][1]
+        verb = "kept" if mode == "keep" else "removed"
+        axes.set_xlabel(f"fraction of regions {verb} (k / {r})")
+        axes.set_ylabel(_metric_label(first, metric, cls))
+        axes.set_title(f"{mode}: {_metric_label(first, metric, cls)}, {first.num_images} images")
+        axes.set_xlim(0.0, 1.0)
+        # Keep curves climb and remove curves fall: their lower right and upper right
+        # corners are where the lines are not.
+        axes.legend(fontsize="small", loc="lower right" if mode == "keep" else "upper right")
+        axes.grid(alpha=0.3)
     return figure

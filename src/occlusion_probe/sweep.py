@@ -28,6 +28,7 @@ from .model import (
     Model,
     OutputSpec,
     cast_images,
+    check_finite_outputs,
     evaluation_mode,
     input_dtype,
     output_name,
@@ -164,16 +165,6 @@ def check_common_arguments(
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     if not isinstance(progress, bool):
         raise InputTypeError(f"progress: expected True or False, got {describe(progress)}")
-
-
-def _check_finite_outputs(outputs: Tensor, offset: int, what: str) -> None:
-    finite = torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=1)
-    if not bool(finite.all()):
-        bad = (torch.nonzero(~finite).flatten()[:10] + offset).tolist()
-        raise InputValueError(
-            f"model: produced NaN or inf outputs for {what} of images {bad} (first offending "
-            "image indices); check the model and the input range"
-        )
 
 
 def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: torch.dtype) -> None:
@@ -465,8 +456,8 @@ def sweep(
                     baseline = _forward_in_batches(forward, x, batches.current)
                 num_classes = int(baseline.shape[1])
                 baseline, occluded = baseline.cpu(), occluded.cpu()
-                _check_finite_outputs(baseline, first_image, "the unoccluded copies")
-                _check_finite_outputs(occluded, first_image, "occluded copies")
+                check_finite_outputs(baseline, first_image, "the unoccluded copies")
+                check_finite_outputs(occluded, first_image, "occluded copies")
                 if chunk.labels is not None:
                     name = "labels" if not source.is_stream else f"labels[batch {chunk.index}]"
                     check_label_range(name, chunk.labels, num_classes)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .batching import auto_batch_size, remembered_batch
+from .batching import fixed_batch_size
 from .data import Images, ImageSource, check_label_range
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
@@ -322,15 +322,8 @@ def keep_only(
     forward.check_first(source.first_images(), run_device)
     visible = regions.union(kept_ids).to(run_device)
     # An earlier sweep's timed choice for this model and input, else the memory budget's.
-    known = remembered_batch(model, source.image_shape, dtype, run_device)
-    per_call = (
-        int(batch_size)
-        if batch_size != "auto"
-        else known.size
-        if known is not None
-        else auto_batch_size(
-            source.image_shape, run_device, source.num_images or 1024, dtype.itemsize
-        )
+    per_call = fixed_batch_size(
+        model, batch_size, source.image_shape, dtype, run_device, source.num_images
     )
     all_labels: list[Tensor] = []
     all_predicted: list[Tensor] = []

@@ -116,6 +116,32 @@ def test_synthetic_ground_truth_is_recovered(quick_run: tuple[RunConfig, dict[st
     }
 
 
+def test_perturbation_curves_through_tables_3_and_4(
+    quick_run: tuple[RunConfig, dict[str, Any]],
+) -> None:
+    config, payload = quick_run
+    curves = payload["perturbation_curves"]
+    assert curves["left_out"] == {} and curves["num_images"] == QUICK_SETTINGS.synthetic_test
+    for name in ("keep", "keep_random", "remove", "remove_random"):
+        assert len(curves[name]["accuracy"]) == 17 and 0 <= curves[name]["auc_accuracy"] <= 1
+    assert curves["keep_random"]["draws"] == QUICK_SETTINGS.curve_draws
+    # k = 16 keeps every area: the unoccluded accuracy; both modes meet there and at k = 0
+    assert curves["keep"]["accuracy"][16] == pytest.approx(payload["accuracy"])
+    assert curves["remove"]["accuracy"][0] == pytest.approx(payload["accuracy"])
+    assert curves["keep"]["accuracy"][0] == curves["remove"]["accuracy"][16]
+    # the sweep's ranking beats random orders: keeping climbs faster, removing falls faster
+    keep, remove = curves["auc_difference"]["keep"], curves["auc_difference"]["remove"]
+    assert keep["low"] > 0 and remove["high"] < 0, (keep, remove)
+    assert keep["low"] <= keep["difference"] <= keep["high"]
+    points = curves["table_points"]
+    assert points["table3"]["k"] == 2 and points["table3"]["kept_areas"] == [10, 11]
+    assert points["table4"]["k"] == 4
+    assert points["table3"]["table_accuracy"] == payload["accuracy_keep_10_11"]
+    report = (config.out / "report.md").read_text(encoding="utf-8")
+    assert "Tables 3 and 4 as points of curves" in report
+    assert "perturbation_curves.png" in payload["figures"]
+
+
 def test_output_files(quick_run: tuple[RunConfig, dict[str, Any]]) -> None:
     config, payload = quick_run
     out = config.out

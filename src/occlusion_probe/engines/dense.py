@@ -35,6 +35,7 @@ __all__ = [
     "plan_blocks",
     "region_boxes",
     "run_dense",
+    "run_items",
 ]
 
 Block = tuple[slice, slice, slice]
@@ -317,17 +318,61 @@ def run_dense(
     r, v = masks.shape[0], fill_images.shape[0]
     plan = BatchPlan.fixed(batches) if isinstance(batches, int) else batches
     builder = BlockBuilder(images, fill_images, masks, plan.current.size)
+    out = run_items(
+        forward,
+        builder.write_range,
+        n * r * v,
+        (c, h, w),
+        builder.dtype,
+        images.device,
+        plan,
+        num_classes,
+        on_progress,
+    )
+    return out.reshape(n, r, v, out.shape[1])
+
+
+def run_items(
+    forward: Callable[[Tensor], Tensor],
+    write_range: Callable[[int, int, Tensor], None],
+    total: int,
+    image_shape: tuple[int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    plan: BatchPlan,
+    num_classes: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Outputs of `forward` on `total` images that `write_range` builds, in the plan's blocks.
+
+    The loop every dense evaluation shares: for each block of the plan, the items are
+    written into a reused buffer, the model runs once on them (a model that refuses
+    channels-last input gets the same block contiguous, and so does the rest), and the
+    block's time goes back to the plan.
+
+    forward : callable, (b, C, H, W) -> (b, K)
+    write_range : callable ``(start, stop, out)`` that writes items [start, stop) into
+        `out`, shape (stop - start, C, H, W)
+    total : how many items there are
+    image_shape : (C, H, W) of one item
+    dtype, device : of the items' buffers
+    plan : the sizes (and memory formats) of the model calls
+    num_classes : K, for the shape of an empty result
+    returns : Tensor, shape (total, K), on `forward`'s output device; row j is
+        ``forward(item j [None])[0]`` up to the model's batch dependence.
+    """
+    c, h, w = image_shape
     out: Tensor | None = None
     buffers: dict[int, Tensor] = {}  # a block's memory is reused by the next of its size
     start = 0
-    for config in plan.blocks(n * r * v):
-        began = clock(images.device)
+    for config in plan.blocks(total):
+        began = clock(device)
         stop = start + config.size
         batch = buffers.get(config.size)
         if batch is None:
-            batch = torch.empty((config.size, c, h, w), dtype=builder.dtype, device=images.device)
+            batch = torch.empty((config.size, c, h, w), dtype=dtype, device=device)
             buffers[config.size] = batch
-        builder.write_range(start, stop, batch)
+        write_range(start, stop, batch)
         try:
             outputs = forward(config.prepare(batch))
         except RuntimeError:
@@ -338,14 +383,12 @@ def run_dense(
             plan.refuse_channels_last()
             outputs = forward(batch)
         if out is None:
-            out = torch.empty(
-                (n * r * v, outputs.shape[1]), dtype=outputs.dtype, device=outputs.device
-            )
+            out = torch.empty((total, outputs.shape[1]), dtype=outputs.dtype, device=outputs.device)
         out[start:stop] = outputs
-        plan.record(config, clock(images.device) - began)
+        plan.record(config, clock(device) - began)
         start = stop
         if on_progress is not None:
             on_progress(config.size)
     if out is None:
-        return torch.empty((n, r, v, num_classes), dtype=images.dtype, device=images.device)
-    return out.reshape(n, r, v, num_classes)
+        return torch.empty((0, num_classes), dtype=dtype, device=device)
+    return out
