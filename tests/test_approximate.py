@@ -218,3 +218,46 @@ def test_approximate_settings_validated() -> None:
         Approximate(thresholds=())
     with pytest.raises(InputTypeError, match=r"Approximate\.thresholds"):
         Approximate(thresholds=0.5)  # type: ignore[arg-type]
+
+
+def test_capped_engine_computes_krypton_approximation() -> None:
+    """The approximate outputs equal a hand-written projective-field threshold: each conv's
+    changed box grown exactly, capped at tau of its map (centred, clipped), the values
+    outside the cap taken from the unoccluded image's map."""
+    from occlusion_probe.engines.plan import cap_box
+
+    torch.manual_seed(3)
+    conv1, conv2 = nn.Conv2d(2, 3, 5, padding=2), nn.Conv2d(3, 3, 5, padding=2)
+    linear = nn.Linear(3 * 16 * 16, 4)
+    model = nn.Sequential(conv1, nn.ReLU(), conv2, nn.Flatten(), linear).eval()
+    images = torch.rand(2, 2, 16, 16, generator=torch.Generator().manual_seed(6))
+    windows = op.sliding_windows(16, 16, window=4, stride=4)
+    tau = 0.4  # caps at ceil(6.4) = 7 of 16 rows and columns
+    settings = Approximate(ssim=1e-9, calibration_images=1, thresholds=(tau,))
+    result = op.sweep(model, images, windows, 0.0, output="logits", progress=False,
+                      approximate=settings)  # fmt: skip
+    assert result.fidelity is not None and result.fidelity.tau == tau
+
+    def grow(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        top, bottom, left, right = box  # a 5x5 conv with padding 2 on a 16x16 map
+        return max(0, top - 2), min(16, bottom + 2), max(0, left - 2), min(16, right + 2)
+
+    with torch.no_grad():
+        for n in range(2):
+            clean1 = conv1(images[n : n + 1])
+            clean2 = conv2(torch.relu(clean1))
+            for r in range(len(windows)):
+                occluded = torch.where(windows.masks[r], 0.0, images[n : n + 1])
+                rows = torch.nonzero(windows.masks[r].any(1)).flatten()
+                cols = torch.nonzero(windows.masks[r].any(0)).flatten()
+                box = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+                box1 = cap_box(grow(box), (16, 16), tau)
+                mixed1 = clean1.clone()
+                t, b, lo, hi = box1
+                mixed1[..., t:b, lo:hi] = conv1(occluded)[..., t:b, lo:hi]
+                box2 = cap_box(grow(box1), (16, 16), tau)
+                mixed2 = clean2.clone()
+                t, b, lo, hi = box2
+                mixed2[..., t:b, lo:hi] = conv2(torch.relu(mixed1))[..., t:b, lo:hi]
+                expected = linear(mixed2.flatten(1))[0]
+                torch.testing.assert_close(result.occluded[n, r, 0], expected, rtol=0, atol=1e-5)

@@ -175,3 +175,21 @@ def test_refine_settings_validated() -> None:
         Refine(coarse_stride=(4, 4, 4))  # type: ignore[arg-type]
     with pytest.raises(InputTypeError, match=r"Refine\.cls: expected None"):
         Refine(coarse_stride=4, cls="cat")  # type: ignore[arg-type]
+
+
+def test_refine_and_approximate_refuse_distributed_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    windows: op.Regions,
+) -> None:
+    from occlusion_probe import distributed
+
+    monkeypatch.setattr(distributed, "current_shard", lambda: object())
+    with pytest.raises(InputValueError, match=r"refine: cannot run under torch\.distributed"):
+        op.sweep(model, images, windows, refine=Refine(coarse_stride=4), progress=False)
+    with pytest.raises(InputValueError, match=r"approximate: cannot run under torch\.distributed"):
+        op.sweep(model, images, windows, approximate=0.9, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(InputValueError, match="approximate: cannot be combined with checkpoint="):
+        op.sweep(model, images, windows, approximate=0.9, checkpoint="x.ckpt", progress=False)
