@@ -31,9 +31,7 @@ def test_class_mean_equals_full_result() -> None:
     # differences of outputs, so the two results are compared on the same calls.
     full = op.sweep(model, images, regions, labels=labels, progress=False, batch_size=7)
     loader = DataLoader(TensorDataset(images, labels), batch_size=7)
-    reduced = op.sweep(
-        model, loader, regions, progress=False, reduce="class_mean", batch_size=7
-    )
+    reduced = op.sweep(model, loader, regions, progress=False, reduce="class_mean", batch_size=7)
     assert isinstance(reduced, ClassMeanResult)
     assert reduced.num_images == 40
     for cls in range(3):

@@ -16,6 +16,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from occlusion_probe import PerturbationCurve, perturbation_curve, plot
+from occlusion_probe.collect import ClassMeanResult
 from occlusion_probe.errors import EmptySelectionError, InputTypeError, InputValueError
 from occlusion_probe.regions import grid
 from occlusion_probe.result import SweepResult
@@ -202,6 +203,74 @@ def test_heatmap_errors() -> None:
         plot.heatmap(result, "Di", torch.rand(16, 16))
     with pytest.raises(InputValueError, match="cls: unknown class name"):
         plot.heatmap(result, "Joy", torch.rand(16, 16))
+
+
+# -- pixel_heatmap ----------------------------------------------------------------------------
+
+
+def _window_result() -> SweepResult:
+    from reference_models import small_cnn
+
+    import occlusion_probe as op
+
+    model = small_cnn(in_channels=3, classes=4, size=14).eval()
+    images = torch.rand(3, 3, 14, 14, generator=torch.Generator().manual_seed(4))
+    windows = op.sliding_windows(14, 14, window=4, stride=3)  # row and column 13 are bare
+    return op.sweep(
+        model, images, windows, fills=(0.0, 0.5), labels=[0, 1, 2], progress=False,
+        refine=op.Refine(coarse_stride=6, top=0.5),
+    )  # fmt: skip
+
+
+def test_pixel_heatmap_of_one_image_and_of_the_class_mean(tmp_path: Path) -> None:
+    result = _window_result()
+    image = torch.rand(3, 14, 14, generator=torch.Generator().manual_seed(5))
+    figure = plot.pixel_heatmap(result, 2, image, image_index=1, fill=0.5)
+    axes = figure.axes[0]
+    assert len(figure.axes) == 2 and not axes.texts  # pixels only: no region labels
+    _, overlay = axes.get_images()
+    painted = np.ma.getdata(overlay.get_array())
+    np.testing.assert_allclose(painted, result.heatmap(2, fill=0.5)[1].double().numpy(), atol=1e-7)
+    assert np.ma.getmaskarray(overlay.get_array())[13, 5]
+    assert not np.ma.getmaskarray(overlay.get_array())[5, 5]
+    assert result.computed is not None
+    share = 100 * float(result.computed[1].double().mean())
+    assert axes.get_title() == (
+        f"class 2: drop of softmax output, image 1\n(fill 0.5, {share:.0f} % of 16 windows computed)"
+    )
+    assert _distinct_colours(_render(figure, tmp_path / "pixels.png")) > 50
+    mean = plot.pixel_heatmap(result, 0, image[0], correct_only=False)
+    painted = np.ma.getdata(mean.axes[0].get_images()[1].get_array())
+    np.testing.assert_allclose(painted, result.class_heatmap(0, correct_only=False).numpy())
+    assert "mean of 1 images" in mean.axes[0].get_title()
+
+
+def test_pixel_heatmap_errors() -> None:
+    result = _window_result()
+    image = torch.rand(14, 14)
+    with pytest.raises(InputValueError, match=r"image_index: expected an index in \[0, 2\], got 3"):
+        plot.pixel_heatmap(result, 0, image, image_index=3)
+    with pytest.raises(InputTypeError, match="image_index: expected None or an int"):
+        plot.pixel_heatmap(result, 0, image, image_index=1.0)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"image: expected spatial size \(14, 14\)"):
+        plot.pixel_heatmap(result, 0, torch.rand(8, 8), image_index=0)
+    with pytest.raises(InputTypeError, match="result: expected a SweepResult or ClassMeanResult"):
+        plot.pixel_heatmap("result", 0, image)  # type: ignore[arg-type]
+    means = _class_means_of_windows()
+    with pytest.raises(InputTypeError, match="image_index: only a SweepResult has per-image maps"):
+        plot.pixel_heatmap(means, 0, image, image_index=0)
+    figure = plot.pixel_heatmap(means, 0, image, correct_only=False)
+    assert "mean of" in figure.axes[0].get_title()
+
+
+def _class_means_of_windows() -> ClassMeanResult:
+    import occlusion_probe as op
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(14 * 14, 3))
+    return op.sweep(
+        model, torch.rand(3, 1, 14, 14), op.sliding_windows(14, 14, 4, 2), fills=0.0,
+        labels=[0, 1, 2], reduce="class_mean", progress=False,
+    )  # fmt: skip
 
 
 # -- confusion --------------------------------------------------------------------------------

@@ -171,3 +171,36 @@ def test_from_label_map_ignore_must_be_an_integer() -> None:
         with pytest.raises(InputTypeError, match="ignore: expected None or an integer label"):
             Regions.from_label_map(label_map, ignore=ignore)  # type: ignore[arg-type]
     assert Regions.from_label_map(label_map, ignore=np.int64(2)).ids == (0, 1)
+
+
+def test_window_grid_reads_sliding_windows_back() -> None:
+    from occlusion_probe import WindowGrid
+
+    found = sliding_windows(10, 12, window=(4, 3), stride=(3, 2)).window_grid()
+    assert found == WindowGrid(window=(4, 3), stride=(3, 2), tops=(0, 3, 6), lefts=(0, 2, 4, 6, 8))
+    assert found.shape == (3, 5)
+    single = sliding_windows(4, 8, window=4, stride=2).window_grid()
+    assert single is not None and single.tops == (0,) and single.stride == (4, 2)
+    assert grid(12, 12, 3, 3).window_grid() == WindowGrid((4, 4), (4, 4), (0, 4, 8), (0, 4, 8))
+    assert grid(10, 10, 3, 3).window_grid() is None  # cells of unequal sizes
+    windows = sliding_windows(8, 8, window=4, stride=2)
+    assert windows.select([2, 1, 3, 4, 5, 6, 7, 8, 9]).window_grid() is None  # not row-major
+    assert windows.select([1, 2, 4]).window_grid() is None  # an incomplete grid
+    assert windows.select([1, 3, 7, 9]).window_grid() == WindowGrid((4, 4), (4, 4), (0, 4), (0, 4))
+    holey = windows.masks.clone()
+    holey[0, 1, 1] = False
+    assert Regions(holey, windows.ids).window_grid() is None  # not a filled rectangle
+
+
+def test_pixel_mean_averages_covering_regions() -> None:
+    windows = sliding_windows(5, 5, window=2, stride=2)  # the last row and column are bare
+    values = torch.arange(1.0, 5.0, dtype=torch.float64)[None].repeat(3, 1)
+    pixels = windows.pixel_mean(values)
+    assert pixels.shape == (3, 5, 5) and pixels.dtype == torch.float64
+    assert pixels[0, 0, 0] == 1 and pixels[0, 3, 3] == 4 and pixels[0, 4, 4] == 0
+    overlapping = sliding_windows(3, 3, window=2, stride=1)
+    assert float(overlapping.pixel_mean(torch.tensor([1.0, 2.0, 3.0, 4.0]))[1, 1]) == 2.5
+    with pytest.raises(InputValueError, match=r"values: expected last dim R = 4"):
+        windows.pixel_mean(torch.zeros(3))
+    with pytest.raises(InputTypeError, match="values: expected a floating Tensor"):
+        windows.pixel_mean(torch.zeros(4, dtype=torch.int64))

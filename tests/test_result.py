@@ -520,3 +520,94 @@ def test_significance_over_all_fills_gives_p_one_where_no_fill_changes_anything(
         row = table.row(region)
         assert (row.p, row.effect_size, row.mean_drop) == (1.0, 0.0, 0.0), row
     assert table.row(1).p < 0.05 and table.row(3).p < 0.05
+
+
+# -- per-pixel heat maps ----------------------------------------------------------------------
+
+
+def test_heatmap_equals_captum_occlusion() -> None:
+    from captum.attr import Occlusion
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 13 * 14, 4)
+    ).eval()
+    images = torch.rand(3, 3, 13, 14, generator=torch.Generator().manual_seed(8))
+    # (13 - 4) / 3 and (14 - 4) / 2 are whole: captum's windows are these. (Otherwise captum
+    # adds a last window cut at the border, which sliding_windows does not make.)
+    windows = op.sliding_windows(13, 14, window=4, stride=(3, 2))
+    result = op.sweep(model, images, windows, fills=(0.0, 0.3), progress=False)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x), dim=1)
+
+    occlusion = Occlusion(forward)
+    for cls, fill in ((1, 0.0), (3, 0.3)):
+        expected = occlusion.attribute(
+            images, sliding_window_shapes=(3, 4, 4), strides=(3, 3, 2), baselines=fill, target=cls
+        )
+        heat = result.heatmap(cls, fill=fill)
+        assert heat.shape == (3, 13, 14)
+        # captum's map is per input element; the windows span all channels, so it is equal
+        # across channels and equal to the heat map.
+        torch.testing.assert_close(expected, heat[:, None].expand(3, 3, 13, 14), rtol=0, atol=1e-5)
+    # One class per image, and the mean over the fills.
+    per_image = torch.tensor([0, 2, 1])
+    heat = result.heatmap(per_image, fill_index=1)
+    for n in range(3):
+        torch.testing.assert_close(heat[n], result.heatmap(int(per_image[n]), fill=0.3)[n])
+    mean = result.heatmap(2)
+    torch.testing.assert_close(
+        mean, (result.heatmap(2, fill=0.0) + result.heatmap(2, fill=0.3)) / 2
+    )
+    # attribution is the same map, in the images' shape.
+    torch.testing.assert_close(result.attribution(2), mean[:, None].expand(3, 3, 13, 14))
+
+
+def test_class_heatmap_is_the_mean_of_the_image_maps() -> None:
+    model = small_cnn(classes=3).eval()
+    images = torch.rand(6, 1, 12, 12, generator=torch.Generator().manual_seed(9))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    windows = op.sliding_windows(12, 12, window=4, stride=2)
+    full = op.sweep(model, images, windows, fills=(0.0, 1.0), labels=labels, progress=False)
+    means = op.sweep(
+        model, images, windows, fills=(0.0, 1.0), labels=labels, reduce="class_mean", progress=False
+    )
+    chosen = labels == 1
+    expected = full.heatmap(1, fill=1.0)[chosen].double().mean(dim=0)
+    for result in (full, means):
+        got = result.class_heatmap(1, fill=1.0, correct_only=False)
+        assert got.shape == (12, 12) and got.dtype == torch.float64
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_heatmap_errors() -> None:
+    model = small_cnn(classes=3).eval()
+    result = op.sweep(model, torch.rand(2, 1, 12, 12), op.grid(12, 12), fills=0.0, progress=False)
+    with pytest.raises(
+        InputValueError, match=r"cls: expected one class, or an integer tensor of shape \(2,\)"
+    ):
+        result.heatmap(torch.tensor([0.5, 1.0]))
+    with pytest.raises(InputValueError, match=r"cls: expected class indices in \[0, 2\]"):
+        result.heatmap(torch.tensor([0, 3]))
+    with pytest.raises(InputValueError, match="fill"):
+        result.heatmap(0, fill=0.7)
+    with pytest.raises(
+        InputValueError, match=r"computed: expected None or a bool tensor of shape \(2, 16\)"
+    ):
+        SweepResult(
+            baseline=result.baseline,
+            occluded=result.occluded,
+            labels=None,
+            regions=result.regions,
+            fill_labels=result.fill_labels,
+            computed=torch.ones(2, 15, dtype=torch.bool),
+        )
+    with pytest.raises(InputTypeError, match="fidelity: expected None or a Fidelity"):
+        SweepResult(
+            baseline=result.baseline,
+            occluded=result.occluded,
+            labels=None,
+            regions=result.regions,
+            fill_labels=result.fill_labels,
+            fidelity=0.9,  # type: ignore[arg-type]
+        )

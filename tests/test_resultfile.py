@@ -250,3 +250,37 @@ def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
     with pytest.raises(ResultFileError, match="field 'labels': expected class indices"):
         bad.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_computed_and_fidelity_fields_validated(tmp_path: Path) -> None:
+    base = _small_result()
+    result = SweepResult(
+        **{**_fields(base), "computed": torch.tensor([[True, False, True, True]] * 2)},
+        fidelity=op.Fidelity(0.95, 0.9, 0.01, 0.25, 2, 0.9),
+    )
+    path = result.save(tmp_path / "r.npz")
+    loaded = SweepResult.load(path)
+    assert loaded.fidelity == result.fidelity and loaded.computed is not None
+    assert torch.equal(loaded.computed, result.computed)  # type: ignore[arg-type]
+    bad = {
+        "computed": np.ones((2, 3), dtype=bool),
+        "fidelity": np.array([0.9, 0.9, 0.0, 1.5, 2.0, 0.9]),  # tau must be in (0, 1)
+    }
+    for field, value in bad.items():
+        copy = tmp_path / f"bad-{field}.npz"
+        copy.write_bytes(path.read_bytes())
+        _rewrite(copy, {field: value})
+        with pytest.raises(ResultFileError, match=field):
+            SweepResult.load(copy)
+
+
+def _fields(result: SweepResult) -> dict[str, object]:
+    return {
+        "baseline": result.baseline,
+        "occluded": result.occluded,
+        "labels": result.labels,
+        "regions": result.regions,
+        "fill_labels": result.fill_labels,
+        "class_names": result.class_names,
+        "image_shape": result.image_shape,
+    }

@@ -13,6 +13,7 @@ verify the finding by keeping only the chosen regions.
 from __future__ import annotations
 
 from . import captum, plot, stats
+from .approximate import Approximate
 from .collect import ClassMeanResult
 from .curves import AucDifference, PerturbationCurve, perturbation_curve
 from .errors import (
@@ -22,7 +23,9 @@ from .errors import (
     OcclusionProbeError,
     ResultFileError,
 )
-from .regions import Regions, grid, sliding_windows
+from .fidelity import Fidelity
+from .refine import Refine
+from .regions import Regions, WindowGrid, grid, sliding_windows
 from .result import OcclusionProbeWarning, SweepResult
 from .sweep import DEFAULT_FILLS, sweep
 from .tables import RegionValues
@@ -32,19 +35,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_FILLS",
+    "Approximate",
     "AucDifference",
     "ClassMeanResult",
     "ConfusionReport",
     "EmptySelectionError",
+    "Fidelity",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",
     "OcclusionProbeWarning",
     "PerturbationCurve",
+    "Refine",
     "RegionValues",
     "Regions",
     "ResultFileError",
     "SweepResult",
+    "WindowGrid",
     "captum",
     "confusion_report",
     "grid",

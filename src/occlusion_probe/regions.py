@@ -8,6 +8,7 @@ into regions; `sliding_windows` makes (possibly overlapping) square or rectangul
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from torch import Tensor
 from .errors import InputTypeError, InputValueError, describe
 from .selection import integer_value
 
-__all__ = ["Regions", "grid", "sliding_windows"]
+__all__ = ["Regions", "WindowGrid", "grid", "sliding_windows"]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -38,6 +39,52 @@ def _pair(name: str, value: object) -> tuple[int, int]:
         return _positive_int(f"{name}[0]", value[0]), _positive_int(f"{name}[1]", value[1])
     size = _positive_int(name, value)
     return size, size
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The geometry of regions that are equal rectangles at regular steps (sliding windows).
+
+    Attributes
+    ----------
+    window : (int, int)
+        Window height and width in pixels.
+    stride : (int, int)
+        Step between window starts along rows and columns (the window size along an axis
+        with a single position).
+    tops : tuple of int
+        Distinct top rows of the windows, increasing.
+    lefts : tuple of int
+        Distinct left columns of the windows, increasing.
+
+    Region ``i * len(lefts) + j`` is the window at ``(tops[i], lefts[j])`` (row-major).
+
+    Examples
+    --------
+    >>> sliding_windows(8, 8, window=4, stride=2).window_grid()
+    WindowGrid(window=(4, 4), stride=(2, 2), tops=(0, 2, 4), lefts=(0, 2, 4))
+    """
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    tops: tuple[int, ...]
+    lefts: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols): how many window positions there are along each axis."""
+        return len(self.tops), len(self.lefts)
+
+
+def _regular_starts(starts: list[int], size: int) -> int | None:
+    """The common step of increasing `starts` (`size` for one start), None if irregular."""
+    if len(starts) == 1:
+        return size
+    steps = {b - a for a, b in itertools.pairwise(starts)}
+    if len(steps) != 1:
+        return None
+    step = steps.pop()
+    return step if step > 0 else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,6 +183,95 @@ class Regions:
     def is_partition(self) -> bool:
         """True when every pixel belongs to exactly one region."""
         return bool((self.coverage == 1).all())
+
+    def pixel_mean(self, values: Tensor) -> Tensor:
+        """Per pixel, the mean of `values` over the regions that cover the pixel.
+
+        This is how captum's ``Occlusion`` turns overlapping windows into a per-pixel map;
+        for a partition each pixel simply gets its region's value. Pixels no region covers
+        get 0 (captum's convention).
+
+        Parameters
+        ----------
+        values : Tensor, shape (..., R), floating
+            One value per region (and any leading dims, e.g. images).
+
+        Returns
+        -------
+        Tensor, shape (..., H, W)
+            In the dtype and on the device of `values`.
+
+        Raises
+        ------
+        InputTypeError
+            When `values` is not a floating Tensor.
+        InputValueError
+            When its last dim is not R.
+
+        Examples
+        --------
+        >>> windows = sliding_windows(4, 4, window=2, stride=1)
+        >>> windows.pixel_mean(torch.ones(len(windows)))[0]
+        tensor([1., 1., 1., 1.])
+        """
+        if not isinstance(values, Tensor) or not values.is_floating_point():
+            raise InputTypeError(
+                f"values: expected a floating Tensor of shape (..., R), got {describe(values)}"
+            )
+        if values.dim() == 0 or values.shape[-1] != len(self):
+            raise InputValueError(
+                f"values: expected last dim R = {len(self)} (one value per region), "
+                f"got shape {tuple(values.shape)}"
+            )
+        masks = self.masks.to(device=values.device, dtype=values.dtype)
+        coverage = masks.sum(dim=0).clamp(min=1.0)
+        return torch.einsum("...r,rhw->...hw", values, masks) / coverage
+
+    def window_grid(self) -> WindowGrid | None:
+        """The window geometry when the regions are sliding windows, else None.
+
+        The regions qualify when every mask is a filled rectangle of one size, their top-left
+        corners form a regular grid (equal steps along rows and along columns) and the masks
+        are in row-major order of that grid, as `sliding_windows` makes them. Nothing is
+        stored on `Regions` for this: it is read from the masks, so loaded results qualify too.
+
+        Returns
+        -------
+        WindowGrid or None
+
+        Examples
+        --------
+        >>> sliding_windows(8, 8, window=4, stride=2).window_grid().shape
+        (3, 3)
+        >>> grid(8, 8, rows=2, cols=2).window_grid().stride
+        (4, 4)
+        >>> Regions.from_label_map(torch.tensor([[0, 1, 1]])).window_grid() is None
+        True
+        """
+        as_bytes = self.masks.view(torch.uint8)
+        rows_any, cols_any = as_bytes.amax(dim=2).cpu(), as_bytes.amax(dim=1).cpu()
+        tops = rows_any.argmax(dim=1)
+        lefts = cols_any.argmax(dim=1)
+        heights, widths = rows_any.sum(dim=1), cols_any.sum(dim=1)
+        if bool((heights != heights[0]).any()) or bool((widths != widths[0]).any()):
+            return None
+        window = (int(heights[0]), int(widths[0]))
+        sizes = self.masks.flatten(1).sum(dim=1).cpu()
+        if bool((sizes != window[0] * window[1]).any()):
+            return None  # not filled rectangles (a rectangle's rows x cols equals its area)
+        distinct_tops = sorted(set(tops.tolist()))
+        distinct_lefts = sorted(set(lefts.tolist()))
+        expected_tops = torch.tensor(distinct_tops).repeat_interleave(len(distinct_lefts))
+        expected_lefts = torch.tensor(distinct_lefts).repeat(len(distinct_tops))
+        if len(self) != expected_tops.numel() or not (
+            torch.equal(tops, expected_tops) and torch.equal(lefts, expected_lefts)
+        ):
+            return None
+        stride_h = _regular_starts(distinct_tops, window[0])
+        stride_w = _regular_starts(distinct_lefts, window[1])
+        if stride_h is None or stride_w is None:
+            return None
+        return WindowGrid(window, (stride_h, stride_w), tuple(distinct_tops), tuple(distinct_lefts))
 
     # -- selection ----------------------------------------------------------------------------
     def positions(self, ids: Iterable[int]) -> list[int]:
@@ -407,9 +543,11 @@ def sliding_windows(
 ) -> Regions:
     """Rectangular windows slid over the image; they overlap when stride < window.
 
-    Windows start at 0, stride, 2*stride, ... and stay inside the image, as captum's
-    ``Occlusion`` places them; pixels past the last window are not covered (see
-    ``Regions.coverage``). Ids are 1..R row-major.
+    Windows start at 0, stride, 2*stride, ... and stay inside the image; pixels past the last
+    window are not covered (see ``Regions.coverage``). Ids are 1..R row-major. captum's
+    ``Occlusion`` places the same windows when ``size - window`` is a multiple of the stride
+    along each axis; otherwise it adds a last window cut at the border (captum 0.9), which
+    this function does not make.
 
     Parameters
     ----------

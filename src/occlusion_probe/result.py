@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from . import resultfile
-from .errors import InputValueError, describe
+from .errors import InputTypeError, InputValueError, describe
+from .fidelity import Fidelity
 from .regions import Regions
 from .selection import (
     check_bool,
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
     from .stats import SignificanceTable
 
 __all__ = ["ClassReadings", "OcclusionProbeWarning", "SweepResult", "ordinary_tensor"]
+
+
+def _same_fidelity(a: Fidelity | None, b: Fidelity | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.array_equal(a.as_array(), b.as_array(), equal_nan=True))
 
 
 class OcclusionProbeWarning(UserWarning):
@@ -254,6 +262,46 @@ class ClassReadings(abc.ABC):
             cls, fill=fill, fill_index=fill_index, correct_only=correct_only
         ).ranking()
 
+    def class_heatmap(
+        self,
+        cls: object,
+        *,
+        fill: object = None,
+        fill_index: object = None,
+        correct_only: bool = True,
+    ) -> Tensor:
+        """Per-pixel heat map of `mean_drop`: the class-mean counterpart of
+        `SweepResult.heatmap`, shape (H, W).
+
+        Each pixel holds the mean, over the regions covering it, of the region's mean drop
+        of class `cls` over the selected images (0 where no region covers it). Because the
+        mean is linear, this equals the mean of ``SweepResult.heatmap(cls)`` over those
+        images; a `ClassMeanResult` (which has no per-image values) gives it too.
+
+        Same arguments as `mean_drop`.
+
+        Returns
+        -------
+        Tensor, shape (H, W), float64
+
+        Raises
+        ------
+        EmptySelectionError
+            When no image is selected.
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> result = op.sweep(model, torch.rand(4, 1, 8, 8), op.sliding_windows(8, 8, 4, 2),
+        ...                   fills=0.0, labels=torch.tensor([0, 1, 2, 0]),
+        ...                   reduce="class_mean", progress=False)
+        >>> tuple(result.class_heatmap(0, correct_only=False).shape)
+        (8, 8)
+        """
+        drops = self.mean_drop(cls, fill=fill, fill_index=fill_index, correct_only=correct_only)
+        return self.regions.pixel_mean(drops.tensor.to(torch.float64).cpu())
+
     def _coordinates(self) -> dict[str, Any]:
         classes: list[object] = (
             list(self.class_names)
@@ -295,7 +343,15 @@ class SweepResult(ClassReadings):
     engine : str
         The engine that computed ``occluded``: ``"dense"`` or ``"incremental"``.
     engine_note : str
-        Why that engine was used (e.g. why ``engine="auto"`` fell back to dense).
+        Why that engine was used (e.g. why ``engine="auto"`` fell back to dense); it says
+        so when the outputs are approximate or partly filled in.
+    computed : Tensor, shape (N, R), bool, or None
+        With ``sweep(..., refine=...)``: True where ``occluded[n, r]`` was computed, False
+        where it was filled in from the coarse pass (see `occlusion_probe.Refine`). None
+        when every position was computed.
+    fidelity : Fidelity or None
+        With ``sweep(..., approximate=...)``: what the approximation measured against exact
+        on its calibration images. None for exact results.
 
     Examples
     --------
@@ -317,6 +373,8 @@ class SweepResult(ClassReadings):
     output: str = "softmax"
     engine: str = "dense"
     engine_note: str = ""
+    computed: Tensor | None = None
+    fidelity: Fidelity | None = None
 
     def __post_init__(self) -> None:
         n, k = self.baseline.shape
@@ -328,7 +386,20 @@ class SweepResult(ClassReadings):
         if self.labels is not None and tuple(self.labels.shape) != (n,):
             raise InputValueError(f"labels: expected shape ({n},), got {tuple(self.labels.shape)}")
         object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
-        for name in ("baseline", "occluded", "labels"):
+        if self.computed is not None and (
+            not isinstance(self.computed, Tensor)
+            or self.computed.dtype != torch.bool
+            or tuple(self.computed.shape) != (n, len(self.regions))
+        ):
+            raise InputValueError(
+                f"computed: expected None or a bool tensor of shape ({n}, {len(self.regions)}) "
+                f"(N, R), got {describe(self.computed)}"
+            )
+        if self.fidelity is not None and not isinstance(self.fidelity, Fidelity):
+            raise InputTypeError(
+                f"fidelity: expected None or a Fidelity, got {describe(self.fidelity)}"
+            )
+        for name in ("baseline", "occluded", "labels", "computed"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, ordinary_tensor(value))
@@ -496,21 +567,69 @@ class SweepResult(ClassReadings):
                 "cls, target: expected exactly one of them (target= is captum's name for cls), "
                 f"got cls={describe(cls)} and target={describe(target)}"
             )
-        if cls is not None:
-            targets = self._per_image_class(cls, "cls")
-        else:
-            targets = self._per_image_class(target, "target")
+        pixels = self._pixel_drops(
+            cls if cls is not None else target,
+            "cls" if cls is not None else "target",
+            fill,
+            fill_index,
+        )
+        if len(self.image_shape) == 3:
+            return pixels[:, None].expand(self.num_images, *self.image_shape).clone()
+        return pixels
+
+    def heatmap(self, cls: object, *, fill: object = None, fill_index: object = None) -> Tensor:
+        """Per-pixel heat map of the output drop of class `cls`, one per image.
+
+        Each pixel holds the mean, over the regions covering it, of ``baseline[n, cls] -
+        occluded[n, r, v, cls]``: with `sliding_windows` this is captum's ``Occlusion``
+        (``Occlusion(forward).attribute(images, sliding_window_shapes=(C, wh, ww),
+        strides=(C, sh, sw), baselines=fill, target=cls)``, whose maps are equal across
+        channels because regions span all channels). Pixels no region covers (past the last
+        window) get 0, as in captum. With neither `fill` nor `fill_index` the drop is
+        averaged over the fills. Positions a drill-down sweep filled in from its coarse
+        pass (``computed`` False) enter with their filled-in values.
+
+        Parameters
+        ----------
+        cls : int, numpy integer, 0-d integer Tensor, str, or Tensor of shape (N,)
+            One class for all images, or an integer tensor of one class index per image
+            (e.g. ``result.predicted``).
+        fill : number or str, optional
+            One fill by value or label.
+        fill_index : int, optional
+            One fill by position.
+
+        Returns
+        -------
+        Tensor, shape (N, H, W)
+            In the dtype of the outputs; plot one with `occlusion_probe.plot.pixel_heatmap`.
+
+        Raises
+        ------
+        InputValueError
+            When a per-image tensor is not an integer tensor of shape (N,) or holds class
+            indices out of range, or no fill matches.
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> windows = op.sliding_windows(8, 8, window=4, stride=2)
+        >>> result = op.sweep(model, torch.rand(2, 3, 8, 8), windows, fills=0.0, progress=False)
+        >>> tuple(result.heatmap(1, fill=0.0).shape)
+        (2, 8, 8)
+        """
+        return self._pixel_drops(cls, "cls", fill, fill_index)
+
+    def _pixel_drops(self, cls: object, name: str, fill: object, fill_index: object) -> Tensor:
+        """(N, H, W): the region drops of `cls` (one or per image) painted per pixel."""
+        targets = self._per_image_class(cls, name)
         position = fill_position(fill, fill_index, self.fill_labels)
         n = self.num_images
         index = targets[:, None, None, None].expand(n, len(self.regions), len(self.fill_labels), 1)
-        drops = self.delta.gather(3, index)[..., 0]  # (N, R, V)
+        drops = self.delta.gather(3, index.to(self.delta.device))[..., 0]  # (N, R, V)
         per_region = drops.mean(dim=2) if position is None else drops[:, :, position]
-        masks = self.regions.masks.to(per_region.dtype)
-        coverage = masks.sum(dim=0).clamp(min=1.0)
-        pixels = torch.einsum("nr,rhw->nhw", per_region, masks) / coverage
-        if len(self.image_shape) == 3:
-            return pixels[:, None].expand(n, *self.image_shape).clone()
-        return pixels
+        return self.regions.pixel_mean(per_region)
 
     def significance(
         self,
@@ -675,6 +794,21 @@ class SweepResult(ClassReadings):
         labels = None
         if first.labels is not None:
             labels = torch.cat([p.labels for p in parts if p.labels is not None])
+        computed = None
+        if any(p.computed is not None for p in parts):
+            computed = torch.cat(
+                [
+                    p.computed
+                    if p.computed is not None
+                    else torch.ones(p.num_images, len(p.regions), dtype=torch.bool)
+                    for p in parts
+                ]
+            )
+        if any(not _same_fidelity(p.fidelity, first.fidelity) for p in parts):
+            raise InputValueError(
+                "parts: the results differ in fidelity (approximate with different thresholds, "
+                "or approximate and exact); they do not come from one sweep"
+            )
         return cls(
             baseline=torch.cat([p.baseline for p in parts]),
             occluded=torch.cat([p.occluded for p in parts]),
@@ -686,6 +820,8 @@ class SweepResult(ClassReadings):
             output=first.output,
             engine=first.engine,
             engine_note=first.engine_note,
+            computed=computed,
+            fidelity=first.fidelity,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -723,7 +859,13 @@ class SweepResult(ClassReadings):
         (True, True)
         """
         return resultfile.write_sweep_result(
-            path, self.baseline, self.occluded, self.labels, self._metadata()
+            path,
+            self.baseline,
+            self.occluded,
+            self.labels,
+            self._metadata(),
+            computed=self.computed,
+            fidelity=None if self.fidelity is None else self.fidelity.as_array(),
         )
 
     def _metadata(self) -> dict[str, object]:
@@ -764,4 +906,6 @@ class SweepResult(ClassReadings):
         OcclusionProbeWarning
             For a format-1 file (no checksum; its fields are still validated).
         """
-        return cls(**resultfile.read_sweep_result(path))
+        fields = resultfile.read_sweep_result(path)
+        fidelity = fields.pop("fidelity", None)
+        return cls(**fields, fidelity=None if fidelity is None else Fidelity.from_array(fidelity))

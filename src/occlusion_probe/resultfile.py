@@ -386,11 +386,44 @@ def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any
         raise fields.error(
             "occluded", f"dtype {baseline.dtype} like baseline", f"dtype {occluded.dtype}"
         )
+    optional: dict[str, Any] = {}
+    # Both are absent from files of exact, fully computed sweeps (and from older files).
+    if fields.has("computed"):
+        computed = fields.array("computed")
+        if computed.dtype != np.bool_ or computed.shape != (n, r):
+            raise fields.error(
+                "computed",
+                f"a bool array of shape ({n}, {r})",
+                f"dtype {computed.dtype}, shape {computed.shape}",
+            )
+        optional["computed"] = torch.from_numpy(computed)
+    if fields.has("fidelity"):
+        fidelity = fields.array("fidelity")
+        if fidelity.dtype != np.float64 or fidelity.shape != (6,):
+            raise fields.error(
+                "fidelity",
+                "a float64 array of shape (6,)",
+                f"dtype {fidelity.dtype}, shape {fidelity.shape}",
+            )
+        # The Spearman correlation (entry 1) is NaN when the drops are constant.
+        if not (
+            np.isfinite(np.delete(fidelity, 1)).all()
+            and 0.0 < fidelity[3] < 1.0
+            and fidelity[4] >= 1
+            and float(fidelity[4]).is_integer()
+        ):
+            raise fields.error(
+                "fidelity",
+                "(ssim, spearman, max_abs_error, tau in (0, 1), calibration images >= 1, target)",
+                str(fidelity.tolist()),
+            )
+        optional["fidelity"] = fidelity
     return {
         "baseline": torch.from_numpy(baseline),
         "occluded": torch.from_numpy(occluded),
         "labels": None if labels is None else torch.from_numpy(labels),
         **meta,
+        **optional,
     }
 
 
@@ -428,8 +461,15 @@ def write_sweep_result(
     occluded: torch.Tensor,
     labels: torch.Tensor | None,
     meta: dict[str, Any],
+    *,
+    computed: torch.Tensor | None = None,
+    fidelity: np.ndarray | None = None,
 ) -> Path:
-    """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`."""
+    """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`.
+
+    `computed` (N, R) bool and `fidelity` (6,) float64 are written only when given, so that
+    files of exact, fully computed sweeps are unchanged.
+    """
     arrays = {
         "baseline": baseline.detach().cpu().numpy(),
         "occluded": occluded.detach().cpu().numpy(),
@@ -437,6 +477,10 @@ def write_sweep_result(
     }
     if labels is not None:
         arrays["labels"] = labels.detach().cpu().numpy()
+    if computed is not None:
+        arrays["computed"] = computed.detach().cpu().numpy()
+    if fidelity is not None:
+        arrays["fidelity"] = np.asarray(fidelity, dtype=np.float64)
     return _write(path, "SweepResult", arrays)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
+from .approximate import Approximate, calibrate, check_approximate
 from .batching import BatchConfig, BatchPlan, auto_batch_size
 from .checkpoint import Checkpoint, Fingerprint
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
@@ -21,7 +23,9 @@ from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.dense import run_dense
 from .engines.graph import hook_reason
 from .engines.incremental import MIN_BOUND, IncrementalEngine
+from .engines.subsets import RegionRunner
 from .errors import InputTypeError, InputValueError, describe
+from .fidelity import Fidelity
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     CheckedForward,
@@ -34,6 +38,7 @@ from .model import (
     output_name,
     resolve_device,
 )
+from .refine import Refine, RefinePlan
 from .regions import Regions
 from .result import SweepResult
 from .selection import check_class_names
@@ -211,6 +216,8 @@ def sweep(
     engine: Literal["auto", "dense", "incremental"] = ...,
     reduce: None = ...,
     checkpoint: str | os.PathLike[str] | None = ...,
+    refine: Refine | None = ...,
+    approximate: float | Approximate | None = ...,
 ) -> SweepResult: ...
 
 
@@ -230,6 +237,8 @@ def sweep(
     engine: Literal["auto", "dense", "incremental"] = ...,
     reduce: Literal["class_mean"],
     checkpoint: str | os.PathLike[str] | None = ...,
+    refine: None = ...,
+    approximate: None = ...,
 ) -> ClassMeanResult: ...
 
 
@@ -248,6 +257,8 @@ def sweep(
     engine: Literal["auto", "dense", "incremental"] = "auto",
     reduce: Literal["class_mean"] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    refine: Refine | None = None,
+    approximate: float | Approximate | None = None,
 ) -> SweepResult | ClassMeanResult:
     """Occlude every region with every fill and record all class outputs.
 
@@ -345,9 +356,12 @@ def sweep(
     check_common_arguments(model, regions, batch_size, progress)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
+    shard = distributed.current_shard()
+    drill, approx = _check_refine_approximate(
+        refine, approximate, regions, engine, reduce, checkpoint, shard is not None
+    )
     out_name = output_name(output)
     names = check_class_names(class_names)
-    shard = distributed.current_shard()
     chunk_images = DEFAULT_CHUNK_IMAGES
     if shard is not None and isinstance(images, (Tensor, np.ndarray)):
         # Chunks are the unit of sharding: make sure every rank gets a share of a small N.
@@ -379,7 +393,7 @@ def sweep(
         masks = regions.masks.to(run_device)
         r, v = len(regions), len(fill_list)
         incremental, engine_note = choose_engine(
-            engine,
+            "incremental" if approx is not None else engine,
             model,
             (c, h, w),
             source.single_channel,
@@ -387,6 +401,15 @@ def sweep(
             None if source.num_images is None else source.num_images * r * v,
             dtype,
         )
+    except InputValueError as error:
+        if store is not None:
+            store.close()
+        if approx is not None and str(error).startswith('engine: "incremental" cannot run'):
+            raise InputValueError(
+                "approximate: needs a model the incremental engine can run (approximation caps "
+                f"its changed boxes), and this one cannot: {str(error).split(': ', 2)[-1]}"
+            ) from error
+        raise
     except BaseException:
         if store is not None:
             store.close()
@@ -403,8 +426,17 @@ def sweep(
     else:
         batches = BatchPlan.fixed(batch_size)
 
+    runner = (
+        RegionRunner(incremental, masks, forward, batches)
+        if drill is not None or approx is not None
+        else None
+    )
+    fidelity: Fidelity | None = None
+    calibrated = approx is None
+    computed_parts: list[Tensor] = []
     bar = tqdm(
-        total=None if source.num_images is None else source.num_images * r * v,
+        # A drill-down computes an unknown share of the windows.
+        total=None if source.num_images is None or drill is not None else source.num_images * r * v,
         disable=not progress,
         unit="img",
         desc="occlusion sweep",
@@ -430,7 +462,24 @@ def sweep(
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
-                if incremental is not None:
+                if runner is not None and not calibrated and approx is not None:
+                    fidelity = calibrate(runner, approx, regions, x, fill_images)
+                    runner.threshold = None if fidelity is None else fidelity.tau
+                    calibrated = True
+                if runner is not None:
+                    baseline = _forward_in_batches(forward, x, batches.current)
+                    if drill is not None:
+                        clean, occluded, computed = drill.run_chunk(
+                            runner, x, fill_images, baseline, bar.update
+                        )
+                        computed_parts.append(computed)
+                    else:
+                        clean, occluded = runner.run(
+                            x, fill_images, threshold=runner.threshold, on_progress=bar.update
+                        )
+                    if clean is not None:
+                        _check_same_as_model(clean, baseline, dtype)
+                elif incremental is not None:
                     clean, occluded = incremental.run(
                         x,
                         fill_images,
@@ -476,6 +525,21 @@ def sweep(
         bar.close()
         if store is not None:
             store.close()
+    if approx is not None:
+        engine_note = (
+            f"{fidelity.describe()}; FLOP bound of the capped plan "
+            f"{runner.engine(None, fidelity.tau).flop_bound:.2f}x over dense"
+            if fidelity is not None and runner is not None
+            else f"approximate requested, but no threshold reached SSIM {approx.ssim:g} on the "
+            "calibration images: EXACT outputs"
+        ) + f"; {engine_note}"
+    if drill is not None:
+        engine_note = f"{drill.note}; {engine_note}"
+    layout_note = (
+        batches.note
+        if incremental is None
+        else (incremental.layout_note if runner is None else f"maps {_layout(runner)}")
+    )
     meta = SweepMeta(
         regions=regions,
         fill_labels=tuple(f.label for f in fill_list),
@@ -483,10 +547,65 @@ def sweep(
         image_shape=tuple(image_shape) if not source.single_channel else (h, w),
         output=out_name,
         engine="dense" if incremental is None else "incremental",
-        engine_note=f"{engine_note}; "
-        + (batches.note if incremental is None else incremental.layout_note),
+        engine_note=f"{engine_note}; {layout_note}",
     )
     if shard is not None:
         merged = distributed.gather_collector(collector, shard)
         return merged.result(meta)
-    return collector.result(meta)
+    result = collector.result(meta)
+    if isinstance(result, SweepResult) and (drill is not None or fidelity is not None):
+        computed_all = None
+        if drill is not None:
+            computed_all = (
+                torch.cat(computed_parts) if computed_parts else torch.zeros(0, r, dtype=torch.bool)
+            )
+        result = dataclasses.replace(result, computed=computed_all, fidelity=fidelity)
+    return result
+
+
+def _layout(runner: RegionRunner) -> str:
+    if runner.channels_last is None:
+        return "in the images' layout"
+    return "channels-last" if runner.channels_last else "contiguous (NCHW)"
+
+
+def _check_refine_approximate(
+    refine: object,
+    approximate: object,
+    regions: Regions,
+    engine: object,
+    reduce: object,
+    checkpoint: object,
+    distributed_run: bool,
+) -> tuple[RefinePlan | None, Approximate | None]:
+    """Validate `refine` and `approximate` and the options they cannot be combined with."""
+    if refine is not None and not isinstance(refine, Refine):
+        raise InputTypeError(
+            f"refine: expected None or an occlusion_probe.Refine, got {describe(refine)}"
+        )
+    approx = check_approximate(approximate)
+    for name, given in (("refine", refine), ("approximate", approx)):
+        if given is None:
+            continue
+        if reduce is not None:
+            raise InputValueError(
+                f"{name}: cannot be combined with reduce={reduce!r}; its result records per "
+                "image what was computed or how approximate it is, which needs a SweepResult"
+            )
+        if checkpoint is not None:
+            raise InputValueError(
+                f"{name}: cannot be combined with checkpoint= (a resumed run would not know the "
+                "first run's drill-down or threshold); run it without a checkpoint"
+            )
+        if distributed_run:
+            raise InputValueError(
+                f"{name}: cannot run under torch.distributed (each rank would choose on its own "
+                "images); run it on one process"
+            )
+    if approx is not None and engine == "dense":
+        raise InputValueError(
+            'approximate: needs the incremental engine, got engine="dense"; pass engine="auto" '
+            'or "incremental", or drop approximate= for exact dense outputs'
+        )
+    plan = RefinePlan(regions, refine) if isinstance(refine, Refine) else None
+    return plan, approx

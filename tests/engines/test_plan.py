@@ -1,4 +1,5 @@
-"""The planner's cost estimates: FLOPs and memory traffic against hand counts."""
+"""The planner's cost estimates (FLOPs and memory traffic against hand counts), and box
+planning with Krypton's projective-field threshold (approximate mode)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from reference_models import DenseNet, MobileNetV2
 from torch import nn
 
 import occlusion_probe as op
+from occlusion_probe.engines.graph import read_graph
 from occlusion_probe.engines.incremental import MIN_BOUND, IncrementalEngine
-from occlusion_probe.engines.plan import dense_traffic
+from occlusion_probe.engines.plan import FULL, cap_box, dense_traffic, op_name, plan_region
 from occlusion_probe.sweep import choose_engine
 
 
@@ -82,3 +84,34 @@ def test_auto_keeps_the_engine_where_both_bounds_are_high() -> None:
         "auto", MobileNetV2(), (3, 64, 64), False, masks, 10**6, torch.float32
     )
     assert engine is not None and engine.bound >= MIN_BOUND, note
+
+
+# -- projective-field threshold ------------------------------------------------------------
+
+
+def test_cap_box_centres_and_clips() -> None:
+    assert cap_box((2, 10, 0, 3), (20, 20), 0.25) == (3, 8, 0, 3)  # 8 rows -> 5, centred
+    assert cap_box((0, 12, 0, 12), (20, 20), 0.25) == (3, 8, 3, 8)
+    assert cap_box((14, 20, 0, 20), (20, 20), 0.2) == (15, 19, 8, 12)
+    assert cap_box((18, 20, 18, 20), (20, 20), 0.05) == (18, 19, 18, 19)  # at least 1
+    assert cap_box((4, 6, 4, 6), (20, 20), 0.5) == (4, 6, 4, 6)  # small boxes are kept
+
+
+def test_plan_region_caps_every_node_but_the_input() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 5, padding=2), nn.ReLU(), nn.Conv2d(2, 2, 5, padding=2), nn.Flatten()
+    ).eval()
+    graph = read_graph(model, torch.zeros(2, 1, 20, 20))
+    assert not isinstance(graph, str)
+    box = (8, 12, 8, 12)
+    exact = plan_region(graph, box)
+    capped = plan_region(graph, box, threshold=0.3)
+    convs = [n for n in graph.nodes if n.op == "call_function" and op_name(n) == "conv2d"]
+    assert exact.state(graph.image) == capped.state(graph.image) == box
+    assert exact.state(convs[0]) == (6, 14, 6, 14) and exact.state(convs[1]) == (4, 16, 4, 16)
+    assert capped.state(convs[0]) == (7, 13, 7, 13)  # 8 -> ceil(0.3 * 20) = 6, centred
+    assert capped.state(convs[1]) == (7, 13, 7, 13)  # grown to (5, 15) then capped again
+    assert capped.flops < exact.flops
+    assert any(state == FULL for state in capped.states.values())  # the flatten
+    assert plan_region(graph, box, threshold=0.9).states == exact.states

@@ -37,6 +37,7 @@ __all__ = [
     "GroupPlan",
     "LocalGeometry",
     "RegionPlan",
+    "cap_box",
     "constant_cut",
     "dense_traffic",
     "group_part",
@@ -467,8 +468,34 @@ def _map_size(info: NodeInfo) -> tuple[int, int]:
     return info.shape[info.spatial[0] - 1], info.shape[info.spatial[1] - 1]
 
 
-def plan_region(graph: ModelGraph, box: Box | None) -> RegionPlan:
-    """Plan one region whose input changes inside `box` (None: an empty region)."""
+def cap_box(box: Box, size: tuple[int, int], threshold: float) -> Box:
+    """`box` capped at `threshold` of a map of `size` (rows, cols): Krypton's
+    projective-field threshold.
+
+    A side longer than ``max(1, ceil(threshold * map side))`` is cut to that length, centred
+    on the box's centre and shifted to stay inside the map; shorter sides are kept.
+    """
+    top, bottom, left, right = box
+    limit_h = max(1, math.ceil(threshold * size[0]))
+    limit_w = max(1, math.ceil(threshold * size[1]))
+    if bottom - top > limit_h:
+        top = max(0, min(size[0] - limit_h, (top + bottom - limit_h) // 2))
+        bottom = top + limit_h
+    if right - left > limit_w:
+        left = max(0, min(size[1] - limit_w, (left + right - limit_w) // 2))
+        right = left + limit_w
+    return (top, bottom, left, right)
+
+
+def plan_region(graph: ModelGraph, box: Box | None, threshold: float | None = None) -> RegionPlan:
+    """Plan one region whose input changes inside `box` (None: an empty region).
+
+    threshold : None (exact), or a fraction in (0, 1): every changed box after the input is
+        capped at that fraction of its map's height and width (`cap_box`) and the values
+        outside the cap are taken unchanged from the unoccluded images. This approximates
+        (Krypton's projective-field threshold); local ops that run on whole maps (non-constant
+        padding) are not capped.
+    """
     states: dict[Node, Box | Literal["full"]] = {}
     if box is None:
         return RegionPlan(states, 0)
@@ -489,15 +516,27 @@ def plan_region(graph: ModelGraph, box: Box | None) -> RegionPlan:
         if FULL not in changed and facts.spatial is not None:
             boxes = [s for s in changed if s != FULL]
             name = op_name(node)
+            capped = threshold is not None
             if name in LOCAL:
                 geometry = local_geometry(node, info, boxes[0])
                 if geometry is not None:
                     state = geometry.output
+                    capped = capped and not geometry.whole
             else:
                 state = _union(boxes)
+            if capped and state != FULL and threshold is not None:
+                state = cap_box(state, _map_size(_box_facts(node, info)), threshold)
         states[node] = state
         flops += node_flops(node, info, state)
     return RegionPlan(states, flops)
+
+
+def _box_facts(node: Node, info: dict[Node, NodeInfo]) -> NodeInfo:
+    """The facts of the map a box of `node` lies in (a batch norm's: its input's)."""
+    facts = info[node]
+    if facts.shape is None and node.all_input_nodes:
+        facts = info[node.all_input_nodes[0]]
+    return facts
 
 
 def node_flops(node: Node, info: dict[Node, NodeInfo], state: State) -> int:

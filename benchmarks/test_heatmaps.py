@@ -1,0 +1,239 @@
+"""Fine heat maps: overlapping sliding windows on the 224x224 architectures (issue 14).
+
+VGG-16 (1/2 width) and ResNet-18 at 3x224x224, N=1, one fill (0.0), 16x16 windows at stride
+4 (53x53 = 2,809 positions, 2,809 occluded images): the dense sweep, the exact incremental
+sweep, the drill-down sweep (``refine=Refine(coarse_stride=16, top=0.25)``: 14x14 coarse
+windows, then the fine stride in a quarter of their cells), the approximate sweep
+(``approximate=Approximate(ssim=0.9, calibration_images=1)``) and captum's ``Occlusion`` with
+the same window, stride and baseline, each as a ratio to the forward limit (plain forwards
+of prebuilt occluded images, as in test_architectures.py). A drill-down or approximate sweep
+evaluates fewer or cheaper occluded images; their ratios count all 2,809 positions as done,
+so they read as "equivalent images per second". The approximate sweep's calibration (the
+exact sweep of its calibration image and each threshold tried) is timed inside the sweep and
+reported too, with a second row that leaves it out (calibration is paid once per model and
+settings on a few images, then reused over a data set). Each row runs one round.
+
+Tests whose id contains ``smoke`` run the tiny architectures on 3x32x32 with 8x8 windows at
+stride 2 and check the equalities instead of speed: incremental = dense, drill-down's computed
+windows = dense, approximate with a threshold that cuts nothing = dense, and
+``SweepResult.heatmap`` = captum's ``Occlusion``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import torch
+from captum.attr import Occlusion
+from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, workload_of
+from torch import Tensor
+
+import occlusion_probe as op
+
+if TYPE_CHECKING:
+    from conftest import Harness
+
+# The module, not the function `occlusion_probe.sweep` that shadows it as an attribute.
+sweep_module = importlib.import_module("occlusion_probe.sweep")
+
+FILLS = (0.0,)
+#: Drill-down and approximate settings of the full-size rows.
+REFINE = op.Refine(coarse_stride=16, top=0.25)
+APPROXIMATE = op.Approximate(ssim=0.9, calibration_images=1)
+
+
+def _cases() -> list[Any]:
+    chosen = [case for case in ARCHITECTURES if case.id in ("vgg16", "resnet18")]
+    smokes = [case for case in ARCHITECTURE_SMOKES if case.id in ("vgg16-smoke", "resnet18-smoke")]
+    return [pytest.param(case, id=f"{case.id}-windows") for case in (*chosen, *smokes)]
+
+
+CASES = _cases()
+
+
+def _geometry(case: Case) -> tuple[int, int, int]:
+    """(window, stride, coarse stride) in pixels: 16/4/16 at 224x224, 8/2/8 on smoke sizes."""
+    return (8, 2, 8) if case.smoke else (16, 4, REFINE.coarse_stride[0])  # type: ignore[index]
+
+
+def windows_workload(case: Case, device: torch.device) -> Workload:
+    """The case's model and image (N=1) with sliding windows instead of its grid."""
+    base = workload_of(case, device, n=1)
+    window, stride, _ = _geometry(case)
+    _, height, width = case.shape
+    regions = op.sliding_windows(height, width, window=window, stride=stride)
+    name = (
+        f"{case.title}, N=1, {window}x{window} windows at stride {stride} "
+        f"({len(regions)} positions) x {len(FILLS)} fill"
+    )
+    return Workload(name, base.model, base.images, regions, FILLS)
+
+
+@contextlib.contextmanager
+def timing_calibration(seconds: list[float]) -> Iterator[None]:
+    """Append the duration of every calibration inside `sweep` to `seconds`."""
+    original = sweep_module.calibrate
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    sweep_module.calibrate = timed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sweep_module.calibrate = original  # type: ignore[assignment]
+
+
+def _run(
+    harness: Harness,
+    benchmark: object,
+    case: Case,
+    workload: Workload,
+    key: str,
+    label: str,
+    call: Callable[[], Any],
+    results: list[Any],
+) -> Any:
+    harness.against_limit(
+        benchmark,
+        case,
+        workload,
+        lambda: results.append(call()),
+        key=key,
+        label=label,
+        rounds=1,
+        note=(lambda: results[-1].engine_note) if key != "captum" else None,
+    )
+    return results[-1]
+
+
+def _sweep(workload: Workload, **options: Any) -> Callable[[], op.SweepResult]:
+    return lambda: op.sweep(
+        workload.model, workload.images, workload.regions, workload.fills, progress=False, **options
+    )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_dense(benchmark: object, harness: Harness, case: Case) -> None:
+    workload = windows_workload(case, harness.device)
+    result: list[op.SweepResult] = []
+    _run(harness, benchmark, case, workload, "dense", 'sweep(engine="dense")',
+         _sweep(workload, engine="dense"), result)  # fmt: skip
+    assert result[-1].occluded.shape[1] == len(workload.regions)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_incremental(benchmark: object, harness: Harness, case: Case) -> None:
+    workload = windows_workload(case, harness.device)
+    result: list[op.SweepResult] = []
+    _run(harness, benchmark, case, workload, "incremental", 'sweep(engine="incremental"), exact',
+         _sweep(workload, engine="incremental"), result)  # fmt: skip
+    assert result[-1].engine == "incremental", result[-1].engine_note
+    if case.smoke:
+        dense = workload.sweep("dense")
+        torch.testing.assert_close(result[-1].occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_drill_down(benchmark: object, harness: Harness, case: Case) -> None:
+    workload = windows_workload(case, harness.device)
+    _, _, coarse = _geometry(case)
+    refine = op.Refine(coarse_stride=coarse, top=REFINE.top)
+    result: list[op.SweepResult] = []
+    swept = _run(harness, benchmark, case, workload, "drill-down",
+                 f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g})), incremental",
+                 _sweep(workload, engine="incremental", refine=refine), result)  # fmt: skip
+    computed = swept.computed
+    assert computed is not None
+    benchmark.extra_info["computed_fraction"] = float(computed.double().mean())  # type: ignore[attr-defined]
+    if case.smoke:
+        dense = workload.sweep("dense")
+        difference = (swept.occluded - dense.occluded).abs().amax(dim=(2, 3))
+        assert float(difference[computed].max()) <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_approximate(benchmark: object, harness: Harness, case: Case) -> None:
+    workload = windows_workload(case, harness.device)
+    # On the smoke sizes a threshold that cuts nothing checks approximate = exact.
+    settings = (
+        op.Approximate(ssim=0.5, calibration_images=1, thresholds=(0.99,))
+        if case.smoke
+        else APPROXIMATE
+    )
+    calibration: list[float] = []
+    result: list[op.SweepResult] = []
+
+    def call() -> op.SweepResult:
+        calibration.clear()
+        with timing_calibration(calibration):
+            return _sweep(workload, approximate=settings)()
+
+    row_label = f"sweep(approximate=Approximate(ssim={settings.ssim:g}, calibration_images=1))"
+    swept = _run(harness, benchmark, case, workload, "approximate",
+                 f"{row_label}, calibration included", call, result)  # fmt: skip
+    info = benchmark.extra_info  # type: ignore[attr-defined]
+    info["calibration_seconds"] = sum(calibration)
+    fidelity = swept.fidelity
+    if fidelity is not None:
+        info.update(tau=fidelity.tau, ssim=fidelity.ssim, spearman=fidelity.spearman,
+                    max_abs_error=fidelity.max_abs_error)  # fmt: skip
+    row = harness.rows[-1]
+    if row.seconds > sum(calibration):
+        harness.record(
+            benchmark,
+            group=row.group,
+            key="approximate-calibrated",
+            method=f"{row_label}, calibration left out",
+            images=row.images,
+            seconds=row.seconds - sum(calibration),
+            ratio=row.ratio * row.seconds / (row.seconds - sum(calibration)),
+            note=row.note,
+        )
+    if case.smoke:
+        assert fidelity is not None and fidelity.tau == 0.99
+        dense = workload.sweep("dense")
+        torch.testing.assert_close(swept.occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_captum_occlusion(benchmark: object, harness: Harness, case: Case) -> None:
+    """captum's Occlusion for one class (it gives one target per call; a sweep records all
+    K outputs), batched at the forward limit's batch size."""
+    workload = windows_workload(case, harness.device)
+    window, stride, _ = _geometry(case)
+    channels = case.shape[0]
+    model, images = workload.model, workload.images
+    batch = harness.limit(case).batch_size
+
+    def forward(x: Tensor) -> Tensor:
+        return torch.softmax(model(x), dim=1)
+
+    def call() -> Tensor:
+        with torch.inference_mode():
+            return Occlusion(forward).attribute(
+                images,
+                sliding_window_shapes=(channels, window, window),
+                strides=(channels, stride, stride),
+                baselines=FILLS[0],
+                target=0,
+                perturbations_per_eval=batch,
+            )
+
+    result: list[Tensor] = []
+    attribution = _run(harness, benchmark, case, workload, "captum",
+                       f"captum Occlusion, 1 class, perturbations_per_eval={batch}",
+                       call, result)  # fmt: skip
+    if case.smoke:
+        heat = workload.sweep("dense").heatmap(0, fill=FILLS[0])
+        expected = heat[:, None].expand_as(attribution)
+        torch.testing.assert_close(attribution.cpu(), expected, rtol=0, atol=1e-5)

@@ -1,0 +1,159 @@
+"""The sweep's engine run on a subset of its regions, exactly or with a projective-field cap.
+
+Drill-down sweeps (`occlusion_probe.Refine`) compute a coarse subset of the windows for all
+images and then a different subset per image; approximate sweeps
+(`occlusion_probe.Approximate`) run the incremental engine on plans whose boxes are capped.
+`RegionRunner` serves both: it keeps the prepared incremental engine's graph (read once per
+sweep) and plans each region at most once per threshold, and builds engines for subsets from
+those plans (planning is cheap next to reading the graph); with the dense engine it runs the
+subset's masks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..batching import BatchPlan
+from ..model import CheckedForward
+from .boxes import Box
+from .dense import run_dense
+from .incremental import IncrementalEngine
+from .plan import RegionPlan, dense_traffic, plan_region
+
+__all__ = ["RegionRunner"]
+
+# Engines kept for subsets seen before (the coarse subset is run for every chunk).
+_KEPT_ENGINES = 4
+
+
+class RegionRunner:
+    """Runs the sweep's engine on region subsets.
+
+    Parameters
+    ----------
+    incremental : IncrementalEngine or None
+        The engine prepared for all R regions, or None for the dense engine.
+    masks : Tensor, shape (R, H, W), bool, on the run device
+    forward : CheckedForward
+        The sweep's model call (dense engine, and the output rule of the incremental one).
+    batches : BatchPlan
+        The dense engine's batch sizes; the incremental engine computes about four times as
+        many occluded images per call, as in `sweep`.
+    """
+
+    def __init__(
+        self,
+        incremental: IncrementalEngine | None,
+        masks: Tensor,
+        forward: CheckedForward,
+        batches: BatchPlan,
+    ) -> None:
+        self.incremental = incremental
+        self.masks = masks
+        self.forward = forward
+        self.batches = batches
+        self.channels_last: bool | None = None if incremental is None else incremental.channels_last
+        #: The projective-field threshold of the sweep's runs (None: exact); set by calibration.
+        self.threshold: float | None = None
+        self._plans: dict[float | None, dict[int, RegionPlan]] = {}
+        self._engines: dict[tuple[tuple[int, ...] | None, float | None], IncrementalEngine] = {}
+        self._dense_elements: int | None = None
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.masks.shape[0])
+
+    def _plan(self, region: int, threshold: float | None) -> RegionPlan:
+        if self.incremental is None:
+            raise RuntimeError("plans exist only for the incremental engine")
+        plans = self._plans.setdefault(threshold, {})
+        found = plans.get(region)
+        if found is None:
+            found = plan_region(self.incremental.graph, self.incremental.boxes[region], threshold)
+            plans[region] = found
+        return found
+
+    def engine(
+        self, positions: Sequence[int] | None = None, threshold: float | None = None
+    ) -> IncrementalEngine:
+        """The incremental engine for the regions at `positions` (None: all), its boxes
+        capped at `threshold` (None: exact)."""
+        base = self.incremental
+        if base is None:
+            raise RuntimeError("no incremental engine was prepared")
+        if positions is None and threshold is None:
+            return base
+        key = (None if positions is None else tuple(positions), threshold)
+        found = self._engines.get(key)
+        if found is None:
+            chosen = range(self.num_regions) if positions is None else positions
+            boxes: list[Box | None] = [base.boxes[r] for r in chosen]
+            plans = [self._plan(r, threshold) for r in chosen]
+            if self._dense_elements is None:
+                self._dense_elements = dense_traffic(base.graph)
+            found = IncrementalEngine(
+                base.graph, boxes, plans, base.dense_flops, self._dense_elements
+            )
+            if len(self._engines) >= _KEPT_ENGINES:
+                self._engines.pop(next(iter(self._engines)))
+            self._engines[key] = found
+        return found
+
+    def run(
+        self,
+        images: Tensor,
+        fill_images: Tensor,
+        positions: Sequence[int] | None = None,
+        threshold: float | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[Tensor | None, Tensor]:
+        """Outputs on the images occluded by the regions at `positions` (None: all).
+
+        images : (n, C, H, W); fill_images : (V, n or 1, C or 1, H or 1, W or 1)
+        returns : the unoccluded outputs (n, K) the incremental engine computed (None for the
+            dense engine) and the occluded outputs (n, P, V, K), P = len(positions) or R
+        """
+        masks = self.masks if positions is None else self.masks[list(positions)]
+        if self.incremental is None:
+            if threshold is not None:
+                raise RuntimeError("a projective-field threshold needs the incremental engine")
+            occluded = run_dense(
+                functools.partial(self.forward, scratch=True),
+                images,
+                fill_images,
+                masks,
+                self.batches,
+                self.forward.num_classes or 0,
+                on_progress,
+            )
+            return None, occluded
+        engine = self.engine(positions, threshold)
+        clean, occluded = engine.run(
+            images,
+            fill_images,
+            masks,
+            max(self.batches.current.size * 4, 24),
+            self.forward.finish,
+            on_progress,
+            channels_last=self.channels_last,
+        )
+        if self.channels_last is None:
+            # The first engine timed both layouts; every later one uses its choice.
+            self.channels_last = engine.channels_last
+        return clean, occluded
+
+    @staticmethod
+    def images_of(fill_images: Tensor, start: int, stop: int) -> Tensor:
+        """`fill_images` (V, n or 1, ...) for images [start, stop) of the chunk."""
+        if fill_images.shape[1] == 1:
+            return fill_images
+        return fill_images[:, start:stop]
+
+
+def empty_outputs(n: int, r: int, v: int, k: int, like: Tensor) -> Tensor:
+    """An (n, R, V, K) tensor to be filled, in the dtype and on the device of `like`."""
+    return torch.empty((n, r, v, k), dtype=like.dtype, device=like.device)

@@ -1,0 +1,221 @@
+"""How close an approximate sweep is to the exact one: `Fidelity`, `ssim`, `measure_fidelity`.
+
+The measures, on the calibration images of an approximate sweep (`occlusion_probe.Approximate`):
+
+- ``ssim``: mean SSIM (`ssim`) between approximate and exact per-pixel heat maps
+  (`SweepResult.heatmap`) of each image's predicted class, one pair per image and fill;
+- ``spearman``: mean Spearman rank correlation between the approximate and exact output
+  drops of that class over the regions (how well the ranking of regions is kept);
+- ``max_abs_error``: the largest absolute difference of any recorded output (every class).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats as scipy_stats
+from torch import Tensor
+
+from .errors import InputTypeError, InputValueError, describe
+from .regions import Regions
+
+__all__ = ["Fidelity", "measure_fidelity", "ssim"]
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How close an approximate sweep came to the exact one, measured on calibration images.
+
+    Attributes
+    ----------
+    ssim : float
+        Mean SSIM of the per-pixel heat maps (predicted class, each fill) against exact.
+    spearman : float
+        Mean Spearman correlation of the regions' output drops (predicted class, each fill)
+        against exact; NaN when the drops are constant.
+    max_abs_error : float
+        Largest absolute difference of any recorded output against exact.
+    tau : float
+        The projective-field threshold used: a changed box is capped at this fraction of each
+        map's height and width.
+    calibration_images : int
+        On how many images (the sweep's first) the numbers were measured.
+    target : float
+        The SSIM target the threshold was chosen for.
+    """
+
+    ssim: float
+    spearman: float
+    max_abs_error: float
+    tau: float
+    calibration_images: int
+    target: float
+
+    def as_array(self) -> np.ndarray:
+        """The six numbers in field order, float64 (how result files store them)."""
+        return np.array(
+            [
+                self.ssim,
+                self.spearman,
+                self.max_abs_error,
+                self.tau,
+                self.calibration_images,
+                self.target,
+            ],
+            dtype=np.float64,
+        )
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> Fidelity:
+        """The inverse of `as_array`."""
+        ssim_value, spearman, error, tau, count, target = (float(v) for v in values)
+        return cls(ssim_value, spearman, error, tau, int(count), target)
+
+    def describe(self) -> str:
+        """One clause for ``engine_note``."""
+        return (
+            f"APPROXIMATE: projective-field threshold tau={self.tau:g} chosen for SSIM >= "
+            f"{self.target:g} on {self.calibration_images} calibration image(s), which measured "
+            f"heat-map SSIM {self.ssim:.4f}, region-ranking Spearman {self.spearman:.4f}, max "
+            f"abs output error {self.max_abs_error:.3g} against exact (result.fidelity)"
+        )
+
+
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    weights = torch.exp(-(coords**2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    return weights[:, None] * weights[None, :]
+
+
+def ssim(
+    image: Tensor,
+    reference: Tensor,
+    *,
+    data_range: float | None = None,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> Tensor:
+    """Structural similarity (Wang et al. 2004) of maps against reference maps.
+
+    Gaussian-weighted local statistics (an 11x11 window of sigma 1.5 by default) over the
+    positions where the whole window fits (no padding), ``K1 = 0.01``, ``K2 = 0.03``,
+    population (not sample) covariances; the mean of the SSIM map is returned per pair. This
+    is ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=...)`` up to skimage's border crop. Maps smaller
+    than the window use a window of their smaller side (odd).
+
+    Parameters
+    ----------
+    image, reference : Tensor, shape (..., H, W)
+        The maps to compare, same shape.
+    data_range : float, optional
+        L of the constants ``C1 = (K1 L)^2``, ``C2 = (K2 L)^2``. Default: per pair, the
+        reference's max minus min (1 when the reference is constant).
+    window, sigma : int, float
+        Side of the Gaussian window and its standard deviation.
+
+    Returns
+    -------
+    Tensor, shape (...), float64
+
+    Examples
+    --------
+    >>> a = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    >>> float(ssim(a, a))
+    1.0
+    """
+    if not isinstance(image, Tensor) or not isinstance(reference, Tensor):
+        raise InputTypeError(
+            f"image, reference: expected Tensors, got {describe(image)} and {describe(reference)}"
+        )
+    if image.shape != reference.shape or image.dim() < 2:
+        raise InputValueError(
+            "image, reference: expected equal shapes (..., H, W), got "
+            f"{tuple(image.shape)} and {tuple(reference.shape)}"
+        )
+    lead = image.shape[:-2]
+    height, width = image.shape[-2:]
+    x = image.reshape(-1, 1, height, width).to(torch.float64)
+    y = reference.reshape(-1, 1, height, width).to(torch.float64)
+    side = min(window, height, width)
+    side -= 1 - side % 2
+    kernel = _gaussian_window(side, sigma, torch.float64)[None, None]
+    if data_range is None:
+        flat = y.flatten(1)
+        span = flat.amax(dim=1) - flat.amin(dim=1)
+        span = torch.where(span > 0, span, torch.ones_like(span))
+    else:
+        span = torch.full((x.shape[0],), float(data_range), dtype=torch.float64)
+    c1 = ((0.01 * span) ** 2)[:, None, None, None]
+    c2 = ((0.03 * span) ** 2)[:, None, None, None]
+
+    def local(value: Tensor) -> Tensor:
+        return F.conv2d(value, kernel)
+
+    mu_x, mu_y = local(x), local(y)
+    var_x = local(x * x) - mu_x**2
+    var_y = local(y * y) - mu_y**2
+    cov = local(x * y) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    denominator = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (numerator / denominator).flatten(1).mean(dim=1).reshape(lead)
+
+
+def measure_fidelity(
+    regions: Regions,
+    exact_baseline: Tensor,
+    exact: Tensor,
+    approximate: Tensor,
+    tau: float,
+    target: float,
+) -> Fidelity:
+    """Compare approximate occluded outputs with exact ones (see the module docstring).
+
+    Parameters
+    ----------
+    regions : Regions
+        The R regions of the sweep.
+    exact_baseline : Tensor, shape (n, K)
+        Unoccluded outputs; their argmax is the class whose heat maps are compared.
+    exact, approximate : Tensor, shape (n, R, V, K)
+        Occluded outputs, exact and approximate.
+    tau : float
+        The threshold that produced `approximate`.
+    target : float
+        The SSIM target.
+
+    Returns
+    -------
+    Fidelity
+    """
+    n, r, v, _ = exact.shape
+    predicted = exact_baseline.argmax(dim=1)
+    index = predicted[:, None, None, None].expand(n, r, v, 1)
+    base = exact_baseline.gather(1, predicted[:, None]).to(torch.float64)  # (n, 1)
+    drops_exact = base[:, None] - exact.gather(3, index)[..., 0].to(torch.float64).transpose(1, 2)
+    drops_approx = base[:, None] - approximate.gather(3, index)[..., 0].to(torch.float64).transpose(
+        1, 2
+    )  # (n, V, R)
+    heat_exact = regions.pixel_mean(drops_exact)
+    heat_approx = regions.pixel_mean(drops_approx)
+    similarity = float(ssim(heat_approx, heat_exact).mean())
+    correlations = []
+    for a, b in zip(drops_approx.reshape(-1, r), drops_exact.reshape(-1, r), strict=True):
+        if r < 2:
+            continue
+        if bool((a == a[0]).all()) or bool((b == b[0]).all()):
+            correlations.append(1.0 if torch.equal(a, b) else math.nan)
+            continue
+        correlations.append(float(scipy_stats.spearmanr(a.numpy(), b.numpy()).statistic))
+    spearman = float(np.mean(correlations)) if correlations else math.nan
+    error = (
+        float((approximate.to(torch.float64) - exact.to(torch.float64)).abs().max())
+        if exact.numel()
+        else 0.0
+    )
+    return Fidelity(similarity, spearman, error, float(tau), n, float(target))

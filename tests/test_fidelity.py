@@ -1,0 +1,92 @@
+"""SSIM, Spearman and max-error fidelity of approximate outputs against exact ones."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+import occlusion_probe as op
+from occlusion_probe import InputTypeError, InputValueError
+from occlusion_probe.fidelity import measure_fidelity, ssim
+
+
+def _hand_ssim(x: np.ndarray, y: np.ndarray, side: int = 11, sigma: float = 1.5) -> float:
+    """Wang et al. 2004 written out: Gaussian-weighted statistics window by window."""
+    coords = np.arange(side) - (side - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    weights = np.outer(g, g) / np.outer(g, g).sum()
+    span = y.max() - y.min()
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    values = []
+    for i in range(x.shape[0] - side + 1):
+        for j in range(x.shape[1] - side + 1):
+            a, b = x[i : i + side, j : j + side], y[i : i + side, j : j + side]
+            mu_a, mu_b = (weights * a).sum(), (weights * b).sum()
+            var_a = (weights * (a - mu_a) ** 2).sum()
+            var_b = (weights * (b - mu_b) ** 2).sum()
+            cov = (weights * (a - mu_a) * (b - mu_b)).sum()
+            values.append(
+                (2 * mu_a * mu_b + c1)
+                * (2 * cov + c2)
+                / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+            )
+    return float(np.mean(values))
+
+
+def test_ssim_matches_a_hand_computation() -> None:
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.rand(20, 17, generator=generator, dtype=torch.float64)
+    noisy = reference + 0.2 * torch.randn(20, 17, generator=generator, dtype=torch.float64)
+    expected = _hand_ssim(noisy.numpy(), reference.numpy())
+    assert float(ssim(noisy, reference)) == pytest.approx(expected, rel=1e-10)
+    assert 0.0 < expected < 0.9
+    assert float(ssim(reference, reference)) == pytest.approx(1.0)
+    # Batched over leading dims, one value per pair.
+    both = ssim(torch.stack([noisy, reference]), torch.stack([reference, reference]))
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(1.0)
+
+
+def test_ssim_small_maps_constant_reference_and_errors() -> None:
+    small = torch.rand(6, 9, generator=torch.Generator().manual_seed(1))
+    assert float(ssim(small, small)) == pytest.approx(1.0)  # window shrinks to 5 x 5
+    constant = torch.zeros(12, 12)
+    assert float(ssim(constant, constant)) == pytest.approx(1.0)  # data range 1, not 0
+    assert float(ssim(constant + 0.5, constant)) < 1.0
+    assert float(ssim(small * 2, small, data_range=1.0)) < 1.0
+    with pytest.raises(InputValueError, match="image, reference: expected equal shapes"):
+        ssim(torch.zeros(4, 4), torch.zeros(4, 5))
+    with pytest.raises(InputTypeError, match="image, reference: expected Tensors"):
+        ssim(np.zeros((4, 4)), torch.zeros(4, 4))  # type: ignore[arg-type]
+
+
+def test_measure_fidelity() -> None:
+    regions = op.sliding_windows(12, 12, window=4, stride=2)  # 25 windows
+    generator = torch.Generator().manual_seed(2)
+    baseline = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]])
+    exact = torch.rand(2, 25, 2, 3, generator=generator)
+    same = measure_fidelity(regions, baseline, exact, exact.clone(), 0.5, 0.9)
+    assert (same.ssim, same.max_abs_error, same.tau, same.calibration_images) == (1.0, 0.0, 0.5, 2)
+    assert same.spearman == pytest.approx(1.0)
+    noisy = exact + 0.05 * torch.randn(exact.shape, generator=generator)
+    found = measure_fidelity(regions, baseline, exact, noisy, 0.3, 0.9)
+    assert found.max_abs_error == pytest.approx(float((noisy - exact).abs().max()))
+    # Spearman over the regions' drops of the predicted class (0, then 1), per image and fill.
+    rhos = [
+        scipy_stats.spearmanr(
+            (baseline[n, c] - noisy[n, :, v, c]).numpy(),
+            (baseline[n, c] - exact[n, :, v, c]).numpy(),
+        ).statistic
+        for n, c in ((0, 0), (1, 1))
+        for v in range(2)
+    ]
+    assert found.spearman == pytest.approx(float(np.mean(rhos)))
+    heat = regions.pixel_mean((baseline[0, 0] - exact[0, :, 1, 0]).double())
+    heat_noisy = regions.pixel_mean((baseline[0, 0] - noisy[0, :, 1, 0]).double())
+    assert found.ssim < 1.0 and float(ssim(heat_noisy, heat)) < 1.0
+    constant = torch.zeros(2, 25, 2, 3)
+    flat = measure_fidelity(regions, baseline, constant, constant + 0.1, 0.3, 0.9)
+    assert math.isnan(flat.spearman)  # equal drops everywhere: no ranking to compare

@@ -1,0 +1,195 @@
+"""Drill-down sweeps (refine=Refine(...)): coarse windows first, the fine stride near hot ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference_models import small_cnn
+
+import occlusion_probe as op
+from occlusion_probe import InputTypeError, InputValueError, Refine
+from occlusion_probe.refine import RefinePlan
+
+FILLS = (0.0, 0.5)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return small_cnn(in_channels=3, classes=4, size=16).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def windows() -> op.Regions:
+    return op.sliding_windows(16, 16, window=4, stride=2)  # 7 x 7 positions
+
+
+@pytest.fixture(scope="module")
+def exact(model: torch.nn.Module, images: torch.Tensor, windows: op.Regions) -> op.SweepResult:
+    return op.sweep(model, images, windows, FILLS, engine="dense", progress=False)
+
+
+def test_plan_cells_partition_the_windows(windows: op.Regions) -> None:
+    plan = RefinePlan(windows, Refine(coarse_stride=6, top=0.5))
+    # Fine starts 0, 2, ..., 12 (7 per axis); coarse starts 0, 6, 12 (every third).
+    assert plan.factors == (3, 3)
+    assert plan.coarse == [r * 7 + c for r in (0, 3, 6) for c in (0, 3, 6)]
+    cells = plan.cell.reshape(7, 7)
+    # Along an axis: fine index 0, 1 -> coarse 0; 2, 3, 4 -> coarse 1 (3); 5, 6 -> coarse 2 (6).
+    nearest = [0, 0, 1, 1, 1, 2, 2]
+    assert cells.tolist() == [[3 * nearest[i] + nearest[j] for j in range(7)] for i in range(7)]
+    assert all(int(plan.cell[p]) == k for k, p in enumerate(plan.coarse))
+    assert plan.refined_count == math.ceil(0.5 * 9)
+
+
+@pytest.mark.parametrize("engine", ["dense", "incremental"])
+def test_top_one_equals_the_exact_fine_sweep(
+    engine: str,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    windows: op.Regions,
+    exact: op.SweepResult,
+) -> None:
+    result = op.sweep(
+        model, images, windows, FILLS, engine=engine, progress=False,
+        refine=Refine(coarse_stride=6, top=1.0),
+    )  # fmt: skip
+    assert result.computed is not None and bool(result.computed.all())
+    torch.testing.assert_close(result.occluded, exact.occluded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.baseline, exact.baseline)
+    assert result.engine == engine
+    assert result.engine_note.startswith("DRILL-DOWN")
+
+
+@pytest.mark.parametrize("engine", ["dense", "incremental"])
+def test_computed_positions_are_exact_and_the_rest_filled_from_cells(
+    engine: str,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    windows: op.Regions,
+    exact: op.SweepResult,
+) -> None:
+    refine = Refine(coarse_stride=6, top=0.25)
+    result = op.sweep(model, images, windows, FILLS, engine=engine, progress=False, refine=refine)
+    plan = RefinePlan(windows, refine)
+    computed = result.computed
+    assert computed is not None and computed.shape == (3, 49) and computed.dtype == torch.bool
+    assert bool(computed[:, plan.coarse].all())
+    assert not bool(computed.all())
+    # Computed windows hold the exact outputs; the others their cell's coarse window's.
+    difference = (result.occluded - exact.occluded).abs().amax(dim=(2, 3))
+    assert float(difference[computed].max()) <= 1e-5
+    coarse_of = torch.tensor(plan.coarse)[plan.cell]
+    filled = exact.occluded[:, coarse_of]
+    torch.testing.assert_close(result.occluded[~computed], filled[~computed], rtol=0, atol=1e-5)
+    # Per image: the refined cells are those of the top ceil(0.25 * 9) = 3 coarse windows.
+    predicted = exact.baseline.argmax(1)
+    for n in range(3):
+        c = int(predicted[n])
+        drops = exact.baseline[n, c] - exact.occluded[n, plan.coarse, :, c].mean(dim=1)
+        top = set(torch.topk(drops, 3).indices.tolist())
+        in_top_cells = torch.isin(plan.cell, torch.tensor(sorted(top)))
+        on_coarse = torch.zeros(49, dtype=torch.bool)
+        on_coarse[plan.coarse] = True
+        assert torch.equal(computed[n], in_top_cells | on_coarse)
+    # The heat map of a drill-down is defined everywhere the windows cover.
+    assert result.heatmap(0, fill=0.0).shape == (3, 16, 16)
+
+
+def test_class_and_streams(
+    model: torch.nn.Module, images: torch.Tensor, windows: op.Regions
+) -> None:
+    batches = [(images[:2], torch.tensor([0, 1])), (images[2:], torch.tensor([2]))]
+    streamed = op.sweep(
+        model, batches, windows, FILLS, engine="dense", progress=False,
+        refine=Refine(coarse_stride=(6, 12), top=0.2, cls=2),
+    )  # fmt: skip
+    whole = op.sweep(
+        model, images, windows, FILLS, labels=[0, 1, 2], engine="dense", progress=False,
+        refine=Refine(coarse_stride=(6, 12), top=0.2, cls=2),
+    )  # fmt: skip
+    assert streamed.computed is not None and whole.computed is not None
+    assert torch.equal(streamed.computed, whole.computed)
+    torch.testing.assert_close(streamed.occluded, whole.occluded)
+
+
+def test_save_load_and_concatenate_keep_computed(
+    tmp_path: object, model: torch.nn.Module, images: torch.Tensor, windows: op.Regions
+) -> None:
+    from pathlib import Path
+
+    result = op.sweep(
+        model, images, windows, FILLS, engine="dense", progress=False,
+        refine=Refine(coarse_stride=6, top=0.3),
+    )  # fmt: skip
+    path = result.save(Path(str(tmp_path)) / "drill.npz")
+    loaded = op.SweepResult.load(path)
+    assert loaded.computed is not None and result.computed is not None
+    assert torch.equal(loaded.computed, result.computed)
+    assert loaded.engine_note == result.engine_note
+    exact = op.sweep(model, images[:1], windows, FILLS, engine="dense", progress=False)
+    joined = op.SweepResult.concatenate([result, exact])
+    assert joined.computed is not None
+    assert torch.equal(joined.computed[:3], result.computed) and bool(joined.computed[3].all())
+
+
+def test_refine_errors(model: torch.nn.Module, images: torch.Tensor, windows: op.Regions) -> None:
+    with pytest.raises(InputValueError, match="refine: expected regions made by sliding_windows"):
+        op.sweep(model, images, op.Regions.from_label_map(torch.arange(256).reshape(16, 16) % 3),
+                 refine=Refine(coarse_stride=4), progress=False)  # fmt: skip
+    with pytest.raises(
+        InputValueError, match=r"must be a multiple of the windows' stride \(2, 2\)"
+    ):
+        op.sweep(model, images, windows, refine=Refine(coarse_stride=5), progress=False)
+    with pytest.raises(
+        InputTypeError, match=r"refine: expected None or an occlusion_probe\.Refine"
+    ):
+        op.sweep(model, images, windows, refine=4, progress=False)  # type: ignore[call-overload]
+    with pytest.raises(InputValueError, match="refine: cannot be combined with reduce="):
+        op.sweep(model, images, windows, labels=[0, 1, 2], reduce="class_mean",  # type: ignore[call-overload]
+                 refine=Refine(coarse_stride=4), progress=False)  # fmt: skip
+    with pytest.raises(InputValueError, match="refine: cannot be combined with checkpoint="):
+        op.sweep(model, images, windows, checkpoint="x.ckpt", refine=Refine(coarse_stride=4),
+                 progress=False)  # fmt: skip
+    with pytest.raises(InputValueError, match=r"Refine.cls must be a class index in \[0, 3\]"):
+        op.sweep(model, images, windows, refine=Refine(coarse_stride=4, cls=7), progress=False)
+
+
+def test_refine_settings_validated() -> None:
+    assert Refine(coarse_stride=(4, 8)).coarse_stride == (4, 8)
+    with pytest.raises(InputValueError, match=r"Refine.top: expected a float in \(0, 1\], got 0"):
+        Refine(coarse_stride=4, top=0)
+    with pytest.raises(InputTypeError, match=r"Refine\.top: expected a float"):
+        Refine(coarse_stride=4, top="all")  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"Refine\.coarse_stride: expected a positive int"):
+        Refine(coarse_stride=0)
+    with pytest.raises(InputTypeError, match=r"Refine\.coarse_stride: expected a positive int"):
+        Refine(coarse_stride=2.5)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"Refine\.coarse_stride: expected an int or a pair"):
+        Refine(coarse_stride=(4, 4, 4))  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match=r"Refine\.cls: expected None"):
+        Refine(coarse_stride=4, cls="cat")  # type: ignore[arg-type]
+
+
+def test_refine_and_approximate_refuse_distributed_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    windows: op.Regions,
+) -> None:
+    from occlusion_probe import distributed
+
+    monkeypatch.setattr(distributed, "current_shard", lambda: object())
+    with pytest.raises(InputValueError, match=r"refine: cannot run under torch\.distributed"):
+        op.sweep(model, images, windows, refine=Refine(coarse_stride=4), progress=False)
+    with pytest.raises(InputValueError, match=r"approximate: cannot run under torch\.distributed"):
+        op.sweep(model, images, windows, approximate=0.9, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(InputValueError, match="approximate: cannot be combined with checkpoint="):
+        op.sweep(model, images, windows, approximate=0.9, checkpoint="x.ckpt", progress=False)
