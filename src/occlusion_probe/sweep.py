@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -15,17 +14,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .approximate import Approximate, calibrate, check_approximate
-from .batching import BatchConfig, BatchPlan, auto_batch_size
+from .approximate import Approximate, check_approximate
+from .batching import BatchPlan, auto_batch_size
 from .checkpoint import Checkpoint, Fingerprint
+from .chunks import ChunkEngine
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
-from .engines.dense import run_dense
 from .engines.graph import hook_reason
 from .engines.incremental import MIN_BOUND, IncrementalEngine
-from .engines.subsets import RegionRunner
 from .errors import InputTypeError, InputValueError, describe
-from .fidelity import Fidelity
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     CheckedForward,
@@ -170,34 +167,6 @@ def check_common_arguments(
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     if not isinstance(progress, bool):
         raise InputTypeError(f"progress: expected True or False, got {describe(progress)}")
-
-
-def _check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: torch.dtype) -> None:
-    """Refuse to go on when the exported graph computes something else than the model.
-
-    The incremental engine runs the graph torch.export read, not the model's own forward; on
-    the unoccluded images both are computed, and their recorded outputs must agree to the
-    rounding of `dtype` (the decomposed graph may order some sums differently).
-    """
-    got, want = graph_outputs.double(), model_outputs.double()
-    error = float((got - want).abs().max()) if got.numel() else 0.0
-    relative = max(1e-4, 2 * torch.finfo(dtype).eps)
-    scale = relative * (1.0 + float(want.abs().max())) if want.numel() else 0.0
-    if got.shape != want.shape or error > scale:
-        raise InputValueError(
-            "model: the graph torch.export read from the model computes different outputs "
-            f"than the model's own forward (max difference {error:.3g}); the model has state "
-            'that export does not see. Use engine="dense".'
-        )
-
-
-def _forward_in_batches(forward: CheckedForward, images: Tensor, config: BatchConfig) -> Tensor:
-    """Recorded outputs (n, K) of the model on `images`, `config.size` per call."""
-    parts = [
-        forward(config.prepare(images[i : i + config.size]))
-        for i in range(0, images.shape[0], config.size)
-    ]
-    return torch.cat(parts)
 
 
 @overload
@@ -426,13 +395,9 @@ def sweep(
     else:
         batches = BatchPlan.fixed(batch_size)
 
-    runner = (
-        RegionRunner(incremental, masks, forward, batches)
-        if drill is not None or approx is not None
-        else None
+    engine_run = ChunkEngine(
+        incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
     )
-    fidelity: Fidelity | None = None
-    calibrated = approx is None
     computed_parts: list[Tensor] = []
     bar = tqdm(
         # A drill-down computes an unknown share of the windows.
@@ -462,49 +427,11 @@ def sweep(
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
                 fill_images = stack_fills(fill_list, x)
-                if runner is not None and not calibrated and approx is not None:
-                    fidelity = calibrate(runner, approx, regions, x, fill_images)
-                    runner.threshold = None if fidelity is None else fidelity.tau
-                    calibrated = True
-                if runner is not None:
-                    baseline = _forward_in_batches(forward, x, batches.current)
-                    if drill is not None:
-                        clean, occluded, computed = drill.run_chunk(
-                            runner, x, fill_images, baseline, bar.update
-                        )
-                        computed_parts.append(computed)
-                    else:
-                        clean, occluded = runner.run(
-                            x, fill_images, threshold=runner.threshold, on_progress=bar.update
-                        )
-                    if clean is not None:
-                        _check_same_as_model(clean, baseline, dtype)
-                elif incremental is not None:
-                    clean, occluded = incremental.run(
-                        x,
-                        fill_images,
-                        masks,
-                        max(batches.current.size * 4, 24),
-                        forward.finish,
-                        bar.update,
-                    )
-                    baseline = _forward_in_batches(forward, x, batches.current)
-                    _check_same_as_model(clean, baseline, dtype)
-                else:
-                    # The occluded batches are scratch buffers rewritten for every block.
-                    occluded = run_dense(
-                        functools.partial(forward, scratch=True),
-                        x,
-                        fill_images,
-                        masks,
-                        batches,
-                        forward.num_classes or 0,
-                        bar.update,
-                    )
-                    # After the occluded blocks, so that it runs in the config they ended on.
-                    baseline = _forward_in_batches(forward, x, batches.current)
+                outputs = engine_run.run(x, fill_images, bar.update)
+                if outputs.computed is not None:
+                    computed_parts.append(outputs.computed)
+                baseline, occluded = outputs.baseline.cpu(), outputs.occluded.cpu()
                 num_classes = int(baseline.shape[1])
-                baseline, occluded = baseline.cpu(), occluded.cpu()
                 check_finite_outputs(baseline, first_image, "the unoccluded copies")
                 check_finite_outputs(occluded, first_image, "occluded copies")
                 if chunk.labels is not None:
@@ -525,34 +452,20 @@ def sweep(
         bar.close()
         if store is not None:
             store.close()
-    if approx is not None:
-        engine_note = (
-            f"{fidelity.describe()}; FLOP bound of the capped plan "
-            f"{runner.engine(None, fidelity.tau).flop_bound:.2f}x over dense"
-            if fidelity is not None and runner is not None
-            else f"approximate requested, but no threshold reached SSIM {approx.ssim:g} on the "
-            "calibration images: EXACT outputs"
-        ) + f"; {engine_note}"
-    if drill is not None:
-        engine_note = f"{drill.note}; {engine_note}"
-    layout_note = (
-        batches.note
-        if incremental is None
-        else (incremental.layout_note if runner is None else f"maps {_layout(runner)}")
-    )
     meta = SweepMeta(
         regions=regions,
         fill_labels=tuple(f.label for f in fill_list),
         class_names=names,
         image_shape=tuple(image_shape) if not source.single_channel else (h, w),
         output=out_name,
-        engine="dense" if incremental is None else "incremental",
-        engine_note=f"{engine_note}; {layout_note}",
+        engine=engine_run.name,
+        engine_note=engine_run.note,
     )
     if shard is not None:
         merged = distributed.gather_collector(collector, shard)
         return merged.result(meta)
     result = collector.result(meta)
+    fidelity = engine_run.fidelity
     if isinstance(result, SweepResult) and (drill is not None or fidelity is not None):
         computed_all = None
         if drill is not None:
@@ -561,12 +474,6 @@ def sweep(
             )
         result = dataclasses.replace(result, computed=computed_all, fidelity=fidelity)
     return result
-
-
-def _layout(runner: RegionRunner) -> str:
-    if runner.channels_last is None:
-        return "in the images' layout"
-    return "channels-last" if runner.channels_last else "contiguous (NCHW)"
 
 
 def _check_refine_approximate(

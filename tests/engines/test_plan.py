@@ -3,6 +3,8 @@ planning with Krypton's projective-field threshold (approximate mode)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from reference_models import DenseNet, MobileNetV2
@@ -11,7 +13,14 @@ from torch import nn
 import occlusion_probe as op
 from occlusion_probe.engines.graph import read_graph
 from occlusion_probe.engines.incremental import MIN_BOUND, IncrementalEngine
-from occlusion_probe.engines.plan import FULL, cap_box, dense_traffic, op_name, plan_region
+from occlusion_probe.engines.plan import (
+    FULL,
+    cap_box,
+    dense_traffic,
+    op_name,
+    peak_elements,
+    plan_region,
+)
 from occlusion_probe.sweep import choose_engine
 
 
@@ -115,3 +124,37 @@ def test_plan_region_caps_every_node_but_the_input() -> None:
     assert capped.flops < exact.flops
     assert any(state == FULL for state in capped.states.values())  # the flatten
     assert plan_region(graph, box, threshold=0.9).states == exact.states
+
+
+def test_peak_elements_is_the_largest_patch_or_window() -> None:
+    engine = _chain_engine()
+    (group,) = engine.groups
+    # The conv reads a 5x5 window of 3 channels (75) and writes a 3x3 box of 4 (36).
+    assert peak_elements(engine.graph, group) == 3 * 25
+
+
+def test_calls_of_many_regions_stay_under_the_byte_cap() -> None:
+    # A 64x64 window grows to 66x66 at the 64-channel conv: 64 * 66 * 66 * 4 bytes per
+    # occluded image; 32 MiB hold 30 of them, fewer than the 4 x 64 a call would get.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    regions = op.sliding_windows(128, 128, window=64, stride=16)
+    engine = IncrementalEngine.prepare(
+        model, (3, 128, 128), regions.masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(engine, IncrementalEngine)
+    assert max(peak_elements(engine.graph, group) for group in engine.groups) == 64 * 66 * 66
+    most = (32 * 2**20) // (4 * 64 * 66 * 66)
+    result = op.sweep(
+        model,
+        torch.rand(1, 3, 128, 128),
+        regions,
+        [0.0],
+        engine="incremental",
+        batch_size=64,
+        progress=False,
+    )
+    chosen = re.search(r"batches of (\d+) regions", result.engine_note)
+    assert chosen is not None and int(chosen.group(1)) == most == 30

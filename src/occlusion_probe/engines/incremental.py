@@ -43,6 +43,7 @@ from .plan import (
     group_part,
     node_flops,
     op_name,
+    peak_elements,
     plan_groups,
     plan_region,
 )
@@ -276,7 +277,9 @@ class IncrementalEngine:
                 if on_progress is not None and self.empty_regions:
                     on_progress(m * v * len(self.empty_regions))
                 for whole_group in self.groups:
-                    pieces = self._pieces(whole_group, items_per_call, m * v)
+                    pieces = self._pieces(
+                        whole_group, items_per_call, m * v, self._most_members(whole_group, images)
+                    )
                     first = 0
                     for config in pieces.blocks(len(whole_group.members)):
                         began = clock(images.device)
@@ -323,16 +326,27 @@ class IncrementalEngine:
                 self.channels_last = self.layout_seconds[True] < self.layout_seconds[False]
         return self.channels_last
 
-    def _pieces(self, group: GroupPlan, items_per_call: int, per_member: int) -> BatchPlan:
+    def _most_members(self, group: GroupPlan, images: Tensor) -> int:
+        """The most members of `group` per call on `images`' device (see _CALL_BYTES)."""
+        if images.device.type != "cpu":
+            return len(group.members)
+        per_member = images.shape[0] * images.element_size() * peak_elements(self.graph, group)
+        return max(1, _CALL_BYTES // max(1, per_member))
+
+    def _pieces(
+        self, group: GroupPlan, items_per_call: int, per_member: int, most: int
+    ) -> BatchPlan:
         """How many members of `group` run per call (each member is `per_member` occluded
-        images). On the first call, the largest group times member counts of about a half,
-        one, two and four times `items_per_call` images (batching.py: a warm-up, a timed
-        round and a second for the close ones; when the trial fits in two thirds of its
-        members); every group then uses the fastest."""
+        images; at most `most`). On the first call, the largest group times member counts
+        of about a half, one, two and four times `items_per_call` images (batching.py: a
+        warm-up, a timed round and a second for the close ones; when the trial fits in two
+        thirds of its members); every group then uses the fastest."""
         if self._piece_plan is None:
             largest = max(self.groups, key=lambda g: len(g.members))
-            counts = sorted({max(1, items_per_call * f // 2 // per_member) for f in (1, 2, 4, 8)})
-            start = BatchConfig(max(1, items_per_call // per_member))
+            counts = sorted(
+                {min(most, max(1, items_per_call * f // 2 // per_member)) for f in (1, 2, 4, 8)}
+            )
+            start = BatchConfig(min(most, max(1, items_per_call // per_member)))
             timed = len(counts) > 1 and 3 * sum(counts) <= 2 * len(largest.members)
             trial = [BatchConfig(c) for c in counts] if timed else []
             self._piece_plan = BatchPlan(
@@ -342,7 +356,9 @@ class IncrementalEngine:
         plan = self._piece_plan
         if group is self._piece_group and plan.trial and per_member == self._piece_unit:
             return plan
-        return BatchPlan.fixed(max(1, plan.current.size * self._piece_unit // per_member))
+        return BatchPlan.fixed(
+            min(most, max(1, plan.current.size * self._piece_unit // per_member))
+        )
 
     @property
     def layout_note(self) -> str:
@@ -657,6 +673,13 @@ def _sole_reader(source: Node, node: Node) -> bool:
         return len(source.args[0].users) == 1
     return True
 
+
+#: The most bytes one patch or window of a call may hold on the CPU. glibc serves larger
+#: allocations with fresh mmap'd pages every time (its dynamic mmap threshold stops at
+#: 32 MiB), and first-touching them made such calls erratic: MobileNetV2 at 224x224 ran
+#: 3.4-3.5 ms per occluded image at 64 per call (36 MB windows) in six repeats, and
+#: 3.8-19.3 ms at 128 per call (72 MB).
+_CALL_BYTES = 32 * 2**20
 
 #: Gathers and scatters of windows at many offsets: on the CPU a strided copy per window is
 #: several times faster than one advanced-indexing op; on accelerators one indexed op avoids

@@ -45,6 +45,7 @@ __all__ = [
     "local_geometry",
     "node_flops",
     "op_name",
+    "peak_elements",
     "plan_groups",
     "plan_region",
     "read_window",
@@ -904,3 +905,20 @@ def _local_traffic(
         return 3 * _elements(source, info) + written
     read = _per_position(source, info) * _area(window)
     return read + written + _gathered(source, info, states, window)
+
+
+def peak_elements(graph: ModelGraph, group: GroupPlan) -> int:
+    """The most elements per occluded image that one patch or input window of `group`
+    holds (what bounds the memory of a call of many members)."""
+    info = graph.info
+    peak = 0
+    for node, state in group.states.items():
+        box = _patch_box(state)
+        if box is None:
+            continue
+        peak = max(peak, _per_position(node, info) * _area(box))
+        windows = group.windows.get(node)
+        source = node.args[0] if node.args else None
+        if windows and windows[0] and isinstance(source, Node):
+            peak = max(peak, _per_position(source, info) * _area(windows[0][0]))
+    return peak

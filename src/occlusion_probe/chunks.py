@@ -1,0 +1,196 @@
+"""What one chunk of a sweep computes: the engine object `sweep` loops over.
+
+`ChunkEngine` is made once per sweep from what `sweep` chose (the dense or the prepared
+incremental engine, the batch plan, a drill-down, an approximation) and run once per chunk of
+images. Each run returns the chunk's unoccluded and occluded outputs, and for a drill-down
+which windows were computed, and reports progress in occluded images; `note` says what ran.
+`sweep` itself stays the loop chunk -> engine -> collector -> checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .approximate import Approximate, calibrate
+from .batching import BatchConfig, BatchPlan
+from .engines.incremental import IncrementalEngine
+from .engines.subsets import RegionRunner
+from .errors import InputValueError
+from .fidelity import Fidelity
+from .model import CheckedForward
+from .refine import RefinePlan
+from .regions import Regions
+
+__all__ = ["ChunkEngine", "ChunkOutputs", "check_same_as_model", "forward_in_batches"]
+
+
+@dataclass(frozen=True)
+class ChunkOutputs:
+    """The outputs of one chunk of n images.
+
+    baseline : Tensor, shape (n, K), the model's recorded outputs on the unoccluded images
+    occluded : Tensor, shape (n, R, V, K), on every occluded image
+    computed : Tensor, shape (n, R), bool, on the CPU: which windows a drill-down computed
+        (the others hold their coarse cell's outputs); None when every one was computed
+    """
+
+    baseline: Tensor
+    occluded: Tensor
+    computed: Tensor | None
+
+
+def forward_in_batches(forward: CheckedForward, images: Tensor, config: BatchConfig) -> Tensor:
+    """Recorded outputs (n, K) of the model on `images`, `config.size` per call."""
+    parts = [
+        forward(config.prepare(images[i : i + config.size]))
+        for i in range(0, images.shape[0], config.size)
+    ]
+    return torch.cat(parts)
+
+
+def check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: torch.dtype) -> None:
+    """Refuse to go on when the exported graph computes something else than the model.
+
+    The incremental engine runs the graph torch.export read, not the model's own forward; on
+    the unoccluded images both are computed, and their recorded outputs must agree to the
+    rounding of `dtype` (the decomposed graph may order some sums differently).
+    """
+    got, want = graph_outputs.double(), model_outputs.double()
+    error = float((got - want).abs().max()) if got.numel() else 0.0
+    relative = max(1e-4, 2 * torch.finfo(dtype).eps)
+    scale = relative * (1.0 + float(want.abs().max())) if want.numel() else 0.0
+    if got.shape != want.shape or error > scale:
+        raise InputValueError(
+            "model: the graph torch.export read from the model computes different outputs "
+            f"than the model's own forward (max difference {error:.3g}); the model has state "
+            'that export does not see. Use engine="dense".'
+        )
+
+
+class ChunkEngine:
+    """The sweep's engine, prepared once and run per chunk.
+
+    Parameters
+    ----------
+    incremental : IncrementalEngine or None
+        The prepared incremental engine, or None for the dense engine.
+    choice : str
+        `choose_engine`'s sentence on why this engine runs.
+    masks : Tensor, shape (R, H, W), bool, on the run device
+    forward : CheckedForward
+        The sweep's model call (dense blocks, unoccluded outputs, the output rule).
+    batches : BatchPlan
+        The dense engine's batches (the incremental engine computes about four times as many
+        occluded images per call).
+    dtype : torch.dtype
+        The floating dtype the model gets its images in.
+    regions : Regions
+        The sweep's regions (an approximation measures its fidelity on them).
+    drill : RefinePlan, optional
+        Coarse windows first, then the fine ones around each image's top coarse windows.
+    approximate : Approximate, optional
+        Cap the changed boxes at a threshold chosen on the first chunk's first images.
+    """
+
+    def __init__(
+        self,
+        incremental: IncrementalEngine | None,
+        choice: str,
+        masks: Tensor,
+        forward: CheckedForward,
+        batches: BatchPlan,
+        dtype: torch.dtype,
+        regions: Regions,
+        drill: RefinePlan | None = None,
+        approximate: Approximate | None = None,
+    ) -> None:
+        self.incremental = incremental
+        self.choice = choice
+        self.runner = RegionRunner(incremental, masks, forward, batches)
+        self.forward = forward
+        self.batches = batches
+        self.dtype = dtype
+        self.regions = regions
+        self.drill = drill
+        self.approximate = approximate
+        #: The fidelity measured when the approximation was calibrated (None: exact).
+        self.fidelity: Fidelity | None = None
+        self._calibrated = approximate is None
+
+    @property
+    def name(self) -> str:
+        """``"dense"`` or ``"incremental"``."""
+        return "dense" if self.incremental is None else "incremental"
+
+    def run(
+        self,
+        images: Tensor,
+        fill_images: Tensor,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ChunkOutputs:
+        """The outputs of one chunk.
+
+        images : Tensor, shape (n, C, H, W), in the model's dtype on the run device
+        fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
+        on_progress : called with the number of occluded images done, as they are done
+        """
+        if not self._calibrated and self.approximate is not None:
+            self.fidelity = calibrate(
+                self.runner, self.approximate, self.regions, images, fill_images
+            )
+            self.runner.threshold = None if self.fidelity is None else self.fidelity.tau
+            self._calibrated = True
+        computed: Tensor | None = None
+        if self.drill is not None:
+            # The unoccluded outputs rank the coarse windows, so they come first.
+            baseline = self._baseline(images)
+            clean, occluded, computed = self.drill.run_chunk(
+                self.runner, images, fill_images, baseline, on_progress
+            )
+        else:
+            clean, occluded = self.runner.run(
+                images, fill_images, threshold=self.runner.threshold, on_progress=on_progress
+            )
+            # After the occluded blocks, so that it runs in the config they ended on.
+            baseline = self._baseline(images)
+        if clean is not None:
+            check_same_as_model(clean, baseline, self.dtype)
+        return ChunkOutputs(baseline, occluded, computed)
+
+    def _baseline(self, images: Tensor) -> Tensor:
+        return forward_in_batches(self.forward, images, self.batches.current)
+
+    @property
+    def note(self) -> str:
+        """The sweep's ``engine_note``: what ran, why, how it was batched and laid out."""
+        note = self.choice
+        if self.approximate is not None:
+            if self.fidelity is not None:
+                capped = self.runner.engine(None, self.fidelity.tau)
+                approximation = (
+                    f"{self.fidelity.describe()}; FLOP bound of the capped plan "
+                    f"{capped.flop_bound:.2f}x over dense"
+                )
+            else:
+                approximation = (
+                    "approximate requested, but no threshold reached SSIM "
+                    f"{self.approximate.ssim:g} on the calibration images: EXACT outputs"
+                )
+            note = f"{approximation}; {note}"
+        if self.drill is not None:
+            note = f"{self.drill.note}; {note}"
+        return f"{note}; {self._layout_note()}"
+
+    def _layout_note(self) -> str:
+        if self.incremental is None:
+            return self.batches.note
+        if self.drill is None and self.approximate is None:
+            return self.incremental.layout_note
+        layout = self.runner.channels_last
+        if layout is None:
+            return "maps in the images' layout"
+        return f"maps {'channels-last' if layout else 'contiguous (NCHW)'}"
