@@ -105,8 +105,13 @@ def test_remembered_choices_go_with_the_model() -> None:
 
 def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:
     small = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 100)
-    assert small.trial == [] and small.current == BatchConfig(4)
+    # Untimed, the CPU gets channels-last input, and contiguous where layouts are not tried.
+    assert small.trial == [] and small.current == BatchConfig(4, channels_last=True)
     assert "too few images" in small.note
+    flat = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 100, formats=False)
+    assert flat.current == BatchConfig(4)
+    vectors = BatchPlan.auto(object(), (4096,), torch.float32, CPU, 100)
+    assert not vectors.current.channels_last
     # A trial that a chunk cannot hold waits for the next chunk; the blocks still cover it.
     unreferencable = _NoWeakref()
     plan = BatchPlan.auto(unreferencable, (1, 48, 48), torch.float32, CPU, None)  # a stream
