@@ -167,7 +167,8 @@ class ChunkEngine:
     @property
     def note(self) -> str:
         """The sweep's ``engine_note``: what ran, why, how it was batched and laid out."""
-        note = self.choice
+        # The incremental engine re-plans its groups on its first run: say what ran.
+        note = self.choice if self.incremental is None else self.incremental.note
         if self.approximate is not None:
             if self.fidelity is not None:
                 capped = self.runner.engine(None, self.fidelity.tau)

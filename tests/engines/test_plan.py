@@ -4,10 +4,11 @@ planning with Krypton's projective-field threshold (approximate mode)."""
 from __future__ import annotations
 
 import re
+import weakref
 
 import pytest
 import torch
-from reference_models import DenseNet, MobileNetV2
+from reference_models import DenseNet, MobileNetV2, ResNet18
 from torch import nn
 
 import occlusion_probe as op
@@ -15,10 +16,12 @@ from occlusion_probe.engines.graph import read_graph
 from occlusion_probe.engines.incremental import MIN_BOUND, IncrementalEngine
 from occlusion_probe.engines.plan import (
     FULL,
+    GroupPlan,
     cap_box,
     dense_traffic,
     op_name,
     peak_elements,
+    plan_groups,
     plan_region,
 )
 from occlusion_probe.sweep import choose_engine
@@ -158,3 +161,62 @@ def test_calls_of_many_regions_stay_under_the_byte_cap() -> None:
     )
     chosen = re.search(r"batches of (\d+) regions", result.engine_note)
     assert chosen is not None and int(chosen.group(1)) == most == 30
+
+
+# -- grouping ------------------------------------------------------------------------------
+
+
+def _grouped(call_flops: float) -> tuple[IncrementalEngine, list[GroupPlan]]:
+    """ResNet-18 (width 4) on 64x64 with 8x8 windows at stride 4: edge and corner windows
+    have clipped boxes, and windows at odd and even positions meet the stride-2 and
+    stride-32 maps differently, so the regions fall in many shape classes."""
+    regions = op.sliding_windows(64, 64, window=8, stride=4)
+    engine = IncrementalEngine.prepare(
+        ResNet18(width=4).eval(), (3, 64, 64), regions.masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(engine, IncrementalEngine)
+    return engine, plan_groups(engine.graph, engine.plans, engine.boxes, call_flops)
+
+
+def _cost(groups: list[GroupPlan], call_flops: float) -> float:
+    return sum(len(g.members) * g.flops + len(g.states) * call_flops for g in groups)
+
+
+def test_free_calls_group_only_equal_shapes_so_no_box_grows() -> None:
+    engine, groups = _grouped(0.0)
+    assert len(groups) > 1
+    assert sorted(m for g in groups for m in g.members) == [
+        r for r, box in enumerate(engine.boxes) if box is not None
+    ]
+    for group in groups:
+        for member in group.members:
+            assert engine.plans[member].flops == group.flops
+
+
+def test_merging_lowers_the_cost_and_calls_that_dominate_merge_every_class() -> None:
+    _, exact = _grouped(0.0)
+    for call_flops in (1e4, 1e6):
+        _, merged = _grouped(call_flops)
+        assert len(merged) <= len(exact)
+        assert _cost(merged, call_flops) <= _cost(exact, call_flops)
+    _, one = _grouped(1e30)
+    assert len(one) == 1
+    # Growing boxes recomputes unchanged values: more FLOPs, never fewer.
+    assert one[0].flops * len(one[0].members) >= sum(g.flops * len(g.members) for g in exact)
+
+
+@pytest.mark.parametrize("call_seconds", [0.0, 1e3], ids=["shape-classes", "one-group"])
+def test_every_grouping_equals_dense(monkeypatch: pytest.MonkeyPatch, call_seconds: float) -> None:
+    from occlusion_probe.engines import incremental
+
+    monkeypatch.setattr(incremental, "CALL_SECONDS", call_seconds)
+    monkeypatch.setattr(incremental, "_PREPARED", weakref.WeakKeyDictionary())
+    model = ResNet18(width=4).eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    regions = op.sliding_windows(64, 64, window=8, stride=4)
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    fast = op.sweep(model, images, regions, engine="incremental", progress=False)
+    groups = re.search(r"in (\d+) group\(s\)", fast.engine_note)
+    assert groups is not None
+    assert (int(groups.group(1)) == 1) == (call_seconds > 0)
+    torch.testing.assert_close(fast.occluded, dense.occluded, rtol=0, atol=1e-5)

@@ -58,6 +58,15 @@ __all__ = ["MIN_BOUND", "IncrementalEngine"]
 #: (FLOP bound 1.9-2.1) ran at 0.41-0.73x, ConvNeXt-T's FLOP bound of 1.25-1.28 at 0.66-1.16x.
 MIN_BOUND = 1.5
 
+#: What one op call of a group costs beyond its arithmetic (the engine's window gathers,
+#: patch writes and Python per node), in seconds. Measured on a 2-core Xeon (224x224, 16x16
+#: patches, N=1, 2 fills), sweeping the grouping's call cost: VGG-16 ran fastest at 6e7-2e8
+#: FLOPs per call at ~310 GFLOP/s, ResNet-18 at ~6e7 at ~310 GFLOP/s and MobileNetV2 at
+#: ~2e7 at ~110 GFLOP/s: about 0.2 ms each.
+CALL_SECONDS = 2e-4
+#: The grouping's call cost before a run has measured the FLOP rate: 0.2 ms at 100 GFLOP/s.
+DEFAULT_CALL_FLOPS = CALL_SECONDS * 1e11
+
 Finish = Callable[[object], Tensor]
 
 
@@ -99,21 +108,24 @@ class IncrementalEngine:
         plans: list[RegionPlan],
         dense_flops: int,
         dense_elements: int,
+        call_flops: float | None = None,
     ) -> None:
         self.graph = graph
+        self.plans = plans
+        self.dense_elements = dense_elements
         self.boxes = boxes
         self.empty_regions = [r for r, box in enumerate(boxes) if box is None]
-        # Regions with the same plan up to where their boxes lie run together, on boxes
-        # grown to common shapes: each op is then one call per group, so launches grow
-        # with layers, not with layers x regions.
-        self.groups = plan_groups(graph, plans, boxes)
         self.dense_flops = dense_flops
-        planned = sum(group.flops * len(group.members) for group in self.groups)
-        count = sum(len(group.members) for group in self.groups)
-        self.flop_bound = math.inf if planned == 0 else dense_flops * count / max(1, planned)
-        moved = sum(group.traffic * len(group.members) for group in self.groups)
-        self.traffic_bound = math.inf if moved == 0 else dense_elements * count / moved
-        self.bound = min(self.flop_bound, self.traffic_bound)
+        # Regions with the same plan up to where their boxes lie run together: each op is
+        # then one call per group, so launches grow with layers, not layers x regions. The
+        # grouping weighs the FLOPs that growing boxes to common shapes adds against the
+        # calls it saves: planned here with DEFAULT_CALL_FLOPS, re-planned on the first run
+        # from the measured speed of the full forward and the images per call (_regroup).
+        self._groupings: dict[int, list[GroupPlan]] = {}
+        self.call_flops = call_flops if call_flops is not None else DEFAULT_CALL_FLOPS
+        self.groups: list[GroupPlan] = []
+        self.flop_bound = self.traffic_bound = self.bound = math.inf
+        self._use_grouping(self.call_flops)
         # Whether this engine was read and planned for an earlier sweep (see prepare).
         self.reused = False
         # Cached maps padded for windows that cross their border, per cache block.
@@ -136,6 +148,36 @@ class IncrementalEngine:
                 and any(isinstance(plan.state(i), tuple) for i in node.all_input_nodes)
             }
         )
+
+    def _use_grouping(self, call_flops: float) -> None:
+        """Group the regions for op calls worth `call_flops` FLOPs per occluded image of a
+        member (groupings are kept per power of two), and set the bounds of that plan."""
+        key = round(math.log2(call_flops)) if call_flops > 0 else -1000
+        groups = self._groupings.get(key)
+        if groups is None:
+            cost = 2.0**key if call_flops > 0 else 0.0
+            groups = plan_groups(self.graph, self.plans, self.boxes, cost)
+            self._groupings[key] = groups
+        if groups is self.groups:
+            return
+        self.groups = groups
+        self.call_flops = call_flops
+        planned = sum(group.flops * len(group.members) for group in groups)
+        count = sum(len(group.members) for group in groups)
+        self.flop_bound = math.inf if planned == 0 else self.dense_flops * count / max(1, planned)
+        moved = sum(group.traffic * len(group.members) for group in groups)
+        self.traffic_bound = math.inf if moved == 0 else self.dense_elements * count / moved
+        self.bound = min(self.flop_bound, self.traffic_bound)
+
+    def _regroup(self, images: int, seconds: float, items_per_member: int) -> None:
+        """Re-plan the groups from a measured full forward: `images` took `seconds`, and
+        each member carries `items_per_member` occluded images per call. One op call of a
+        group costs about CALL_SECONDS beyond its arithmetic; at the measured FLOP rate
+        that is worth CALL_SECONDS * rate FLOPs, shared by the member's images."""
+        if seconds <= 0 or images <= 0 or self.dense_flops <= 0:
+            return
+        rate = self.dense_flops * images / seconds
+        self._use_grouping(CALL_SECONDS * rate / max(1, items_per_member))
 
     @classmethod
     def prepare(
@@ -222,8 +264,10 @@ class IncrementalEngine:
             f"incremental engine ({how}): changed boxes are recomputed up to "
             f"{switch}, then whole maps; FLOP bound {self.flop_bound:.2f}x and memory-traffic "
             f"bound {self.traffic_bound:.2f}x over dense; "
-            f"{regions} regions in {len(self.groups)} group(s), each op called once per "
-            "group and call"
+            f"{regions} regions in {len(self.groups)} group(s) (regions whose boxes have "
+            "equal shapes, merged where a call costs more than the FLOPs a merge adds: "
+            f"{self.call_flops:.2g} FLOPs per occluded image), each op called once per group "
+            "and call"
         )
 
     def run(
@@ -262,7 +306,11 @@ class IncrementalEngine:
             for start in range(0, n, block):
                 stop = min(n, start + block)
                 m = stop - start
+                began = clock(images.device)
                 cache = self._cache(_in_layout(images[start:stop].clone(), channels_last))
+                if start == 0:
+                    seconds = self.layout_seconds.get(channels_last, clock(images.device) - began)
+                    self._regroup(m, seconds, m * v)
                 self._padded_maps = {}
                 clean = finish(self._output(cache, {}, _Items(1, 1)))
                 clean_parts.append(clean)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from torch import Tensor
 from torch.fx import Node
 
@@ -715,13 +716,21 @@ def _group_plan(
 
 
 def plan_groups(
-    graph: ModelGraph, plans: Sequence[RegionPlan], boxes: Sequence[Box | None]
+    graph: ModelGraph,
+    plans: Sequence[RegionPlan],
+    boxes: Sequence[Box | None],
+    call_flops: float = 0.0,
 ) -> list[GroupPlan]:
     """Group the non-empty regions so that each group runs every op once for all members.
 
-    Members' boxes are grown to the largest of the group at each node (recomputing a few
-    unchanged values, which is exact); regions whose grown windows would change how a
-    border is handled run alone, on their own plan.
+    Regions with the same nodes changed in the same way (`_group_key`) are split into
+    classes whose own boxes have equal shapes at every node, so that no box is grown; then
+    classes are merged while a merge saves more in op calls than it adds in FLOPs (see
+    `_merge_classes`): `call_flops` is what one op call costs beyond its arithmetic, in
+    FLOPs per occluded image of a member (0: never merge). Merged members' boxes are grown
+    to the largest of the group at each node (recomputing a few unchanged values, which is
+    exact); regions whose grown windows would change how a border is handled run in their
+    own classes, or alone.
     """
     keyed: dict[tuple[object, ...], list[int]] = {}
     for region, box in enumerate(boxes):
@@ -729,15 +738,118 @@ def plan_groups(
             keyed.setdefault(_group_key(graph, plans[region], box), []).append(region)
     groups: list[GroupPlan] = []
     for members in keyed.values():
-        plan = _group_plan(graph, plans, tuple(members))
-        if plan is not None:
-            groups.append(plan)
-            continue
-        for region in members:
-            alone = _group_plan(graph, plans, (region,))
-            if alone is None:
-                raise RuntimeError(f"region {region} cannot be planned on its own")
+        classes = _shape_classes(plans, members)
+        for merged in _merge_classes(graph, plans, classes, call_flops):
+            groups.extend(_plan_or_split(graph, plans, merged, classes))
+    return groups
+
+
+def _box_shapes(plan: RegionPlan) -> tuple[tuple[int, int], ...]:
+    """The (rows, columns) of every box of `plan`, in node order."""
+    return tuple(
+        (state[1] - state[0], state[3] - state[2])
+        for state in plan.states.values()
+        if isinstance(state, tuple)
+    )
+
+
+def _shape_classes(plans: Sequence[RegionPlan], members: list[int]) -> list[tuple[int, ...]]:
+    """`members` split by the shapes of their boxes (members of one key share their nodes)."""
+    classes: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for region in members:
+        classes.setdefault(_box_shapes(plans[region]), []).append(region)
+    return [tuple(c) for c in classes.values()]
+
+
+def _merge_classes(
+    graph: ModelGraph,
+    plans: Sequence[RegionPlan],
+    classes: list[tuple[int, ...]],
+    call_flops: float,
+) -> list[tuple[int, ...]]:
+    """Greedy agglomeration of shape classes: merge the pair whose merge lowers the cost most,
+    until none does. The cost of a group G is |G| F(G) + calls(G) * call_flops, F(G) the
+    conv2d and linear FLOPs per occluded image on boxes of G's largest shapes and calls(G)
+    the ops run on boxes (one call each per group). Corner and edge classes of a grid are
+    small, so they join their neighbours when few images are occluded per call."""
+    if len(classes) < 2 or call_flops <= 0:
+        return classes
+    first = plans[classes[0][0]]
+    nodes = [node for node, state in first.states.items() if isinstance(state, tuple)]
+    # FLOPs per box position of each node (conv2d and linear; 0 for the others).
+    weights = [node_flops(node, graph.info, (0, 1, 0, 1)) for node in nodes]
+    heavy = [i for i, w in enumerate(weights) if w > 0]
+    if not heavy:
+        return [tuple(m for c in classes for m in c)]
+    calls = len([n for n in nodes if n.op == "call_function"]) * call_flops
+    weight = np.array([weights[i] for i in heavy], dtype=np.float64)
+    boxes = np.array([[_box_shapes(plans[c[0]])[i] for i in heavy] for c in classes])
+    rows, cols = boxes[..., 0].astype(np.float64), boxes[..., 1].astype(np.float64)
+    sizes = np.array([len(c) for c in classes], dtype=np.float64)
+    cost = sizes * ((rows * cols) @ weight)  # |G| F(G) per class
+    members = [list(c) for c in classes]
+    alive = np.ones(len(classes), dtype=bool)
+
+    def gains(i: int) -> np.ndarray:
+        """What merging class i with each class saves (-inf for itself and merged ones)."""
+        area = np.maximum(rows[i], rows) * np.maximum(cols[i], cols)
+        merged = (sizes[i] + sizes) * (area @ weight)
+        saved = calls - (merged - cost[i] - cost)
+        saved[~alive] = -np.inf
+        saved[i] = -np.inf
+        return np.asarray(saved, dtype=np.float64)
+
+    table = np.stack([gains(i) for i in range(len(classes))])
+    while alive.sum() > 1:
+        i, j = np.unravel_index(int(np.argmax(table)), table.shape)
+        if table[i, j] <= 0:
+            break
+        members[i].extend(members[j])
+        members[j] = []
+        rows[i] = np.maximum(rows[i], rows[j])
+        cols[i] = np.maximum(cols[i], cols[j])
+        sizes[i] += sizes[j]
+        cost[i] = sizes[i] * ((rows[i] * cols[i]) @ weight)
+        alive[j] = False
+        table[j, :] = -np.inf
+        table[:, j] = -np.inf
+        table[i, :] = gains(int(i))
+        table[:, i] = table[i, :]
+    return [tuple(m) for m in members if m]
+
+
+def _plan_or_split(
+    graph: ModelGraph,
+    plans: Sequence[RegionPlan],
+    merged: tuple[int, ...],
+    classes: list[tuple[int, ...]],
+) -> list[GroupPlan]:
+    """The group plan of `merged`; when its grown windows would handle a border differently
+    than a member's own plan, its shape classes apart, and failing that each region alone."""
+    plan = _group_plan(graph, plans, merged)
+    if plan is not None:
+        return [plan]
+    inside = set(merged)
+    parts = [c for c in classes if c[0] in inside]
+    groups: list[GroupPlan] = []
+    for part in parts if len(parts) > 1 else []:
+        alone = _group_plan(graph, plans, part)
+        if alone is not None:
             groups.append(alone)
+            continue
+        groups.extend(_alone(graph, plans, part))
+    return groups or _alone(graph, plans, merged)
+
+
+def _alone(
+    graph: ModelGraph, plans: Sequence[RegionPlan], members: tuple[int, ...]
+) -> list[GroupPlan]:
+    groups: list[GroupPlan] = []
+    for region in members:
+        alone = _group_plan(graph, plans, (region,))
+        if alone is None:
+            raise RuntimeError(f"region {region} cannot be planned on its own")
+        groups.append(alone)
     return groups
 
 
