@@ -286,10 +286,10 @@ class Harness:
         warmup: Callable[[], object] | None = None,
         target: float | None = None,
         group: str | None = None,
-        flop_bound: float | None = None,
+        flop_bound: float | Callable[[], float] | None = None,
         prepare_seconds: Callable[[], float] | None = None,
         note: Callable[[], str] | None = None,
-        traffic_bound: float | None = None,
+        traffic_bound: float | Callable[[], float] | None = None,
         **extra: object,
     ) -> Row:
         """Time `method` (which evaluates all of `workload`'s occluded images) against the
@@ -297,7 +297,9 @@ class Harness:
         workload's name). Smoke cases carry no target.
 
         flop_bound : an incremental sweep's FLOP bound; the row then carries the target
-            fraction of it (`BOUND_FRACTION_TARGET`) unless the case is a smoke case
+            fraction of it (`BOUND_FRACTION_TARGET`) unless the case is a smoke case. A
+            callable is read after the rounds (the engine re-plans its groups on its first
+            run, so the bound of what ran is known only then); so is `traffic_bound`
         prepare_seconds, note : called after the rounds (e.g. to read what the fastest round
             spent preparing, or the last result's engine note)
         """
@@ -305,6 +307,10 @@ class Harness:
         seconds, reference_seconds = self.paired(benchmark, method, reference, rounds, warmup)
         limit_rate = reference_images / reference_seconds
         limit = self.limit(case)
+        if callable(flop_bound):
+            flop_bound = flop_bound()
+        if callable(traffic_bound):
+            traffic_bound = traffic_bound()
         return self.record(
             benchmark,
             group=group or workload.name,
@@ -387,8 +393,7 @@ class Harness:
                 model, images[:1], first, fills[:1], engine=engine, batch_size=size, progress=False
             )
 
-        bounds = self.bounds(workload) if engine == "incremental" else None
-        bound = None if bounds is None else bounds[0]
+        incremental = engine == "incremental"
         label = (
             f'sweep(engine="{engine}"), batch_size="auto"'
             if batch_size is None
@@ -405,10 +410,11 @@ class Harness:
             warmup=None if case.smoke else warmup,
             target=target,
             group=group,
-            flop_bound=bound,
-            prepare_seconds=None if bound is None else lambda: min(rounds)[1],
+            # Read after the rounds: the bounds of the groups the engine ran.
+            flop_bound=(lambda: self.bounds(workload)[0]) if incremental else None,
+            prepare_seconds=(lambda: min(rounds)[1]) if incremental else None,
             note=lambda: results[-1].engine_note,
-            traffic_bound=None if bounds is None else bounds[1],
+            traffic_bound=(lambda: self.bounds(workload)[1]) if incremental else None,
             batch_size=size,
         )
         return results[-1]

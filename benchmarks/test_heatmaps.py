@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 from captum.attr import Occlusion
+from conftest import timing_prepare
 from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, workload_of
 from torch import Tensor
 
@@ -103,15 +104,30 @@ def _run(
     call: Callable[[], Any],
     results: list[Any],
 ) -> Any:
+    """Time `call` against the forward limit. Rows of the incremental engine also get the
+    time the round spent preparing it (torch.export and planning 2,809 regions: paid once
+    per model and window geometry, then kept) and, for the exact row, the FLOP and traffic
+    bounds of the groups that ran."""
+    incremental = key not in ("dense", "captum")
+    prepares: list[float] = []
+
+    def method() -> None:
+        prepares.clear()
+        with timing_prepare(prepares) if incremental else contextlib.nullcontext():
+            results.append(call())
+
     harness.against_limit(
         benchmark,
         case,
         workload,
-        lambda: results.append(call()),
+        method,
         key=key,
         label=label,
         rounds=1,
         note=(lambda: results[-1].engine_note) if key != "captum" else None,
+        prepare_seconds=(lambda: sum(prepares)) if incremental else None,
+        flop_bound=(lambda: harness.bounds(workload)[0]) if key == "incremental" else None,
+        traffic_bound=(lambda: harness.bounds(workload)[1]) if key == "incremental" else None,
     )
     return results[-1]
 

@@ -136,7 +136,7 @@ class RegionRunner:
             images,
             fill_images,
             masks,
-            max(self.batches.current.size * 4, 24),
+            max(self.batches.current.size * 4, engine.min_items_per_call),
             self.forward.finish,
             on_progress,
             channels_last=self.channels_last,
