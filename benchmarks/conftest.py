@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import sys
 import time
@@ -394,6 +395,8 @@ class Harness:
             )
 
         incremental = engine == "incremental"
+        # Read after the rounds (the bounds of the groups the engine ran), once.
+        bounds = functools.cache(lambda: self.bounds(workload))
         label = (
             f'sweep(engine="{engine}"), batch_size="auto"'
             if batch_size is None
@@ -410,11 +413,10 @@ class Harness:
             warmup=None if case.smoke else warmup,
             target=target,
             group=group,
-            # Read after the rounds: the bounds of the groups the engine ran.
-            flop_bound=(lambda: self.bounds(workload)[0]) if incremental else None,
+            flop_bound=(lambda: bounds()[0]) if incremental else None,
             prepare_seconds=(lambda: min(rounds)[1]) if incremental else None,
             note=lambda: results[-1].engine_note,
-            traffic_bound=(lambda: self.bounds(workload)[1]) if incremental else None,
+            traffic_bound=(lambda: bounds()[1]) if incremental else None,
             batch_size=size,
         )
         return results[-1]

@@ -22,6 +22,7 @@ windows = dense, approximate with a threshold that cuts nothing = dense, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import time
 from collections.abc import Callable, Iterator
@@ -110,6 +111,7 @@ def _run(
     bounds of the groups that ran."""
     incremental = key not in ("dense", "captum")
     prepares: list[float] = []
+    bounds = functools.cache(lambda: harness.bounds(workload))
 
     def method() -> None:
         prepares.clear()
@@ -126,8 +128,8 @@ def _run(
         rounds=1,
         note=(lambda: results[-1].engine_note) if key != "captum" else None,
         prepare_seconds=(lambda: sum(prepares)) if incremental else None,
-        flop_bound=(lambda: harness.bounds(workload)[0]) if key == "incremental" else None,
-        traffic_bound=(lambda: harness.bounds(workload)[1]) if key == "incremental" else None,
+        flop_bound=(lambda: bounds()[0]) if key == "incremental" else None,
+        traffic_bound=(lambda: bounds()[1]) if key == "incremental" else None,
     )
     return results[-1]
 

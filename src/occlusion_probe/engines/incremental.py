@@ -117,7 +117,6 @@ class IncrementalEngine:
         plans: list[RegionPlan],
         dense_flops: int,
         dense_elements: int,
-        call_flops: float | None = None,
     ) -> None:
         self.graph = graph
         self.plans = plans
@@ -131,10 +130,8 @@ class IncrementalEngine:
         # calls it saves: planned here with DEFAULT_CALL_FLOPS, re-planned on the first run
         # from the measured speed of the full forward and the images per call (_regroup).
         self._groupings: dict[int, list[GroupPlan]] = {}
-        self.call_flops = call_flops if call_flops is not None else DEFAULT_CALL_FLOPS
         self.groups: list[GroupPlan] = []
-        self.flop_bound = self.traffic_bound = self.bound = math.inf
-        self._use_grouping(self.call_flops)
+        self._use_grouping(DEFAULT_CALL_FLOPS)
         # Whether this engine was read and planned for an earlier sweep (see prepare).
         self.reused = False
         # Cached maps padded for windows that cross their border, per cache block.
@@ -162,15 +159,15 @@ class IncrementalEngine:
         """Group the regions for op calls worth `call_flops` FLOPs per occluded image of a
         member (groupings are kept per power of two), and set the bounds of that plan."""
         key = round(math.log2(call_flops)) if call_flops > 0 else -1000
+        # The cost the grouping is planned with (the note reports it).
+        self.call_flops = 2.0**key if call_flops > 0 else 0.0
         groups = self._groupings.get(key)
         if groups is None:
-            cost = 2.0**key if call_flops > 0 else 0.0
-            groups = plan_groups(self.graph, self.plans, self.boxes, cost)
+            groups = plan_groups(self.graph, self.plans, self.boxes, self.call_flops)
             self._groupings[key] = groups
         if groups is self.groups:
             return
         self.groups = groups
-        self.call_flops = call_flops
         planned = sum(group.flops * len(group.members) for group in groups)
         count = sum(len(group.members) for group in groups)
         self.flop_bound = math.inf if planned == 0 else self.dense_flops * count / max(1, planned)
@@ -321,7 +318,8 @@ class IncrementalEngine:
             for start in range(0, n, block):
                 stop = min(n, start + block)
                 m = stop - start
-                began = clock(images.device)
+                # Only the first block is timed (clock waits for an accelerator's queue).
+                began = clock(images.device) if start == 0 else 0.0
                 cache = self._cache(_in_layout(images[start:stop].clone(), channels_last))
                 if start == 0:
                     seconds = self.layout_seconds.get(channels_last, clock(images.device) - began)

@@ -738,8 +738,8 @@ def plan_groups(
             keyed.setdefault(_group_key(graph, plans[region], box), []).append(region)
     groups: list[GroupPlan] = []
     for members in keyed.values():
-        classes = _shape_classes(plans, members)
-        for merged in _merge_classes(graph, plans, classes, call_flops):
+        shapes, classes = _shape_classes(plans, members)
+        for merged in _merge_classes(graph, plans, shapes, classes, call_flops):
             groups.extend(_plan_or_split(graph, plans, merged, classes))
     return groups
 
@@ -753,17 +753,24 @@ def _box_shapes(plan: RegionPlan) -> tuple[tuple[int, int], ...]:
     )
 
 
-def _shape_classes(plans: Sequence[RegionPlan], members: list[int]) -> list[tuple[int, ...]]:
-    """`members` split by the shapes of their boxes (members of one key share their nodes)."""
-    classes: dict[tuple[tuple[int, int], ...], list[int]] = {}
+Shapes = tuple[tuple[int, int], ...]
+
+
+def _shape_classes(
+    plans: Sequence[RegionPlan], members: list[int]
+) -> tuple[list[Shapes], list[tuple[int, ...]]]:
+    """`members` split by the shapes of their boxes (members of one key share their nodes):
+    each class's box shapes, and its members."""
+    classes: dict[Shapes, list[int]] = {}
     for region in members:
         classes.setdefault(_box_shapes(plans[region]), []).append(region)
-    return [tuple(c) for c in classes.values()]
+    return list(classes), [tuple(c) for c in classes.values()]
 
 
 def _merge_classes(
     graph: ModelGraph,
     plans: Sequence[RegionPlan],
+    shapes: list[Shapes],
     classes: list[tuple[int, ...]],
     call_flops: float,
 ) -> list[tuple[int, ...]]:
@@ -783,7 +790,7 @@ def _merge_classes(
         return [tuple(m for c in classes for m in c)]
     calls = len([n for n in nodes if n.op == "call_function"]) * call_flops
     weight = np.array([weights[i] for i in heavy], dtype=np.float64)
-    boxes = np.array([[_box_shapes(plans[c[0]])[i] for i in heavy] for c in classes])
+    boxes = np.array([[shape[i] for i in heavy] for shape in shapes])
     rows, cols = boxes[..., 0].astype(np.float64), boxes[..., 1].astype(np.float64)
     sizes = np.array([len(c) for c in classes], dtype=np.float64)
     cost = sizes * ((rows * cols) @ weight)  # |G| F(G) per class
@@ -831,14 +838,13 @@ def _plan_or_split(
         return [plan]
     inside = set(merged)
     parts = [c for c in classes if c[0] in inside]
+    if len(parts) == 1:  # the class itself failed
+        return _alone(graph, plans, merged)
     groups: list[GroupPlan] = []
-    for part in parts if len(parts) > 1 else []:
-        alone = _group_plan(graph, plans, part)
-        if alone is not None:
-            groups.append(alone)
-            continue
-        groups.extend(_alone(graph, plans, part))
-    return groups or _alone(graph, plans, merged)
+    for part in parts:
+        plan = _group_plan(graph, plans, part)
+        groups.extend([plan] if plan is not None else _alone(graph, plans, part))
+    return groups
 
 
 def _alone(
