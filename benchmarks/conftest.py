@@ -357,9 +357,11 @@ class Harness:
         """Time the whole ``op.sweep(..., engine=engine)`` on `workload` against the forward
         limit, with the default ``batch_size="auto"`` unless `batch_size` is given. The
         engine note goes into the row; an incremental sweep's row also gets the FLOP bound
-        and the time the fastest round spent in its prepare. The warm-up sweeps one image with one fill over the
-        first 16 regions; smoke cases skip it (their times mean nothing, and an incremental
-        warm-up costs one more torch.export of the model)."""
+        and the time the fastest round spent in its prepare. The warm-up is one whole sweep
+        for a dense sweep with ``batch_size="auto"`` (its batch trial runs and is remembered
+        there; the note says how much slower that first sweep was), else one image with one
+        fill over the first 16 regions; smoke cases skip it (their times mean nothing, and an
+        incremental warm-up costs one more torch.export of the model)."""
         results: list[op.SweepResult] = []
         # Per round: (seconds of the whole sweep, seconds of its IncrementalEngine.prepare).
         rounds: list[tuple[float, float]] = []
@@ -389,10 +391,32 @@ class Harness:
                 )
             rounds.append((time.perf_counter() - start, sum(prepares)))
 
+        # A dense sweep with batch_size="auto" times its batch candidates on its first
+        # blocks and remembers the fastest for the model (once per process): its warm-up is
+        # one whole sweep, so that every timed round is what later sweeps cost (and the
+        # first sweep's own time goes into the note).
+        first_sweep = engine == "dense" and batch_size is None
+        first_seconds: list[float] = []
+
         def warmup() -> None:
+            if first_sweep:
+                start = time.perf_counter()
+                op.sweep(model, images, regions, fills, engine=engine, progress=False)
+                first_seconds.append(time.perf_counter() - start)
+                return
             op.sweep(
                 model, images[:1], first, fills[:1], engine=engine, batch_size=size, progress=False
             )
+
+        def note() -> str:
+            text = results[-1].engine_note
+            if first_seconds:
+                slower = first_seconds[0] / min(rounds)[0]
+                text += (
+                    f"; the first sweep of this model and input (warm-up, where the batch "
+                    f"candidates were timed) took {slower:.2f}x the fastest round"
+                )
+            return text
 
         incremental = engine == "incremental"
         # Read after the rounds (the bounds of the groups the engine ran), once.
@@ -415,7 +439,7 @@ class Harness:
             group=group,
             flop_bound=(lambda: bounds()[0]) if incremental else None,
             prepare_seconds=(lambda: min(rounds)[1]) if incremental else None,
-            note=lambda: results[-1].engine_note,
+            note=note,
             traffic_bound=(lambda: bounds()[1]) if incremental else None,
             batch_size=size,
         )

@@ -154,8 +154,8 @@ def test_run_dense_with_a_trial_equals_fixed_batches() -> None:
     fill_images = torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1, 1)
     plan = BatchPlan(BatchConfig(5), [BatchConfig(2), BatchConfig(7, True), BatchConfig(4)])
     with torch.inference_mode():
-        timed = run_dense(model, images, fill_images, masks, plan, 5)
-        fixed = run_dense(model, images, fill_images, masks, 81, 5)
+        _clean, timed = run_dense(model, images, fill_images, masks, plan, 5)
+        _clean, fixed = run_dense(model, images, fill_images, masks, 81, 5)
     torch.testing.assert_close(timed, fixed, rtol=0, atol=1e-6)
 
 

@@ -234,3 +234,21 @@ def test_cuda_devices_checked_on_a_gpu_machine() -> None:
     assert resolve_device("cuda", nn.Linear(2, 2).to(cuda0), cuda0) == cuda0
     with pytest.raises(InputValueError, match="device: the model's parameters are on cpu"):
         resolve_device("cuda:0", nn.Linear(2, 2), cuda0)
+
+
+def test_known_outputs_reuse_the_first_call_only_for_the_same_leading_images() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    images = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    forward = _forward(model, "softmax")
+    assert forward.known_outputs(images) is None  # no first call yet
+    forward.check_first(images[:2], torch.device("cpu"))
+    known = forward.known_outputs(images)
+    assert known is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(known, torch.softmax(model(images[:2]), dim=1))
+    assert forward.known_outputs(images[1:]) is None  # another first image
+    assert forward.known_outputs(images[:1]) is None  # fewer images than were checked
+    assert forward.known_outputs(images.double()) is None  # another dtype
+    changed = images.clone()
+    changed[1, 0, 3, 3] += 1e-6
+    assert forward.known_outputs(changed) is None  # equal to the bit, or not reused

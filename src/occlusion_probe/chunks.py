@@ -71,6 +71,14 @@ def check_same_as_model(graph_outputs: Tensor, model_outputs: Tensor, dtype: tor
         )
 
 
+def _joined(known: Tensor | None, computed: Tensor | None) -> Tensor:
+    """Outputs of the first images (`known`, possibly none) followed by the rest's."""
+    parts = [part for part in (known, computed) if part is not None and part.shape[0] > 0]
+    if not parts:
+        raise ValueError("no unoccluded outputs: a chunk holds at least one image")
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class ChunkEngine:
     """The sweep's engine, prepared once and run per chunk.
 
@@ -145,23 +153,37 @@ class ChunkEngine:
             self.runner.threshold = None if self.fidelity is None else self.fidelity.tau
             self._calibrated = True
         computed: Tensor | None = None
+        # The first chunk's first images ran in the model's first (checking) call.
+        known = self.forward.known_outputs(images)
+        rest = images if known is None else images[known.shape[0] :]
         if self.drill is not None:
             # The unoccluded outputs rank the coarse windows, so they come first.
-            baseline = self._baseline(images)
+            baseline = _joined(known, self._baseline(rest))
             clean, occluded, computed = self.drill.run_chunk(
                 self.runner, images, fill_images, baseline, on_progress
             )
         else:
             clean, occluded = self.runner.run(
-                images, fill_images, threshold=self.runner.threshold, on_progress=on_progress
+                images,
+                fill_images,
+                threshold=self.runner.threshold,
+                on_progress=on_progress,
+                unoccluded=rest if self.incremental is None else None,
             )
+            if self.incremental is None and clean is not None:
+                # The dense engine ran the model's own forward on them in its blocks.
+                return ChunkOutputs(_joined(known, clean), occluded, None)
             # After the occluded blocks, so that it runs in the config they ended on.
-            baseline = self._baseline(images)
+            baseline = _joined(known, self._baseline(rest))
         if clean is not None:
             check_same_as_model(clean, baseline, self.dtype)
         return ChunkOutputs(baseline, occluded, computed)
 
-    def _baseline(self, images: Tensor) -> Tensor:
+    def _baseline(self, images: Tensor) -> Tensor | None:
+        """The model's recorded outputs (n, K) on `images`, in the current batch config;
+        None for no images."""
+        if images.shape[0] == 0:
+            return None
         return forward_in_batches(self.forward, images, self.batches.current)
 
     @property

@@ -259,10 +259,42 @@ def test_run_dense_equals_one_forward_per_occluded_image(block_path: str, n: int
     fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
     progress: list[int] = []
     with torch.inference_mode():
-        out = run_dense(model, images, fill_images, masks, 3, 5, on_progress=progress.append)
+        clean, out = run_dense(model, images, fill_images, masks, 3, 5, progress.append)
         occluded = _reference_occluded(images, fill_images, masks)
         rows = [model(image[None])[0] for image in occluded.reshape(-1, 1, 12, 12)]
         expected = torch.stack(rows).reshape(n, 4, 2, 5) if rows else torch.empty(0, 4, 2, 5)
+    assert clean is None
     assert out.shape == (n, 4, 2, 5)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert sum(progress) == n * 4 * 2 and max(progress, default=0) <= 3
+
+
+@pytest.mark.parametrize(("n", "m"), [(0, 0), (1, 1), (2, 1), (3, 3), (2, 0)])
+def test_run_dense_runs_unoccluded_images_in_its_blocks(n: int, m: int) -> None:
+    # 7 images per call over n x 4 regions x 2 fills + m unoccluded ones: those share blocks
+    # with occluded ones (n = 1: one block of 9 -> 5 + 4), and progress counts only the
+    # occluded images.
+    model = small_cnn().eval()
+    generator = torch.Generator().manual_seed(20 + n)
+    images = torch.rand(n, 1, 12, 12, generator=generator)
+    masks = op.grid(12, 12, 2, 2).masks
+    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    progress: list[int] = []
+    calls: list[int] = []
+
+    def counted(batch: Tensor) -> Tensor:
+        calls.append(batch.shape[0])
+        return model(batch)
+
+    unoccluded = images[n - m :]
+    with torch.inference_mode():
+        clean, out = run_dense(
+            counted, images, fill_images, masks, 7, 5, progress.append, unoccluded=unoccluded
+        )
+        _none, alone = run_dense(model, images, fill_images, masks, 7, 5)
+        expected_clean = model(unoccluded) if m else torch.empty(0, 5)
+    assert clean is not None and clean.shape == (m, 5)
+    torch.testing.assert_close(clean, expected_clean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, alone, rtol=1e-5, atol=1e-6)
+    assert sum(calls) == n * 8 + m and max(calls, default=0) <= 7
+    assert sum(progress) == n * 8

@@ -110,18 +110,23 @@ class RegionRunner:
         positions: Sequence[int] | None = None,
         threshold: float | None = None,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        unoccluded: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor]:
         """Outputs on the images occluded by the regions at `positions` (None: all).
 
         images : (n, C, H, W); fill_images : (V, n or 1, C or 1, H or 1, W or 1)
-        returns : the unoccluded outputs (n, K) the incremental engine computed (None for the
-            dense engine) and the occluded outputs (n, P, V, K), P = len(positions) or R
+        unoccluded : (m, C, H, W), images the dense engine runs in its blocks too (the
+            incremental engine ignores them: it computes all n images unoccluded)
+        returns : the unoccluded outputs the engine computed ((n, K) from the incremental
+            engine; (m, K) on `unoccluded` or None from the dense one) and the occluded
+            outputs (n, P, V, K), P = len(positions) or R
         """
         masks = self.masks if positions is None else self.masks[list(positions)]
         if self.incremental is None:
             if threshold is not None:
                 raise RuntimeError("a projective-field threshold needs the incremental engine")
-            occluded = run_dense(
+            return run_dense(
                 functools.partial(self.forward, scratch=True),
                 images,
                 fill_images,
@@ -129,10 +134,10 @@ class RegionRunner:
                 self.batches,
                 self.forward.num_classes or 0,
                 on_progress,
+                unoccluded=unoccluded,
             )
-            return None, occluded
         engine = self.engine(positions, threshold)
-        clean, occluded = engine.run(
+        unoccluded, occluded = engine.run(
             images,
             fill_images,
             masks,
@@ -144,7 +149,7 @@ class RegionRunner:
         if self.channels_last is None:
             # The first engine timed both layouts; every later one uses its choice.
             self.channels_last = engine.channels_last
-        return clean, occluded
+        return unoccluded, occluded
 
     @staticmethod
     def images_of(fill_images: Tensor, start: int, stop: int) -> Tensor:
