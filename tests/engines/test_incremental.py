@@ -410,3 +410,49 @@ def test_in_place_ops_only_on_patches_nothing_else_reads() -> None:
     names = [event.key for event in prof.key_averages()]
     # The add (its input, the ReLU's, read once) ran in place; y was left intact (equality).
     assert "aten::add_" in names
+
+
+# --- window copies in lattice blocks and progressions --------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=30))
+def test_lattice_blocks_cover_the_boxes_in_order(corners: list[tuple[int, int]]) -> None:
+    from occlusion_probe.engines.incremental import lattice_blocks
+
+    boxes = [(top, top + 3, left, left + 2) for top, left in corners]
+    rebuilt = [
+        (block.top + i * block.row_step, block.left + j * block.col_step)
+        for block in lattice_blocks(boxes)
+        for i in range(block.rows)
+        for j in range(block.cols)
+    ]
+    assert rebuilt == corners
+    firsts = [block.first for block in lattice_blocks(boxes)]
+    counts = [block.rows * block.cols for block in lattice_blocks(boxes)]
+    assert firsts == [sum(counts[:i]) for i in range(len(counts))]
+
+
+def test_lattice_blocks_of_sliding_windows_are_few() -> None:
+    from occlusion_probe.engines.incremental import lattice_blocks
+
+    # A 5 x 7 lattice at steps (2, 3), then one row of 3 at another step, then a stray box.
+    boxes = [(2 * i, 2 * i + 4, 3 * j, 3 * j + 4) for i in range(5) for j in range(7)]
+    boxes += [(20, 24, 5 * j, 5 * j + 4) for j in range(3)] + [(1, 5, 1, 5)]
+    blocks = lattice_blocks(boxes)
+    assert [(b.rows, b.cols, b.row_step, b.col_step) for b in blocks] == [
+        (5, 7, 2, 3),
+        (1, 3, 0, 5),
+        (1, 1, 0, 0),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 60), min_size=1))
+def test_progressions_cover_the_indices_in_order(chosen: set[int]) -> None:
+    from occlusion_probe.engines.incremental import _progressions
+
+    indices = sorted(chosen)
+    slices = _progressions(indices)
+    assert [i for part in slices for i in range(part.start, part.stop, part.step)] == indices
+    assert _progressions([0, 4, 8, 12, 13, 14]) == [slice(0, 13, 4), slice(13, 15, 1)]

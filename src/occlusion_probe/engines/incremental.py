@@ -22,7 +22,7 @@ import functools
 import hashlib
 import math
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -831,21 +831,94 @@ def _gather(
             ).permute(0, 1, 2, 5, 3, 4)
         else:
             out = torch.empty(shape, dtype=base.dtype, device=base.device)
-        for member, (top, bottom, left, right) in enumerate(boxes):
-            inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
-            target = out[member]
-            if inner != (top, bottom, left, right):
-                target.fill_(pad)
-                target = target[
-                    ..., inner[0] - top : inner[1] - top, inner[2] - left : inner[3] - left
-                ]
-            source = moved[..., inner[0] : inner[1], inner[2] : inner[3]].unsqueeze(1)
-            target.copy_(source.expand(target.shape))
+        if all(b[0] >= 0 and b[1] <= height and b[2] >= 0 and b[3] <= width for b in boxes):
+            # One strided copy per lattice block of members (sliding windows at one stride
+            # come in rows of equal steps), not one per member.
+            for block in lattice_blocks(boxes):
+                _copy_lattice(out, moved, block, box_h, box_w)
+        else:
+            for member, (top, bottom, left, right) in enumerate(boxes):
+                inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
+                target = out[member]
+                if inner != (top, bottom, left, right):
+                    target.fill_(pad)
+                    target = target[
+                        ..., inner[0] - top : inner[1] - top, inner[2] - left : inner[3] - left
+                    ]
+                source = moved[..., inner[0] : inner[1], inner[2] : inner[3]].unsqueeze(1)
+                target.copy_(source.expand(target.shape))
     flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
     if channels_last:
         # Already so on the CPU path (a view of the memory allocated above).
         return flat if _is_channels_last(flat, (2, 3)) else as_channels_last(flat)
     return flat.movedim((-2, -1), spatial)
+
+
+@dataclass(frozen=True)
+class LatticeBlock:
+    """Members ``first ... first + rows * cols - 1`` of a group, in row-major order, whose
+    boxes' top-left corners are ``(top + i * row_step, left + j * col_step)`` for member
+    ``first + i * cols + j``."""
+
+    first: int
+    rows: int
+    cols: int
+    top: int
+    left: int
+    row_step: int
+    col_step: int
+
+
+def lattice_blocks(boxes: Sequence[Box]) -> list[LatticeBlock]:
+    """`boxes` (in order, equal shapes) cut into consecutive lattice blocks by a greedy
+    pass: runs of equal top and equally spaced lefts, then runs of such rows of equal
+    length and lefts at equally spaced tops."""
+    # Rows: [first, cols, top, left, col_step]
+    rows: list[list[int]] = []
+    for index, (top, _bottom, left, _right) in enumerate(boxes):
+        if rows and rows[-1][2] == top:
+            row = rows[-1]
+            step = left - (row[3] + (row[1] - 1) * row[4])
+            if step > 0 and (row[1] == 1 or step == row[4]):
+                row[1] += 1
+                row[4] = step
+                continue
+        rows.append([index, 1, top, left, 0])
+    # Blocks: [first, rows, cols, top, left, row_step, col_step]
+    blocks: list[list[int]] = []
+    for first, cols, top, left, col_step in rows:
+        if blocks:
+            block = blocks[-1]
+            step = top - (block[3] + (block[1] - 1) * block[5])
+            if (
+                cols == block[2]
+                and left == block[4]
+                and (cols == 1 or col_step == block[6])
+                and step > 0
+                and (block[1] == 1 or step == block[5])
+            ):
+                block[1] += 1
+                block[5] = step
+                continue
+        blocks.append([first, 1, cols, top, left, 0, col_step])
+    return [LatticeBlock(*block) for block in blocks]
+
+
+def _copy_lattice(out: Tensor, moved: Tensor, block: LatticeBlock, box_h: int, box_w: int) -> None:
+    """Copy the windows of one lattice block of `moved` (n, rest..., H, W) into its
+    members' entries of `out` (G, n, V, rest..., h, w), broadcast over the fills, with one
+    strided copy."""
+    strides = moved.stride()
+    row_stride, col_stride = strides[-2], strides[-1]
+    source = moved.as_strided(
+        (block.rows, block.cols, *moved.shape[:-2], box_h, box_w),
+        (block.row_step * row_stride, block.col_step * col_stride, *strides),
+        moved.storage_offset() + block.top * row_stride + block.left * col_stride,
+    ).unsqueeze(3)  # (rows, cols, n, 1, rest..., h, w)
+    count = block.rows * block.cols
+    members = out[block.first : block.first + count]
+    target = members.view(block.rows, block.cols, *members.shape[1:])
+    target.copy_(source.expand(target.shape))
 
 
 def _write_patch(
@@ -866,10 +939,50 @@ def _write_patch(
     if _indexed(window.device):
         _write_patch_indexed(target, source, boxes, patch.boxes)
         return
+    # One strided copy per run of equally spaced members with the same overlap (members
+    # at the same offset within a map's stride recur at a fixed step), not one per member.
+    members_of: dict[tuple[int, int, int, int, int, int, int, int], list[int]] = {}
     for member, overlap in enumerate(overlaps):
         if overlap is not None:
-            rows, cols, p_rows, p_cols = overlap
-            target[member, ..., rows, cols] = source[member, ..., p_rows, p_cols]
+            members_of.setdefault(_slice_key(overlap), []).append(member)
+    for key, members in members_of.items():
+        rows, cols = slice(key[0], key[1]), slice(key[2], key[3])
+        p_rows, p_cols = slice(key[4], key[5]), slice(key[6], key[7])
+        for picked in _progressions(members):
+            target[picked, ..., rows, cols] = source[picked, ..., p_rows, p_cols]
+
+
+def _slice_key(
+    overlap: tuple[slice, slice, slice, slice],
+) -> tuple[int, int, int, int, int, int, int, int]:
+    rows, cols, p_rows, p_cols = overlap
+    return (
+        rows.start,
+        rows.stop,
+        cols.start,
+        cols.stop,
+        p_rows.start,
+        p_rows.stop,
+        p_cols.start,
+        p_cols.stop,
+    )
+
+
+def _progressions(indices: list[int]) -> list[slice]:
+    """Increasing `indices` as consecutive slices of constant step, greedily."""
+    found: list[slice] = []
+    start, step, count = indices[0], 1, 1
+    for index in indices[1:]:
+        last = start + (count - 1) * step
+        if count == 1:
+            step, count = index - start, 2
+        elif index - last == step:
+            count += 1
+        else:
+            found.append(slice(start, last + 1, step))
+            start, step, count = index, 1, 1
+    found.append(slice(start, start + (count - 1) * step + 1, step))
+    return found
 
 
 def _overlap(box: Box, patch_box: Box) -> tuple[slice, slice, slice, slice] | None:
