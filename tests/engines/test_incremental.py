@@ -360,6 +360,15 @@ def test_prepared_engine_is_kept_until_the_model_changes() -> None:
     # Other regions are planned anew.
     other = op.sweep(model, images, op.grid(32, 32, 2, 2), engine="incremental", progress=False)
     assert "(torch.export graph)" in other.engine_note
+    # So are regions that differ from the last ones in one pixel (the masks' digest).
+    masks = op.grid(32, 32, 2, 2).masks.clone()
+    masks[0, 0, 0] = False
+    moved = op.sweep(
+        model, images, op.Regions(masks, [0, 1, 2, 3]), engine="incremental", progress=False
+    )
+    assert "(torch.export graph)" in moved.engine_note
+    dense = op.sweep(model, images, op.Regions(masks, [0, 1, 2, 3]), engine="dense", progress=False)
+    torch.testing.assert_close(moved.occluded, dense.occluded, rtol=0, atol=1e-5)
 
 
 def test_a_changed_plain_attribute_is_read_again() -> None:
