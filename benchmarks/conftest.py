@@ -396,13 +396,13 @@ class Harness:
         # one whole sweep, so that every timed round is what later sweeps cost (and the
         # first sweep's own time goes into the note).
         first_sweep = engine == "dense" and batch_size is None
-        first_seconds: list[float] = []
+        warm: list[tuple[float, str]] = []  # (seconds, engine note) of the warm-up sweep
 
         def warmup() -> None:
             if first_sweep:
                 start = time.perf_counter()
-                op.sweep(model, images, regions, fills, engine=engine, progress=False)
-                first_seconds.append(time.perf_counter() - start)
+                done = op.sweep(model, images, regions, fills, engine=engine, progress=False)
+                warm.append((time.perf_counter() - start, done.engine_note))
                 return
             op.sweep(
                 model, images[:1], first, fills[:1], engine=engine, batch_size=size, progress=False
@@ -410,12 +410,14 @@ class Harness:
 
         def note() -> str:
             text = results[-1].engine_note
-            if first_seconds:
-                slower = first_seconds[0] / min(rounds)[0]
-                text += (
-                    f"; the first sweep of this model and input (warm-up, where the batch "
-                    f"candidates were timed) took {slower:.2f}x the fastest round"
+            if warm:
+                seconds, first_note = warm[0]
+                how = (
+                    "where the batch candidates were timed"
+                    if "timed on the first blocks" in first_note
+                    else "with the batch an earlier sweep of this model had chosen"
                 )
+                text += f"; the warm-up sweep ({how}) took {seconds / min(rounds)[0]:.2f}x the fastest round"
             return text
 
         incremental = engine == "incremental"
