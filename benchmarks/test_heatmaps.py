@@ -11,7 +11,10 @@ evaluates fewer or cheaper occluded images; their ratios count all 2,809 positio
 so they read as "equivalent images per second". The approximate sweep's calibration (the
 exact sweep of its calibration image and each threshold tried) is timed inside the sweep and
 reported too, with a second row that leaves it out (calibration is paid once per model and
-settings on a few images, then reused over a data set). Each row runs one round.
+settings on a few images, then reused over a data set). Each row runs one round; the
+exact sweep has a second row, timed after one untimed sweep of the same model and windows
+(what each further image costs: the prepared engine is kept, and the convolutions'
+one-off setup for each window shape is done).
 
 Tests whose id contains ``smoke`` run the tiny architectures on 3x32x32 with 8x8 windows at
 stride 2 and check the equalities instead of speed: incremental = dense, drill-down's computed
@@ -104,12 +107,14 @@ def _run(
     label: str,
     call: Callable[[], Any],
     results: list[Any],
+    warmup: Callable[[], Any] | None = None,
 ) -> Any:
-    """Time `call` against the forward limit. Rows of the incremental engine also get the
-    time the round spent preparing it (torch.export and planning 2,809 regions: paid once
-    per model and window geometry, then kept) and, for the exact row, the FLOP and traffic
-    bounds of the groups that ran."""
+    """Time `call` against the forward limit (after `warmup`, if given). Rows of the
+    incremental engine also get the time the round spent preparing it (torch.export and
+    planning 2,809 regions: paid once per model and window geometry, then kept) and, for
+    the exact rows, the FLOP and traffic bounds of the groups that ran."""
     incremental = key not in ("dense", "captum")
+    exact = key.startswith("incremental")
     prepares: list[float] = []
     bounds = functools.cache(lambda: harness.bounds(workload))
 
@@ -126,10 +131,11 @@ def _run(
         key=key,
         label=label,
         rounds=1,
+        warmup=warmup,
         note=(lambda: results[-1].engine_note) if key != "captum" else None,
         prepare_seconds=(lambda: sum(prepares)) if incremental else None,
-        flop_bound=(lambda: bounds()[0]) if key == "incremental" else None,
-        traffic_bound=(lambda: bounds()[1]) if key == "incremental" else None,
+        flop_bound=(lambda: bounds()[0]) if exact else None,
+        traffic_bound=(lambda: bounds()[1]) if exact else None,
     )
     return results[-1]
 
@@ -159,6 +165,20 @@ def test_windows_incremental(benchmark: object, harness: Harness, case: Case) ->
     if case.smoke:
         dense = workload.sweep("dense")
         torch.testing.assert_close(result[-1].occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.values[0].smoke])
+def test_windows_incremental_repeated(benchmark: object, harness: Harness, case: Case) -> None:
+    """The exact sweep once more after one untimed sweep of the same model and windows:
+    what each further image or data-set batch costs, with the graph and plans kept
+    (IncrementalEngine.prepare) and the convolutions' one-off setup for each window shape
+    already done."""
+    workload = windows_workload(case, harness.device)
+    result: list[op.SweepResult] = []
+    sweep = _sweep(workload, engine="incremental")
+    _run(harness, benchmark, case, workload, "incremental-repeated",
+         'sweep(engine="incremental"), exact, repeated', sweep, result, warmup=sweep)  # fmt: skip
+    assert "kept from an earlier sweep" in result[-1].engine_note
 
 
 @pytest.mark.parametrize("case", CASES)

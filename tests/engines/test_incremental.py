@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import occlusion_probe as op
 from occlusion_probe import InputValueError
+from occlusion_probe.engines.incremental import IncrementalEngine
 
 
 def assert_engines_agree(model: nn.Module, images: Tensor, regions: op.Regions) -> op.SweepResult:
@@ -465,3 +466,82 @@ def test_progressions_cover_the_indices_in_order(chosen: set[int]) -> None:
     slices = _progressions(indices)
     assert [i for part in slices for i in range(part.start, part.stop, part.step)] == indices
     assert _progressions([0, 4, 8, 12, 13, 14]) == [slice(0, 13, 4), slice(13, 15, 1)]
+
+
+# --- the whole-map tail of several calls run at once -------------------------------------
+
+
+class _FlatHead(nn.Module):
+    """Convs, then ``x.view(x.size(0), -1)`` and two Linear layers (a VGG-style head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3)
+        )
+        self.head = nn.Sequential(nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.features(x)
+        return self.head(features.view(features.size(0), -1))
+
+
+@pytest.mark.parametrize("tail_bytes", [1, 2**40])
+def test_tails_of_many_calls_run_together_and_equal_dense(
+    monkeypatch: pytest.MonkeyPatch, tail_bytes: int
+) -> None:
+    from occlusion_probe.engines import incremental
+
+    monkeypatch.setattr(incremental, "TAIL_BYTES", tail_bytes)
+    model = _FlatHead().eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    regions = op.sliding_windows(16, 16, window=4, stride=2)
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    result = op.sweep(model, images, regions, engine="incremental", progress=False)
+    assert result.engine == "incremental", result.engine_note
+    torch.testing.assert_close(result.occluded, dense.occluded, rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.baseline, dense.baseline, rtol=0, atol=1e-5)
+
+
+def test_a_size_query_does_not_assemble_its_input() -> None:
+    model = _FlatHead().eval()
+    masks = op.sliding_windows(16, 16, window=4, stride=2).masks
+    engine = IncrementalEngine.prepare(
+        model, (3, 16, 16), masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(engine, IncrementalEngine), engine
+    for group in engine.groups:
+        tail = engine.tail_of(group)
+        assert engine.graph.image not in tail.frontier  # x.size(0) is answered from shapes
+        assert any(node.op == "call_function" for node in tail.nodes)
+
+
+def test_tails_run_once_per_queue_not_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _FlatHead().eval()
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    masks = op.sliding_windows(16, 16, window=4, stride=2).masks
+    engine = IncrementalEngine.prepare(
+        model, (3, 16, 16), masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(engine, IncrementalEngine), engine
+    fill_images = torch.zeros(1, 1, 1, 1, 1)
+    runs: list[str] = []
+    tail, group = IncrementalEngine._tail, IncrementalEngine._group
+
+    def counted_tail(self: IncrementalEngine, *args: object) -> object:
+        runs.append("tail")
+        return tail(self, *args)  # type: ignore[arg-type]
+
+    def counted_group(self: IncrementalEngine, *args: object) -> object:
+        runs.append("call")
+        return group(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(IncrementalEngine, "_tail", counted_tail)
+    monkeypatch.setattr(IncrementalEngine, "_group", counted_group)
+    clean, occluded = engine.run(images, fill_images, masks, 4, lambda raw: raw)  # type: ignore[arg-type,return-value]
+    # 4 items per call: the 49 windows run in many calls, and their tails in one.
+    assert runs.count("call") > 1 and runs.count("tail") == 1
+    with torch.inference_mode():
+        reference = model(torch.where(masks[:, None], 0.0, images))
+        torch.testing.assert_close(clean, model(images), rtol=0, atol=1e-5)
+    torch.testing.assert_close(occluded[0, :, 0], reference, rtol=0, atol=1e-5)

@@ -87,6 +87,15 @@ class _Full:
     value: object
 
 
+@dataclass(frozen=True)
+class Tail:
+    """The whole-map part of a group's plan: `nodes` (in graph order) run on whole maps,
+    reading the `frontier` nodes' values as whole maps."""
+
+    nodes: tuple[Node, ...]
+    frontier: tuple[Node, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class _Patch:
     """A node whose values differ only inside one box per group member (equal shapes);
@@ -145,6 +154,8 @@ class IncrementalEngine:
         self.channels_last: bool | None = None
         self.layout_seconds: dict[bool, float] = {}
         self._in_place = _in_place_ops(graph)
+        # The whole-map part of each plan's states (see tail_of).
+        self._tails: dict[int, tuple[object, Tail]] = {}
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -338,6 +349,8 @@ class IncrementalEngine:
                     occluded[start:stop, region] = clean[:, None]
                 if on_progress is not None and self.empty_regions:
                     on_progress(m * v * len(self.empty_regions))
+                # Pieces whose whole-map part (the tail) waits to run in one larger call.
+                pending = _PendingTails(self, cache, m, v, finish)
                 for whole_group in self.groups:
                     pieces = self._pieces(
                         whole_group, items_per_call, m * v, self._most_members(whole_group, images)
@@ -356,13 +369,12 @@ class IncrementalEngine:
                             group.states[self.graph.image],
                         )
                         values = self._group(cache, group, patch, items)
-                        outputs = finish(self._output(cache, values, items))
-                        shaped = outputs.reshape(len(members), m, v, -1).transpose(0, 1)
-                        occluded[start:stop, list(members)] = shaped
+                        for done, outputs in pending.add(group, values, items):
+                            self._store(occluded, start, done, outputs, on_progress)
                         pieces.record(config, clock(images.device) - began)
                         first += config.size
-                        if on_progress is not None:
-                            on_progress(len(members) * m * v)
+                for done, outputs in pending.flush():
+                    self._store(occluded, start, done, outputs, on_progress)
         if occluded is None:
             empty = torch.empty(
                 (0, len(self.boxes), v, 0), dtype=images.dtype, device=images.device
@@ -453,6 +465,84 @@ class IncrementalEngine:
                 values[node] = node.target(*args, **kwargs)  # type: ignore[operator]
         return values
 
+    def tail_of(self, group: GroupPlan) -> Tail:
+        """The whole-map part of `group`'s plan: its nodes, and the other nodes they and the
+        output read (the frontier)."""
+        found = self._tails.get(id(group.states))
+        if found is not None and found[0] is group.states:
+            return found[1]
+        nodes = tuple(
+            node
+            for node in self.graph.nodes
+            if node.op == "call_function" and group.states.get(node) == FULL
+        )
+        inside = set(nodes)
+        frontier: dict[Node, None] = {}
+        output = next(n for n in self.graph.nodes if n.op == "output")
+        for reader in (*nodes, output):
+            if _is_size_query(reader):
+                continue  # answered from shapes (`_size`): its input is never assembled
+            for arg in reader.all_input_nodes:
+                if arg not in inside:
+                    frontier[arg] = None
+        tail = Tail(nodes, tuple(frontier))
+        self._tails[id(group.states)] = (group.states, tail)
+        return tail
+
+    def _tail(
+        self, cache: dict[Node, object], tail: Tail, frontier: dict[Node, object], items: _Items
+    ) -> object:
+        """The graph's output for `items`, from the frontier's whole values (batch first)."""
+        values: dict[Node, _Value] = {node: _Full(value) for node, value in frontier.items()}
+        for node in tail.nodes:
+            if _is_size_query(node):
+                values[node] = _Full(self._size(cache, values, node, items))
+                continue
+            args, kwargs = _map(
+                (node.args, node.kwargs), lambda a: self._whole(cache, values, a, items)
+            )
+            values[node] = _Full(node.target(*args, **kwargs))  # type: ignore[operator]
+        return self._output(cache, values, items)
+
+    def _size(
+        self, cache: dict[Node, object], values: dict[Node, _Value], node: Node, items: _Items
+    ) -> object:
+        """A size query (``x.shape[d]``) on the items' whole values, answered from shapes:
+        a whole map assembled only to be measured costs a copy of every item's map (the
+        input images, for VGG's ``x.view(x.size(0), -1)``)."""
+        source, dim = node.args[0], node.args[1] if len(node.args) > 1 else None
+        found = values.get(source) if isinstance(source, Node) else None
+        if isinstance(found, _Full) and isinstance(found.value, Tensor):
+            shape = tuple(found.value.shape)
+        else:
+            base = cache[source] if isinstance(source, Node) else source
+            if not isinstance(base, Tensor) or not isinstance(source, Node):
+                raise RuntimeError(f"node {node.name}: the size of a value that is no tensor")
+            shape = tuple(base.shape)
+            if self.graph.info[source].varying:
+                shape = items.shape_of(shape)
+        if dim is None:
+            return list(shape)
+        if not isinstance(dim, int):
+            raise RuntimeError(f"node {node.name}: a size query along {dim!r}")
+        return shape[dim]
+
+    @staticmethod
+    def _store(
+        occluded: Tensor,
+        start: int,
+        members: tuple[int, ...],
+        outputs: Tensor,
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        """Write the outputs (members * m * V, K) of `members` for images from `start`."""
+        v = occluded.shape[2]
+        m = outputs.shape[0] // (len(members) * v)
+        shaped = outputs.reshape(len(members), m, v, -1).transpose(0, 1)
+        occluded[start : start + m, list(members)] = shaped
+        if on_progress is not None:
+            on_progress(len(members) * m * v)
+
     def _output(
         self, cache: dict[Node, object], values: dict[Node, _Value], items: _Items
     ) -> object:
@@ -500,13 +590,8 @@ class IncrementalEngine:
         values: dict[Node, _Value] = {self.graph.image: start}
         for node in self.graph.nodes:
             state = group.states.get(node)
-            if state is None or node.op != "call_function":
-                continue
-            if state == FULL:
-                args, kwargs = _map(
-                    (node.args, node.kwargs), lambda a: self._whole(cache, values, a, items)
-                )
-                values[node] = _Full(node.target(*args, **kwargs))  # type: ignore[operator]
+            # Whole-map nodes (the tail) run later, for several calls at once (`_tail`).
+            if state is None or state == FULL or node.op != "call_function":
                 continue
             boxes = state
             name = op_name(node)
@@ -746,6 +831,10 @@ def _sole_reader(source: Node, node: Node) -> bool:
 #: 3.8-19.3 ms at 128 per call (72 MB).
 _CALL_BYTES = 32 * 2**20
 
+#: The most bytes of frontier values (the whole maps a plan's tail reads) queued to run
+#: the tails of several group calls as one call (_PendingTails).
+TAIL_BYTES = 64 * 2**20
+
 #: Gathers and scatters of windows at many offsets: on the CPU a strided copy per window is
 #: several times faster than one advanced-indexing op; on accelerators one indexed op avoids
 #: a kernel launch per window.
@@ -759,6 +848,10 @@ class _Items:
     groups: int
     fills: int
 
+    def shape_of(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape `expand` gives a value of shape `shape` (n, ...)."""
+        return (self.groups * shape[0] * self.fills, *shape[1:])
+
     def expand(self, value: Tensor) -> Tensor:
         """A value of the n cached images, repeated for every (member, image, fill) item."""
         if self.groups == 1 and self.fills == 1:
@@ -767,6 +860,100 @@ class _Items:
         grown = value.unsqueeze(0).unsqueeze(2)
         grown = grown.expand(self.groups, n, self.fills, *value.shape[1:])
         return grown.reshape(self.groups * n * self.fills, *value.shape[1:])
+
+
+_SIZE_QUERIES = frozenset({"sym_size"})
+
+
+def _is_size_query(node: Node) -> bool:
+    """Whether `node` asks only for a size (``aten.sym_size``) of its input."""
+    return node.op == "call_function" and op_name(node) in _SIZE_QUERIES
+
+
+class _PendingTails:
+    """Calls whose whole-map part (the tail) waits, so that it runs for many at once.
+
+    After the changed boxes, a plan runs its last nodes (a classifier's fully connected
+    layers) on whole values; per group call that is a few dozen occluded images, and a
+    layer with large weights then streams them from memory for every call (VGG-16's
+    classifier at half width: 76 MB per call). The tails of consecutive calls with the same
+    tail nodes run as one call of up to `TAIL_BYTES` of frontier values (their items
+    concatenated in call order), with the same results.
+    """
+
+    def __init__(
+        self,
+        engine: IncrementalEngine,
+        cache: dict[Node, object],
+        images: int,
+        fills: int,
+        finish: Finish,
+    ) -> None:
+        self.engine, self.cache, self.images, self.fills, self.finish = (
+            engine,
+            cache,
+            images,
+            fills,
+            finish,
+        )
+        self.tail: Tail | None = None
+        self.parts: list[tuple[tuple[int, ...], dict[Node, object]]] = []
+        self.bytes = 0
+
+    def add(
+        self, group: GroupPlan, values: dict[Node, _Value], items: _Items
+    ) -> list[tuple[tuple[int, ...], Tensor]]:
+        """Queue one call's tail; returns (members, outputs) of the calls whose tails ran."""
+        engine = self.engine
+        tail = engine.tail_of(group)
+        frontier = {node: engine._whole(self.cache, values, node, items) for node in tail.frontier}
+        varying = [
+            value
+            for node, value in frontier.items()
+            if engine.graph.info[node].varying and isinstance(value, Tensor)
+        ]
+        size = sum(value.numel() * value.element_size() for value in varying)
+        done: list[tuple[tuple[int, ...], Tensor]] = []
+        if self.parts and (tail != self.tail or self.bytes + size > TAIL_BYTES):
+            done = self.flush()
+        self.tail = tail
+        self.parts.append((group.members, frontier))
+        self.bytes += size
+        if not self._combinable(tail, frontier):
+            done += self.flush()
+        return done
+
+    def _combinable(self, tail: Tail, frontier: dict[Node, object]) -> bool:
+        """Whether this call's frontier can join others: every value that differs between
+        calls is a tensor with the items along its first dim."""
+        info = self.engine.graph.info
+        return bool(frontier) and all(
+            isinstance(value, Tensor) or not info[node].varying for node, value in frontier.items()
+        )
+
+    def flush(self) -> list[tuple[tuple[int, ...], Tensor]]:
+        """Run the queued tails as one call; (members, outputs (members * m * V, K)) each."""
+        if not self.parts or self.tail is None:
+            return []
+        parts, self.parts, self.bytes = self.parts, [], 0
+        info = self.engine.graph.info
+        counts = [len(members) for members, _frontier in parts]
+        frontier: dict[Node, object] = {}
+        for node, first in parts[0][1].items():
+            if info[node].varying and isinstance(first, Tensor) and len(parts) > 1:
+                frontier[node] = torch.cat([values[node] for _members, values in parts])  # type: ignore[misc]
+            else:
+                frontier[node] = first
+        items = _Items(sum(counts), self.fills)
+        outputs = self.finish(self.engine._tail(self.cache, self.tail, frontier, items))
+        per_member = self.images * self.fills
+        done: list[tuple[tuple[int, ...], Tensor]] = []
+        offset = 0
+        for members, _frontier in parts:
+            size = len(members) * per_member
+            done.append((members, outputs[offset : offset + size]))
+            offset += size
+        return done
 
 
 def _is_channels_last(value: Tensor, spatial: tuple[int, int]) -> bool:
