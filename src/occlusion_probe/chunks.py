@@ -75,7 +75,7 @@ def _joined(known: Tensor | None, computed: Tensor | None) -> Tensor:
     """Outputs of the first images (`known`, possibly none) followed by the rest's."""
     parts = [part for part in (known, computed) if part is not None and part.shape[0] > 0]
     if not parts:
-        raise ValueError("no unoccluded outputs: a chunk holds at least one image")
+        raise RuntimeError("no unoccluded outputs: a chunk holds at least one image")
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
