@@ -14,7 +14,7 @@ cores:
 
 | case | model | GFLOPs | FLOP bound 16x16 / 32x32 patches |
 | --- | --- | ---: | ---: |
-| vgg16 | VGG-16 (configuration D) at 1/2 width: convs of 32-64-128-256-256 channels, fc 6272-2048-2048-1000 | 7.78 | 8.87-9.06 / 6.79-6.86 |
+| vgg16 | VGG-16 (configuration D) at 1/2 width: convs of 32-64-128-256-256 channels, fc 12544-2048-2048-1000 | 7.78 | 8.87-9.06 / 6.79-6.86 |
 | resnet18 | ResNet-18 at full width (64-128-256-512) | 3.63 | 2.70 / 2.42 |
 | mobilenetv2 | MobileNetV2 at width 1.0 (the paper's Table 2, stem 32, head 1280) | 0.63 | 2.08 / 1.82 |
 | densenet121 | DenseNet-121's blocks (6, 12, 24, 16) at growth rate 16 (the paper's: 32), stem 32 | 1.48 | 2.24 / 1.94 |
