@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_models import small_cnn
-from torch import Tensor
+from torch import Tensor, nn
 
 import occlusion_probe as op
 from occlusion_probe.engines import dense
@@ -250,13 +250,16 @@ def test_box_path_is_chosen_only_where_it_pays() -> None:
 # --- run_dense ---------------------------------------------------------------------------
 
 
+def _four_regions_two_fills(n: int, seed: int) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """(model, images (n, 1, 12, 12), masks of a 2x2 grid, fills 0 and 1) for run_dense."""
+    images = torch.rand(n, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
+    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    return small_cnn().eval(), images, op.grid(12, 12, 2, 2).masks, fill_images
+
+
 @pytest.mark.parametrize("n", [0, 1, 2])
 def test_run_dense_equals_one_forward_per_occluded_image(block_path: str, n: int) -> None:
-    model = small_cnn().eval()
-    generator = torch.Generator().manual_seed(10 + n)
-    images = torch.rand(n, 1, 12, 12, generator=generator)
-    masks = op.grid(12, 12, 2, 2).masks
-    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    model, images, masks, fill_images = _four_regions_two_fills(n, 10 + n)
     progress: list[int] = []
     with torch.inference_mode():
         clean, out = run_dense(model, images, fill_images, masks, 3, 5, progress.append)
@@ -274,11 +277,7 @@ def test_run_dense_runs_unoccluded_images_in_its_blocks(n: int, m: int) -> None:
     # 7 images per call over n x 4 regions x 2 fills + m unoccluded ones: those share blocks
     # with occluded ones (n = 1: one block of 9 -> 5 + 4), and progress counts only the
     # occluded images.
-    model = small_cnn().eval()
-    generator = torch.Generator().manual_seed(20 + n)
-    images = torch.rand(n, 1, 12, 12, generator=generator)
-    masks = op.grid(12, 12, 2, 2).masks
-    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    model, images, masks, fill_images = _four_regions_two_fills(n, 20 + n)
     progress: list[int] = []
     calls: list[int] = []
 
