@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 import weakref
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference_models import DenseNet, MobileNetV2, ResNet18
 from torch import nn
 
@@ -19,6 +22,7 @@ from occlusion_probe.engines.plan import (
     GroupPlan,
     cap_box,
     dense_traffic,
+    greedy_merge,
     op_name,
     peak_elements,
     plan_groups,
@@ -220,3 +224,61 @@ def test_every_grouping_equals_dense(monkeypatch: pytest.MonkeyPatch, call_secon
     assert groups is not None
     assert (int(groups.group(1)) == 1) == (call_seconds > 0)
     torch.testing.assert_close(fast.occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+def _naive_greedy_merge(
+    rows: np.ndarray, cols: np.ndarray, sizes: list[int], weight: np.ndarray, calls: float
+) -> list[list[int]]:
+    """The agglomeration by its definition: recompute every pair's saving at each step and
+    merge the first best pair while it saves something."""
+    groups = [[i] for i in range(len(sizes))]
+    rows_, cols_ = [r.astype(float) for r in rows], [c.astype(float) for c in cols]
+    size = [float(s) for s in sizes]
+
+    def cost(r: np.ndarray, c: np.ndarray, s: float) -> float:
+        return float(s * ((r * c) @ weight))
+
+    alive = list(range(len(sizes)))
+    while len(alive) > 1:
+        best, pair = -np.inf, None
+        for i in alive:
+            for j in alive:
+                if i == j:
+                    continue
+                r, c = np.maximum(rows_[i], rows_[j]), np.maximum(cols_[i], cols_[j])
+                merged = cost(r, c, size[i] + size[j])
+                saved = calls - (
+                    merged - cost(rows_[i], cols_[i], size[i]) - cost(rows_[j], cols_[j], size[j])
+                )
+                if saved > best:
+                    best, pair = saved, (i, j)
+        if pair is None or best <= 0:
+            break
+        i, j = pair
+        groups[i].extend(groups[j])
+        groups[j] = []
+        rows_[i], cols_[i] = np.maximum(rows_[i], rows_[j]), np.maximum(cols_[i], cols_[j])
+        size[i] += size[j]
+        alive.remove(j)
+    return [g for g in groups if g]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 9).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=2), min_size=n, max_size=n),
+            st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=2), min_size=n, max_size=n),
+            st.lists(st.integers(1, 5), min_size=n, max_size=n),
+        )
+    ),
+    st.sampled_from([0.0, 3.0, 40.0, 1e6]),
+)
+def test_greedy_merge_equals_the_naive_agglomeration(
+    classes: tuple[list[list[int]], list[list[int]], list[int]], calls: float
+) -> None:
+    rows, cols, sizes = (np.array(classes[0]), np.array(classes[1]), classes[2])
+    weight = np.array([1.0, 2.0])
+    assert greedy_merge(rows, cols, sizes, weight, calls) == _naive_greedy_merge(
+        rows, cols, sizes, weight, calls
+    )

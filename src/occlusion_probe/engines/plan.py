@@ -41,6 +41,7 @@ __all__ = [
     "cap_box",
     "constant_cut",
     "dense_traffic",
+    "greedy_merge",
     "group_part",
     "layout_rule",
     "local_geometry",
@@ -324,8 +325,25 @@ def _arg(node: Node, index: int, name: str, default: object) -> object:
     return node.kwargs.get(name, default)
 
 
+# Keys of what the planner keeps in a node's ``meta`` (the graph is the library's own
+# export): a local op's axes, and its geometry per changed box. Planning 2,809 sliding
+# windows asks for the same node's geometry about 150,000 times, for few distinct boxes.
+_AXES_KEY = "occlusion_probe_axes"
+_GEOMETRY_KEY = "occlusion_probe_geometry"
+
+
 def _axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, str] | None:
-    """Row and column axes, pad value and border kind ("constant" or "whole") of a local op."""
+    """Row and column axes, pad value and border kind ("constant" or "whole") of a local op
+    (read once per node and kept in its meta)."""
+    kept = node.meta.get(_AXES_KEY)
+    if kept is not None and kept[0] is info:
+        return kept[1]  # type: ignore[no-any-return]
+    axes = _read_axes(node, info)
+    node.meta[_AXES_KEY] = (info, axes)
+    return axes
+
+
+def _read_axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, str] | None:
     name = op_name(node)
     source = node.args[0]
     if not isinstance(source, Node):
@@ -403,7 +421,21 @@ def _axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, 
 
 
 def local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeometry | None:
-    """The output box a changed input `box` gives at local op `node`, and the window it reads."""
+    """The output box a changed input `box` gives at local op `node`, and the window it reads
+    (kept per node and box)."""
+    kept = node.meta.get(_GEOMETRY_KEY)
+    if kept is None or kept[0] is not info:
+        kept = (info, {})
+        node.meta[_GEOMETRY_KEY] = kept
+    known: dict[Box, LocalGeometry | None] = kept[1]
+    if box in known:
+        return known[box]
+    geometry = _local_geometry(node, info, box)
+    known[box] = geometry
+    return geometry
+
+
+def _local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeometry | None:
     axes = _axes(node, info)
     if axes is None:
         return None
@@ -791,38 +823,76 @@ def _merge_classes(
     calls = len([n for n in nodes if n.op == "call_function"]) * call_flops
     weight = np.array([weights[i] for i in heavy], dtype=np.float64)
     boxes = np.array([[shape[i] for i in heavy] for shape in shapes])
-    rows, cols = boxes[..., 0].astype(np.float64), boxes[..., 1].astype(np.float64)
-    sizes = np.array([len(c) for c in classes], dtype=np.float64)
-    cost = sizes * ((rows * cols) @ weight)  # |G| F(G) per class
-    members = [list(c) for c in classes]
-    alive = np.ones(len(classes), dtype=bool)
+    merged = greedy_merge(boxes[..., 0], boxes[..., 1], [len(c) for c in classes], weight, calls)
+    return [tuple(m for index in group for m in classes[index]) for group in merged]
+
+
+def greedy_merge(
+    rows: np.ndarray, cols: np.ndarray, sizes: Sequence[int], weight: np.ndarray, calls: float
+) -> list[list[int]]:
+    """Greedy agglomeration: merge the pair of classes whose merge lowers the total cost
+    most (the first such pair in row-major order on ties), until none does.
+
+    rows, cols : array, shape (N, M): each class's box rows and columns at M nodes
+    sizes : the members of each class
+    weight : array, shape (M,): FLOPs per box position at each node
+    calls : the cost of one group's op calls, in FLOPs
+    returns : the merged groups, as lists of class indices, in order of their first class
+    """
+    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    size = np.asarray(sizes, dtype=np.float64)
+    cost = size * ((rows * cols) @ weight)  # |G| F(G) per class
+    members = [[index] for index in range(len(size))]
+    alive = np.ones(len(size), dtype=bool)
 
     def gains(i: int) -> np.ndarray:
         """What merging class i with each class saves (-inf for itself and merged ones)."""
         area = np.maximum(rows[i], rows) * np.maximum(cols[i], cols)
-        merged = (sizes[i] + sizes) * (area @ weight)
+        merged = (size[i] + size) * (area @ weight)
         saved = calls - (merged - cost[i] - cost)
         saved[~alive] = -np.inf
         saved[i] = -np.inf
         return np.asarray(saved, dtype=np.float64)
 
-    table = np.stack([gains(i) for i in range(len(classes))])
+    if len(size) < 2:
+        return members
+    table = np.stack([gains(i) for i in range(len(size))])
+    # Each row's best partner (the first maximum), so that a step scans rows, not the table
+    # (a ResNet-18 heat map has hundreds of classes; a full scan per merge took seconds).
+    best_value = table.max(axis=1)
+    best_index = table.argmax(axis=1)
     while alive.sum() > 1:
-        i, j = np.unravel_index(int(np.argmax(table)), table.shape)
-        if table[i, j] <= 0:
+        # The table's first maximum in row-major order, as np.argmax(table) would pick.
+        i = int(np.argmax(best_value))
+        j = int(best_index[i])
+        if best_value[i] <= 0:
             break
         members[i].extend(members[j])
         members[j] = []
         rows[i] = np.maximum(rows[i], rows[j])
         cols[i] = np.maximum(cols[i], cols[j])
-        sizes[i] += sizes[j]
-        cost[i] = sizes[i] * ((rows[i] * cols[i]) @ weight)
+        size[i] += size[j]
+        cost[i] = size[i] * ((rows[i] * cols[i]) @ weight)
         alive[j] = False
         table[j, :] = -np.inf
         table[:, j] = -np.inf
-        table[i, :] = gains(int(i))
-        table[:, i] = table[i, :]
-    return [tuple(m) for m in members if m]
+        merged = gains(i)
+        table[i, :] = merged
+        table[:, i] = merged
+        best_value[j] = -np.inf
+        # Rows whose best partner was i or j are scanned again; the others may now prefer i.
+        stale = (best_index == i) | (best_index == j)
+        stale[i] = True
+        stale[j] = False
+        for k in np.flatnonzero(stale):
+            best_index[k] = int(np.argmax(table[k]))
+            best_value[k] = table[k, best_index[k]]
+        fresh = ~stale
+        fresh[j] = False
+        better = fresh & ((merged > best_value) | ((merged == best_value) & (i < best_index)))
+        best_value[better] = merged[better]
+        best_index[better] = i
+    return [group for group in members if group]
 
 
 def _plan_or_split(
