@@ -15,6 +15,8 @@ settings on a few images, then reused over a data set). Each row runs one round;
 exact sweep has a second row, timed after one untimed sweep of the same model and windows
 (what each further image costs: the prepared engine is kept, and the convolutions'
 one-off setup for each window shape is done).
+Drill-down and approximation also run together, and that row's note gives the SSIM of
+its heat map against the exact sweep's.
 
 Tests whose id contains ``smoke`` run the tiny architectures on 3x32x32 with 8x8 windows at
 stride 2 and check the equalities instead of speed: incremental = dense, drill-down's computed
@@ -39,12 +41,16 @@ from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, workload_
 from torch import Tensor
 
 import occlusion_probe as op
+from occlusion_probe.fidelity import measure_fidelity
 
 if TYPE_CHECKING:
     from conftest import Harness
 
 # The chunk engine calls `calibrate` through its module global, so that global is timed.
 chunks_module = importlib.import_module("occlusion_probe.chunks")
+# The exact sweep of each case in this session (the drill-down + approximate test compares
+# its heat maps with it).
+_EXACT: dict[str, op.SweepResult] = {}
 
 FILLS = (0.0,)
 #: Drill-down and approximate settings of the full-size rows.
@@ -162,6 +168,7 @@ def test_windows_incremental(benchmark: object, harness: Harness, case: Case) ->
     _run(harness, benchmark, case, workload, "incremental", 'sweep(engine="incremental"), exact',
          _sweep(workload, engine="incremental"), result)  # fmt: skip
     assert result[-1].engine == "incremental", result[-1].engine_note
+    _EXACT[case.id] = result[-1]
     if case.smoke:
         dense = workload.sweep("dense")
         torch.testing.assert_close(result[-1].occluded, dense.occluded, rtol=0, atol=1e-5)
@@ -199,23 +206,32 @@ def test_windows_drill_down(benchmark: object, harness: Harness, case: Case) -> 
         assert float(difference[computed].max()) <= 1e-5
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_windows_approximate(benchmark: object, harness: Harness, case: Case) -> None:
-    workload = windows_workload(case, harness.device)
-    # On the smoke sizes a threshold that cuts nothing checks approximate = exact.
+def _approximate_call(
+    case: Case, workload: Workload, **options: Any
+) -> tuple[op.Approximate, list[float], Callable[[], op.SweepResult]]:
+    """(settings, calibration seconds, call): an approximate sweep whose calibration is
+    timed into the list at each call. On the smoke sizes a threshold that cuts nothing
+    checks approximate = exact."""
     settings = (
         op.Approximate(ssim=0.5, calibration_images=1, thresholds=(0.99,))
         if case.smoke
         else APPROXIMATE
     )
     calibration: list[float] = []
-    result: list[op.SweepResult] = []
 
     def call() -> op.SweepResult:
         calibration.clear()
         with timing_calibration(calibration):
-            return _sweep(workload, approximate=settings)()
+            return _sweep(workload, approximate=settings, **options)()
 
+    return settings, calibration, call
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_approximate(benchmark: object, harness: Harness, case: Case) -> None:
+    workload = windows_workload(case, harness.device)
+    settings, calibration, call = _approximate_call(case, workload)
+    result: list[op.SweepResult] = []
     row_label = f"sweep(approximate=Approximate(ssim={settings.ssim:g}, calibration_images=1))"
     swept = _run(harness, benchmark, case, workload, "approximate",
                  f"{row_label}, calibration included", call, result)  # fmt: skip
@@ -225,22 +241,72 @@ def test_windows_approximate(benchmark: object, harness: Harness, case: Case) ->
     if fidelity is not None:
         info.update(tau=fidelity.tau, ssim=fidelity.ssim, spearman=fidelity.spearman,
                     max_abs_error=fidelity.max_abs_error)  # fmt: skip
-    row = harness.rows[-1]
-    if row.seconds > sum(calibration):
-        harness.record(
-            benchmark,
-            group=row.group,
-            key="approximate-calibrated",
-            method=f"{row_label}, calibration left out",
-            images=row.images,
-            seconds=row.seconds - sum(calibration),
-            ratio=row.ratio * row.seconds / (row.seconds - sum(calibration)),
-            note=row.note,
-        )
+    _without_calibration(harness, benchmark, "approximate-calibrated", row_label, calibration)
     if case.smoke:
         assert fidelity is not None and fidelity.tau == 0.99
         dense = workload.sweep("dense")
         torch.testing.assert_close(swept.occluded, dense.occluded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_windows_approximate_drill_down(benchmark: object, harness: Harness, case: Case) -> None:
+    """Drill-down and approximation together (the issue's 35x target), with the SSIM of the
+    predicted class's heat map against the exact sweep's (taken from the exact test of this
+    session, or swept here)."""
+    workload = windows_workload(case, harness.device)
+    _, _, coarse = _geometry(case)
+    refine = op.Refine(coarse_stride=coarse, top=REFINE.top)
+    settings, calibration, call = _approximate_call(case, workload, refine=refine)
+    result: list[op.SweepResult] = []
+
+    row_label = (
+        f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}), "
+        f"approximate=Approximate(ssim={settings.ssim:g}, calibration_images=1))"
+    )
+    swept = _run(harness, benchmark, case, workload, "approximate-drill-down",
+                 f"{row_label}, calibration included", call, result)  # fmt: skip
+    exact = _EXACT.get(case.id) or workload.sweep("incremental")
+    fidelity = measure_fidelity(
+        workload.regions, exact.baseline, exact.occluded, swept.occluded, tau=1.0, target=0.9
+    )
+    info = benchmark.extra_info  # type: ignore[attr-defined]
+    info.update(ssim_against_exact=fidelity.ssim, spearman_against_exact=fidelity.spearman)
+    against = (
+        f"heat-map SSIM against the exact sweep {fidelity.ssim:.3f}, region-ranking Spearman "
+        f"{fidelity.spearman:.3f}"
+    )
+    _without_calibration(harness, benchmark, "approximate-drill-down-calibrated", row_label,
+                         calibration, against)  # fmt: skip
+    computed = swept.computed
+    assert computed is not None
+    if case.smoke:
+        difference = (swept.occluded - exact.occluded).abs().amax(dim=(2, 3))
+        assert float(difference[computed].max()) <= 1e-5
+
+
+def _without_calibration(
+    harness: Harness,
+    benchmark: object,
+    key: str,
+    label: str,
+    calibration: list[float],
+    extra_note: str = "",
+) -> None:
+    """A second row for the last one, leaving out the `calibration` seconds it spent
+    (calibration is paid once per model and settings, then reused over a data set)."""
+    row = harness.rows[-1]
+    if row.seconds <= sum(calibration):
+        return
+    harness.record(
+        benchmark,
+        group=row.group,
+        key=key,
+        method=f"{label}, calibration left out",
+        images=row.images,
+        seconds=row.seconds - sum(calibration),
+        ratio=row.ratio * row.seconds / (row.seconds - sum(calibration)),
+        note=f"{extra_note}; {row.note}" if extra_note else row.note,
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
