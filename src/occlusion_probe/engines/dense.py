@@ -329,7 +329,6 @@ def run_dense(
     plan = BatchPlan.fixed(batches) if isinstance(batches, int) else batches
     builder = BlockBuilder(images, fill_images, masks, plan.current.size)
     occluded_items = n * r * v
-    dtype = builder.dtype
 
     def write_range(start: int, stop: int, out: Tensor) -> None:
         middle = min(max(start, occluded_items), stop)
@@ -352,7 +351,7 @@ def run_dense(
         write_range,
         occluded_items + (0 if unoccluded is None else unoccluded.shape[0]),
         (c, h, w),
-        dtype,
+        builder.dtype,
         images.device,
         plan,
         num_classes,

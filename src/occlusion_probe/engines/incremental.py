@@ -919,11 +919,11 @@ class _PendingTails:
         self.tail = tail
         self.parts.append((group.members, frontier))
         self.bytes += size
-        if not self._combinable(tail, frontier):
+        if not self._combinable(frontier):
             done += self.flush()
         return done
 
-    def _combinable(self, tail: Tail, frontier: dict[Node, object]) -> bool:
+    def _combinable(self, frontier: dict[Node, object]) -> bool:
         """Whether this call's frontier can join others: every value that differs between
         calls is a tensor with the items along its first dim."""
         info = self.engine.graph.info
@@ -991,7 +991,8 @@ def _gather(
     base: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], items: _Items, pad: float
 ) -> Tensor:
     """Windows `boxes` of `base` (n, ...) for every item: (G * n * V, ...) with the box's
-    rows and columns in place of the map's; positions past the border hold `pad`."""
+    rows and columns in place of the map's; positions past the border hold `pad` (the
+    indexed path; the strided one takes boxes inside a map `_window` has padded)."""
     moved = base.movedim(spatial, (-2, -1))  # (n, rest..., H, W)
     n, rest = moved.shape[0], moved.shape[1:-2]
     height, width = moved.shape[-2], moved.shape[-1]
@@ -1022,22 +1023,13 @@ def _gather(
             ).permute(0, 1, 2, 5, 3, 4)
         else:
             out = torch.empty(shape, dtype=base.dtype, device=base.device)
-        if all(b[0] >= 0 and b[1] <= height and b[2] >= 0 and b[3] <= width for b in boxes):
-            # One strided copy per lattice block of members (sliding windows at one stride
-            # come in rows of equal steps), not one per member.
-            for block in lattice_blocks(boxes):
-                _copy_lattice(out, moved, block, box_h, box_w)
-        else:
-            for member, (top, bottom, left, right) in enumerate(boxes):
-                inner = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
-                target = out[member]
-                if inner != (top, bottom, left, right):
-                    target.fill_(pad)
-                    target = target[
-                        ..., inner[0] - top : inner[1] - top, inner[2] - left : inner[3] - left
-                    ]
-                source = moved[..., inner[0] : inner[1], inner[2] : inner[3]].unsqueeze(1)
-                target.copy_(source.expand(target.shape))
+        # `_window` pads the map first on this path, so every box lies inside it.
+        if not all(b[0] >= 0 and b[1] <= height and b[2] >= 0 and b[3] <= width for b in boxes):
+            raise RuntimeError("strided window copies need boxes inside the (padded) map")
+        # One strided copy per lattice block of members (sliding windows at one stride come
+        # in rows of equal steps), not one per member.
+        for block in lattice_blocks(boxes):
+            _copy_lattice(out, moved, block, box_h, box_w)
     flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
     if channels_last:
         # Already so on the CPU path (a view of the memory allocated above).

@@ -137,7 +137,7 @@ class RegionRunner:
                 unoccluded=unoccluded,
             )
         engine = self.engine(positions, threshold)
-        unoccluded, occluded = engine.run(
+        clean, occluded = engine.run(
             images,
             fill_images,
             masks,
@@ -149,7 +149,7 @@ class RegionRunner:
         if self.channels_last is None:
             # The first engine timed both layouts; every later one uses its choice.
             self.channels_last = engine.channels_last
-        return unoccluded, occluded
+        return clean, occluded
 
     @staticmethod
     def images_of(fill_images: Tensor, start: int, stop: int) -> Tensor:
