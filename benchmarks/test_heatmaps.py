@@ -1,12 +1,17 @@
 """Fine heat maps: overlapping sliding windows on the 224x224 architectures (issue 14).
 
 VGG-16 (1/2 width) and ResNet-18 at 3x224x224, N=1, one fill (0.0), 16x16 windows at stride
-4 (53x53 = 2,809 positions, 2,809 occluded images): the dense sweep, the exact incremental
-sweep, the drill-down sweep (``refine=Refine(coarse_stride=16, top=0.25)``: 14x14 coarse
-windows, then the fine stride in a quarter of their cells), the approximate sweep
-(``approximate=Approximate(ssim=0.9, calibration_images=1)``) and captum's ``Occlusion`` with
-the same window, stride and baseline, each as a ratio to the forward limit (plain forwards
-of prebuilt occluded images, as in test_architectures.py). A drill-down or approximate sweep
+4 (53x53 = 2,809 positions, 2,809 occluded images), on a photograph (matplotlib's sample
+``grace_hopper.jpg``, resized to 224x224: a heat map of a real image, not of noise): the
+dense sweep, the exact incremental sweep, the drill-down sweep
+(``refine=Refine(coarse_stride=16, top=0.25)``: 14x14 coarse windows, then the fine stride in
+a quarter of their cells), the drill-down for a target (``Refine(coarse_stride=8 or 16,
+top=0.05, ssim=0.9, calibration_images=1)``: the smallest top of 0.05, 0.1, ..., 1.0 that
+reaches SSIM 0.9), the approximate sweep (``approximate=Approximate(ssim=0.9,
+calibration_images=1)``), both together, and captum's ``Occlusion`` with the same window,
+stride and baseline, each as a ratio to the forward limit (plain forwards of prebuilt
+occluded images, as in test_architectures.py). Every drill-down row's note gives its heat
+map's SSIM against the exact sweep of this session. A drill-down or approximate sweep
 evaluates fewer or cheaper occluded images; their ratios count all 2,809 positions as done,
 so they read as "equivalent images per second". The approximate sweep's calibration (the
 exact sweep of its calibration image and each threshold tried) is timed inside the sweep and
@@ -15,12 +20,13 @@ settings on a few images, then reused over a data set). Each row runs one round;
 exact sweep has a second row, timed after one untimed sweep of the same model and windows
 (what each further image costs: the prepared engine is kept, and the convolutions'
 one-off setup for each window shape is done).
-Drill-down and approximation also run together, and that row's note gives the SSIM of
-its heat map against the exact sweep's.
+With N=1 the calibration image is the image swept: the fidelity a calibrated row reports
+is the true SSIM of that heat map, and its setting was chosen on that same image.
 
 Tests whose id contains ``smoke`` run the tiny architectures on 3x32x32 with 8x8 windows at
-stride 2 and check the equalities instead of speed: incremental = dense, drill-down's computed
-windows = dense, approximate with a threshold that cuts nothing = dense, and
+stride 2 on random images and check the equalities instead of speed: incremental = dense,
+drill-down's computed windows = dense, a calibrated row's reported fidelity = its SSIM
+against the exact sweep, approximate with a threshold that cuts nothing = dense, and
 ``SweepResult.heatmap`` = captum's ``Occlusion``.
 """
 
@@ -33,8 +39,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import matplotlib.cbook
+import matplotlib.image
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import Occlusion
 from conftest import timing_prepare
 from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, workload_of
@@ -56,6 +65,8 @@ FILLS = (0.0,)
 #: Drill-down and approximate settings of the full-size rows.
 REFINE = op.Refine(coarse_stride=16, top=0.25)
 APPROXIMATE = op.Approximate(ssim=0.9, calibration_images=1)
+#: Coarse strides of the drill-down rows that choose their top for a target (full size).
+TARGET_STRIDES = (8, 16)
 
 
 def _cases() -> list[Any]:
@@ -72,17 +83,30 @@ def _geometry(case: Case) -> tuple[int, int, int]:
     return (8, 2, 8) if case.smoke else (16, 4, REFINE.coarse_stride[0])  # type: ignore[index]
 
 
+@functools.cache
+def _photo(height: int, width: int) -> Tensor:
+    """matplotlib's sample photograph (RGB, 600x512), resized to (3, height, width) in [0, 1]."""
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    pixels = torch.from_numpy(matplotlib.image.imread(path).copy()).permute(2, 0, 1)
+    image = pixels[None].float() / 255
+    resized = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
+    return resized.clamp(0, 1)
+
+
 def windows_workload(case: Case, device: torch.device) -> Workload:
-    """The case's model and image (N=1) with sliding windows instead of its grid."""
+    """The case's model with sliding windows instead of its grid, on the photograph (N=1;
+    the smoke sizes keep their random image)."""
     base = workload_of(case, device, n=1)
     window, stride, _ = _geometry(case)
-    _, height, width = case.shape
+    channels, height, width = case.shape
     regions = op.sliding_windows(height, width, window=window, stride=stride)
+    images = base.images if case.smoke or channels != 3 else _photo(height, width).to(device)
     name = (
-        f"{case.title}, N=1, {window}x{window} windows at stride {stride} "
-        f"({len(regions)} positions) x {len(FILLS)} fill"
+        f"{case.title}, N=1 ({'random' if images is base.images else 'photograph'}), "
+        f"{window}x{window} windows at stride {stride} ({len(regions)} positions) x "
+        f"{len(FILLS)} fill"
     )
-    return Workload(name, base.model, base.images, regions, FILLS)
+    return Workload(name, base.model, images, regions, FILLS)
 
 
 @contextlib.contextmanager
@@ -114,8 +138,10 @@ def _run(
     call: Callable[[], Any],
     results: list[Any],
     warmup: Callable[[], Any] | None = None,
+    note_prefix: Callable[[Any], str] | None = None,
 ) -> Any:
-    """Time `call` against the forward limit (after `warmup`, if given). Rows of the
+    """Time `call` against the forward limit (after `warmup`, if given); `note_prefix` turns
+    the last result into text put before its engine note. Rows of the
     incremental engine also get the time the round spent preparing it (torch.export and
     planning 2,809 regions: paid once per model and window geometry, then kept) and, for
     the exact rows, the FLOP and traffic bounds of the groups that ran."""
@@ -138,7 +164,16 @@ def _run(
         label=label,
         rounds=1,
         warmup=warmup,
-        note=(lambda: results[-1].engine_note) if key != "captum" else None,
+        note=(
+            (
+                lambda: (
+                    (note_prefix(results[-1]) + "; " if note_prefix else "")
+                    + results[-1].engine_note
+                )
+            )
+            if key != "captum"
+            else None
+        ),
         prepare_seconds=(lambda: sum(prepares)) if incremental else None,
         flop_bound=(lambda: bounds()[0]) if exact else None,
         traffic_bound=(lambda: bounds()[1]) if exact else None,
@@ -188,6 +223,29 @@ def test_windows_incremental_repeated(benchmark: object, harness: Harness, case:
     assert "kept from an earlier sweep" in result[-1].engine_note
 
 
+def _against_exact(case: Case, workload: Workload, swept: op.SweepResult) -> str:
+    """The SSIM and Spearman of a drill-down's heat map against the exact sweep of this
+    session (swept here when the exact test did not run), as a note clause; also recorded
+    in the row's extra info. A calibrated result must report what this measures."""
+    exact = _EXACT.get(case.id) or workload.sweep("incremental")
+    _EXACT[case.id] = exact
+    measured = measure_fidelity(
+        workload.regions, exact.baseline, exact.occluded, swept.occluded, tau=1.0, target=0.9
+    )
+    fidelity = swept.fidelity
+    if fidelity is not None:
+        # N=1: the calibration image is the image, so the two measure the same heat map.
+        assert abs(fidelity.ssim - measured.ssim) <= 1e-3, (fidelity, measured)
+    computed = swept.computed
+    share = (
+        "" if computed is None else f", {float(computed.double().mean()):.1%} of windows computed"
+    )
+    return (
+        f"heat-map SSIM against the exact sweep {measured.ssim:.3f}, region-ranking Spearman "
+        f"{measured.spearman:.3f}{share}"
+    )
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_windows_drill_down(benchmark: object, harness: Harness, case: Case) -> None:
     workload = windows_workload(case, harness.device)
@@ -196,7 +254,8 @@ def test_windows_drill_down(benchmark: object, harness: Harness, case: Case) -> 
     result: list[op.SweepResult] = []
     swept = _run(harness, benchmark, case, workload, "drill-down",
                  f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g})), incremental",
-                 _sweep(workload, engine="incremental", refine=refine), result)  # fmt: skip
+                 _sweep(workload, engine="incremental", refine=refine), result,
+                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
     computed = swept.computed
     assert computed is not None
     benchmark.extra_info["computed_fraction"] = float(computed.double().mean())  # type: ignore[attr-defined]
@@ -204,6 +263,54 @@ def test_windows_drill_down(benchmark: object, harness: Harness, case: Case) -> 
         dense = workload.sweep("dense")
         difference = (swept.occluded - dense.occluded).abs().amax(dim=(2, 3))
         assert float(difference[computed].max()) <= 1e-5
+
+
+def _target_cases() -> list[Any]:
+    """(case, coarse stride) of the rows that choose their top for a target."""
+    cases = [param.values[0] for param in CASES]
+    return [
+        pytest.param(case, coarse, id=f"{case.id}-windows-coarse{coarse}")
+        for case in cases
+        for coarse in ((8,) if case.smoke else TARGET_STRIDES)
+    ]
+
+
+def _target_refine(case: Case, coarse: int) -> op.Refine:
+    """A drill-down from a top of 0.05 up to the fraction that reaches SSIM 0.9 (0.5 on the
+    smoke sizes' random images) on the first image."""
+    return op.Refine(coarse_stride=coarse, top=0.05, ssim=0.5 if case.smoke else 0.9,
+                     calibration_images=1)  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "coarse"), _target_cases())
+def test_windows_drill_down_for_target(
+    benchmark: object, harness: Harness, case: Case, coarse: int
+) -> None:
+    """The drill-down that chooses its top for a target SSIM on its calibration image,
+    timed with that calibration and (second row) without it."""
+    workload = windows_workload(case, harness.device)
+    refine = _target_refine(case, coarse)
+    calibration: list[float] = []
+
+    def call() -> op.SweepResult:
+        calibration.clear()
+        with timing_calibration(calibration):
+            return _sweep(workload, engine="incremental", refine=refine)()
+
+    row_label = (
+        f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}, ssim={refine.ssim:g}, "
+        "calibration_images=1))"
+    )
+    result: list[op.SweepResult] = []
+    swept = _run(harness, benchmark, case, workload, f"drill-down-target-{coarse}",
+                 f"{row_label}, calibration included", call, result,
+                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
+    fidelity = swept.fidelity
+    assert fidelity is not None and fidelity.top is not None
+    info = benchmark.extra_info  # type: ignore[attr-defined]
+    info.update(top=fidelity.top, ssim=fidelity.ssim, calibration_seconds=sum(calibration))
+    _without_calibration(harness, benchmark, f"drill-down-target-{coarse}-calibrated", row_label,
+                         calibration)  # fmt: skip
 
 
 def _approximate_call(
@@ -248,38 +355,36 @@ def test_windows_approximate(benchmark: object, harness: Harness, case: Case) ->
         torch.testing.assert_close(swept.occluded, dense.occluded, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_windows_approximate_drill_down(benchmark: object, harness: Harness, case: Case) -> None:
-    """Drill-down and approximation together (the issue's 35x target), with the SSIM of the
-    predicted class's heat map against the exact sweep's (taken from the exact test of this
-    session, or swept here)."""
+@pytest.mark.parametrize(("case", "coarse"), _target_cases())
+def test_windows_approximate_drill_down(
+    benchmark: object, harness: Harness, case: Case, coarse: int
+) -> None:
+    """Drill-down for a target and approximation together (the issue's 35x target): the
+    drill-down's top is chosen first, then the threshold through it, and the result's
+    fidelity is what its heat map measures against exact."""
     workload = windows_workload(case, harness.device)
-    _, _, coarse = _geometry(case)
-    refine = op.Refine(coarse_stride=coarse, top=REFINE.top)
+    refine = _target_refine(case, coarse)
     settings, calibration, call = _approximate_call(case, workload, refine=refine)
     result: list[op.SweepResult] = []
-
     row_label = (
-        f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}), "
-        f"approximate=Approximate(ssim={settings.ssim:g}, calibration_images=1))"
+        f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}, ssim={refine.ssim:g}, "
+        f"calibration_images=1), approximate=Approximate(ssim={settings.ssim:g}, "
+        "calibration_images=1))"
     )
-    swept = _run(harness, benchmark, case, workload, "approximate-drill-down",
-                 f"{row_label}, calibration included", call, result)  # fmt: skip
-    exact = _EXACT.get(case.id) or workload.sweep("incremental")
-    fidelity = measure_fidelity(
-        workload.regions, exact.baseline, exact.occluded, swept.occluded, tau=1.0, target=0.9
-    )
+    swept = _run(harness, benchmark, case, workload, f"approximate-drill-down-{coarse}",
+                 f"{row_label}, calibration included", call, result,
+                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
+    fidelity = swept.fidelity
+    assert fidelity is not None and fidelity.top is not None
     info = benchmark.extra_info  # type: ignore[attr-defined]
-    info.update(ssim_against_exact=fidelity.ssim, spearman_against_exact=fidelity.spearman)
-    against = (
-        f"heat-map SSIM against the exact sweep {fidelity.ssim:.3f}, region-ranking Spearman "
-        f"{fidelity.spearman:.3f}"
-    )
-    _without_calibration(harness, benchmark, "approximate-drill-down-calibrated", row_label,
-                         calibration, against)  # fmt: skip
+    info.update(top=fidelity.top, tau=fidelity.tau, ssim=fidelity.ssim,
+                calibration_seconds=sum(calibration))  # fmt: skip
+    _without_calibration(harness, benchmark, f"approximate-drill-down-{coarse}-calibrated",
+                         row_label, calibration)  # fmt: skip
     computed = swept.computed
     assert computed is not None
     if case.smoke:
+        exact = _EXACT[case.id]
         difference = (swept.occluded - exact.occluded).abs().amax(dim=(2, 3))
         assert float(difference[computed].max()) <= 1e-5
 
@@ -290,7 +395,6 @@ def _without_calibration(
     key: str,
     label: str,
     calibration: list[float],
-    extra_note: str = "",
 ) -> None:
     """A second row for the last one, leaving out the `calibration` seconds it spent
     (calibration is paid once per model and settings, then reused over a data set)."""
@@ -305,7 +409,7 @@ def _without_calibration(
         images=row.images,
         seconds=row.seconds - sum(calibration),
         ratio=row.ratio * row.seconds / (row.seconds - sum(calibration)),
-        note=f"{extra_note}; {row.note}" if extra_note else row.note,
+        note=row.note,
     )
 
 

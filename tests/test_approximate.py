@@ -13,6 +13,7 @@ from torch import nn
 import occlusion_probe as op
 from occlusion_probe import Approximate, Fidelity, InputTypeError, InputValueError
 from occlusion_probe.approximate import DEFAULT_THRESHOLDS, check_approximate
+from occlusion_probe.fidelity import measure_fidelity
 
 FILLS = (0.0, 0.5)
 
@@ -151,6 +152,82 @@ def test_approximate_with_refine(
     assert "DRILL-DOWN" in result.engine_note and "APPROXIMATE" in result.engine_note
 
 
+def test_drill_down_with_threshold_reports_what_ran(
+    model: nn.Module, images: torch.Tensor, windows: op.Regions, exact: op.SweepResult
+) -> None:
+    """With a drill-down, each threshold is tried through the drill-down, and the fidelity
+    compares the result's own outputs (filled-in windows included) with exact."""
+    refine = op.Refine(coarse_stride=6, top=0.25)
+    result = op.sweep(
+        model, images, windows, FILLS, output="logits", progress=False, refine=refine,
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+    )  # fmt: skip
+    fidelity = result.fidelity
+    assert fidelity is not None and fidelity.tau == 0.3 and fidelity.top == 0.25
+    own = measure_fidelity(
+        windows, exact.baseline[:1], exact.occluded[:1], result.occluded[:1], 0.3, 0.05
+    )
+    # Calibration's exact outputs are the incremental engine's, `exact` the dense engine's:
+    # they differ by float rounding (about 1e-6 on these logits), and the SSIM of these
+    # heat maps (a small data range) moves by a few 1e-6 with them.
+    assert fidelity.ssim == pytest.approx(own.ssim, abs=2e-5)
+    assert fidelity.max_abs_error == pytest.approx(own.max_abs_error, abs=1e-5)
+    # The threshold alone would have measured higher: the drill-down's loss is counted too.
+    alone = op.sweep(
+        model, images[:1], windows, FILLS, output="logits", progress=False,
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+    )  # fmt: skip
+    assert alone.fidelity is not None and alone.fidelity.ssim > fidelity.ssim + 0.05
+    note = result.engine_note
+    assert note.startswith("DRILL-DOWN")
+    assert (
+        "APPROXIMATE: drill-down computing the top 0.25 of each image's coarse cells with " in note
+    )
+    assert "projective-field threshold tau=0.3 (target SSIM 0.05)" in note
+
+
+def test_drill_down_that_no_threshold_helps_is_still_measured(
+    model: nn.Module, images: torch.Tensor, windows: op.Regions, exact: op.SweepResult
+) -> None:
+    result = op.sweep(
+        model, images, windows, FILLS, output="logits", progress=False,
+        refine=op.Refine(coarse_stride=6, top=0.25),
+        approximate=Approximate(ssim=0.999, calibration_images=2, thresholds=(0.1,)),
+    )  # fmt: skip
+    fidelity = result.fidelity
+    assert fidelity is not None and fidelity.tau == 1.0 and fidelity.top == 0.25
+    own = measure_fidelity(
+        windows, exact.baseline[:2], exact.occluded[:2], result.occluded[:2], 1.0, 0.999
+    )
+    # Incremental against dense exact outputs: float rounding moves the SSIM a few 1e-6.
+    assert fidelity.ssim == pytest.approx(own.ssim, abs=2e-5) and fidelity.ssim < 0.999
+    assert "no threshold reached SSIM 0.999 on the calibration images, so none was applied" in (
+        result.engine_note
+    )
+    assert ", BELOW the target" in result.engine_note
+    # Computed windows are exact: no threshold ran.
+    assert result.computed is not None
+    difference = (result.occluded - exact.occluded).abs().amax(dim=(2, 3))
+    assert float(difference[result.computed].max()) <= 1e-4
+
+
+def test_drill_down_target_first_then_threshold(
+    model: nn.Module, images: torch.Tensor, windows: op.Regions
+) -> None:
+    """A drill-down with its own target chooses its top first (as alone), then the threshold
+    is chosen through it; the fidelity is reported against the approximation's target."""
+    refine = op.Refine(coarse_stride=6, top=0.25, ssim=0.3, calibration_images=1)
+    alone = op.sweep(model, images, windows, FILLS, output="logits", progress=False,
+                     refine=refine)  # fmt: skip
+    both = op.sweep(
+        model, images, windows, FILLS, output="logits", progress=False, refine=refine,
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+    )  # fmt: skip
+    assert alone.fidelity is not None and both.fidelity is not None
+    assert both.fidelity.top == alone.fidelity.top and alone.fidelity.target == 0.3
+    assert both.fidelity.tau == 0.3 and both.fidelity.target == 0.05
+
+
 def test_fidelity_saved_and_loaded(
     tmp_path: Path, model: nn.Module, images: torch.Tensor, windows: op.Regions
 ) -> None:
@@ -172,7 +249,12 @@ def test_fidelity_round_trip_and_nan_spearman() -> None:
     fidelity = Fidelity(0.93, math.nan, 0.01, 0.25, 4, 0.9)
     back = Fidelity.from_array(fidelity.as_array())
     assert back.tau == 0.25 and back.calibration_images == 4 and math.isnan(back.spearman)
-    assert "tau=0.25" in fidelity.describe()
+    assert "tau=0.25" in fidelity.describe() and "drill-down" not in fidelity.describe()
+    assert fidelity.top is None
+    drill = Fidelity(0.5, 0.7, 0.2, 1.0, 2, 0.9, top=0.125)
+    assert Fidelity.from_array(drill.as_array()) == drill
+    assert "drill-down computing the top 0.125" in drill.describe()
+    assert "tau" not in drill.describe() and "BELOW the target" in drill.describe()
 
 
 def test_approximate_errors(images: torch.Tensor, windows: op.Regions, model: nn.Module) -> None:

@@ -10,6 +10,7 @@ from reference_models import small_cnn
 
 import occlusion_probe as op
 from occlusion_probe import InputTypeError, InputValueError, Refine
+from occlusion_probe.fidelity import measure_fidelity
 from occlusion_probe.refine import RefinePlan
 
 FILLS = (0.0, 0.5)
@@ -45,7 +46,7 @@ def test_plan_cells_partition_the_windows(windows: op.Regions) -> None:
     nearest = [0, 0, 1, 1, 1, 2, 2]
     assert cells.tolist() == [[3 * nearest[i] + nearest[j] for j in range(7)] for i in range(7)]
     assert all(int(plan.cell[p]) == k for k, p in enumerate(plan.coarse))
-    assert plan.refined_count == math.ceil(0.5 * 9)
+    assert plan.refined_count_of(plan.top) == math.ceil(0.5 * 9)
 
 
 @pytest.mark.parametrize("engine", ["dense", "incremental"])
@@ -193,3 +194,103 @@ def test_refine_and_approximate_refuse_distributed_runs(
     monkeypatch.undo()
     with pytest.raises(InputValueError, match="approximate: cannot be combined with checkpoint="):
         op.sweep(model, images, windows, approximate=0.9, checkpoint="x.ckpt", progress=False)
+
+
+def _reference_drill_down(
+    exact: op.SweepResult, plan: RefinePlan, top: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(occluded, computed) of a drill-down at fraction `top` built from the exact sweep with
+    plain loops: the top coarse windows' cells (predicted class, mean over fills) keep their
+    exact outputs, every other window takes its cell's coarse window's."""
+    occluded = exact.occluded.clone()
+    computed = torch.ones(occluded.shape[:2], dtype=torch.bool)
+    count = math.ceil(top * len(plan.coarse) - 1e-9)
+    for n in range(occluded.shape[0]):
+        c = int(exact.baseline[n].argmax())
+        drops = [
+            float(exact.baseline[n, c] - exact.occluded[n, p, :, c].mean()) for p in plan.coarse
+        ]
+        hot = set(sorted(range(len(drops)), key=lambda k: -drops[k])[:count])
+        for r in range(occluded.shape[1]):
+            cell = int(plan.cell[r])
+            if cell not in hot and r != plan.coarse[cell]:
+                occluded[n, r] = exact.occluded[n, plan.coarse[cell]]
+                computed[n, r] = False
+    return occluded, computed
+
+
+def test_candidate_tops_and_target_settings_validated() -> None:
+    assert Refine(coarse_stride=4, top=0.3, ssim=0.9).candidate_tops() == (0.3, 0.6, 1.0)
+    assert Refine(coarse_stride=4, top=0.3).candidate_tops() == (0.3,)
+    assert Refine(coarse_stride=4, top=1.0, ssim=0.9).candidate_tops() == (1.0,)
+    with pytest.raises(InputValueError, match=r"Refine\.ssim: expected a float in \(0, 1\], got 0"):
+        Refine(coarse_stride=4, ssim=0)
+    with pytest.raises(
+        InputTypeError, match=r"Refine\.ssim: expected a float in \(0, 1\], got str"
+    ):
+        Refine(coarse_stride=4, ssim="high")  # type: ignore[arg-type]
+    with pytest.raises(
+        InputValueError, match=r"Refine\.calibration_images: expected a positive int, got 0"
+    ):
+        Refine(coarse_stride=4, calibration_images=0)
+    with pytest.raises(InputTypeError, match=r"Refine\.calibration_images: expected a positive"):
+        Refine(coarse_stride=4, calibration_images=2.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("engine", ["dense", "incremental"])
+def test_target_chooses_the_smallest_top_that_meets_it(
+    engine: str,
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    windows: op.Regions,
+    exact: op.SweepResult,
+) -> None:
+    refine = Refine(coarse_stride=4, top=0.1, ssim=0.35, calibration_images=2)
+    plan = RefinePlan(windows, refine)
+    first = op.SweepResult(exact.baseline[:2], exact.occluded[:2], None, windows, exact.fill_labels)
+    measured = {
+        top: measure_fidelity(
+            windows, first.baseline, first.occluded, _reference_drill_down(first, plan, top)[0],
+            1.0, 0.35,
+        ).ssim
+        for top in refine.candidate_tops()
+    }  # fmt: skip
+    expected = next(top for top in refine.candidate_tops() if measured[top] >= 0.35)
+    assert expected not in (0.1, 1.0)  # the target picks a candidate in between
+    result = op.sweep(model, images, windows, FILLS, engine=engine, progress=False, refine=refine)
+    fidelity = result.fidelity
+    assert fidelity is not None and fidelity.top == expected
+    assert fidelity.tau == 1.0 and fidelity.calibration_images == 2 and fidelity.target == 0.35
+    # What is reported is what the sweep's own outputs on the first two images measure.
+    own = measure_fidelity(windows, exact.baseline[:2], exact.occluded[:2], result.occluded[:2],
+                           1.0, 0.35)  # fmt: skip
+    assert fidelity.ssim == pytest.approx(own.ssim, abs=1e-9) and fidelity.ssim >= 0.35
+    assert fidelity.max_abs_error == pytest.approx(own.max_abs_error, abs=1e-9)
+    assert fidelity.max_abs_error > 0  # windows were filled in
+    # Every image, calibration or not, refined the cells of its top coarse windows.
+    assert result.computed is not None
+    assert torch.equal(result.computed, _reference_drill_down(exact, plan, expected)[1])
+    assert f"top {expected:g}, chosen for SSIM >= 0.35" in result.engine_note
+    assert f"APPROXIMATE: drill-down computing the top {expected:g}" in result.engine_note
+
+
+def test_a_target_of_one_computes_every_window(
+    model: torch.nn.Module, images: torch.Tensor, windows: op.Regions, exact: op.SweepResult
+) -> None:
+    result = op.sweep(
+        model, images, windows, FILLS, engine="dense", progress=False,
+        refine=Refine(coarse_stride=6, top=0.1, ssim=1.0, calibration_images=1),
+    )  # fmt: skip
+    assert result.fidelity is not None and result.fidelity.top == 1.0
+    assert result.computed is not None and bool(result.computed.all())
+    torch.testing.assert_close(result.occluded, exact.occluded, rtol=0, atol=1e-5)
+
+
+def test_without_a_target_no_fidelity(
+    model: torch.nn.Module, images: torch.Tensor, windows: op.Regions
+) -> None:
+    result = op.sweep(model, images, windows, FILLS, engine="dense", progress=False,
+                      refine=Refine(coarse_stride=6, top=0.25))  # fmt: skip
+    assert result.fidelity is None
+    assert "APPROXIMATE" not in result.engine_note
+    assert "top 0.25, predicted class" in result.engine_note

@@ -256,7 +256,7 @@ def test_computed_and_fidelity_fields_validated(tmp_path: Path) -> None:
     base = _small_result()
     result = SweepResult(
         **{**_fields(base), "computed": torch.tensor([[True, False, True, True]] * 2)},
-        fidelity=op.Fidelity(0.95, 0.9, 0.01, 0.25, 2, 0.9),
+        fidelity=op.Fidelity(0.95, 0.9, 0.01, 0.25, 2, 0.9, top=0.5),
     )
     path = result.save(tmp_path / "r.npz")
     loaded = SweepResult.load(path)
@@ -264,7 +264,7 @@ def test_computed_and_fidelity_fields_validated(tmp_path: Path) -> None:
     assert torch.equal(loaded.computed, result.computed)  # type: ignore[arg-type]
     bad = {
         "computed": np.ones((2, 3), dtype=bool),
-        "fidelity": np.array([0.9, 0.9, 0.0, 1.5, 2.0, 0.9]),  # tau must be in (0, 1)
+        "fidelity": np.array([0.9, 0.9, 0.0, 1.5, 2.0, 0.9, 0.5]),  # tau must be in (0, 1]
     }
     for field, value in bad.items():
         copy = tmp_path / f"bad-{field}.npz"
@@ -272,6 +272,29 @@ def test_computed_and_fidelity_fields_validated(tmp_path: Path) -> None:
         _rewrite(copy, {field: value})
         with pytest.raises(ResultFileError, match=field):
             SweepResult.load(copy)
+    for value in (np.array([0.9, 0.9, 0.0, 0.5, 2.0, 0.9, 1.5]), np.zeros(5)):
+        copy = tmp_path / "bad-top.npz"
+        copy.write_bytes(path.read_bytes())
+        _rewrite(copy, {"fidelity": value})
+        with pytest.raises(ResultFileError, match="field 'fidelity': expected"):
+            SweepResult.load(copy)
+
+
+def test_fidelity_of_files_written_before_drill_downs_had_one(tmp_path: Path) -> None:
+    """Files from before 2026-12-03 store six numbers: a threshold's fidelity, no `top`."""
+    result = SweepResult(
+        **_fields(_small_result()), fidelity=op.Fidelity(0.95, 0.9, 0.01, 0.25, 2, 0.9)
+    )
+    path = result.save(tmp_path / "r.npz")
+    _rewrite(path, {"fidelity": np.array([0.95, 0.9, 0.01, 0.25, 2.0, 0.9])})
+    loaded = SweepResult.load(path)
+    assert loaded.fidelity == result.fidelity and loaded.fidelity is not None
+    assert loaded.fidelity.top is None
+    # A drill-down without a threshold stores tau 1.0 (no cap) and its top.
+    drill = SweepResult(
+        **_fields(_small_result()), fidelity=op.Fidelity(0.9, 0.8, 0.1, 1.0, 1, 0.9, 0.25)
+    )
+    assert SweepResult.load(drill.save(tmp_path / "d.npz")).fidelity == drill.fidelity
 
 
 def _fields(result: SweepResult) -> dict[str, object]:

@@ -5,11 +5,13 @@ incremental engine with Krypton's projective-field threshold (Nakandala et al., 
 at every node of the model the changed box is capped at a fraction ``tau`` of the map's
 height and width (centred on the box, clipped to the map) and everything outside the cap is
 taken from the unoccluded values. ``tau`` is chosen on a calibration subset (the first images
-of the sweep): the exact outputs are computed there, then each candidate ``tau`` from the
-largest down, and the smallest ``tau`` whose heat maps still reach the target SSIM against
-the exact ones is used for the whole sweep. The result carries what was measured on that
-subset (`occlusion_probe.fidelity.Fidelity`: heat-map SSIM, region-ranking Spearman, max
-abs output error), and its ``engine_note`` says it is approximate.
+of the sweep, `occlusion_probe.calibration`): the exact outputs are computed there, then each
+candidate ``tau`` from the largest down, and the smallest ``tau`` whose heat maps still reach
+the target SSIM against the exact ones is used for the whole sweep. With a drill-down
+(``refine=``) each candidate is tried with the drill-down, so the target holds for what
+actually runs. The result carries what its own outputs on that subset measured against exact
+(`occlusion_probe.fidelity.Fidelity`: heat-map SSIM, region-ranking Spearman, max abs
+output error), and its ``engine_note`` says it is approximate.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from torch import Tensor
 
-from .engines.subsets import RegionRunner
 from .errors import InputTypeError, InputValueError, describe
-from .fidelity import Fidelity, measure_fidelity
-from .regions import Regions
+from .fidelity import check_calibration_images, check_ssim_target
 
-__all__ = ["DEFAULT_THRESHOLDS", "Approximate", "calibrate", "check_approximate"]
+__all__ = ["DEFAULT_THRESHOLDS", "Approximate", "check_approximate"]
 
 #: Candidate thresholds tau, tried from the largest down (Krypton tunes tau on a few images).
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
@@ -61,24 +60,12 @@ class Approximate:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
 
     def __post_init__(self) -> None:
-        target = self.ssim
-        if isinstance(target, bool) or not isinstance(target, (int, float, np.floating)):
-            raise InputTypeError(
-                f"Approximate.ssim: expected a float in (0, 1], got {describe(target)}"
-            )
-        if not 0.0 < float(target) <= 1.0:
-            raise InputValueError(f"Approximate.ssim: expected a float in (0, 1], got {target!r}")
-        object.__setattr__(self, "ssim", float(target))
-        count = self.calibration_images
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-            raise InputTypeError(
-                f"Approximate.calibration_images: expected a positive int, got {describe(count)}"
-            )
-        if count < 1:
-            raise InputValueError(
-                f"Approximate.calibration_images: expected a positive int, got {count}"
-            )
-        object.__setattr__(self, "calibration_images", int(count))
+        object.__setattr__(self, "ssim", check_ssim_target("Approximate.ssim", self.ssim))
+        object.__setattr__(
+            self,
+            "calibration_images",
+            check_calibration_images("Approximate.calibration_images", self.calibration_images),
+        )
         if isinstance(self.thresholds, (str, bytes)) or not hasattr(self.thresholds, "__iter__"):
             raise InputTypeError(
                 "Approximate.thresholds: expected a sequence of floats in (0, 1), got "
@@ -124,33 +111,3 @@ def check_approximate(value: object) -> Approximate | None:
     if not 0.0 < float(value) <= 1.0:
         raise InputValueError(f"approximate: expected an SSIM target in (0, 1], got {value!r}")
     return Approximate(ssim=float(value))
-
-
-def calibrate(
-    runner: RegionRunner,
-    settings: Approximate,
-    regions: Regions,
-    images: Tensor,
-    fill_images: Tensor,
-) -> Fidelity | None:
-    """Choose tau on the first images of a chunk (see the module docstring).
-
-    runner : the sweep's engine runner (incremental); images : (n, C, H, W) of the first
-    chunk; fill_images : (V, n or 1, ...). Returns the `Fidelity` of the smallest candidate
-    meeting the target, or None when even the largest misses it (the sweep then stays exact).
-    """
-    count = min(settings.calibration_images, int(images.shape[0]))
-    x = images[:count]
-    fills = RegionRunner.images_of(fill_images, 0, count)
-    clean, exact = runner.run(x, fills)
-    if clean is None:
-        raise RuntimeError("calibration needs the incremental engine")
-    clean, exact = clean.cpu(), exact.cpu()
-    best: Fidelity | None = None
-    for tau in settings.thresholds:
-        _, approximate = runner.run(x, fills, threshold=tau)
-        found = measure_fidelity(regions, clean, exact, approximate.cpu(), tau, settings.ssim)
-        if not found.ssim >= settings.ssim:
-            break
-        best = found
-    return best

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .approximate import Approximate, calibrate
+from .approximate import Approximate
 from .batching import BatchConfig, BatchPlan
+from .calibration import Calibration, calibrate
 from .engines.incremental import IncrementalEngine
 from .engines.subsets import RegionRunner
 from .errors import InputValueError
@@ -99,7 +100,8 @@ class ChunkEngine:
     regions : Regions
         The sweep's regions (an approximation measures its fidelity on them).
     drill : RefinePlan, optional
-        Coarse windows first, then the fine ones around each image's top coarse windows.
+        Coarse windows first, then the fine ones around each image's top coarse windows (a
+        target chooses how many on the first chunk's first images).
     approximate : Approximate, optional
         Cap the changed boxes at a threshold chosen on the first chunk's first images.
     """
@@ -125,9 +127,12 @@ class ChunkEngine:
         self.regions = regions
         self.drill = drill
         self.approximate = approximate
-        #: The fidelity measured when the approximation was calibrated (None: exact).
+        #: What calibration chose on the first chunk (None: nothing to calibrate, or not yet).
+        self.calibration: Calibration | None = None
+        #: The first chunk's outputs on the calibration images against exact (None: exact,
+        #: or a drill-down without a target).
         self.fidelity: Fidelity | None = None
-        self._calibrated = approximate is None
+        self._calibrated = approximate is None and (drill is None or drill.settings.ssim is None)
 
     @property
     def name(self) -> str:
@@ -146,21 +151,27 @@ class ChunkEngine:
         fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
         on_progress : called with the number of occluded images done, as they are done
         """
-        if not self._calibrated and self.approximate is not None:
-            self.fidelity = calibrate(
-                self.runner, self.approximate, self.regions, images, fill_images
-            )
-            self.runner.threshold = None if self.fidelity is None else self.fidelity.tau
-            self._calibrated = True
         computed: Tensor | None = None
         # The first chunk's first images ran in the model's first (checking) call.
         known = self.forward.known_outputs(images)
         rest = images if known is None else images[known.shape[0] :]
+        baseline: Tensor | None = None
+        calibrating = not self._calibrated
+        if calibrating:
+            self._calibrated = True
+            # The unoccluded outputs pick each calibration image's class, so they come first.
+            baseline = _joined(known, self._baseline(rest))
+            self.calibration = calibrate(
+                self.runner, self.regions, images, fill_images, baseline, self.drill,
+                self.approximate,
+            )  # fmt: skip
+            self.runner.threshold = None if self.calibration is None else self.calibration.tau
         if self.drill is not None:
             # The unoccluded outputs rank the coarse windows, so they come first.
-            baseline = _joined(known, self._baseline(rest))
+            if baseline is None:
+                baseline = _joined(known, self._baseline(rest))
             clean, occluded, computed = self.drill.run_chunk(
-                self.runner, images, fill_images, baseline, on_progress
+                self.runner, images, fill_images, baseline, self.runner.threshold, on_progress
             )
         else:
             clean, occluded = self.runner.run(
@@ -173,10 +184,16 @@ class ChunkEngine:
             if self.incremental is None and clean is not None:
                 # The dense engine ran the model's own forward on them in its blocks.
                 return ChunkOutputs(_joined(known, clean), occluded, None)
-            # After the occluded blocks, so that it runs in the config they ended on.
-            baseline = _joined(known, self._baseline(rest))
+            if baseline is None:
+                # After the occluded blocks, so that it runs in the config they ended on.
+                baseline = _joined(known, self._baseline(rest))
         if clean is not None:
             check_same_as_model(clean, baseline, self.dtype)
+        calibration = self.calibration
+        if calibrating and calibration is not None:
+            # Without a drill-down and a threshold the sweep ran exact: nothing to measure.
+            if self.drill is not None or calibration.tau is not None:
+                self.fidelity = calibration.fidelity(self.regions, occluded)
         return ChunkOutputs(baseline, occluded, computed)
 
     def _baseline(self, images: Tensor) -> Tensor | None:
@@ -191,19 +208,21 @@ class ChunkEngine:
         """The sweep's ``engine_note``: what ran, why, how it was batched and laid out."""
         # The incremental engine re-plans its groups on its first run: say what ran.
         note = self.choice if self.incremental is None else self.incremental.note
-        if self.approximate is not None:
-            if self.fidelity is not None:
-                capped = self.runner.engine(None, self.fidelity.tau)
-                approximation = (
-                    f"{self.fidelity.describe()}; FLOP bound of the capped plan "
-                    f"{capped.flop_bound:.2f}x over dense"
-                )
-            else:
-                approximation = (
-                    "approximate requested, but no threshold reached SSIM "
-                    f"{self.approximate.ssim:g} on the calibration images: EXACT outputs"
-                )
-            note = f"{approximation}; {note}"
+        fidelity, calibration = self.fidelity, self.calibration
+        clauses = []
+        if self.approximate is not None and (calibration is None or calibration.tau is None):
+            clauses.append(
+                "approximate requested, but no threshold reached SSIM "
+                f"{self.approximate.ssim:g} on the calibration images"
+                + (": EXACT outputs" if self.drill is None else ", so none was applied")
+            )
+        if fidelity is not None:
+            clauses.append(fidelity.describe())
+            if fidelity.tau < 1.0:
+                capped = self.runner.engine(None, fidelity.tau)
+                clauses.append(f"FLOP bound of the capped plan {capped.flop_bound:.2f}x over dense")
+        if clauses:
+            note = f"{'; '.join(clauses)}; {note}"
         if self.drill is not None:
             note = f"{self.drill.note}; {note}"
         return f"{note}; {self._layout_note()}"

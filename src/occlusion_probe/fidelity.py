@@ -1,6 +1,8 @@
 """How close an approximate sweep is to the exact one: `Fidelity`, `ssim`, `measure_fidelity`.
 
-The measures, on the calibration images of an approximate sweep (`occlusion_probe.Approximate`):
+The measures, on the calibration images of an approximate sweep (a projective-field threshold,
+`occlusion_probe.Approximate`; a drill-down, `occlusion_probe.Refine` with a target; or both),
+the sweep's own outputs on them against their exact sweep:
 
 - ``ssim``: mean SSIM (`ssim`) between approximate and exact per-pixel heat maps
   (`SweepResult.heatmap`) of each image's predicted class, one pair per image and fill;
@@ -23,12 +25,48 @@ from torch import Tensor
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions
 
-__all__ = ["Fidelity", "measure_fidelity", "ssim"]
+__all__ = ["Fidelity", "check_calibration_images", "check_ssim_target", "measure_fidelity", "ssim"]
+
+
+def check_ssim_target(name: str, value: object) -> float:
+    """`value` as an SSIM target in (0, 1]; `name` is the setting the errors name.
+
+    Raises
+    ------
+    InputTypeError
+        When `value` is not a real number.
+    InputValueError
+        When it is outside (0, 1].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+        raise InputTypeError(f"{name}: expected a float in (0, 1], got {describe(value)}")
+    if not 0.0 < float(value) <= 1.0:
+        raise InputValueError(f"{name}: expected a float in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_calibration_images(name: str, value: object) -> int:
+    """`value` as a positive number of calibration images; `name` is the setting the errors
+    name.
+
+    Raises
+    ------
+    InputTypeError
+        When `value` is not an int.
+    InputValueError
+        When it is below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputTypeError(f"{name}: expected a positive int, got {describe(value)}")
+    if value < 1:
+        raise InputValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How close an approximate sweep came to the exact one, measured on calibration images.
+    """How close an approximate sweep came to the exact one, measured on calibration images:
+    the sweep's own outputs on its first images against their exact sweep.
 
     Attributes
     ----------
@@ -41,11 +79,14 @@ class Fidelity:
         Largest absolute difference of any recorded output against exact.
     tau : float
         The projective-field threshold used: a changed box is capped at this fraction of each
-        map's height and width.
+        map's height and width; 1.0 caps nothing (a drill-down without a threshold).
     calibration_images : int
         On how many images (the sweep's first) the numbers were measured.
     target : float
-        The SSIM target the threshold was chosen for.
+        The SSIM target the threshold (or, without one, the drill-down's `top`) was chosen for.
+    top : float or None
+        The fraction of each image's coarse cells a drill-down computed at the fine stride
+        (`occlusion_probe.Refine`); None: no drill-down, every window was computed.
     """
 
     ssim: float
@@ -54,9 +95,11 @@ class Fidelity:
     tau: float
     calibration_images: int
     target: float
+    top: float | None = None
 
     def as_array(self) -> np.ndarray:
-        """The six numbers in field order, float64 (how result files store them)."""
+        """The seven numbers in field order, float64, `top` NaN when None (how result files
+        store them)."""
         return np.array(
             [
                 self.ssim,
@@ -65,23 +108,34 @@ class Fidelity:
                 self.tau,
                 self.calibration_images,
                 self.target,
+                math.nan if self.top is None else self.top,
             ],
             dtype=np.float64,
         )
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> Fidelity:
-        """The inverse of `as_array`."""
-        ssim_value, spearman, error, tau, count, target = (float(v) for v in values)
-        return cls(ssim_value, spearman, error, tau, int(count), target)
+        """The inverse of `as_array` (six numbers, as files written before drill-downs had a
+        fidelity store them, read as no drill-down)."""
+        numbers = [float(v) for v in values]
+        ssim_value, spearman, error, tau, count, target = numbers[:6]
+        top = numbers[6] if len(numbers) > 6 and not math.isnan(numbers[6]) else None
+        return cls(ssim_value, spearman, error, tau, int(count), target, top)
 
     def describe(self) -> str:
         """One clause for ``engine_note``."""
+        parts = []
+        if self.top is not None:
+            parts.append(f"drill-down computing the top {self.top:g} of each image's coarse cells")
+        if self.tau < 1.0:
+            parts.append(f"projective-field threshold tau={self.tau:g}")
+        method = " with ".join(parts) if parts else "no approximation"
+        verdict = "" if self.ssim >= self.target else ", BELOW the target"
         return (
-            f"APPROXIMATE: projective-field threshold tau={self.tau:g} chosen for SSIM >= "
-            f"{self.target:g} on {self.calibration_images} calibration image(s), which measured "
-            f"heat-map SSIM {self.ssim:.4f}, region-ranking Spearman {self.spearman:.4f}, max "
-            f"abs output error {self.max_abs_error:.3g} against exact (result.fidelity)"
+            f"APPROXIMATE: {method} (target SSIM {self.target:g}); the sweep's outputs on "
+            f"{self.calibration_images} calibration image(s) measured heat-map SSIM "
+            f"{self.ssim:.4f}{verdict}, region-ranking Spearman {self.spearman:.4f}, max abs "
+            f"output error {self.max_abs_error:.3g} against exact (result.fidelity)"
         )
 
 
@@ -173,6 +227,7 @@ def measure_fidelity(
     approximate: Tensor,
     tau: float,
     target: float,
+    top: float | None = None,
 ) -> Fidelity:
     """Compare approximate occluded outputs with exact ones (see the module docstring).
 
@@ -185,9 +240,11 @@ def measure_fidelity(
     exact, approximate : Tensor, shape (n, R, V, K)
         Occluded outputs, exact and approximate.
     tau : float
-        The threshold that produced `approximate`.
+        The threshold that produced `approximate` (1.0: none).
     target : float
         The SSIM target.
+    top : float, optional
+        The drill-down's fraction of refined coarse cells, when a drill-down produced it.
 
     Returns
     -------
@@ -218,4 +275,4 @@ def measure_fidelity(
         if exact.numel()
         else 0.0
     )
-    return Fidelity(similarity, spearman, error, float(tau), n, float(target))
+    return Fidelity(similarity, spearman, error, float(tau), n, float(target), top)

@@ -15,6 +15,12 @@ top=0.25))`` follows Krypton's adaptive drill-down (Nakandala et al., SIGMOD 201
 ``result.computed`` (N, R) records which windows were computed (the coarse ones and those of
 refined cells) and which were filled in; ``engine_note`` says the result is a drill-down.
 With ``top=1.0`` every window is computed and the result equals the plain sweep.
+
+With a target, ``Refine(..., ssim=0.9)``, the fraction is chosen on calibration images (the
+sweep's first, `occlusion_probe.calibration`): their exact sweep is computed, and the smallest
+of ``top, 2 top, 4 top, ..., 1.0`` whose drill-down heat maps reach the target SSIM against
+exact is used for the whole sweep. The result's ``fidelity`` then holds what its own outputs
+on those images measured against exact.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import Tensor
 
 from .engines.subsets import RegionRunner
 from .errors import InputTypeError, InputValueError, describe
+from .fidelity import check_calibration_images, check_ssim_target
 from .regions import Regions, WindowGrid
 
 __all__ = ["Refine", "RefinePlan"]
@@ -70,6 +77,14 @@ class Refine:
     cls : int, optional
         The class whose output drop ranks the coarse windows; None (the default): each
         image's predicted class (argmax of its unoccluded output).
+    ssim : float, optional
+        A target fidelity in (0, 1]: `top` becomes the smallest of ``top * 2**k`` (and 1.0)
+        whose heat maps reach this mean SSIM against exact on the calibration images, and the
+        result's ``fidelity`` says what was measured. None (the default): `top` as given, no
+        calibration, no fidelity (``result.computed`` still says what was computed).
+    calibration_images : int
+        How many of the first images calibrate `top` when `ssim` is given (they are swept
+        exactly once more).
 
     Raises
     ------
@@ -79,12 +94,16 @@ class Refine:
     Examples
     --------
     >>> Refine(coarse_stride=8, top=0.25)
-    Refine(coarse_stride=(8, 8), top=0.25, cls=None)
+    Refine(coarse_stride=(8, 8), top=0.25, cls=None, ssim=None, calibration_images=4)
+    >>> Refine(coarse_stride=8, top=0.1, ssim=0.9).candidate_tops()
+    (0.1, 0.2, 0.4, 0.8, 1.0)
     """
 
     coarse_stride: int | tuple[int, int]
     top: float = 0.25
     cls: int | None = None
+    ssim: float | None = None
+    calibration_images: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coarse_stride", _stride_pair(self.coarse_stride))
@@ -101,6 +120,25 @@ class Refine:
             )
         if cls is not None and cls < 0:
             raise InputValueError(f"Refine.cls: expected a class index >= 0, got {cls}")
+        if self.ssim is not None:
+            object.__setattr__(self, "ssim", check_ssim_target("Refine.ssim", self.ssim))
+        object.__setattr__(
+            self,
+            "calibration_images",
+            check_calibration_images("Refine.calibration_images", self.calibration_images),
+        )
+
+    def candidate_tops(self) -> tuple[float, ...]:
+        """The fractions a target tries, smallest first: `top` doubled until 1.0 (just
+        `top` without a target)."""
+        if self.ssim is None:
+            return (self.top,)
+        tops = []
+        top = self.top
+        while top < 1.0:
+            tops.append(top)
+            top *= 2
+        return (*tops, 1.0)
 
 
 def _axis_cells(positions: int, factor: int) -> tuple[list[int], list[int]]:
@@ -149,6 +187,8 @@ class RefinePlan:
                 )
             factors.append(coarse // fine)
         self.factors = (factors[0], factors[1])
+        self.settings = refine
+        #: The fraction of coarse cells refined per image (a target's calibration sets it).
         self.top = refine.top
         self.cls = refine.cls
         rows, row_cell = _axis_cells(layout.shape[0], factors[0])
@@ -164,49 +204,45 @@ class RefinePlan:
             dtype=torch.int64,
         )
         self.num_regions = len(regions)
-        self.note = (
-            f"DRILL-DOWN: {len(self.coarse)} coarse windows (stride {stride_pair}) for every image, "
-            f"then per image the {self.refined_count} coarse cell(s) with the largest drop "
-            f"(top {refine.top:g}, {'predicted class' if refine.cls is None else f'class {refine.cls}'}) "
+        self._on_coarse = torch.zeros(self.num_regions, dtype=torch.bool)
+        self._on_coarse[self.coarse] = True
+
+    @property
+    def note(self) -> str:
+        """The drill-down's clause of ``engine_note``."""
+        refine = self.settings
+        chosen = (
+            f"top {self.top:g}"
+            if refine.ssim is None
+            else f"top {self.top:g}, chosen for SSIM >= {refine.ssim:g}"
+        )
+        return (
+            f"DRILL-DOWN: {len(self.coarse)} coarse windows (stride {refine.coarse_stride}) for "
+            f"every image, then per image the {self.refined_count_of(self.top)} coarse cell(s) "
+            f"with the largest drop ({chosen}, "
+            f"{'predicted class' if self.cls is None else f'class {self.cls}'}) "
             "at the fine stride; other windows take their cell's coarse outputs "
             "(result.computed says which were computed)"
         )
 
-    @property
-    def refined_count(self) -> int:
-        """How many coarse cells each image refines."""
-        return max(1, math.ceil(self.top * len(self.coarse) - 1e-9))
+    def refined_count_of(self, top: float) -> int:
+        """How many coarse cells each image refines at fraction `top`."""
+        return max(1, math.ceil(top * len(self.coarse) - 1e-9))
 
-    def run_chunk(
-        self,
-        runner: RegionRunner,
-        images: Tensor,
-        fill_images: Tensor,
-        baseline: Tensor,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> tuple[Tensor | None, Tensor, Tensor]:
-        """The drill-down of one chunk of images.
+    def _refined(self, coarse: Tensor, baseline: Tensor, top: float) -> Tensor:
+        """Which windows each image computes at the fine stride besides the coarse ones.
 
-        images : (n, C, H, W); fill_images : (V, n or 1, ...); baseline : (n, K) unoccluded
-        outputs (they rank the coarse windows)
-        returns : the incremental engine's unoccluded outputs of the coarse pass (or None),
-            occluded (n, R, V, K) with filled-in windows, computed (n, R) bool (on the CPU)
+        coarse : (n, coarse windows, V, K) outputs; baseline : (n, K) unoccluded outputs
+        returns : (n, R) bool on the CPU
         """
         n, k = baseline.shape
         if self.cls is not None and self.cls >= k:
             raise InputValueError(
                 f"refine: Refine.cls must be a class index in [0, {k - 1}], got {self.cls}"
             )
-        clean, coarse = runner.run(
-            images, fill_images, self.coarse, runner.threshold, on_progress=on_progress
-        )
-        v = coarse.shape[2]
-        cell = self.cell.to(coarse.device)
-        occluded = coarse[:, cell].clone()  # (n, R, V, K): every window from its cell
-        computed = torch.zeros(n, self.num_regions, dtype=torch.bool)
-        computed[:, self.coarse] = True
         if n == 0:
-            return clean, occluded, computed
+            return torch.zeros(0, self.num_regions, dtype=torch.bool)
+        v = coarse.shape[2]
         classes = (
             baseline.argmax(dim=1)
             if self.cls is None
@@ -216,22 +252,56 @@ class RefinePlan:
         unoccluded = baseline.to(coarse.device).gather(1, classes[:, None])  # (n, 1)
         # The drop of the class per coarse window, averaged over the fills: (n, coarse windows).
         drops = unoccluded - coarse.gather(3, index)[..., 0].mean(dim=2)
-        chosen = torch.topk(drops.cpu().double(), self.refined_count, dim=1, sorted=False).indices
-        cells = self.cell
-        coarse_set = torch.zeros(self.num_regions, dtype=torch.bool)
-        coarse_set[self.coarse] = True
+        count = self.refined_count_of(top)
+        chosen = torch.topk(drops.cpu().double(), count, dim=1, sorted=False).indices
+        wanted = (self.cell[None, :, None] == chosen[:, None, :]).any(dim=2)
+        return wanted & ~self._on_coarse
+
+    def from_exact(self, baseline: Tensor, exact: Tensor, top: float) -> Tensor:
+        """The outputs a drill-down at fraction `top` gives, built from the exact sweep of the
+        same images (its computed windows are the exact ones; calibration compares them).
+
+        baseline : (n, K); exact : (n, R, V, K) -> (n, R, V, K)
+        """
+        coarse = exact[:, self.coarse]
+        occluded = coarse[:, self.cell.to(exact.device)].clone()
+        refined = (self._refined(coarse, baseline, top) | self._on_coarse).to(exact.device)
+        occluded[refined] = exact[refined]
+        return occluded
+
+    def run_chunk(
+        self,
+        runner: RegionRunner,
+        images: Tensor,
+        fill_images: Tensor,
+        baseline: Tensor,
+        threshold: float | None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """The drill-down of one chunk of images.
+
+        images : (n, C, H, W); fill_images : (V, n or 1, ...); baseline : (n, K) unoccluded
+        outputs (they rank the coarse windows); threshold : the projective-field cap of every
+        run (None: exact)
+        returns : the incremental engine's unoccluded outputs of the coarse pass (or None),
+            occluded (n, R, V, K) with filled-in windows, computed (n, R) bool (on the CPU)
+        """
+        n = baseline.shape[0]
+        clean, coarse = runner.run(
+            images, fill_images, self.coarse, threshold, on_progress=on_progress
+        )
+        occluded = coarse[:, self.cell.to(coarse.device)].clone()  # every window from its cell
+        refined = self._refined(coarse, baseline, self.top)
         for image in range(n):
-            wanted = torch.isin(cells, chosen[image]) & ~coarse_set
-            positions = torch.nonzero(wanted).flatten().tolist()
+            positions = torch.nonzero(refined[image]).flatten().tolist()
             if not positions:
                 continue
             _, fine = runner.run(
                 images[image : image + 1],
                 RegionRunner.images_of(fill_images, image, image + 1),
                 positions,
-                runner.threshold,
+                threshold,
                 on_progress=on_progress,
             )
             occluded[image, positions] = fine[0]
-            computed[image, positions] = True
-        return clean, occluded, computed
+        return clean, occluded, refined | self._on_coarse

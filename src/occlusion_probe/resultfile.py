@@ -399,22 +399,27 @@ def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any
         optional["computed"] = torch.from_numpy(computed)
     if fields.has("fidelity"):
         fidelity = fields.array("fidelity")
-        if fidelity.dtype != np.float64 or fidelity.shape != (6,):
+        # Files written before drill-downs had a fidelity store six numbers (no `top`).
+        if fidelity.dtype != np.float64 or fidelity.shape not in ((6,), (7,)):
             raise fields.error(
                 "fidelity",
-                "a float64 array of shape (6,)",
+                "a float64 array of shape (7,) (or (6,), written before 2026-12-03)",
                 f"dtype {fidelity.dtype}, shape {fidelity.shape}",
             )
-        # The Spearman correlation (entry 1) is NaN when the drops are constant.
+        top = fidelity[6] if fidelity.shape == (7,) else np.nan
+        # The Spearman correlation (entry 1) is NaN when the drops are constant, `top`
+        # (entry 6) when there was no drill-down.
         if not (
-            np.isfinite(np.delete(fidelity, 1)).all()
-            and 0.0 < fidelity[3] < 1.0
+            np.isfinite(fidelity[[0, 2, 3, 4, 5]]).all()
+            and 0.0 < fidelity[3] <= 1.0
             and fidelity[4] >= 1
             and float(fidelity[4]).is_integer()
+            and (np.isnan(top) or 0.0 < top <= 1.0)
         ):
             raise fields.error(
                 "fidelity",
-                "(ssim, spearman, max_abs_error, tau in (0, 1), calibration images >= 1, target)",
+                "(ssim, spearman, max_abs_error, tau in (0, 1], calibration images >= 1, "
+                "target, top in (0, 1] or NaN)",
                 str(fidelity.tolist()),
             )
         optional["fidelity"] = fidelity
@@ -467,7 +472,7 @@ def write_sweep_result(
 ) -> Path:
     """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`.
 
-    `computed` (N, R) bool and `fidelity` (6,) float64 are written only when given, so that
+    `computed` (N, R) bool and `fidelity` (7,) float64 are written only when given, so that
     files of exact, fully computed sweeps are unchanged.
     """
     arrays = {
