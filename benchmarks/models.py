@@ -2,8 +2,10 @@
 nets, and occlusion workloads.
 
 Weights are random (seeded): the cost of a forward pass does not depend on what was learnt.
-The architectures are defined once, in tests/reference_models.py (written from their papers;
-every BatchNorm has non-trivial running statistics), and built here at the sizes below. A
+The architectures are defined once, in tests/reference_models.py (written from their papers),
+and built here at the sizes below with He-initialised weights and BatchNorm statistics
+measured on a photograph (`signal_preserving`), so that their outputs, and so their heat
+maps, depend on the image as a trained model's do. A
 `Case` fixes a model and the sizes it is timed at; the ``*_SMOKE`` cases are tiny versions
 that CI runs.
 
@@ -30,11 +32,15 @@ The paper CNN (1x48x48) and VGG-11 at 1/8 width (3x224x224) are the cases of tes
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib.cbook
+import matplotlib.image
 import torch
+import torch.nn.functional as F
 from reference_models import (
     MOBILENETV2_SETTINGS,
     VGG11_LAYOUT,
@@ -170,6 +176,46 @@ def make_workload(
     images = torch.rand((n, *shape), generator=generator).to(device)
     regions = op.grid(shape[1], shape[2], rows=grid_size, cols=grid_size)
     return Workload(name, model.to(device), images, regions, fills)
+
+
+@functools.cache
+def photograph(height: int, width: int) -> Tensor:
+    """matplotlib's sample photograph (RGB, 600x512), resized to (3, height, width) in [0, 1]."""
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    pixels = torch.from_numpy(matplotlib.image.imread(path).copy()).permute(2, 0, 1)
+    image = pixels[None].float() / 255
+    resized = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
+    return resized.clamp(0, 1)
+
+
+def signal_preserving(model: nn.Module, images: Tensor, seed: int = 0) -> nn.Module:
+    """`model` with weights whose outputs depend on the image, as trained ones do.
+
+    PyTorch's default initialisation shrinks the signal at every layer (weight variance
+    1/(3 fan-in)): after VGG-16's 13 convolutions the logits are its biases, and a 16x16
+    occlusion changed them by 6e-8, float32 rounding, so its heat maps were noise. Here every
+    Conv2d and Linear gets He et al.'s (2015) normal initialisation (fan-in, ReLU gain) and a
+    zero bias, and every BatchNorm's running statistics are measured on `images` (a forward
+    in training mode with a cumulative average, as training leaves them), its affine
+    parameters kept. Speed does not depend on the values; the heat maps and their fidelity do.
+    """
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    with torch.no_grad():
+        model(images)
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
 
 
 @dataclass(frozen=True)
@@ -382,7 +428,13 @@ def workload_of(
     if key not in _WORKLOADS:
         model_key = (case.id, str(device))
         if model_key not in _MODELS:
-            _MODELS[model_key] = case.build().to(device)
+            channels, height, width = case.shape
+            photo = photograph(height, width)
+            photo = photo if channels == 3 else photo.mean(dim=1, keepdim=True)
+            # The photograph and its mirror image set the BatchNorm statistics.
+            _MODELS[model_key] = signal_preserving(
+                case.build(), torch.cat([photo, photo.flip(-1)])
+            ).to(device)
         name = f"{case.title}, N={n}, {grid}x{grid} grid x {len(fills)} fills"
         _WORKLOADS[key] = make_workload(
             name, _MODELS[model_key], case.shape, n, grid, fills, device

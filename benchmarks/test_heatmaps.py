@@ -5,7 +5,7 @@ VGG-16 (1/2 width) and ResNet-18 at 3x224x224, N=1, one fill (0.0), 16x16 window
 ``grace_hopper.jpg``, resized to 224x224: a heat map of a real image, not of noise): the
 dense sweep, the exact incremental sweep, the drill-down sweep
 (``refine=Refine(coarse_stride=16, top=0.25)``: 14x14 coarse windows, then the fine stride in
-a quarter of their cells), the drill-down for a target (``Refine(coarse_stride=8 or 16,
+a quarter of their cells), the drill-down for a target (``Refine(coarse_stride=8,
 top=0.05, ssim=0.9, calibration_images=1)``: the smallest top of 0.05, 0.1, ..., 1.0 that
 reaches SSIM 0.9), the approximate sweep (``approximate=Approximate(ssim=0.9,
 calibration_images=1)``), both together, and captum's ``Occlusion`` with the same window,
@@ -39,14 +39,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.cbook
-import matplotlib.image
 import pytest
 import torch
-import torch.nn.functional as F
 from captum.attr import Occlusion
 from conftest import timing_prepare
-from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, workload_of
+from models import ARCHITECTURE_SMOKES, ARCHITECTURES, Case, Workload, photograph, workload_of
 from torch import Tensor
 
 import occlusion_probe as op
@@ -66,7 +63,7 @@ FILLS = (0.0,)
 REFINE = op.Refine(coarse_stride=16, top=0.25)
 APPROXIMATE = op.Approximate(ssim=0.9, calibration_images=1)
 #: Coarse strides of the drill-down rows that choose their top for a target (full size).
-TARGET_STRIDES = (8, 16)
+TARGET_STRIDES = (8,)
 
 
 def _cases() -> list[Any]:
@@ -83,16 +80,6 @@ def _geometry(case: Case) -> tuple[int, int, int]:
     return (8, 2, 8) if case.smoke else (16, 4, REFINE.coarse_stride[0])  # type: ignore[index]
 
 
-@functools.cache
-def _photo(height: int, width: int) -> Tensor:
-    """matplotlib's sample photograph (RGB, 600x512), resized to (3, height, width) in [0, 1]."""
-    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-    pixels = torch.from_numpy(matplotlib.image.imread(path).copy()).permute(2, 0, 1)
-    image = pixels[None].float() / 255
-    resized = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True)
-    return resized.clamp(0, 1)
-
-
 def windows_workload(case: Case, device: torch.device) -> Workload:
     """The case's model with sliding windows instead of its grid, on the photograph (N=1;
     the smoke sizes keep their random image)."""
@@ -100,7 +87,7 @@ def windows_workload(case: Case, device: torch.device) -> Workload:
     window, stride, _ = _geometry(case)
     channels, height, width = case.shape
     regions = op.sliding_windows(height, width, window=window, stride=stride)
-    images = base.images if case.smoke or channels != 3 else _photo(height, width).to(device)
+    images = base.images if case.smoke or channels != 3 else photograph(height, width).to(device)
     name = (
         f"{case.title}, N=1 ({'random' if images is base.images else 'photograph'}), "
         f"{window}x{window} windows at stride {stride} ({len(regions)} positions) x "

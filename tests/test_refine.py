@@ -282,6 +282,7 @@ def test_a_target_of_one_computes_every_window(
         refine=Refine(coarse_stride=6, top=0.1, ssim=1.0, calibration_images=1),
     )  # fmt: skip
     assert result.fidelity is not None and result.fidelity.top == 1.0
+    assert "drill-down computing every window (top 1)" in result.engine_note
     assert result.computed is not None and bool(result.computed.all())
     torch.testing.assert_close(result.occluded, exact.occluded, rtol=0, atol=1e-5)
 

@@ -93,8 +93,8 @@ class ChunkEngine:
     forward : CheckedForward
         The sweep's model call (dense blocks, unoccluded outputs, the output rule).
     batches : BatchPlan
-        The dense engine's batches (the incremental engine computes about four times as many
-        occluded images per call).
+        The dense engine's batches (the incremental engine's calls are sized from them only
+        when the batch size was given, or on an accelerator).
     dtype : torch.dtype
         The floating dtype the model gets its images in.
     regions : Regions

@@ -126,7 +126,11 @@ class Fidelity:
         """One clause for ``engine_note``."""
         parts = []
         if self.top is not None:
-            parts.append(f"drill-down computing the top {self.top:g} of each image's coarse cells")
+            parts.append(
+                "drill-down computing every window (top 1)"
+                if self.top >= 1.0
+                else f"drill-down computing the top {self.top:g} of each image's coarse cells"
+            )
         if self.tau < 1.0:
             parts.append(f"projective-field threshold tau={self.tau:g}")
         method = " with ".join(parts) if parts else "no approximation"

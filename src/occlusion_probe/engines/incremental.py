@@ -65,8 +65,11 @@ MIN_BOUND = 1.5
 #: FLOPs per call at ~310 GFLOP/s, ResNet-18 at ~6e7 at ~310 GFLOP/s and MobileNetV2 at
 #: ~2e7 at ~110 GFLOP/s: about 0.2 ms each.
 CALL_SECONDS = 2e-4
-#: The fewest occluded images per call the engine aims at: more for plans that run at least
-#: COMPUTE_BOUND_INTENSITY conv FLOPs per tensor element they move. Measured on a 2-core Xeon
+#: The occluded images per call the engine aims at on the CPU with ``batch_size="auto"``:
+#: more for plans that run at least COMPUTE_BOUND_INTENSITY conv FLOPs per tensor element
+#: they move. Four times the dense engine's timed batch, used before, gave DenseNet-121
+#: (memory-bound) 64 images per call when the dense trial chose 16: 5.5-6.1 s per sweep
+#: against 4.2-4.5 s at 24-32 (2-core Xeon, 14x14 patches x 2 fills). Measured on a 2-core Xeon
 #: (224x224, N=1; ratio to the forward limit at 24 / 64 / 128 images per call): VGG-16 heat
 #: map (16x16 windows at stride 4, 327 FLOPs per element) 6.9 / 7.7 / 7.9, ResNet-18 heat map
 #: (266) 1.93 / 1.99 / 1.83, ResNet-18 16x16 patches x 2 fills 2.09 / 2.30 at 24 / 64;
@@ -189,7 +192,7 @@ class IncrementalEngine:
         # FLOPs per element moved: convolution-bound plans gain from larger calls,
         # memory-bound ones (depthwise convs) lose as their working set leaves the caches.
         intensity = planned / max(1, moved)
-        self.min_items_per_call = (
+        self.cpu_items_per_call = (
             COMPUTE_BOUND_ITEMS if intensity >= COMPUTE_BOUND_INTENSITY else MEMORY_BOUND_ITEMS
         )
 

@@ -41,8 +41,10 @@ class RegionRunner:
     forward : CheckedForward
         The sweep's model call (dense engine, and the output rule of the incremental one).
     batches : BatchPlan
-        The dense engine's batch sizes; the incremental engine computes about four times as
-        many occluded images per call, as in `sweep`.
+        The dense engine's batch sizes. The incremental engine computes its plan's measured
+        best number of occluded images per call on the CPU (`IncrementalEngine.
+        cpu_items_per_call`) when the batch size is "auto", and about four times the batch
+        (at least that number) when it was given or on an accelerator.
     """
 
     def __init__(
@@ -141,7 +143,7 @@ class RegionRunner:
             images,
             fill_images,
             masks,
-            max(self.batches.current.size * 4, engine.min_items_per_call),
+            self._items_per_call(engine, images.device),
             self.forward.finish,
             on_progress,
             channels_last=self.channels_last,
@@ -150,6 +152,14 @@ class RegionRunner:
             # The first engine timed both layouts; every later one uses its choice.
             self.channels_last = engine.channels_last
         return clean, occluded
+
+    def _items_per_call(self, engine: IncrementalEngine, device: torch.device) -> int:
+        """About how many occluded images one call of `engine` computes."""
+        if device.type == "cpu" and self.batches.how != "given":
+            # The dense trial's batch says little about the engine's smaller pieces: a
+            # memory-bound plan slows down when four times it leaves the caches.
+            return engine.cpu_items_per_call
+        return max(self.batches.current.size * 4, engine.cpu_items_per_call)
 
     @staticmethod
     def images_of(fill_images: Tensor, start: int, stop: int) -> Tensor:
