@@ -288,16 +288,34 @@ def test_windows_drill_down_for_target(
         f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}, ssim={refine.ssim:g}, "
         "calibration_images=1))"
     )
+    _calibrated_rows(harness, benchmark, case, workload, f"drill-down-target-{coarse}",
+                     row_label, call, calibration)  # fmt: skip
+
+
+def _calibrated_rows(
+    harness: Harness,
+    benchmark: object,
+    case: Case,
+    workload: Workload,
+    key: str,
+    label: str,
+    call: Callable[[], op.SweepResult],
+    calibration: list[float],
+) -> op.SweepResult:
+    """The rows of a drill-down for a target: timed with its calibration (the note gives
+    its heat map's SSIM against the exact sweep) and without it; its fidelity in the
+    extra info."""
     result: list[op.SweepResult] = []
-    swept = _run(harness, benchmark, case, workload, f"drill-down-target-{coarse}",
-                 f"{row_label}, calibration included", call, result,
-                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
+    swept: op.SweepResult = _run(harness, benchmark, case, workload, key,
+                                 f"{label}, calibration included", call, result,
+                                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
     fidelity = swept.fidelity
     assert fidelity is not None and fidelity.top is not None
     info = benchmark.extra_info  # type: ignore[attr-defined]
-    info.update(top=fidelity.top, ssim=fidelity.ssim, calibration_seconds=sum(calibration))
-    _without_calibration(harness, benchmark, f"drill-down-target-{coarse}-calibrated", row_label,
-                         calibration)  # fmt: skip
+    info.update(top=fidelity.top, tau=fidelity.tau, ssim=fidelity.ssim,
+                calibration_seconds=sum(calibration))  # fmt: skip
+    _without_calibration(harness, benchmark, f"{key}-calibrated", label, calibration)
+    return swept
 
 
 def _approximate_call(
@@ -352,22 +370,13 @@ def test_windows_approximate_drill_down(
     workload = windows_workload(case, harness.device)
     refine = _target_refine(case, coarse)
     settings, calibration, call = _approximate_call(case, workload, refine=refine)
-    result: list[op.SweepResult] = []
     row_label = (
         f"sweep(refine=Refine(coarse_stride={coarse}, top={refine.top:g}, ssim={refine.ssim:g}, "
         f"calibration_images=1), approximate=Approximate(ssim={settings.ssim:g}, "
         "calibration_images=1))"
     )
-    swept = _run(harness, benchmark, case, workload, f"approximate-drill-down-{coarse}",
-                 f"{row_label}, calibration included", call, result,
-                 note_prefix=lambda r: _against_exact(case, workload, r))  # fmt: skip
-    fidelity = swept.fidelity
-    assert fidelity is not None and fidelity.top is not None
-    info = benchmark.extra_info  # type: ignore[attr-defined]
-    info.update(top=fidelity.top, tau=fidelity.tau, ssim=fidelity.ssim,
-                calibration_seconds=sum(calibration))  # fmt: skip
-    _without_calibration(harness, benchmark, f"approximate-drill-down-{coarse}-calibrated",
-                         row_label, calibration)  # fmt: skip
+    swept = _calibrated_rows(harness, benchmark, case, workload,
+                             f"approximate-drill-down-{coarse}", row_label, call, calibration)  # fmt: skip
     computed = swept.computed
     assert computed is not None
     if case.smoke:

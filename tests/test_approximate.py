@@ -152,6 +152,16 @@ def test_approximate_with_refine(
     assert "DRILL-DOWN" in result.engine_note and "APPROXIMATE" in result.engine_note
 
 
+def _own_fidelity(
+    result: op.SweepResult, exact: op.SweepResult, windows: op.Regions, count: int
+) -> Fidelity:
+    """The fidelity of `result`'s first `count` images against the dense exact sweep."""
+    assert result.fidelity is not None
+    fidelity = result.fidelity
+    return measure_fidelity(windows, exact.baseline[:count], exact.occluded[:count],
+                            result.occluded[:count], fidelity.tau, fidelity.target)  # fmt: skip
+
+
 def test_drill_down_with_threshold_reports_what_ran(
     model: nn.Module, images: torch.Tensor, windows: op.Regions, exact: op.SweepResult
 ) -> None:
@@ -164,9 +174,7 @@ def test_drill_down_with_threshold_reports_what_ran(
     )  # fmt: skip
     fidelity = result.fidelity
     assert fidelity is not None and fidelity.tau == 0.3 and fidelity.top == 0.25
-    own = measure_fidelity(
-        windows, exact.baseline[:1], exact.occluded[:1], result.occluded[:1], 0.3, 0.05
-    )
+    own = _own_fidelity(result, exact, windows, 1)
     # Calibration's exact outputs are the incremental engine's, `exact` the dense engine's:
     # they differ by float rounding (about 1e-6 on these logits), and the SSIM of these
     # heat maps (a small data range) moves by a few 1e-6 with them.
@@ -196,9 +204,7 @@ def test_drill_down_that_no_threshold_helps_is_still_measured(
     )  # fmt: skip
     fidelity = result.fidelity
     assert fidelity is not None and fidelity.tau == 1.0 and fidelity.top == 0.25
-    own = measure_fidelity(
-        windows, exact.baseline[:2], exact.occluded[:2], result.occluded[:2], 1.0, 0.999
-    )
+    own = _own_fidelity(result, exact, windows, 2)
     # Incremental against dense exact outputs: float rounding moves the SSIM a few 1e-6.
     assert fidelity.ssim == pytest.approx(own.ssim, abs=2e-5) and fidelity.ssim < 0.999
     assert "no threshold reached SSIM 0.999 on the calibration images, so none was applied" in (
