@@ -206,6 +206,7 @@ def signal_preserving(model: nn.Module, images: Tensor, seed: int = 0) -> nn.Mod
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
     model.eval()
     for norm in norms:
         norm.reset_running_stats()
@@ -213,8 +214,8 @@ def signal_preserving(model: nn.Module, images: Tensor, seed: int = 0) -> nn.Mod
         norm.train()
     with torch.no_grad():
         model(images)
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
     return model.eval()
 
 

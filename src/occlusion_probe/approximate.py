@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputTypeError, InputValueError, describe
-from .fidelity import check_calibration_images, check_ssim_target
+from .fidelity import check_calibration_images, check_fraction
 
 __all__ = ["DEFAULT_THRESHOLDS", "Approximate", "check_approximate"]
 
@@ -60,7 +60,7 @@ class Approximate:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ssim", check_ssim_target("Approximate.ssim", self.ssim))
+        object.__setattr__(self, "ssim", check_fraction("Approximate.ssim", self.ssim))
         object.__setattr__(
             self,
             "calibration_images",

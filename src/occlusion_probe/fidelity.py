@@ -25,11 +25,12 @@ from torch import Tensor
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions
 
-__all__ = ["Fidelity", "check_calibration_images", "check_ssim_target", "measure_fidelity", "ssim"]
+__all__ = ["Fidelity", "check_calibration_images", "check_fraction", "measure_fidelity", "ssim"]
 
 
-def check_ssim_target(name: str, value: object) -> float:
-    """`value` as an SSIM target in (0, 1]; `name` is the setting the errors name.
+def check_fraction(name: str, value: object) -> float:
+    """`value` as a float in (0, 1] (an SSIM target, a fraction of cells); `name` is the
+    setting the errors name.
 
     Raises
     ------

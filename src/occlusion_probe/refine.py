@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .engines.subsets import RegionRunner
 from .errors import InputTypeError, InputValueError, describe
-from .fidelity import check_calibration_images, check_ssim_target
+from .fidelity import check_calibration_images, check_fraction
 from .regions import Regions, WindowGrid
 
 __all__ = ["Refine", "RefinePlan"]
@@ -107,12 +107,7 @@ class Refine:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coarse_stride", _stride_pair(self.coarse_stride))
-        top = self.top
-        if isinstance(top, bool) or not isinstance(top, (int, float, np.floating)):
-            raise InputTypeError(f"Refine.top: expected a float in (0, 1], got {describe(top)}")
-        if not 0.0 < float(top) <= 1.0:
-            raise InputValueError(f"Refine.top: expected a float in (0, 1], got {top!r}")
-        object.__setattr__(self, "top", float(top))
+        object.__setattr__(self, "top", check_fraction("Refine.top", self.top))
         cls = self.cls
         if cls is not None and (isinstance(cls, bool) or not isinstance(cls, (int, np.integer))):
             raise InputTypeError(
@@ -121,7 +116,7 @@ class Refine:
         if cls is not None and cls < 0:
             raise InputValueError(f"Refine.cls: expected a class index >= 0, got {cls}")
         if self.ssim is not None:
-            object.__setattr__(self, "ssim", check_ssim_target("Refine.ssim", self.ssim))
+            object.__setattr__(self, "ssim", check_fraction("Refine.ssim", self.ssim))
         object.__setattr__(
             self,
             "calibration_images",
@@ -190,7 +185,6 @@ class RefinePlan:
         self.settings = refine
         #: The fraction of coarse cells refined per image (a target's calibration sets it).
         self.top = refine.top
-        self.cls = refine.cls
         rows, row_cell = _axis_cells(layout.shape[0], factors[0])
         cols, col_cell = _axis_cells(layout.shape[1], factors[1])
         width = layout.shape[1]
@@ -220,7 +214,7 @@ class RefinePlan:
             f"DRILL-DOWN: {len(self.coarse)} coarse windows (stride {refine.coarse_stride}) for "
             f"every image, then per image the {self.refined_count_of(self.top)} coarse cell(s) "
             f"with the largest drop ({chosen}, "
-            f"{'predicted class' if self.cls is None else f'class {self.cls}'}) "
+            f"{'predicted class' if refine.cls is None else f'class {refine.cls}'}) "
             "at the fine stride; other windows take their cell's coarse outputs "
             "(result.computed says which were computed)"
         )
@@ -236,17 +230,18 @@ class RefinePlan:
         returns : (n, R) bool on the CPU
         """
         n, k = baseline.shape
-        if self.cls is not None and self.cls >= k:
+        cls = self.settings.cls
+        if cls is not None and cls >= k:
             raise InputValueError(
-                f"refine: Refine.cls must be a class index in [0, {k - 1}], got {self.cls}"
+                f"refine: Refine.cls must be a class index in [0, {k - 1}], got {cls}"
             )
         if n == 0:
             return torch.zeros(0, self.num_regions, dtype=torch.bool)
         v = coarse.shape[2]
         classes = (
             baseline.argmax(dim=1)
-            if self.cls is None
-            else torch.full((n,), self.cls, dtype=torch.int64, device=baseline.device)
+            if cls is None
+            else torch.full((n,), cls, dtype=torch.int64, device=baseline.device)
         ).to(coarse.device)
         index = classes[:, None, None, None].expand(n, len(self.coarse), v, 1)
         unoccluded = baseline.to(coarse.device).gather(1, classes[:, None])  # (n, 1)
