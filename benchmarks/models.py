@@ -28,6 +28,8 @@ grouping depends on the measured FLOP rate and the images per call); the benchma
 it next to every incremental ratio.
 
 The paper CNN (1x48x48) and VGG-11 at 1/8 width (3x224x224) are the cases of test_sweep.py.
+The heat-map benchmark also has a trained case (trained.py: a VGG-16 trained to find a shape,
+whose evidence is local as a real classifier's is); its `Case` has ``trained=True``.
 """
 
 from __future__ import annotations
@@ -237,6 +239,8 @@ class Case:
     captum_n, naive_n : N for captum (one attribute call per class and fill) and for the
         one-image-per-forward loop
     smoke : a tiny case for CI; its rows carry no targets
+    trained : `build` returns trained weights, kept as they are (otherwise `workload_of`
+        re-initialises them with `signal_preserving`)
     """
 
     id: str
@@ -256,6 +260,7 @@ class Case:
     captum_n: int = 32
     naive_n: int = 1
     smoke: bool = False
+    trained: bool = False
 
 
 PAPER = Case(
@@ -428,6 +433,8 @@ def workload_of(
     key = (case.id, str(device), n, grid, fills)
     if key not in _WORKLOADS:
         model_key = (case.id, str(device))
+        if model_key not in _MODELS and case.trained:
+            _MODELS[model_key] = case.build().to(device)
         if model_key not in _MODELS:
             channels, height, width = case.shape
             photo = photograph(height, width)

@@ -127,6 +127,39 @@ def vgg(
     return nn.Sequential(*layers).eval()
 
 
+def vgg_max_pooled(
+    layout: tuple[int | str, ...] = VGG16_LAYOUT[:-1],
+    divisor: int = 16,
+    hidden: int = 1024,
+    classes: int = 4,
+    seed: int = 0,
+) -> nn.Sequential:
+    """VGG's convolutions ending in class score maps and a global max pool, the weakly
+    supervised localisation net of Oquab et al. (CVPR 2015): it takes any input size, and
+    each class's output is its score at the best position.
+
+    The default layout is VGG-16's without pool5; as in Zhou et al.'s CAM (CVPR 2016) a 3x3
+    conv of `hidden` units follows conv5_3, then a 1x1 conv to `classes` score maps and
+    ``AdaptiveMaxPool2d(1)``. Every 3x3 conv is followed by BatchNorm (Ioffe & Szegedy 2015)
+    so that the net trains from scratch in minutes.
+
+    divisor : every conv width of `layout` and `hidden` is divided by it (1: the paper's)
+    """
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    channels = 3
+    for entry in (*layout, hidden):
+        if entry == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        width = max(1, int(entry) // divisor)
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU()]  # fmt: skip
+        channels = width
+    layers += [nn.Conv2d(channels, classes, 1), nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers).eval()
+
+
 class BasicBlock(nn.Module):
     """ResNet's basic block (He et al. 2016): two 3x3 convs, identity or 1x1 projection."""
 

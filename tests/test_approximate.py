@@ -3,6 +3,7 @@ with the fidelity measured against exact on the calibration images."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 
 import occlusion_probe as op
 from occlusion_probe import Approximate, Fidelity, InputTypeError, InputValueError
+from occlusion_probe import calibration as calibration_module
 from occlusion_probe.approximate import DEFAULT_THRESHOLDS, check_approximate
 from occlusion_probe.fidelity import measure_fidelity
 
@@ -78,13 +80,13 @@ def test_threshold_large_enough_equals_exact(
 def test_small_threshold_is_approximate_and_measured(
     model: nn.Module, images: torch.Tensor, windows: op.Regions, exact: op.SweepResult
 ) -> None:
-    settings = Approximate(ssim=0.2, calibration_images=2, thresholds=(0.3,))
+    settings = Approximate(ssim=0.2, calibration_images=2, thresholds=(0.4,))
     result = op.sweep(
         model, images, windows, FILLS, output="logits", progress=False, approximate=settings
     )
     fidelity = result.fidelity
-    assert fidelity is not None and fidelity.tau == 0.3
-    assert 0.2 <= fidelity.ssim <= 1.0
+    assert fidelity is not None and fidelity.tau == 0.4
+    assert 0.2 <= fidelity.ssim <= 1.0 and 0.2 <= fidelity.r2 <= 1.0
     assert -1.0 <= fidelity.spearman <= 1.0
     error = float((result.occluded - exact.occluded).abs().max())
     assert error > 0.1 * float(exact.delta.abs().max())  # the cap changes outputs
@@ -110,18 +112,43 @@ def test_smallest_threshold_meeting_the_target_is_chosen(
             model, images[:1], windows, FILLS, output="logits", progress=False,
             approximate=Approximate(ssim=1e-9, calibration_images=1, thresholds=(tau,)),
         )  # fmt: skip
-        assert alone.fidelity is not None
-        measured[tau] = alone.fidelity.ssim
+        # None: even a target of 1e-9 was missed (an R^2 below 0).
+        measured[tau] = alone.fidelity
     passing = []
     for tau in thresholds:  # from the largest down, stopping at the first miss
-        if measured[tau] < 0.95:
+        found = measured[tau]
+        if found is None or found.ssim < 0.95 or found.r2 < 0.95:
             break
         passing.append(tau)
     if passing:
         assert result.fidelity is not None and result.fidelity.tau == passing[-1]
-        assert result.fidelity.ssim == pytest.approx(measured[passing[-1]])
+        chosen = measured[passing[-1]]
+        assert chosen is not None and result.fidelity.ssim == pytest.approx(chosen.ssim)
     else:
         assert result.fidelity is None
+
+
+def test_calibration_needs_the_r2_as_well_as_the_ssim(
+    monkeypatch: pytest.MonkeyPatch, model: nn.Module, images: torch.Tensor, windows: op.Regions
+) -> None:
+    """A setting whose heat maps keep the SSIM but lose the R^2 (as a map of zeros against
+    a concentrated one: test_fidelity.py) does not reach the target, for a threshold and
+    for a drill-down's top."""
+    real = calibration_module.measure_fidelity
+
+    def hot_spot_lost(*args: object, **kwargs: object) -> Fidelity:
+        return dataclasses.replace(real(*args, **kwargs), ssim=1.0, r2=0.0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(calibration_module, "measure_fidelity", hot_spot_lost)
+    common = {"output": "logits", "progress": False}
+    settings = Approximate(ssim=0.9, calibration_images=1, thresholds=(0.5,))
+    result = op.sweep(model, images, windows, FILLS, approximate=settings, **common)
+    assert result.fidelity is None
+    assert "no threshold reached heat-map SSIM and R^2 0.9" in result.engine_note
+    refine = op.Refine(coarse_stride=6, top=0.25, ssim=0.9, calibration_images=1)
+    drilled = op.sweep(model, images, windows, FILLS, refine=refine, **common)
+    assert drilled.fidelity is not None and drilled.fidelity.top == 1.0
+    assert "BELOW the target" in drilled.engine_note
 
 
 def test_no_threshold_meeting_the_target_stays_exact(
@@ -132,8 +159,9 @@ def test_no_threshold_meeting_the_target_stays_exact(
         approximate=Approximate(ssim=1.0, calibration_images=1, thresholds=(0.1,)),
     )  # fmt: skip
     assert result.fidelity is None
-    assert "no threshold reached SSIM 1 on the calibration images: EXACT outputs" in (
-        result.engine_note
+    assert (
+        "no threshold reached heat-map SSIM and R^2 1 on the calibration images: EXACT outputs"
+        in (result.engine_note)
     )
     torch.testing.assert_close(result.occluded, exact.occluded, rtol=0, atol=1e-5)
 
@@ -170,10 +198,10 @@ def test_drill_down_with_threshold_reports_what_ran(
     refine = op.Refine(coarse_stride=6, top=0.25)
     result = op.sweep(
         model, images, windows, FILLS, output="logits", progress=False, refine=refine,
-        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.4,)),
     )  # fmt: skip
     fidelity = result.fidelity
-    assert fidelity is not None and fidelity.tau == 0.3 and fidelity.top == 0.25
+    assert fidelity is not None and fidelity.tau == 0.4 and fidelity.top == 0.25
     own = _own_fidelity(result, exact, windows, 1)
     # Calibration's exact outputs are the incremental engine's, `exact` the dense engine's:
     # they differ by float rounding (about 1e-6 on these logits), and the SSIM of these
@@ -183,7 +211,7 @@ def test_drill_down_with_threshold_reports_what_ran(
     # The threshold alone would have measured higher: the drill-down's loss is counted too.
     alone = op.sweep(
         model, images[:1], windows, FILLS, output="logits", progress=False,
-        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.4,)),
     )  # fmt: skip
     assert alone.fidelity is not None and alone.fidelity.ssim > fidelity.ssim + 0.05
     note = result.engine_note
@@ -191,7 +219,7 @@ def test_drill_down_with_threshold_reports_what_ran(
     assert (
         "APPROXIMATE: drill-down computing the top 0.25 of each image's coarse cells with " in note
     )
-    assert "projective-field threshold tau=0.3 (target SSIM 0.05)" in note
+    assert "projective-field threshold tau=0.4 (target 0.05 for heat-map SSIM and R^2)" in note
 
 
 def test_drill_down_that_no_threshold_helps_is_still_measured(
@@ -207,8 +235,9 @@ def test_drill_down_that_no_threshold_helps_is_still_measured(
     own = _own_fidelity(result, exact, windows, 2)
     # Incremental against dense exact outputs: float rounding moves the SSIM a few 1e-6.
     assert fidelity.ssim == pytest.approx(own.ssim, abs=2e-5) and fidelity.ssim < 0.999
-    assert "no threshold reached SSIM 0.999 on the calibration images, so none was applied" in (
-        result.engine_note
+    assert (
+        "no threshold reached heat-map SSIM and R^2 0.999 on the calibration images, so none was applied"
+        in (result.engine_note)
     )
     assert ", BELOW the target" in result.engine_note
     # Computed windows are exact: no threshold ran.
@@ -227,11 +256,11 @@ def test_drill_down_target_first_then_threshold(
                      refine=refine)  # fmt: skip
     both = op.sweep(
         model, images, windows, FILLS, output="logits", progress=False, refine=refine,
-        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.3,)),
+        approximate=Approximate(ssim=0.05, calibration_images=1, thresholds=(0.4,)),
     )  # fmt: skip
     assert alone.fidelity is not None and both.fidelity is not None
     assert both.fidelity.top == alone.fidelity.top and alone.fidelity.target == 0.3
-    assert both.fidelity.tau == 0.3 and both.fidelity.target == 0.05
+    assert both.fidelity.tau == 0.4 and both.fidelity.target == 0.05
 
 
 def test_fidelity_saved_and_loaded(
@@ -239,7 +268,7 @@ def test_fidelity_saved_and_loaded(
 ) -> None:
     result = op.sweep(
         model, images, windows, FILLS, output="logits", progress=False,
-        approximate=Approximate(ssim=0.1, calibration_images=1, thresholds=(0.3,)),
+        approximate=Approximate(ssim=0.1, calibration_images=1, thresholds=(0.4,)),
     )  # fmt: skip
     loaded = op.SweepResult.load(result.save(tmp_path / "approx.npz"))
     assert loaded.fidelity == result.fidelity

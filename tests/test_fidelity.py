@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 
 import occlusion_probe as op
 from occlusion_probe import InputTypeError, InputValueError
-from occlusion_probe.fidelity import measure_fidelity, ssim
+from occlusion_probe.fidelity import Fidelity, heat_map_r2, measure_fidelity, ssim
 
 
 def _hand_ssim(x: np.ndarray, y: np.ndarray, side: int = 11, sigma: float = 1.5) -> float:
@@ -90,3 +90,76 @@ def test_measure_fidelity() -> None:
     constant = torch.zeros(2, 25, 2, 3)
     flat = measure_fidelity(regions, baseline, constant, constant + 0.1, 0.3, 0.9)
     assert math.isnan(flat.spearman)  # equal drops everywhere: no ranking to compare
+
+
+@pytest.mark.parametrize("lead", [(0,), (1,), (2,), (2, 3)])
+def test_heat_map_r2_matches_numpy(lead: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(3)
+    a = torch.rand((*lead, 7, 9), generator=generator)
+    b = a + 0.3 * torch.rand((*lead, 7, 9), generator=generator)
+    found = heat_map_r2(b, a)
+    assert found.shape == lead and found.dtype == torch.float64
+    pairs = zip(b.reshape(-1, 63).double().numpy(), a.reshape(-1, 63).double().numpy(), strict=True)
+    expected = [1 - ((y - x) ** 2).sum() / ((y - y.mean()) ** 2).sum() for x, y in pairs]
+    torch.testing.assert_close(found.flatten(), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_heat_map_r2_height_offset_constant_maps_and_errors() -> None:
+    a = torch.rand(6, 6, generator=torch.Generator().manual_seed(4))
+    assert float(heat_map_r2(a, a)) == 1.0
+    assert float(heat_map_r2(torch.full((6, 6), float(a.mean())), a)) == pytest.approx(0.0)
+    assert float(heat_map_r2(a / 8, a)) < 0.9  # the right shape at the wrong height
+    assert float(heat_map_r2(a + 1, a)) < 0  # or offset
+    assert float(heat_map_r2(torch.ones(6, 6), torch.ones(6, 6))) == 1.0
+    assert float(heat_map_r2(torch.zeros(6, 6), torch.ones(6, 6))) == 0.0
+    with pytest.raises(InputValueError, match="image, reference: expected equal shapes"):
+        heat_map_r2(torch.zeros(4, 4), torch.zeros(4, 5))
+    with pytest.raises(InputValueError, match="image, reference: expected equal shapes"):
+        heat_map_r2(torch.zeros(4), torch.zeros(4))
+    with pytest.raises(InputTypeError, match="image, reference: expected Tensors"):
+        heat_map_r2(torch.zeros(4, 4), [[0.0]])  # type: ignore[arg-type]
+
+
+def _concentrated(shift: int = 0) -> tuple[op.Regions, torch.Tensor, torch.Tensor]:
+    """(regions, baseline, occluded): a 96x96 image whose class output drops only when a
+    window covers a 4x4 spot (as a classifier that found one object): sparse heat maps."""
+    regions = op.sliding_windows(96, 96, window=8, stride=4)
+    masks = regions.masks  # (R, 96, 96)
+    spot = torch.zeros(96, 96, dtype=torch.bool)
+    spot[60:64, 30 + shift : 34 + shift] = True
+    covered = (masks & spot).flatten(1).sum(dim=1).double() / 16  # (R,)
+    baseline = torch.tensor([[1.0, 0.0]])
+    occluded = torch.stack([1.0 - covered, covered], dim=1)[None, :, None, :]  # (1, R, 1, 2)
+    return regions, baseline, occluded
+
+
+def test_ssim_alone_misses_a_lost_hot_spot() -> None:
+    """On a concentrated heat map an approximation that lost the hot spot, moved it or
+    shrank it keeps a high SSIM (the flat background matches); the R^2 says what was lost,
+    and the fidelity does not reach the target."""
+    regions, baseline, exact = _concentrated()
+    nothing = baseline[:, None, None, :].expand_as(exact).clone()  # no drop anywhere
+    lost = measure_fidelity(regions, baseline, exact, nothing, 0.1, 0.9)
+    assert lost.ssim > 0.9 and lost.r2 < 0.1 and not lost.reached
+    assert "BELOW the target" in lost.describe() and "R^2 " in lost.describe()
+    _, _, moved = _concentrated(shift=16)
+    shifted = measure_fidelity(regions, baseline, exact, moved, 0.1, 0.9)
+    assert shifted.ssim > 0.9 and shifted.r2 < 0 and not shifted.reached
+    weak = nothing + (exact - nothing) / 8  # the spot at 1/8 of its height
+    shrunk = measure_fidelity(regions, baseline, exact, weak, 0.1, 0.9)
+    assert shrunk.ssim > 0.9 and shrunk.r2 < 0.3 and not shrunk.reached
+    kept = measure_fidelity(regions, baseline, exact, exact.clone(), 0.1, 0.9)
+    assert kept.r2 == 1.0 and kept.reached
+
+
+def test_fidelity_reached_equality_and_hash() -> None:
+    assert Fidelity(0.95, 0.5, 0.0, 0.5, 1, 0.9, r2=0.92).reached
+    assert not Fidelity(0.95, 0.5, 0.0, 0.5, 1, 0.9, r2=0.85).reached
+    assert not Fidelity(0.85, 0.5, 0.0, 0.5, 1, 0.9, r2=0.95).reached
+    # Not measured (a file written before the R^2): SSIM alone decides.
+    assert Fidelity(0.95, 0.5, 0.0, 0.5, 1, 0.9).reached
+    a = Fidelity(0.95, math.nan, 0.0, 0.5, 1, 0.9)
+    b = Fidelity(0.95, math.nan, 0.0, 0.5, 1, 0.9)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != Fidelity(0.95, math.nan, 0.0, 0.5, 1, 0.9, r2=0.9)
+    assert a != "fidelity"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -272,7 +273,13 @@ def test_computed_and_fidelity_fields_validated(tmp_path: Path) -> None:
         _rewrite(copy, {field: value})
         with pytest.raises(ResultFileError, match=field):
             SweepResult.load(copy)
-    for value in (np.array([0.9, 0.9, 0.0, 0.5, 2.0, 0.9, 1.5]), np.zeros(5)):
+    bad_values = (
+        np.array([0.9, 0.9, 0.0, 0.5, 2.0, 0.9, 1.5]),  # top must be in (0, 1]
+        np.array([0.9, 0.9, 0.0, 0.5, 2.0, 0.9, 0.5, 1.5]),  # R^2 at most 1
+        np.zeros(5),
+        np.zeros(9),
+    )
+    for value in bad_values:
         copy = tmp_path / "bad-top.npz"
         copy.write_bytes(path.read_bytes())
         _rewrite(copy, {"fidelity": value})
@@ -295,6 +302,13 @@ def test_fidelity_of_files_written_before_drill_downs_had_one(tmp_path: Path) ->
         **_fields(_small_result()), fidelity=op.Fidelity(0.9, 0.8, 0.1, 1.0, 1, 0.9, 0.25)
     )
     assert SweepResult.load(drill.save(tmp_path / "d.npz")).fidelity == drill.fidelity
+    # Files from before the heat-map R^2 store seven numbers: read as NaN.
+    measured = op.Fidelity(0.9, 0.8, 0.1, 1.0, 1, 0.9, 0.25, r2=0.95)
+    path = SweepResult(**_fields(_small_result()), fidelity=measured).save(tmp_path / "c.npz")
+    assert SweepResult.load(path).fidelity == measured
+    _rewrite(path, {"fidelity": measured.as_array()[:7]})
+    old = SweepResult.load(path).fidelity
+    assert old is not None and math.isnan(old.r2) and old.top == 0.25
 
 
 def _fields(result: SweepResult) -> dict[str, object]:

@@ -7,7 +7,8 @@ height and width (centred on the box, clipped to the map) and everything outside
 taken from the unoccluded values. ``tau`` is chosen on a calibration subset (the first images
 of the sweep, `occlusion_probe.calibration`): the exact outputs are computed there, then each
 candidate ``tau`` from the largest down, and the smallest ``tau`` whose heat maps still reach
-the target SSIM against the exact ones is used for the whole sweep. With a drill-down
+the target against the exact ones (SSIM and R^2, `Fidelity.reached`) is used for the
+whole sweep. With a drill-down
 (``refine=``) each candidate is tried with the drill-down, so the target holds for what
 actually runs. The result carries what its own outputs on that subset measured against exact
 (`occlusion_probe.fidelity.Fidelity`: heat-map SSIM, region-ranking Spearman, max abs
@@ -37,7 +38,8 @@ class Approximate:
     ----------
     ssim : float
         Target fidelity: the mean SSIM of the calibration images' heat maps against the exact
-        ones must reach it (Krypton's target is 0.9). In (0, 1].
+        ones must reach it (Krypton's target is 0.9), and so must their mean R^2
+        (`occlusion_probe.fidelity.Fidelity.reached`). In (0, 1].
     calibration_images : int
         How many of the first images calibrate tau (they are swept exactly once more).
     thresholds : tuple of float

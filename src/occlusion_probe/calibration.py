@@ -7,7 +7,7 @@ sweep's first chunk:
 1. their exact sweep is computed once (every window, no threshold);
 2. a drill-down's ``top``: the smallest candidate (`Refine.candidate_tops`) whose drill-down,
    built from those exact outputs (a drill-down's computed windows are exact ones), reaches
-   the drill-down's SSIM target against exact;
+   the drill-down's target against exact (`Fidelity.reached`: heat-map SSIM and R^2);
 3. the threshold ``tau``: each candidate from the largest down is run for real, through the
    drill-down when there is one, and the smallest that still reaches the approximation's
    target is kept (none: the sweep runs without a threshold).
@@ -44,7 +44,7 @@ class Calibration:
     tau : float or None
         The threshold chosen (None: none reached the target, or none was asked for).
     target : float
-        The SSIM target the result's fidelity is reported against: the approximation's when
+        The target the result's fidelity is reported against: the approximation's when
         there is one, else the drill-down's.
     top : float or None
         The drill-down's fraction of refined cells (None: no drill-down).
@@ -105,15 +105,15 @@ def calibrate(
     base = baseline[:count].cpu()
     exact = runner.run(x, fills)[1].cpu()
 
-    def heat_map_ssim(outputs: Tensor) -> float:
-        return measure_fidelity(regions, base, exact, outputs.cpu(), 1.0, 1.0).ssim
+    def reaches(outputs: Tensor, goal: float) -> bool:
+        return measure_fidelity(regions, base, exact, outputs.cpu(), 1.0, goal).reached
 
     if drill is not None and drill.settings.ssim is not None:
         goal = drill.settings.ssim
         tops = drill.settings.candidate_tops()
         # The last candidate, 1.0, computes every window: it is exact.
         drill.top = next(
-            (t for t in tops[:-1] if heat_map_ssim(drill.from_exact(base, exact, t)) >= goal),
+            (t for t in tops[:-1] if reaches(drill.from_exact(base, exact, t), goal)),
             tops[-1],
         )
     tau = None
@@ -123,7 +123,7 @@ def calibrate(
                 outputs = drill.run_chunk(runner, x, fills, base, candidate)[1]
             else:
                 outputs = runner.run(x, fills, threshold=candidate)[1]
-            if not heat_map_ssim(outputs) >= approximate.ssim:
+            if not reaches(outputs, approximate.ssim):
                 break
             tau = candidate
     return Calibration(base, exact, tau, target, None if drill is None else drill.top)

@@ -212,7 +212,7 @@ class ChunkEngine:
         clauses = []
         if self.approximate is not None and (calibration is None or calibration.tau is None):
             clauses.append(
-                "approximate requested, but no threshold reached SSIM "
+                "approximate requested, but no threshold reached heat-map SSIM and R^2 "
                 f"{self.approximate.ssim:g} on the calibration images"
                 + (": EXACT outputs" if self.drill is None else ", so none was applied")
             )

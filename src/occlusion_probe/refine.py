@@ -18,8 +18,8 @@ With ``top=1.0`` every window is computed and the result equals the plain sweep.
 
 With a target, ``Refine(..., ssim=0.9)``, the fraction is chosen on calibration images (the
 sweep's first, `occlusion_probe.calibration`): their exact sweep is computed, and the smallest
-of ``top, 2 top, 4 top, ..., 1.0`` whose drill-down heat maps reach the target SSIM against
-exact is used for the whole sweep. The result's ``fidelity`` then holds what its own outputs
+of ``top, 2 top, 4 top, ..., 1.0`` whose drill-down heat maps reach the target SSIM and
+R^2 against exact is used for the whole sweep. The result's ``fidelity`` then holds what its own outputs
 on those images measured against exact.
 """
 
@@ -79,7 +79,8 @@ class Refine:
         image's predicted class (argmax of its unoccluded output).
     ssim : float, optional
         A target fidelity in (0, 1]: `top` becomes the smallest of ``top * 2**k`` (and 1.0)
-        whose heat maps reach this mean SSIM against exact on the calibration images, and the
+        whose heat maps reach this mean SSIM and R^2 against exact on the calibration
+        images (`occlusion_probe.fidelity.Fidelity.reached`), and the
         result's ``fidelity`` says what was measured. None (the default): `top` as given, no
         calibration, no fidelity (``result.computed`` still says what was computed).
     calibration_images : int

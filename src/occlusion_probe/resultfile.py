@@ -399,27 +399,31 @@ def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any
         optional["computed"] = torch.from_numpy(computed)
     if fields.has("fidelity"):
         fidelity = fields.array("fidelity")
-        # Files written before drill-downs had a fidelity store six numbers (no `top`).
-        if fidelity.dtype != np.float64 or fidelity.shape not in ((6,), (7,)):
+        # Files written before drill-downs had a fidelity store six numbers (no `top`),
+        # before the heat-map R^2 seven.
+        if fidelity.dtype != np.float64 or fidelity.shape not in ((6,), (7,), (8,)):
             raise fields.error(
                 "fidelity",
-                "a float64 array of shape (7,) (or (6,), written before 2026-12-03)",
+                "a float64 array of shape (8,) (or (6,) / (7,), written by earlier versions)",
                 f"dtype {fidelity.dtype}, shape {fidelity.shape}",
             )
-        top = fidelity[6] if fidelity.shape == (7,) else np.nan
+        top = fidelity[6] if fidelity.shape[0] >= 7 else np.nan
+        r2 = fidelity[7] if fidelity.shape[0] >= 8 else np.nan
         # The Spearman correlation (entry 1) is NaN when the drops are constant, `top`
-        # (entry 6) when there was no drill-down.
+        # (entry 6) when there was no drill-down, the heat-map R^2 (entry 7) when
+        # the file predates it.
         if not (
             np.isfinite(fidelity[[0, 2, 3, 4, 5]]).all()
             and 0.0 < fidelity[3] <= 1.0
             and fidelity[4] >= 1
             and float(fidelity[4]).is_integer()
             and (np.isnan(top) or 0.0 < top <= 1.0)
+            and (np.isnan(r2) or (np.isfinite(r2) and r2 <= 1.0 + 1e-9))
         ):
             raise fields.error(
                 "fidelity",
                 "(ssim, spearman, max_abs_error, tau in (0, 1], calibration images >= 1, "
-                "target, top in (0, 1] or NaN)",
+                "target, top in (0, 1] or NaN, R^2 at most 1 or NaN)",
                 str(fidelity.tolist()),
             )
         optional["fidelity"] = fidelity
@@ -472,7 +476,7 @@ def write_sweep_result(
 ) -> Path:
     """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`.
 
-    `computed` (N, R) bool and `fidelity` (7,) float64 are written only when given, so that
+    `computed` (N, R) bool and `fidelity` (8,) float64 are written only when given, so that
     files of exact, fully computed sweeps are unchanged.
     """
     arrays = {

@@ -15,6 +15,7 @@ from reference_models import (
     randomize_batch_norms,
     reference_sweep,
     small_cnn,
+    vgg_max_pooled,
 )
 from torch import Tensor, nn
 
@@ -34,8 +35,14 @@ def assert_engines_agree(model: nn.Module, images: Tensor, regions: op.Regions) 
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: ResNet18(width=4), MobileNetV2, DenseNet, ConvNeXt],
-    ids=["resnet18", "mobilenetv2", "densenet", "convnext"],
+    [
+        lambda: ResNet18(width=4),
+        MobileNetV2,
+        DenseNet,
+        ConvNeXt,
+        lambda: randomize_batch_norms(vgg_max_pooled()),
+    ],
+    ids=["resnet18", "mobilenetv2", "densenet", "convnext", "vgg-max-pooled"],
 )
 def test_reference_architectures_equal_dense(make: object) -> None:
     model = make()  # type: ignore[operator]
