@@ -71,6 +71,7 @@ __all__ = [
     "VGG_SMOKE",
     "Case",
     "Workload",
+    "architecture_case",
     "make_workload",
     "paper_cnn",
     "vgg11_eighth",
@@ -339,8 +340,12 @@ ARCHITECTURE_SHAPE = (3, 224, 224)
 ARCHITECTURE_FILLS: tuple[float, ...] = (0.0, 0.5)
 
 
-def _architecture(
-    case_id: str, title: str, build: Callable[[], nn.Module], target: float | None
+def architecture_case(
+    case_id: str,
+    title: str,
+    build: Callable[[], nn.Module],
+    target: float | None,
+    trained: bool = False,
 ) -> Case:
     """A 224x224 case: N=1, 16x16 patches (14x14 grid) as the main workload, 2 fills."""
     return Case(
@@ -357,6 +362,7 @@ def _architecture(
         scan_images=32,
         rounds=2,
         incremental_target=target,
+        trained=trained,
     )
 
 
@@ -380,26 +386,26 @@ def _architecture_smoke(case_id: str, title: str, build: Callable[[], nn.Module]
 # The targets for the incremental engine at 16x16 patches, on 2 CPU cores (VGG-16:
 # Krypton reported 5.4x for exact VGG-16 on a CPU); ConvNeXt-T has none.
 ARCHITECTURES: tuple[Case, ...] = (
-    _architecture(
+    architecture_case(
         "vgg16",
         "VGG-16 1/2 width",
         lambda: vgg(VGG16_LAYOUT, divisor=2, size=224, hidden=(2048, 2048), classes=1000),
         6.0,
     ),
-    _architecture("resnet18", "ResNet-18", lambda: ResNet18(width=64, classes=1000), 2.0),
-    _architecture(
+    architecture_case("resnet18", "ResNet-18", lambda: ResNet18(width=64, classes=1000), 2.0),
+    architecture_case(
         "mobilenetv2",
         "MobileNetV2 1.0",
         lambda: MobileNetV2(classes=1000, settings=MOBILENETV2_SETTINGS, stem=32, head=1280),
         1.5,
     ),
-    _architecture(
+    architecture_case(
         "densenet121",
         "DenseNet-121 growth 16",
         lambda: DenseNet(growth=16, blocks=(6, 12, 24, 16), classes=1000),
         1.5,
     ),
-    _architecture(
+    architecture_case(
         "convnext_t",
         "ConvNeXt-T 1/2 width",
         lambda: ConvNeXt(dims=(48, 96, 192, 384), depths=(3, 3, 9, 3), classes=1000),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from models import ARCHITECTURE_FILLS, ARCHITECTURE_SHAPE, Case, photograph
+from models import architecture_case, photograph
 from reference_models import vgg_max_pooled
 from torch import Tensor, nn
 
@@ -233,16 +233,10 @@ def trained_vgg16() -> TrainedModel:
 
 
 #: The heat-map benchmark's trained case (test_heatmaps.py sweeps `scenes` with it).
-TRAINED_VGG16 = Case(
+TRAINED_VGG16 = architecture_case(
     "vgg16-trained",
-    "VGG-16 1/2 width, max-pooled, trained on shapes 3x224x224",
+    "VGG-16 1/2 width, max-pooled, trained on shapes",
     lambda: trained_vgg16().model,
-    ARCHITECTURE_SHAPE,
-    n=1,
-    grid=14,
-    fills=ARCHITECTURE_FILLS,
-    batch_sizes=(2, 4, 8, 16, 32),
-    scan_images=32,
-    rounds=2,
+    None,
     trained=True,
 )

@@ -192,6 +192,19 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
     return weights[:, None] * weights[None, :]
 
 
+def _check_map_pair(image: object, reference: object) -> None:
+    """Raise unless `image` and `reference` are Tensors of one shape (..., H, W)."""
+    if not isinstance(image, Tensor) or not isinstance(reference, Tensor):
+        raise InputTypeError(
+            f"image, reference: expected Tensors, got {describe(image)} and {describe(reference)}"
+        )
+    if image.shape != reference.shape or image.dim() < 2:
+        raise InputValueError(
+            "image, reference: expected equal shapes (..., H, W), got "
+            f"{tuple(image.shape)} and {tuple(reference.shape)}"
+        )
+
+
 def ssim(
     image: Tensor,
     reference: Tensor,
@@ -229,15 +242,7 @@ def ssim(
     >>> float(ssim(a, a))
     1.0
     """
-    if not isinstance(image, Tensor) or not isinstance(reference, Tensor):
-        raise InputTypeError(
-            f"image, reference: expected Tensors, got {describe(image)} and {describe(reference)}"
-        )
-    if image.shape != reference.shape or image.dim() < 2:
-        raise InputValueError(
-            "image, reference: expected equal shapes (..., H, W), got "
-            f"{tuple(image.shape)} and {tuple(reference.shape)}"
-        )
+    _check_map_pair(image, reference)
     lead = image.shape[:-2]
     height, width = image.shape[-2:]
     x = image.reshape(-1, 1, height, width).to(torch.float64)
@@ -290,15 +295,7 @@ def heat_map_r2(image: Tensor, reference: Tensor) -> Tensor:
     >>> float(heat_map_r2(a, a)), abs(round(float(heat_map_r2(0 * a + a.mean(), a)), 6))
     (1.0, 0.0)
     """
-    if not isinstance(image, Tensor) or not isinstance(reference, Tensor):
-        raise InputTypeError(
-            f"image, reference: expected Tensors, got {describe(image)} and {describe(reference)}"
-        )
-    if image.shape != reference.shape or image.dim() < 2:
-        raise InputValueError(
-            "image, reference: expected equal shapes (..., H, W), got "
-            f"{tuple(image.shape)} and {tuple(reference.shape)}"
-        )
+    _check_map_pair(image, reference)
     x = image.flatten(-2).to(torch.float64)
     y = reference.flatten(-2).to(torch.float64)
     residual = ((y - x) ** 2).sum(dim=-1)
