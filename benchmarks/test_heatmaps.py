@@ -26,7 +26,7 @@ is the true SSIM of that heat map, and its setting was chosen on that same image
 The random-weight nets respond to edges all over the photograph, so their heat maps are
 spread out. The third case is a classifier trained to recognise a shape (trained.py: VGG-16's
 convolutions at 1/2 width with class score maps and a global max pool, trained from scratch
-on crops of the photograph, about three minutes on first use, then cached), swept on two
+on crops of the photograph, about five minutes on first use, then cached), swept on two
 224x224 scenes, a shape pasted on the photograph: the first scene calibrates, the second is
 held out, and every drill-down and approximate row's note gives the SSIM of each. Its rows
 are the exact, drill-down and approximate ones, with coarse strides 8, 16 and 32 for a
