@@ -7,7 +7,7 @@ dense sweep, the exact incremental sweep, the drill-down sweep
 (``refine=Refine(coarse_stride=16, top=0.25)``: 14x14 coarse windows, then the fine stride in
 a quarter of their cells), the drill-down for a target (``Refine(coarse_stride=8,
 top=0.02, ssim=0.9, calibration_images=1)``: the smallest top of 0.02, 0.04, 0.08, ..., 1.0 that
-reaches SSIM 0.9), the approximate sweep (``approximate=Approximate(ssim=0.9,
+reaches SSIM and R^2 0.9), the approximate sweep (``approximate=Approximate(ssim=0.9,
 calibration_images=1)``), both together, and captum's ``Occlusion`` with the same window,
 stride and baseline, each as a ratio to the forward limit (plain forwards of prebuilt
 occluded images, as in test_architectures.py). Every drill-down row's note gives its heat
@@ -28,7 +28,7 @@ spread out. The third case is a classifier trained to recognise a shape (trained
 convolutions at 1/2 width with class score maps and a global max pool, trained from scratch
 on crops of the photograph, about five minutes on first use, then cached), swept on two
 224x224 scenes, a shape pasted on the photograph: the first scene calibrates, the second is
-held out, and every drill-down and approximate row's note gives the SSIM of each. Its rows
+held out, and every drill-down and approximate row's note gives the SSIM and R^2 of each. Its rows
 are the exact, drill-down and approximate ones, with coarse strides 8, 16 and 32 for a
 target (no dense or captum rows: on two images they would add about five minutes, and the
 random-weight VGG-16 shows both on the same architecture).
@@ -250,7 +250,9 @@ def _against_exact(case: Case, workload: Workload, swept: op.SweepResult) -> str
     if fidelity is not None:
         calibrated = measured[: fidelity.calibration_images]
         on_calibration = sum(m.ssim for m in calibrated) / len(calibrated)
+        r2_on_calibration = sum(m.r2 for m in calibrated) / len(calibrated)
         assert abs(fidelity.ssim - on_calibration) <= 1e-3, (fidelity, measured)
+        assert abs(fidelity.r2 - r2_on_calibration) <= 1e-3, (fidelity, measured)
     computed = swept.computed
     share = (
         "" if computed is None else f", {float(computed.double().mean()):.1%} of windows computed"
@@ -298,7 +300,7 @@ def _target_cases() -> list[Any]:
 
 def _target_refine(case: Case, coarse: int) -> op.Refine:
     """A drill-down from a top of 0.02 (0.05 on the smoke sizes) up to the fraction that
-    reaches SSIM 0.9 (0.5 on the smoke sizes' random images) on the first image."""
+    reaches SSIM and R^2 0.9 (0.5 on the smoke sizes' random images) on the first image."""
     if case.smoke:
         return op.Refine(coarse_stride=coarse, top=0.05, ssim=0.5, calibration_images=1)
     return op.Refine(coarse_stride=coarse, top=0.02, ssim=0.9, calibration_images=1)
