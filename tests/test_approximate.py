@@ -13,9 +13,8 @@ from torch import nn
 
 import occlusion_probe as op
 from occlusion_probe import Approximate, Fidelity, InputTypeError, InputValueError
-from occlusion_probe import calibration as calibration_module
 from occlusion_probe.approximate import DEFAULT_THRESHOLDS, check_approximate
-from occlusion_probe.fidelity import measure_fidelity
+from occlusion_probe.fidelity import ExactReference, measure_fidelity
 
 FILLS = (0.0, 0.5)
 
@@ -134,12 +133,12 @@ def test_calibration_needs_the_r2_as_well_as_the_ssim(
     """A setting whose heat maps keep the SSIM but lose the R^2 (as a map of zeros against
     a concentrated one: test_fidelity.py) does not reach the target, for a threshold and
     for a drill-down's top."""
-    real = calibration_module.measure_fidelity
+    real = ExactReference.measure
 
-    def hot_spot_lost(*args: object, **kwargs: object) -> Fidelity:
-        return dataclasses.replace(real(*args, **kwargs), ssim=1.0, r2=0.0)  # type: ignore[arg-type]
+    def hot_spot_lost(self: ExactReference, *args: object, **kwargs: object) -> Fidelity:
+        return dataclasses.replace(real(self, *args, **kwargs), ssim=1.0, r2=0.0)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(calibration_module, "measure_fidelity", hot_spot_lost)
+    monkeypatch.setattr(ExactReference, "measure", hot_spot_lost)
     common = {"output": "logits", "progress": False}
     settings = Approximate(ssim=0.9, calibration_images=1, thresholds=(0.5,))
     result = op.sweep(model, images, windows, FILLS, approximate=settings, **common)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .approximate import Approximate
 from .engines.subsets import RegionRunner
-from .fidelity import Fidelity, measure_fidelity
+from .fidelity import ExactReference, Fidelity
 from .refine import RefinePlan
 from .regions import Regions
 
@@ -33,14 +33,12 @@ __all__ = ["Calibration", "calibrate"]
 
 @dataclass(frozen=True)
 class Calibration:
-    """What calibration chose, and the exact outputs it keeps to measure the sweep with.
+    """What calibration chose, and the exact sweep it keeps to measure the sweep with.
 
     Attributes
     ----------
-    baseline : Tensor, shape (k, K)
-        Unoccluded outputs of the k calibration images (on the CPU).
-    exact : Tensor, shape (k, R, V, K)
-        Their exact occluded outputs (on the CPU).
+    reference : ExactReference
+        The exact sweep of the k calibration images (on the CPU), with their heat maps.
     tau : float or None
         The threshold chosen (None: none reached the target, or none was asked for).
     target : float
@@ -50,8 +48,7 @@ class Calibration:
         The drill-down's fraction of refined cells (None: no drill-down).
     """
 
-    baseline: Tensor
-    exact: Tensor
+    reference: ExactReference
     tau: float | None
     target: float
     top: float | None
@@ -59,17 +56,14 @@ class Calibration:
     @property
     def images(self) -> int:
         """How many images calibrated."""
-        return int(self.exact.shape[0])
+        return self.reference.images
 
-    def fidelity(self, regions: Regions, occluded: Tensor) -> Fidelity:
+    def fidelity(self, occluded: Tensor) -> Fidelity:
         """The sweep's outputs on the calibration images against their exact sweep.
 
         occluded : Tensor, shape (n >= k, R, V, K), the first chunk's outputs
         """
-        return measure_fidelity(
-            regions,
-            self.baseline,
-            self.exact,
+        return self.reference.measure(
             occluded[: self.images].cpu(),
             1.0 if self.tau is None else self.tau,
             self.target,
@@ -104,9 +98,10 @@ def calibrate(
     fills = RegionRunner.images_of(fill_images, 0, count)
     base = baseline[:count].cpu()
     exact = runner.run(x, fills)[1].cpu()
+    reference = ExactReference(regions, base, exact)
 
     def reaches(outputs: Tensor, goal: float) -> bool:
-        return measure_fidelity(regions, base, exact, outputs.cpu(), 1.0, goal).reached
+        return reference.measure(outputs.cpu(), 1.0, goal).reached
 
     if drill is not None and drill.settings.ssim is not None:
         goal = drill.settings.ssim
@@ -126,4 +121,4 @@ def calibrate(
             if not reaches(outputs, approximate.ssim):
                 break
             tau = candidate
-    return Calibration(base, exact, tau, target, None if drill is None else drill.top)
+    return Calibration(reference, tau, target, None if drill is None else drill.top)

@@ -193,7 +193,7 @@ class ChunkEngine:
         if calibrating and calibration is not None:
             # Without a drill-down and a threshold the sweep ran exact: nothing to measure.
             if self.drill is not None or calibration.tau is not None:
-                self.fidelity = calibration.fidelity(self.regions, occluded)
+                self.fidelity = calibration.fidelity(occluded)
         return ChunkOutputs(baseline, occluded, computed)
 
     def _baseline(self, images: Tensor) -> Tensor | None:
