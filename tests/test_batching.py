@@ -104,11 +104,12 @@ def test_remembered_choices_go_with_the_model() -> None:
 
 
 def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:
-    small = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 100)
+    # 69 images hold no short trial (1.25 x two calls of 4, 8 and 16 is 70).
+    small = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 69)
     # Untimed, the CPU gets channels-last input, and contiguous where layouts are not tried.
     assert small.trial == [] and small.current == BatchConfig(4, channels_last=True)
     assert "too few images" in small.note
-    flat = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 100, formats=False)
+    flat = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 69, formats=False)
     assert flat.current == BatchConfig(4)
     vectors = BatchPlan.auto(object(), (4096,), torch.float32, CPU, 100)
     assert not vectors.current.channels_last
@@ -121,6 +122,34 @@ def test_small_sweeps_and_unreferencable_callables_skip_or_forget() -> None:
     _drain(plan, 10**5, {})
     assert not plan.trial and plan.how == "timed"
     assert remembered_batch(unreferencable, (1, 48, 48), torch.float32, CPU) is None
+
+
+def test_a_small_sweep_runs_a_short_trial_in_one_layout() -> None:
+    # 98 occluded images (one image, 7x7 patches, 2 fills): too few for the full trial (152
+    # images, both layouts), enough for one warm-up and one timed call of each size.
+    model = object()
+    plan = BatchPlan.auto(model, (3, 224, 224), torch.float32, CPU, 98)
+    assert plan.how == "timed" and plan.rounds == 1 and not plan.equal_rounds
+    assert plan.trial == [BatchConfig(s, channels_last=True) for s in (4, 8, 16)]
+    fast = {BatchConfig(16, channels_last=True): 0.5}
+    sizes = _drain(plan, 98, fast)
+    assert sizes[:6] == [4, 8, 16, 4, 8, 16] and sum(sizes) == 98
+    assert set(sizes[6:]) <= {14} and plan.current == BatchConfig(16, channels_last=True)
+    assert "batches of 16 channels-last images (timed" in plan.note
+    # One call each is too noisy to bind later, larger sweeps.
+    assert remembered_batch(model, (3, 224, 224), torch.float32, CPU) is None
+    contiguous = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 98, formats=False)
+    assert contiguous.trial == [BatchConfig(s) for s in (4, 8, 16)]
+
+
+def test_a_short_trial_refused_channels_last_times_contiguous_input() -> None:
+    plan = BatchPlan.auto(object(), (3, 224, 224), torch.float32, CPU, 98)
+    plan.refuse_channels_last()
+    assert plan.trial == [BatchConfig(s) for s in (4, 8, 16)]
+    sizes = _drain(plan, 98, {BatchConfig(8): 0.5})
+    assert sizes[:6] == [4, 8, 16, 4, 8, 16]
+    assert plan.current == BatchConfig(8)
+    assert "contiguous input" in plan.note and "(timed" in plan.note
 
 
 class _NoWeakref:

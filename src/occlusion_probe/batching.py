@@ -17,9 +17,11 @@ occluded images and keeps the fastest for the rest:
 3. the fastest is used for the rest of the sweep and remembered for this model, image shape,
    dtype and device (for the process's lifetime), so later sweeps skip the trial.
 
-The trial runs only when the sweep has at least 1.25 times the trial's images; smaller
-sweeps use the starting size, on a CPU with channels-last input. A channels-last input is the model's own forward
-on the same values in another memory layout: outputs agree with contiguous inputs to float
+The trial runs only when the sweep has at least 1.25 times the trial's images. A smaller
+sweep with 1.25 times two calls of every size runs a short trial: the sizes in one layout
+(channels-last on a CPU), one warm-up and one timed call each, not remembered; a smaller one
+still uses the starting size, on a CPU with channels-last input. A channels-last input is
+the model's own forward on the same values in another memory layout: outputs agree with contiguous inputs to float
 rounding (1.5e-7 on a float32 ResNet-18, 1e-7 relative), like a change of batch size.
 """
 
@@ -210,6 +212,9 @@ class BatchPlan:
     equal_rounds : bool
         Time each candidate over about as many images as the largest (several calls of a
         small one); False: one call each (where the work to time on is short).
+    rounds : int
+        Timed rounds after the warm-up: 2 times the candidates within 1.25x of the fastest
+        once more; 1 decides after the first (a short trial of a small sweep).
     """
 
     current: BatchConfig
@@ -217,6 +222,7 @@ class BatchPlan:
     how: str = "given"
     unit: str = "images"
     equal_rounds: bool = True
+    rounds: int = 2
     channels_last_refused: bool = False
     _times: dict[BatchConfig, float] = field(default_factory=dict)
     _round: int = 0
@@ -267,12 +273,20 @@ class BatchPlan:
         # before the trial does, and the best so far is used for what is left.
         trial_items = sum(c.size for c in candidates + plan._timed_round(candidates))
         if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
-            # Untimed, a CPU gets channels-last input where the model takes 4-d images: it
-            # was the faster layout at the memory budget's size on VGG-16, ResNet-18,
-            # MobileNetV2 (1.7x) and DenseNet-121 at 224x224 and on the paper's 1x48x48 CNN
-            # (2.6x), and within 5 % of contiguous on ConvNeXt-T (2-core Xeon and EPYC).
-            untimed = BatchConfig(start, formats and len(image_shape) == 3 and device.type == "cpu")
-            return cls(untimed, how="memory budget (too few images to time)")
+            # Without the full trial a CPU gets channels-last input where the model takes
+            # 4-d images: it was the faster layout at the memory budget's size on VGG-16,
+            # ResNet-18, MobileNetV2 (1.7x) and DenseNet-121 at 224x224 and on the paper's
+            # 1x48x48 CNN (2.6x), and within 5 % of contiguous on ConvNeXt-T (2-core Xeon
+            # and EPYC).
+            layout = formats and len(image_shape) == 3 and device.type == "cpu"
+            short = [BatchConfig(size, layout) for size in sizes]
+            if items is not None and len(short) > 1 and items >= TRIAL_MIN_SHARE * 2 * sum(sizes):
+                # A short trial: the sizes in that layout, one warm-up and one timed call
+                # each. The memory budget's 4 images per call ran a 224x224 DenseNet-121 of
+                # 98 occluded images at 0.67x the speed of 16 (2-core Xeon). Its choice is
+                # not remembered: one call each is too noisy to bind larger sweeps.
+                return cls(BatchConfig(start, layout), short, "timed", equal_rounds=False, rounds=1)
+            return cls(BatchConfig(start, layout), how="memory budget (too few images to time)")
         return plan
 
     def blocks(self, total: int) -> Iterator[BatchConfig]:
@@ -312,7 +326,7 @@ class BatchPlan:
 
     def _next_round(self) -> None:
         """After a round: the timed round, then the close candidates again, then decide."""
-        if self._round < 2:
+        if self._round < self.rounds:
             best = min(self._times.values(), default=0.0)
             close = [
                 c
@@ -329,8 +343,16 @@ class BatchPlan:
     def refuse_channels_last(self) -> None:
         """The model raised an error on channels-last input: time and use contiguous only."""
         self.channels_last_refused = True
+        refused = [c.size for c in self._candidates if c.channels_last]
         self.trial = [c for c in self.trial if not c.channels_last]
         self._candidates = [c for c in self._candidates if not c.channels_last]
+        if not self._candidates and refused and self.how == "timed":
+            # A trial of channels-last candidates only (a short one) times the same sizes
+            # contiguous, from their warm-up.
+            self._candidates = [BatchConfig(size) for size in refused]
+            self.trial = list(self._candidates)
+            self._round = 0
+            self._spent = {}
         self._times = {c: t for c, t in self._times.items() if not c.channels_last}
         if self.current.channels_last:
             self.current = min(

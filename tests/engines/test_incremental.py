@@ -72,7 +72,8 @@ def test_sliding_windows_and_label_maps() -> None:
 
 class _RandomNet(nn.Module):
     """A random DAG of the ops the engine follows: convs of any geometry and padding mode,
-    pools with ceil_mode and padding, residual adds, channel concatenation, products."""
+    pools with ceil_mode and padding, residual adds, channel concatenations (of inputs
+    changed on equal or on different boxes), products."""
 
     def __init__(self, spec: list[tuple[str, int, int, int, int, str]], channels: int) -> None:
         super().__init__()
@@ -100,6 +101,8 @@ class _RandomNet(nn.Module):
                 self.layers.append(nn.Conv2d(c, c, kernel, 1, kernel // 2, groups=c))
             elif kind == "concat":
                 self.layers.append(nn.Conv2d(c, c, 1))
+            elif kind == "dense":
+                self.layers.append(nn.Conv2d(c, 1, kernel, 1, kernel // 2))
             else:
                 self.layers.append(nn.Identity())
         self.fc = nn.Linear(c, 3)
@@ -118,6 +121,10 @@ class _RandomNet(nn.Module):
             elif kind == "concat":
                 half = x.shape[1] // 2 or 1
                 x = torch.cat([x[:, :half], layer(x)[:, half:]], 1)
+            elif kind == "dense":
+                # DenseNet's running concatenation: the new map's box is larger than the
+                # old maps' (built in the cache's window); the oldest channel is dropped.
+                x = torch.cat([x, layer(x)], 1)[:, 1:]
             elif kind == "maxpool":
                 x = nn.functional.max_pool2d(
                     x, kernel, stride, kernel // 2, ceil_mode=mode == "ceil"
@@ -135,7 +142,9 @@ class _RandomNet(nn.Module):
 
 
 _layer = st.tuples(
-    st.sampled_from(["conv", "conv", "bn", "residual", "product", "concat", "maxpool", "avgpool"]),
+    st.sampled_from(
+        ["conv", "conv", "bn", "residual", "product", "concat", "dense", "maxpool", "avgpool"]
+    ),
     st.sampled_from([1, 3, 5]),
     st.sampled_from([1, 2]),
     st.sampled_from([1, 2]),
@@ -164,6 +173,41 @@ def test_random_dags_equal_dense(
     model = _RandomNet(kept, 4)
     images = torch.rand(2, 4, size, size)
     assert_engines_agree(model, images, op.grid(size, size, rows=3, cols=3))
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["strided", "indexed"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_concatenations_built_in_the_cache_equal_dense(
+    monkeypatch: pytest.MonkeyPatch, channels_last: bool, indexed: bool
+) -> None:
+    # DenseNet: each layer's old maps changed on a box one ring smaller than its new maps,
+    # so the cat is built in a window of its cached value (a narrowed view written in
+    # place), on both window paths and memory layouts.
+    from occlusion_probe.engines import incremental
+    from occlusion_probe.engines.plan import cat_in_cache, op_name
+
+    monkeypatch.setattr(incremental, "INDEXED_WINDOWS_ON_CPU", indexed)
+    model = DenseNet().eval()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    masks = op.grid(64, 64, 4, 4).masks
+    engine = IncrementalEngine.prepare(model, (3, 64, 64), masks, torch.float32, images.device)
+    assert isinstance(engine, IncrementalEngine)
+    cats = [node for node in engine.graph.nodes if op_name(node) == "cat"]
+    built = {
+        node.name
+        for group in engine.groups
+        for node in cats
+        if cat_in_cache(node, engine.graph.info, group.states)
+    }
+    assert len(built) >= len(cats) // 2, (built, len(cats))
+    fills = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1)
+    clean, occluded = engine.run(
+        images, fills, masks, 32, lambda raw: torch.softmax(raw, 1), channels_last=channels_last
+    )
+    expected = reference_sweep(model, images, masks, [0.0, 1.0])
+    torch.testing.assert_close(occluded, expected, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(clean, torch.softmax(model(images), 1), rtol=0, atol=1e-5)
 
 
 def test_hooks_fall_back_to_dense_with_reason() -> None:

@@ -72,8 +72,9 @@ def test_group_traffic_counts_the_engines_copies() -> None:
 
 def test_traffic_bound_sees_what_flops_miss_on_concatenations() -> None:
     # A DenseNet block stack concatenates every earlier map at every layer: the plan saves
-    # conv FLOPs but copies windows of ever wider maps, so its traffic saves far less.
-    regions = op.grid(64, 64, rows=4, cols=4)
+    # conv FLOPs but runs batch norms and ReLUs over ever wider maps, so its traffic saves
+    # far less. With 32x32 patches on 64x64 the boxes soon cover most of the map.
+    regions = op.grid(64, 64, rows=2, cols=2)
     engine = IncrementalEngine.prepare(
         DenseNet().eval(), (3, 64, 64), regions.masks, torch.float32, torch.device("cpu")
     )
@@ -81,8 +82,31 @@ def test_traffic_bound_sees_what_flops_miss_on_concatenations() -> None:
     assert engine.flop_bound > MIN_BOUND > engine.traffic_bound
 
 
+def test_a_window_that_is_the_patch_is_read_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two 1x1 convs on 3x8x8, one 2x2 region: each reads its input's changed box as it is.
+    # Cutting that window from the cache and writing the patch in would move, per conv,
+    # 2 x channels x 4 elements for the cut and as many for the write: 2*3*4*2 + 2*8*4*2.
+    from occlusion_probe.engines import plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    graph = read_graph(model, torch.zeros(2, 3, 8, 8))
+    assert not isinstance(graph, str)
+    box = (2, 4, 2, 4)
+    region = plan_region(graph, box)
+    [group] = plan_groups(graph, [region], [box], 0.0)
+    convs = [node for node in graph.nodes if op_name(node) == "conv2d"]
+    assert all(
+        plan.reads_patch_as_is(n, group.windows[n][0], group.states[n.args[0]]) for n in convs
+    )
+    monkeypatch.setattr(plan, "READS_PATCH_AS_IS", frozenset())
+    [copied] = plan_groups(graph, [region], [box], 0.0)
+    assert copied.traffic - group.traffic == 2 * 3 * 4 * 2 + 2 * 8 * 4 * 2
+    assert not plan.reads_patch_as_is(convs[0], group.windows[convs[0]][0], None)
+
+
 def test_auto_runs_dense_below_either_bound() -> None:
-    masks = op.grid(64, 64, rows=4, cols=4).masks
+    masks = op.grid(64, 64, rows=2, cols=2).masks
     engine, note = choose_engine(
         "auto", DenseNet(), (3, 64, 64), False, masks, 10**6, torch.float32
     )

@@ -39,6 +39,8 @@ from .plan import (
     FULL,
     GroupPlan,
     RegionPlan,
+    cat_channels,
+    cat_in_cache,
     constant_cut,
     dense_traffic,
     group_part,
@@ -47,17 +49,20 @@ from .plan import (
     peak_elements,
     plan_groups,
     plan_region,
+    reads_patch_as_is,
 )
 
 __all__ = ["MIN_BOUND", "IncrementalEngine"]
 
 #: `engine="auto"` runs the incremental engine only when its plan saves at least this factor
 #: of the dense FLOPs and of the dense memory traffic: below it, the cache, the extra kernel
-#: launches and what the estimates leave out cost about what the plan saves. Measured (2-core
-#: CPU, 224x224, 16x16 and 32x32 patches): both bounds at 1.8-8.6 ran at 1.25-4.8x the plain
-#: forwards (ResNet-18, MobileNetV2, VGG-16); DenseNet-121's traffic bound of 1.05-1.11
-#: (FLOP bound 1.9-2.1) ran at 0.41-0.73x, ConvNeXt-T's FLOP bound of 1.25-1.28 at 0.66-1.16x.
-MIN_BOUND = 1.5
+#: launches and what the estimates leave out cost about what the plan saves. Measured on a
+#: 2-core Xeon (224x224, 16x16 and 32x32 patches, ratios to the plain forwards of one run):
+#: ConvNeXt-T 1/2 at bounds 1.25-1.34 ran at 1.11-1.39x in 11 sweeps over six runs, each
+#: above the dense sweep of its run (0.82-1.04x); DenseNet-121 at traffic bounds 1.06-1.18
+#: (before its concatenations were built in the cache) ran at 0.81-1.33x, below dense in
+#: four of ten; bounds of 1.5-9 (ResNet-18, MobileNetV2, VGG-16) at 1.4-8.7x.
+MIN_BOUND = 1.25
 
 #: What one op call of a group costs beyond its arithmetic (the engine's window gathers,
 #: patch writes and Python per node), in seconds. Measured on a 2-core Xeon (224x224, 16x16
@@ -607,6 +612,9 @@ class IncrementalEngine:
                     raise RuntimeError("a batch norm's first output follows its input's state")
                 values[node] = parent
                 continue
+            if cat_in_cache(node, self.graph.info, group.states):
+                values[node] = _Patch(boxes, self._cat_in_cache(cache, values, node, boxes, items))
+                continue
             args, kwargs = _map(
                 (node.args, node.kwargs),
                 functools.partial(
@@ -737,8 +745,44 @@ class IncrementalEngine:
         if whole:
             whole_input = self._whole(cache, values, source, items)
             return _Patch(outputs, node.target(whole_input, *rest_args, **kwargs))  # type: ignore[operator]
-        window = self._window(cache, source, found, windows, items, pad_value)
+        if reads_patch_as_is(node, windows, found.boxes):
+            window = found.value
+        else:
+            window = self._window(cache, source, found, windows, items, pad_value)
         return _Patch(outputs, _run_unpadded(op_name(node), window, rest_args, kwargs))
+
+    def _cat_in_cache(
+        self,
+        cache: dict[Node, object],
+        values: dict[Node, _Value],
+        node: Node,
+        boxes: tuple[Box, ...],
+        items: _Items,
+    ) -> Tensor:
+        """A channel cat on `boxes` built in a window of its own cached value: each changed
+        input is written into its slice, unchanged ones are there already (`cat_in_cache`)."""
+        dim = cat_channels(node, self.graph.info)
+        if dim is None:
+            raise RuntimeError(f"node {node.name} is no channel cat")
+        window = self._window(cache, node, None, boxes, items, 0.0)
+        spatial = self._spatial(node)
+        offset = 0
+        for tensor in node.args[0]:  # type: ignore[union-attr]
+            base = cache[tensor]  # type: ignore[index]
+            if not isinstance(base, Tensor):
+                raise RuntimeError(f"node {node.name} joins a value that is no tensor")
+            size = base.shape[dim]
+            found = values.get(tensor)  # type: ignore[arg-type]
+            if isinstance(found, _Patch):
+                part = window.narrow(dim, offset, size)  # a view: written in place
+                if found.boxes == boxes:
+                    part.copy_(found.value)
+                else:
+                    _write_patch(part, spatial, boxes, found)
+            elif isinstance(found, _Full):
+                raise RuntimeError(f"node {node.name}: a whole map has no window")
+            offset += size
+        return window
 
 
 # The last prepared engine (or reason) per model, with the key it was prepared for.

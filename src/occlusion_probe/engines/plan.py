@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,10 +35,13 @@ __all__ = [
     "FULL",
     "LOCAL",
     "POINTWISE",
+    "READS_PATCH_AS_IS",
     "GroupPlan",
     "LocalGeometry",
     "RegionPlan",
     "cap_box",
+    "cat_channels",
+    "cat_in_cache",
     "constant_cut",
     "dense_traffic",
     "greedy_merge",
@@ -51,6 +54,7 @@ __all__ = [
     "plan_groups",
     "plan_region",
     "read_window",
+    "reads_patch_as_is",
 ]
 
 FULL: Literal["full"] = "full"
@@ -103,6 +107,50 @@ POINTWISE = frozenset(
     }
 )
 LOCAL = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
+#: Local ops whose output is a new tensor: when the window they read is their input's patch
+#: itself (a 1x1 conv, a stride-1 pool without padding on an inner box), they read the patch
+#: as it is instead of a copy gathered from the cache with the patch written in. A pad is
+#: left out: its output would be its input's tensor, which an in-place op could change.
+READS_PATCH_AS_IS = frozenset({"conv2d", "max_pool2d", "avg_pool2d"})
+
+
+def reads_patch_as_is(node: Node, windows: tuple[Box, ...], source_state: object) -> bool:
+    """Whether local `node` reads its input's patch without a gathered copy: its windows
+    are the patch's boxes (which lie inside the map, so no padding is needed)."""
+    return op_name(node) in READS_PATCH_AS_IS and windows == source_state
+
+
+def cat_channels(node: Node, info: dict[Node, NodeInfo]) -> int | None:
+    """The (non-negative) dim along which a planned cat joins its inputs (never a row,
+    column or the batch: `layout_rule`), or None when `node` is no such cat."""
+    if op_name(node) != "cat" or not isinstance(node.args[0], Sequence):
+        return None
+    rank = _rank(info[node])
+    if rank is None:
+        return None
+    dim = _normal_dim(node.args[1] if len(node.args) > 1 else 0, rank)
+    spatial = info[node].spatial
+    if dim is None or dim == 0 or spatial is None or dim in spatial:
+        return None
+    return dim
+
+
+def cat_in_cache(node: Node, info: dict[Node, NodeInfo], states: Mapping[Node, object]) -> bool:
+    """Whether a cat on its boxes is best built in a window of its own cached value, with
+    each changed input written into its slice, rather than by joining a window of every
+    input: so when the inputs whose boxes differ from the cat's carry more channels than
+    those on its boxes (DenseNet's running concatenation, where the old features changed
+    on a box one ring smaller than the new ones). Joining gathers each such input's window
+    and then copies everything once more; building in the cache copies the window once."""
+    if cat_channels(node, info) is None:
+        return False
+    own = states.get(node)
+    if not isinstance(own, tuple):
+        return False
+    inputs = [t for t in node.args[0] if isinstance(t, Node)]  # type: ignore[union-attr]
+    other = sum(_per_position(t, info) for t in inputs if states.get(t) != own)
+    same = sum(_per_position(t, info) for t in inputs if states.get(t) == own)
+    return other > same
 
 
 def op_name(node: Node) -> str:
@@ -743,7 +791,7 @@ def _group_plan(
             if any(r[2] for r in found):
                 return None
             windows[node] = (tuple(r[0] for r in found), found[0][1], False)
-            traffic += _local_traffic(node, info, states, found[0][0])
+            traffic += _local_traffic(node, info, states, windows[node][0])
     return GroupPlan(members, states, windows, flops, traffic)
 
 
@@ -1068,6 +1116,15 @@ def _box_traffic(
     box = _patch_box(states.get(node))
     if box is None:
         return 0
+    if cat_in_cache(node, info, states):
+        # The cat's cached window gathered (read and written), each changed input written
+        # into its slice (read and written on its own box).
+        total = 2 * _per_position(node, info) * _area(box)
+        for source in _varying_inputs(node, info):
+            patch = _patch_box(states.get(source))
+            if patch is not None:
+                total += 2 * _per_position(source, info) * _area(patch)
+        return total
     total = _per_position(node, info) * _area(box)
     for source in _varying_inputs(node, info):
         total += _per_position(source, info) * _area(box)
@@ -1080,19 +1137,22 @@ def _local_traffic(
     node: Node,
     info: dict[Node, NodeInfo],
     states: dict[Node, tuple[Box, ...] | Literal["full"]],
-    window: Box | None,
+    windows: tuple[Box, ...] | None,
 ) -> int:
-    """A conv, pool or pad node on its box: the input window gathered and read, the box
-    written; with `window` None it runs on the whole input map (a copy with the patch in)."""
+    """A conv, pool or pad node on its box: the input windows gathered (unless they are
+    the input's patch, `reads_patch_as_is`) and read, the box written; with `windows` None
+    it runs on the whole input map (a copy with the patch in)."""
     source = node.args[0]
     box = _patch_box(states.get(node))
     if not isinstance(source, Node) or box is None:
         return 0
     written = _per_position(node, info) * _area(box)
-    if window is None:
+    if windows is None:
         return 3 * _elements(source, info) + written
-    read = _per_position(source, info) * _area(window)
-    return read + written + _gathered(source, info, states, window)
+    read = _per_position(source, info) * _area(windows[0])
+    if reads_patch_as_is(node, windows, states.get(source)):
+        return read + written
+    return read + written + _gathered(source, info, states, windows[0])
 
 
 def peak_elements(graph: ModelGraph, group: GroupPlan) -> int:
