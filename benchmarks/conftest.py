@@ -103,6 +103,8 @@ class Row:
     note : the sweep's ``result.engine_note``
     traffic_bound : for an incremental sweep, dense tensor elements read and written over
         those its plan moves (window copies included); None for other methods
+    reference_images_per_s : the reference's images/s in this row's own rounds (the forward
+        limit drifts with the machine's load: compare it with the session's scan)
     """
 
     group: str
@@ -118,6 +120,7 @@ class Row:
     prepare_seconds: float | None = None
     note: str = ""
     traffic_bound: float | None = None
+    reference_images_per_s: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -326,7 +329,7 @@ class Harness:
             prepare_seconds=None if prepare_seconds is None else prepare_seconds(),
             note="" if note is None else note(),
             traffic_bound=traffic_bound,
-            forward_limit_images_per_s=limit_rate,
+            reference_images_per_s=limit_rate,
             forward_limit_batch_size=limit.batch_size,
             forward_limit_memory_format=limit.memory_format,
             **extra,
@@ -464,6 +467,7 @@ class Harness:
         prepare_seconds: float | None = None,
         note: str = "",
         traffic_bound: float | None = None,
+        reference_images_per_s: float | None = None,
         **extra: object,
     ) -> Row:
         """Store a summary row, put it in ``benchmark.extra_info``, and print it.
@@ -486,6 +490,7 @@ class Harness:
             prepare_seconds,
             note,
             traffic_bound,
+            reference_images_per_s,
         )
         info = benchmark.extra_info  # type: ignore[attr-defined]
         info.update(
@@ -508,6 +513,7 @@ class Harness:
             "traffic_bound": row.traffic_bound,
             "prepare_seconds": row.prepare_seconds,
             "engine_note": row.note or None,
+            "reference_images_per_s": row.reference_images_per_s,
         }
         info.update({name: value for name, value in optional.items() if value is not None})
         self.rows.append(row)
@@ -588,9 +594,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         write(f"{group}")
         write(
             "| method | images | s (min) | ms/image | images/s | ratio | ratio to "
-            "| FLOP bound | of bound | traffic bound | prepare s | ratio without prepare |"
+            "| its images/s here | FLOP bound | of bound | traffic bound | prepare s "
+            "| ratio without prepare |"
         )
-        write("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        write(
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+            "| ---: |"
+        )
         for row in rows:
             bound = "" if row.flop_bound is None else f"{row.flop_bound:.2f}"
             fraction = "" if row.bound_fraction is None else f"{row.bound_fraction:.0%}"
@@ -598,10 +608,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             prepare = "" if row.prepare_seconds is None else f"{row.prepare_seconds:.2f}"
             unprepared = row.ratio_without_prepare
             without = "" if unprepared is None else f"{unprepared:.3f}"
+            rate = row.reference_images_per_s
+            reference_rate = "" if rate is None else f"{rate:.1f}"
             write(
                 f"| {row.method} | {row.images} | {row.seconds:.3f} "
                 f"| {1e3 / row.images_per_s:.3f} | {row.images_per_s:.1f} "
-                f"| {row.ratio:.3f} | {row.reference} | {bound} | {fraction} | {traffic} "
+                f"| {row.ratio:.3f} | {row.reference} | {reference_rate} | {bound} | {fraction} "
+                f"| {traffic} "
                 f"| {prepare} "
                 f"| {without} |"
             )

@@ -17,14 +17,15 @@ cores:
 | case | model | GFLOPs | FLOP bound 16x16 / 32x32 patches |
 | --- | --- | ---: | ---: |
 | vgg16 | VGG-16 (configuration D) at 1/2 width: convs of 32-64-128-256-256 channels, fc 12544-2048-2048-1000 | 7.78 | 8.87-9.06 / 6.79-6.86 |
-| resnet18 | ResNet-18 at full width (64-128-256-512) | 3.63 | 2.70 / 2.42 |
-| mobilenetv2 | MobileNetV2 at width 1.0 (the paper's Table 2, stem 32, head 1280) | 0.63 | 2.08 / 1.82 |
-| densenet121 | DenseNet-121's blocks (6, 12, 24, 16) at growth rate 16 (the paper's: 32), stem 32 | 1.48 | 2.24 / 1.94 |
-| convnext_t | ConvNeXt-T's depths (3, 3, 9, 3) at half width: 48-96-192-384 | 2.29 | 1.32 / 1.25 |
+| resnet18 | ResNet-18 at full width (64-128-256-512) | 3.63 | 2.70-2.78 / 2.42-2.48 |
+| mobilenetv2 | MobileNetV2 at width 1.0 (the paper's Table 2, stem 32, head 1280) | 0.63 | 2.08-2.15 / 1.82-1.98 |
+| densenet121 | DenseNet-121's blocks (6, 12, 24, 16) at growth rate 16 (the paper's: 32), stem 32 | 1.48 | 2.24-2.30 / 1.94-2.12 |
+| convnext_t | ConvNeXt-T's depths (3, 3, 9, 3) at half width: 48-96-192-384 | 2.29 | 1.32-1.35 / 1.25-1.31 |
 
 The FLOP bound is dense FLOPs over the FLOPs of the incremental engine's plan (its
 ``flop_bound``, for the groups it ran at N=1 and 2 fills on a 2-core Xeon, 2026-12-03: the
-grouping depends on the measured FLOP rate and the images per call); the benchmarks record
+grouping depends on the measured FLOP rate and the images per call; ranges span the runs of
+that day); the benchmarks record
 it next to every incremental ratio.
 
 The paper CNN (1x48x48) and VGG-11 at 1/8 width (3x224x224) are the cases of test_sweep.py.

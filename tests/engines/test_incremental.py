@@ -210,6 +210,27 @@ def test_concatenations_built_in_the_cache_equal_dense(
         torch.testing.assert_close(clean, torch.softmax(model(images), 1), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make", [DenseNet, MobileNetV2], ids=["densenet", "mobilenetv2"])
+def test_low_precision_reference_architectures_equal_dense(
+    make: type[nn.Module], dtype: torch.dtype
+) -> None:
+    # Cats built in the cache and 1x1 convs reading changed boxes as they are, in the
+    # model's own dtype: the same outputs as the dense engine's whole forwards (measured
+    # equal to the last digit here; bounded by the dtype's rounding).
+    import copy
+
+    model = copy.deepcopy(make().eval()).to(dtype)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    regions = op.grid(64, 64, 4, 4)
+    dense = op.sweep(model, images, regions, engine="dense", progress=False)
+    fast = op.sweep(model, images, regions, engine="incremental", progress=False)
+    assert fast.engine == "incremental"
+    tolerance = 1e-3 if dtype == torch.float16 else 5e-3
+    torch.testing.assert_close(fast.occluded, dense.occluded, rtol=0, atol=tolerance)
+    torch.testing.assert_close(fast.baseline, dense.baseline, rtol=0, atol=tolerance)
+
+
 def test_hooks_fall_back_to_dense_with_reason() -> None:
     model = ResNet18(width=4)
     images = torch.rand(2, 3, 64, 64)

@@ -58,10 +58,12 @@ __all__ = ["MIN_BOUND", "IncrementalEngine"]
 #: of the dense FLOPs and of the dense memory traffic: below it, the cache, the extra kernel
 #: launches and what the estimates leave out cost about what the plan saves. Measured on a
 #: 2-core Xeon (224x224, 16x16 and 32x32 patches, ratios to the plain forwards of one run):
-#: ConvNeXt-T 1/2 at bounds 1.25-1.34 ran at 1.11-1.39x in 11 sweeps over six runs, each
-#: above the dense sweep of its run (0.82-1.04x); DenseNet-121 at traffic bounds 1.06-1.18
-#: (before its concatenations were built in the cache) ran at 0.81-1.33x, below dense in
-#: four of ten; bounds of 1.5-9 (ResNet-18, MobileNetV2, VGG-16) at 1.4-8.7x.
+#: ConvNeXt-T 1/2 at bounds 1.25-1.35 ran at 1.04-1.39x, above the dense sweep of its run in
+#: 12 of 12 paired rows since the shape classes (alternating in one process: 1.30x at 16x16,
+#: level at 32x32; 0.66-1.16x with the earlier engine on an AMD EPYC);
+#: DenseNet-121 at traffic bounds 1.06-1.18 (before its concatenations were built in the
+#: cache) ran at 0.81-1.33x, below dense in four of ten; bounds of 1.5-9 (ResNet-18,
+#: MobileNetV2, VGG-16, DenseNet-121 now) at 1.36-8.7x.
 MIN_BOUND = 1.25
 
 #: What one op call of a group costs beyond its arithmetic (the engine's window gathers,
