@@ -21,8 +21,9 @@ The trial runs only when the sweep has at least 1.25 times the trial's images. A
 sweep with 1.25 times two calls of every size runs a short trial: the sizes in one layout
 (channels-last on a CPU), one warm-up and one timed call each, not remembered; a smaller one
 still uses the starting size, on a CPU with channels-last input. A channels-last input is
-the model's own forward on the same values in another memory layout: outputs agree with contiguous inputs to float
-rounding (1.5e-7 on a float32 ResNet-18, 1e-7 relative), like a change of batch size.
+the model's own forward on the same values in another memory layout: outputs agree with
+contiguous inputs to float rounding (1.5e-7 on a float32 ResNet-18, 1e-7 relative), like a
+change of batch size.
 """
 
 from __future__ import annotations
