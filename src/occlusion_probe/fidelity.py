@@ -361,7 +361,6 @@ class ExactReference:
         n, r, v, _ = exact.shape
         predicted = baseline.argmax(dim=1)
         self.regions = regions
-        self.baseline = baseline
         self.exact = exact
         self._index = predicted[:, None, None, None].expand(n, r, v, 1)
         self._base = baseline.gather(1, predicted[:, None]).to(torch.float64)  # (n, 1)
