@@ -425,6 +425,72 @@ class ConvNeXt(nn.Module):
         return self.head(self.norm(x.mean((-2, -1))))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens (Vaswani et al. 2017) with one qkv Linear and
+    ``scaled_dot_product_attention``, as vision model zoos write it."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, dim // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class TransformerBlock(nn.Module):
+    """ViT's pre-norm encoder block: x + attention(LN(x)), then x + MLP(LN(x)), GELU."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """A ViT (Dosovitskiy et al. 2021): patch embedding (a conv with kernel = stride =
+    patch), flattened to tokens, a class token prepended, learned position embeddings,
+    pre-norm encoder blocks, LayerNorm, and a Linear head on the class token.
+
+    image, patch : sides in pixels (ViT-B/16: 224 and 16; the default is a tiny net)
+    """
+
+    def __init__(
+        self,
+        image: int = 32,
+        patch: int = 8,
+        dim: int = 32,
+        depth: int = 2,
+        heads: int = 4,
+        classes: int = 5,
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.position = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1) + self.position
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
 # --------------------------------------------------------------------------- model outputs
 
 

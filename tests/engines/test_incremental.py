@@ -3,6 +3,8 @@ architectures users run; what it cannot honour (hooks, unreadable models) falls 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +14,7 @@ from reference_models import (
     DenseNet,
     MobileNetV2,
     ResNet18,
+    VisionTransformer,
     randomize_batch_norms,
     reference_sweep,
     small_cnn,
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 
 import occlusion_probe as op
 from occlusion_probe import InputValueError
-from occlusion_probe.engines.incremental import IncrementalEngine
+from occlusion_probe.engines.incremental import MIN_BOUND, IncrementalEngine
 
 
 def assert_engines_agree(model: nn.Module, images: Tensor, regions: op.Regions) -> op.SweepResult:
@@ -41,8 +44,9 @@ def assert_engines_agree(model: nn.Module, images: Tensor, regions: op.Regions) 
         DenseNet,
         ConvNeXt,
         lambda: randomize_batch_norms(vgg_max_pooled()),
+        lambda: VisionTransformer(image=64),
     ],
-    ids=["resnet18", "mobilenetv2", "densenet", "convnext", "vgg-max-pooled"],
+    ids=["resnet18", "mobilenetv2", "densenet", "convnext", "vgg-max-pooled", "vit"],
 )
 def test_reference_architectures_equal_dense(make: object) -> None:
     model = make()  # type: ignore[operator]
@@ -50,6 +54,27 @@ def test_reference_architectures_equal_dense(make: object) -> None:
     result = assert_engines_agree(model, images, op.grid(64, 64, rows=4, cols=4))
     assert "incremental engine (torch.export graph)" in result.engine_note
     assert "FLOP bound" in result.engine_note
+
+
+def test_vision_transformer_ends_the_incremental_part_at_its_tokens() -> None:
+    # Attention mixes every token, so a ViT's incremental part is its patch embedding: the
+    # engine switches to whole maps where the map becomes tokens, its plan saves too little
+    # memory traffic, and "auto" runs dense on a sweep large enough to read the model.
+    model = VisionTransformer()
+    regions = op.grid(32, 32, rows=8, cols=8)
+    engine = IncrementalEngine.prepare(
+        model, (3, 32, 32), regions.masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(engine, IncrementalEngine)
+    assert engine.switch_points == ["reshape"]  # flatten(2): (n, C, h, w) -> (n, C, h * w)
+    assert engine.bound < MIN_BOUND
+    images = torch.rand(16, 3, 32, 32)
+    fills = [0.0, 0.5]  # 16 x 64 x 2 = 2,048 occluded images: enough to read the model
+    result = op.sweep(model, images, regions, fills, progress=False)
+    assert result.engine == "dense"
+    assert "its plan saves too little" in result.engine_note
+    expected = reference_sweep(model, images[:2], regions.masks, fills)
+    torch.testing.assert_close(result.occluded[:2], expected, rtol=0, atol=1e-5)
 
 
 def test_resnet_equals_plain_loop() -> None:
@@ -211,13 +236,17 @@ def test_concatenations_built_in_the_cache_equal_dense(
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("make", [DenseNet, MobileNetV2], ids=["densenet", "mobilenetv2"])
+@pytest.mark.parametrize(
+    "make",
+    [DenseNet, MobileNetV2, lambda: VisionTransformer(image=64)],
+    ids=["densenet", "mobilenetv2", "vit"],
+)
 def test_low_precision_reference_architectures_equal_dense(
-    make: type[nn.Module], dtype: torch.dtype
+    make: Callable[[], nn.Module], dtype: torch.dtype
 ) -> None:
-    # Cats built in the cache and 1x1 convs reading changed boxes as they are, in the
-    # model's own dtype: the same outputs as the dense engine's whole forwards (measured
-    # equal to the last digit here; bounded by the dtype's rounding).
+    # Cats built in the cache, 1x1 convs reading changed boxes as they are and a ViT's
+    # patch embedding before its whole token maps, in the model's own dtype: the same
+    # outputs as the dense engine's whole forwards (bounded by the dtype's rounding).
     import copy
 
     model = copy.deepcopy(make().eval()).to(dtype)
