@@ -219,7 +219,7 @@ def _train() -> dict[str, object]:
 
 @functools.cache
 def trained_vgg16() -> TrainedModel:
-    """The trained net (module docstring), from the cache or trained now (~3 min)."""
+    """The trained net (module docstring), from the cache or trained now (about five minutes)."""
     code = Path(__file__).read_text() + inspect.getsource(vgg_max_pooled)
     key = repr((sorted(RECIPE.items()), torch.__version__, code))
     digest = hashlib.sha256(key.encode()).hexdigest()
