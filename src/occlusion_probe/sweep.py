@@ -10,7 +10,7 @@ from typing import Literal, overload
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -20,8 +20,7 @@ from .checkpoint import Checkpoint, Fingerprint
 from .chunks import ChunkEngine
 from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
-from .engines.graph import hook_reason
-from .engines.incremental import MIN_BOUND, IncrementalEngine
+from .engines.auto import choose_engine
 from .errors import InputTypeError, InputValueError, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
@@ -45,89 +44,9 @@ __all__ = [
     "auto_batch_size",
     "choose_engine",
     "sweep",
-]  # auto_batch_size: batching.py
+]  # auto_batch_size: batching.py; choose_engine: engines/auto.py
 
 DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-# engine="auto" reads the model (torch.export, about 1-3 s) only for sweeps of at least this
-# many occluded images: below it, reading the model costs more than the engine can save.
-AUTO_INCREMENTAL_MIN_ITEMS = 2048
-
-
-def choose_engine(
-    engine: str,
-    model: object,
-    image_shape: tuple[int, int, int],
-    single_channel: bool,
-    masks: Tensor,
-    items: int | None,
-    dtype: torch.dtype,
-) -> tuple[IncrementalEngine | None, str]:
-    """Pick the engine that computes the occluded outputs, and prepare it.
-
-    Parameters
-    ----------
-    engine : {"auto", "dense", "incremental"}
-        The engine requested from `sweep`.
-    model : object
-        The model; ``"auto"`` picks the incremental engine when it can read the model and
-        its plan saves enough FLOPs.
-    image_shape : tuple of int
-        (C, H, W) of one image.
-    single_channel : bool
-        Whether the images were given as (N, H, W); the incremental engine needs
-        (N, C, H, W) input.
-    masks : Tensor, shape (R, H, W), bool
-        The regions, on the device the model runs on.
-    items : int or None
-        How many occluded images the sweep computes (None: unknown, a stream).
-    dtype : torch.dtype
-        The floating dtype the model gets its images in (the engine is read and run in it).
-
-    Returns
-    -------
-    engine : IncrementalEngine or None
-        The prepared incremental engine, or None for the dense engine.
-    note : str
-        One sentence explaining the choice.
-
-    Raises
-    ------
-    InputValueError
-        When `engine` is unknown, or ``"incremental"`` is requested for a model it cannot run.
-    """
-    if engine not in ("auto", "dense", "incremental"):
-        raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
-    if engine == "dense":
-        return None, "dense engine requested"
-    reason: str | None = None
-    if not isinstance(model, nn.Module):
-        reason = f"the model is {describe(model)}, not an nn.Module whose graph can be read"
-    elif hook_reason(model) is not None:
-        reason = hook_reason(model)
-    elif single_channel:
-        reason = "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
-    elif engine == "auto" and items is not None and items < AUTO_INCREMENTAL_MIN_ITEMS:
-        reason = (
-            f"only {items} occluded images (fewer than {AUTO_INCREMENTAL_MIN_ITEMS}); reading "
-            'the model would cost more than it saves (engine="incremental" forces it)'
-        )
-    if reason is None and isinstance(model, nn.Module):
-        with evaluation_mode(model), torch.inference_mode(False):
-            prepared = IncrementalEngine.prepare(model, image_shape, masks, dtype, masks.device)
-        if isinstance(prepared, str):
-            reason = prepared
-        elif engine == "auto" and prepared.bound < MIN_BOUND:
-            reason = (
-                f"its plan saves too little: FLOP bound {prepared.flop_bound:.2f}x and "
-                f"memory-traffic bound {prepared.traffic_bound:.2f}x over dense, the smaller "
-                f"below {MIN_BOUND}x (the extra launches would cost as much)"
-            )
-        else:
-            return prepared, prepared.note
-    if engine == "incremental":
-        raise InputValueError(f'engine: "incremental" cannot run this model: {reason}')
-    return None, f"incremental engine not applicable: {reason}"
 
 
 def check_common_arguments(
@@ -358,7 +277,8 @@ def sweep(
             store.resume(
                 Fingerprint.of(model, regions, fill_list, output, reduce, source), collector
             )
-        forward.check_first(source.first_images(), run_device)
+        first_images = source.first_images()
+        forward.check_first(first_images, run_device)
         masks = regions.masks.to(run_device)
         r, v = len(regions), len(fill_list)
         incremental, engine_note = choose_engine(
@@ -369,6 +289,7 @@ def sweep(
             masks,
             None if source.num_images is None else source.num_images * r * v,
             dtype,
+            None if first_images is None else cast_images(first_images[:1].to(run_device), dtype),
         )
     except InputValueError as error:
         if store is not None:

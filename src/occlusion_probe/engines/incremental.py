@@ -18,9 +18,11 @@ itself. The engine has three parts:
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -164,6 +166,7 @@ class IncrementalEngine:
         self.channels_last: bool | None = None
         self.layout_seconds: dict[bool, float] = {}
         self._in_place = _in_place_ops(graph)
+        self._running = threading.RLock()
         # The whole-map part of each plan's states (see tail_of).
         self._tails: dict[int, tuple[object, Tail]] = {}
         self.switch_points = sorted(
@@ -232,20 +235,37 @@ class IncrementalEngine:
         see (a forward method replaced at run time) is caught by the check of the graph's
         unoccluded outputs against the model's own forward on every chunk.
         """
-        key = (tuple(image_shape), dtype, str(device), _digest(masks), _state_signature(model))
-        try:
-            known = _PREPARED.get(model)
-        except TypeError:  # not weakly referenceable: never kept
-            known = None
-        if known is not None and known[0] == key:
+        with _PREPARED_LOCK:
+            kept = cls.kept(model, image_shape, masks, dtype, device)
+            if kept is not None:
+                return kept
+            prepared = cls._prepare(model, image_shape, masks, dtype, device)
+            with contextlib.suppress(TypeError):
+                _PREPARED[model] = (_key(model, image_shape, masks, dtype, device), prepared)
+            return prepared
+
+    @classmethod
+    def kept(
+        cls,
+        model: nn.Module,
+        image_shape: tuple[int, int, int],
+        masks: Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> IncrementalEngine | str | None:
+        """The engine (or reason) `prepare` kept for exactly this model state, input and
+        regions, marked as reused; None when there is none (nothing is read)."""
+        with _PREPARED_LOCK:
+            try:
+                known = _PREPARED.get(model)
+            except TypeError:  # not weakly referenceable: never kept
+                return None
+            if known is None or known[0] != _key(model, image_shape, masks, dtype, device):
+                return None
             engine = known[1]
             if isinstance(engine, IncrementalEngine):
                 engine.reused = True
             return engine
-        prepared = cls._prepare(model, image_shape, masks, dtype, device)
-        with contextlib.suppress(TypeError):
-            _PREPARED[model] = (key, prepared)
-        return prepared
 
     @classmethod
     def _prepare(
@@ -257,7 +277,7 @@ class IncrementalEngine:
         device: torch.device,
     ) -> IncrementalEngine | str:
         example = torch.zeros((2, *image_shape), dtype=dtype, device=device)
-        graph = read_graph(model, example)
+        graph = read_graph(_private_copy(model), example)
         if isinstance(graph, str):
             return graph
         if graph.info[graph.image].shape != tuple(image_shape):
@@ -328,6 +348,23 @@ class IncrementalEngine:
         returns : clean (n, K) and occluded (n, R, V, K); entry (i, r, v) equals the model on
             ``torch.where(masks[r], fill_images[v, i], images[i])``, up to rounding
         """
+        # One sweep at a time per engine: its layout choice, timed call sizes and padded
+        # maps are shared state that another thread's sweep would change mid-run.
+        with self._running:
+            return self._run(
+                images, fill_images, masks, items_per_call, finish, on_progress, channels_last
+            )
+
+    def _run(
+        self,
+        images: Tensor,
+        fill_images: Tensor,
+        masks: Tensor,
+        items_per_call: int,
+        finish: Finish,
+        on_progress: Callable[[int], None] | None,
+        channels_last: bool | None,
+    ) -> tuple[Tensor, Tensor]:
         n, channels, height, width = images.shape
         v = fill_images.shape[0]
         fills = fill_images.expand(v, n, channels, height, width)
@@ -791,6 +828,30 @@ class IncrementalEngine:
 _PREPARED: weakref.WeakKeyDictionary[
     nn.Module, tuple[tuple[object, ...], IncrementalEngine | str]
 ] = weakref.WeakKeyDictionary()
+# Guards _PREPARED and serialises reading (torch.export is not thread-safe).
+_PREPARED_LOCK = threading.RLock()
+
+
+def _private_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` for torch.export to read: export swaps attributes of the module it
+    traces while it runs, so another thread calling the caller's model meanwhile would run
+    (and break) the half-traced module. Models that cannot be copied are read as they are
+    (their reading still holds _PREPARED_LOCK; their concurrent calls are the caller's)."""
+    try:
+        return copy.deepcopy(model)
+    except Exception:  # any object deepcopy refuses: read the model itself
+        return model
+
+
+def _key(
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    masks: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[object, ...]:
+    """What a kept engine must have been prepared for."""
+    return (tuple(image_shape), dtype, str(device), _digest(masks), _state_signature(model))
 
 
 def _digest(masks: Tensor) -> str:
