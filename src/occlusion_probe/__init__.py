@@ -17,16 +17,18 @@ from .approximate import Approximate
 from .collect import ClassMeanResult
 from .curves import AucDifference, PerturbationCurve, perturbation_curve
 from .errors import (
+    CheckpointError,
     EmptySelectionError,
     InputTypeError,
     InputValueError,
     OcclusionProbeError,
+    OcclusionProbeWarning,
     ResultFileError,
 )
 from .fidelity import Fidelity
 from .refine import Refine
 from .regions import Regions, WindowGrid, grid, sliding_windows
-from .result import OcclusionProbeWarning, SweepResult
+from .result import SweepResult
 from .sweep import DEFAULT_FILLS, sweep
 from .tables import RegionValues
 from .verify import ConfusionReport, confusion_report, keep_only
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_FILLS",
     "Approximate",
     "AucDifference",
+    "CheckpointError",
     "ClassMeanResult",
     "ConfusionReport",
     "EmptySelectionError",

@@ -37,10 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from .data import Chunk, ImageSource
-from .errors import InputValueError
+from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
 from .fills import Fill
 from .regions import Regions
-from .result import OcclusionProbeWarning
 from .resultfile import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
 
 __all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
@@ -55,10 +54,6 @@ _CHUNK_META = ("chunk_format", "run", "index", "images", "checksum")
 # not decide outputs because the sweep runs in eval mode.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _MAX_DEPTH = 24
-
-
-class CheckpointError(InputValueError):
-    """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
 
 
 class _Collector(Protocol):

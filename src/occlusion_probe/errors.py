@@ -1,6 +1,6 @@
-"""Exception types raised at the public boundary.
+"""Every exception and warning class of occlusion_probe.
 
-They subclass the built-in ``ValueError`` / ``TypeError`` so that callers who catch those keep
+The exceptions subclass the built-in ``ValueError`` / ``TypeError`` so that callers who catch those keep
 working, while callers who want to tell our validation apart from other failures can catch
 ``OcclusionProbeError``.
 """
@@ -8,10 +8,12 @@ working, while callers who want to tell our validation apart from other failures
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "EmptySelectionError",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",
+    "OcclusionProbeWarning",
     "ResultFileError",
 ]
 
@@ -37,6 +39,10 @@ class ResultFileError(InputValueError):
     """
 
 
+class CheckpointError(InputValueError):
+    """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
+
+
 class EmptySelectionError(InputValueError):
     """A reading of a result (curves, drops, rankings, tests, bands) selects no image.
 
@@ -44,6 +50,10 @@ class EmptySelectionError(InputValueError):
     selection (e.g. a class the model never gets right with ``correct_only=True``);
     ``selected_count`` tells beforehand how many images a selection holds.
     """
+
+
+class OcclusionProbeWarning(UserWarning):
+    """Doubtful but legal input or an undefined statistic (e.g. a test over one image)."""
 
 
 def describe(value: object) -> str:

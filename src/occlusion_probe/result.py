@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import resultfile
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
 from .fidelity import Fidelity
 from .regions import Regions
 from .selection import (
@@ -43,10 +43,6 @@ def _same_fidelity(a: Fidelity | None, b: Fidelity | None) -> bool:
     if a is None or b is None:
         return a is b
     return bool(np.array_equal(a.as_array(), b.as_array(), equal_nan=True))
-
-
-class OcclusionProbeWarning(UserWarning):
-    """Doubtful but legal input or an undefined statistic (e.g. a test over one image)."""
 
 
 def ordinary_tensor(tensor: Tensor) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputValueError, ResultFileError
+from .errors import InputValueError, OcclusionProbeWarning, ResultFileError
 from .regions import Regions
 
 __all__ = [
@@ -229,7 +229,7 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
             f"result file {os.fspath(path)!r}: format version 1 has no checksum; its fields "
             f"were validated but damage to its numbers cannot be detected. Save it again to "
             f"write format version {FORMAT_VERSION}.",
-            _warning_class(),
+            OcclusionProbeWarning,
             stacklevel=4,
         )
         return fields, version
@@ -250,12 +250,6 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
     if stored_kind != kind:
         raise fields.error("kind", repr(kind), repr(stored_kind))
     return fields, version
-
-
-def _warning_class() -> type[Warning]:
-    from .result import OcclusionProbeWarning
-
-    return OcclusionProbeWarning
 
 
 def _write(path: str | os.PathLike[str], kind: str, arrays: dict[str, np.ndarray]) -> Path:
