@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from . import captum, plot, stats
 from .approximate import Approximate
-from .collect import ClassMeanResult
-from .curves import AucDifference, PerturbationCurve, perturbation_curve
+from .curves import perturbation_curve
 from .errors import (
     CheckpointError,
     EmptySelectionError,
@@ -28,10 +27,17 @@ from .errors import (
 from .fidelity import Fidelity
 from .refine import Refine
 from .regions import Regions, WindowGrid, grid, sliding_windows
-from .result import SweepResult
+from .results import (
+    AucDifference,
+    ClassMeanResult,
+    ConfusionReport,
+    PerturbationCurve,
+    SweepResult,
+    confusion_report,
+)
 from .sweep import DEFAULT_FILLS, sweep
 from .tables import RegionValues
-from .verify import ConfusionReport, confusion_report, keep_only
+from .verify import keep_only
 
 __version__ = "0.1.0"
 

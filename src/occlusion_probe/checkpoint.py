@@ -40,7 +40,7 @@ from .data import Chunk, ImageSource
 from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
 from .fills import Fill
 from .regions import Regions
-from .resultfile import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
+from .results.file import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
 
 __all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
 

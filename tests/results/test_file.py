@@ -12,7 +12,7 @@ import torch
 
 import occlusion_probe as op
 from occlusion_probe import ClassMeanResult, OcclusionProbeWarning, ResultFileError, SweepResult
-from occlusion_probe.resultfile import payload_checksum
+from occlusion_probe.results.file import payload_checksum
 
 
 def _small_result() -> SweepResult:

@@ -26,23 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputValueError, OcclusionProbeWarning, ResultFileError
-from .regions import Regions
+from ..errors import InputValueError, OcclusionProbeWarning, ResultFileError
+from ..regions import Regions
 
 __all__ = [
     "ARCHIVE_ERRORS",
     "FORMAT_VERSION",
     "atomic_write_npz",
     "payload_checksum",
-    "read_class_means",
     "read_npz",
-    "read_sweep_result",
-    "write_class_means",
-    "write_sweep_result",
+    "read_result",
+    "write_result",
 ]
 
 FORMAT_VERSION = 2
 _LEGACY_VERSION = 1
+_KINDS = ("ClassMeanResult", "SweepResult")
 _ENGINES = ("dense", "incremental")
 _BUILTIN_OUTPUTS = ("softmax", "logits")
 # What np.load / zipfile raise on damaged archives: a damaged file is reported, not crashed on.
@@ -354,7 +353,9 @@ def _validate(fields: _Fields, kind: str, version: int, writing: bool = False) -
     try:
         if kind == "SweepResult":
             return _sweep_fields(fields, version, writing)
-        return _class_mean_fields(fields, writing)
+        if kind == "ClassMeanResult":
+            return _class_mean_fields(fields, writing)
+        raise InputValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
     except ResultFileError:
         raise
     except InputValueError as error:  # e.g. Regions' own checks
@@ -458,50 +459,49 @@ def _class_mean_fields(fields: _Fields, writing: bool) -> dict[str, Any]:
     }
 
 
-def write_sweep_result(
+def write_result(
     path: str | os.PathLike[str],
-    baseline: torch.Tensor,
-    occluded: torch.Tensor,
-    labels: torch.Tensor | None,
+    kind: str,
+    arrays: Mapping[str, torch.Tensor | np.ndarray | None],
     meta: dict[str, Any],
-    *,
-    computed: torch.Tensor | None = None,
-    fidelity: np.ndarray | None = None,
 ) -> Path:
-    """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`.
+    """Write a result's arrays and metadata (`_metadata_arrays`' arguments) to `path`.
 
-    `computed` (N, R) bool and `fidelity` (8,) float64 are written only when given, so that
-    files of exact, fully computed sweeps are unchanged.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; an existing file is replaced atomically.
+    kind : {"SweepResult", "ClassMeanResult"}
+        The result type, stored in the file and checked on load.
+    arrays : mapping of str to Tensor, ndarray or None
+        The result's own arrays; None entries (optional fields) are not written, so files
+        of exact, fully computed sweeps hold no ``computed`` or ``fidelity``.
+    meta : dict
+        Regions, fill labels, class names, image shape, output and engine.
+
+    Raises
+    ------
+    ResultFileError
+        When a field could not be loaded again: a saved file always loads.
     """
-    arrays = {
-        "baseline": baseline.detach().cpu().numpy(),
-        "occluded": occluded.detach().cpu().numpy(),
-        **_metadata_arrays(**meta),
+    stored = {
+        key: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        for key, value in arrays.items()
+        if value is not None
     }
-    if labels is not None:
-        arrays["labels"] = labels.detach().cpu().numpy()
-    if computed is not None:
-        arrays["computed"] = computed.detach().cpu().numpy()
-    if fidelity is not None:
-        arrays["fidelity"] = np.asarray(fidelity, dtype=np.float64)
-    return _write(path, "SweepResult", arrays)
+    return _write(path, kind, {**stored, **_metadata_arrays(**meta)})
 
 
-def read_sweep_result(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validated keyword arguments of `SweepResult` from a file written by `write_sweep_result`."""
-    fields, version = _read_checked(path, "SweepResult")
-    return _validate(fields, "SweepResult", version)
+def read_result(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Validated constructor arguments of a result of `kind` from a file of `write_result`.
 
-
-def write_class_means(
-    path: str | os.PathLike[str], sums: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> Path:
-    """Write a ClassMeanResult's four sums and metadata to `path`."""
-    arrays = {key: tensor.detach().cpu().numpy() for key, tensor in sums.items()}
-    return _write(path, "ClassMeanResult", {**arrays, **_metadata_arrays(**meta)})
-
-
-def read_class_means(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validated keyword arguments of `ClassMeanResult` from a file of `write_class_means`."""
-    fields, version = _read_checked(path, "ClassMeanResult")
-    return _validate(fields, "ClassMeanResult", version)
+    Raises
+    ------
+    ResultFileError
+        When the file is missing, unreadable, corrupted, of another kind or version, or
+        has a field with an invalid value; the message names the file and the field.
+    """
+    if kind not in _KINDS:
+        raise InputValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
+    fields, version = _read_checked(path, kind)
+    return _validate(fields, kind, version)
