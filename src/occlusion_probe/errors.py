@@ -31,11 +31,13 @@ class InputTypeError(OcclusionProbeError, TypeError):
 
 
 class ResultFileError(InputValueError):
-    """A result file (``SweepResult.save`` / ``ClassMeanResult.save``) cannot be loaded.
+    """A result file (``SweepResult.save`` / ``ClassMeanResult.save``) cannot be loaded or
+    written.
 
     Raised for a missing, truncated or corrupted file (its SHA-256 checksum does not match),
-    a file of another format version or kind, and a field whose value is invalid; the
-    message names the file and the field.
+    a file of another format version or kind, a refused archive member (compressed, or
+    larger than its header declares), a field whose value is invalid, and a folder that
+    cannot be written; the message names the user's file and the field.
     """
 
 
