@@ -527,3 +527,83 @@ def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
     torch.testing.assert_close(resumed.occluded, clean.occluded)
     assert not any(".tmp-" in p.name for p in tmp_path.iterdir())
     assert os.path.getsize(path) > 0
+
+
+def test_a_linked_chunk_folder_or_lock_is_refused_before_any_work(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = tmp_path / "run.ckpt"
+    os.symlink(elsewhere, tmp_path / "run.ckpt.chunks")
+    _CALLS.clear()
+    with pytest.raises(CheckpointError, match=r"chunk folder .*run.ckpt.chunks.* symbolic link"):
+        op.sweep(_counting(model), images, op.grid(12, 12), progress=False, checkpoint=path)
+    (tmp_path / "run.ckpt.chunks").unlink()
+    victim = tmp_path / "victim"
+    victim.write_text("root-only")
+    for target in (victim, tmp_path / "dangling"):
+        os.symlink(target, tmp_path / "run.ckpt.lock")
+        with pytest.raises(CheckpointError, match=r"lock file .*run.ckpt.lock.* symbolic link"):
+            op.sweep(_counting(model), images, op.grid(12, 12), progress=False, checkpoint=path)
+        (tmp_path / "run.ckpt.lock").unlink()
+    (tmp_path / "run.ckpt.lock").mkdir()
+    with pytest.raises(CheckpointError, match=r"lock file .*run.ckpt.lock.* is a folder"):
+        op.sweep(_counting(model), images, op.grid(12, 12), progress=False, checkpoint=path)
+    (tmp_path / "run.ckpt.lock").rmdir()
+    (tmp_path / "run.ckpt.chunks").write_text("a file")
+    with pytest.raises(CheckpointError, match=r"chunk folder .* is not a folder"):
+        op.sweep(_counting(model), images, op.grid(12, 12), progress=False, checkpoint=path)
+    assert _CALLS == [] and victim.read_text() == "root-only"
+    assert not (tmp_path / "dangling").exists() and list(elsewhere.iterdir()) == []
+
+
+def test_resume_deletes_only_the_librarys_own_temporary_files(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    path = tmp_path / "run.ckpt"
+    first = op.sweep(
+        model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path
+    )
+    chunks = tmp_path / "run.ckpt.chunks"
+    users = [chunks / ".notes.tmp-1", chunks / ".chunk-00000001.npz.tmp-mine"]
+    for file in users:
+        file.write_text("a user's file")
+    ours = chunks / f".chunk-00000002.npz.tmp-{os.getpid()}-{'ab' * 8}"
+    ours.write_bytes(b"half a chunk")  # a write a crash interrupted
+    again = op.sweep(
+        model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path
+    )
+    assert torch.equal(first.occluded, again.occluded)
+    assert all(file.read_text() == "a user's file" for file in users) and not ours.exists()
+
+
+def test_a_deeply_nested_manifest_is_the_library_error(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    path = tmp_path / "run.ckpt"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="is truncated or corrupted"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+
+
+def test_a_compressed_chunk_file_is_recomputed_without_unpacking_it(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    path = tmp_path / "run.ckpt"
+    first = op.sweep(
+        model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path
+    )
+    chunk = tmp_path / "run.ckpt.chunks" / "chunk-00000001.npz"
+    with np.load(chunk, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    np.savez_compressed(chunk, **arrays)  # type: ignore[arg-type]
+    with pytest.warns(OcclusionProbeWarning, match="is damaged .*is compressed"):
+        again = op.sweep(
+            model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path
+        )
+    assert torch.equal(first.occluded, again.occluded)

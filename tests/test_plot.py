@@ -15,12 +15,16 @@ import torch
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
-from occlusion_probe import PerturbationCurve, perturbation_curve, plot
+from occlusion_probe import (
+    PerturbationCurve,
+    SweepResult,
+    confusion_report,
+    perturbation_curve,
+    plot,
+)
 from occlusion_probe.collect import ClassMeanResult
 from occlusion_probe.errors import EmptySelectionError, InputTypeError, InputValueError
 from occlusion_probe.regions import grid
-from occlusion_probe.result import SweepResult
-from occlusion_probe.verify import confusion_report
 
 FILLS = ("0.0", "0.2", "0.4", "0.6", "0.8", "1.0")
 NAMES = ("An", "Di", "Fe", "Ha", "Sa", "Su", "Ne")

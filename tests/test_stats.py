@@ -12,10 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from occlusion_probe import stats
+from occlusion_probe import OcclusionProbeWarning, SweepResult, stats
 from occlusion_probe.errors import InputTypeError, InputValueError
 from occlusion_probe.regions import grid
-from occlusion_probe.result import OcclusionProbeWarning, SweepResult
 from occlusion_probe.stats import SignificanceTable, bootstrap_bands, holm, significance
 
 

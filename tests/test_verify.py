@@ -6,7 +6,7 @@ from reference_models import ZooNet, small_cnn
 from torch import nn
 
 import occlusion_probe as op
-from occlusion_probe import ConfusionReport, InputTypeError, InputValueError, confusion_report
+from occlusion_probe import InputTypeError, InputValueError, confusion_report
 
 
 def test_keep_only_matches_plain_loop() -> None:
@@ -40,32 +40,6 @@ def test_keep_all_regions_is_the_plain_confusion_matrix() -> None:
     assert torch.equal(report.confusion, confusion_report(labels, predicted, 3).confusion)
 
 
-def test_percent_rows_and_absent_classes() -> None:
-    report = confusion_report(torch.tensor([0, 0, 0, 2]), torch.tensor([0, 2, 2, 2]), 3)
-    assert report.confusion.tolist() == [[1, 0, 2], [0, 0, 0], [0, 0, 1]]
-    torch.testing.assert_close(
-        report.percent[0], torch.tensor([100 / 3, 0, 200 / 3], dtype=torch.float64)
-    )
-    assert report.percent[1].tolist() == [0.0, 0.0, 0.0]  # absent class: zeros, not NaN
-    assert report.recall.tolist() == pytest.approx([1 / 3, 0.0, 1.0])
-    assert report.accuracy == 0.5
-
-
-def test_markdown_states_convention() -> None:
-    report = confusion_report(
-        torch.tensor([0, 1]), torch.tensor([0, 0]), 2, class_names=["An", "Ha"], kept_ids=[10, 11]
-    )
-    text = report.to_markdown()
-    assert "rows = true class, columns = predicted class" in text
-    assert "kept regions [10, 11]" in text
-    assert "| Ha | 100.0 | 0.0 |" in text
-    assert "| An | Ha |" in report.to_markdown(["An", "Ha"])
-    with pytest.raises(
-        InputValueError, match=r"class_names: expected 2 names \(one per class output\), got 1"
-    ):
-        report.to_markdown(["x"])
-
-
 def test_keep_only_errors() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     images = torch.rand(3, 1, 4, 4)
@@ -85,13 +59,6 @@ def test_keep_only_errors() -> None:
         match=r"labels: expected one label per image, shape \(3,\), got shape \(2,\)",
     ):
         op.keep_only(model, images, torch.tensor([0, 1]), regions, keep=[1], progress=False)
-
-
-def test_report_is_frozen() -> None:
-    report = confusion_report(torch.tensor([0]), torch.tensor([0]), 1)
-    assert isinstance(report, ConfusionReport)
-    with pytest.raises(AttributeError):
-        report.accuracy = 0.0  # type: ignore[misc]
 
 
 def _plain_keep_only(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -14,22 +14,30 @@ from __future__ import annotations
 
 from . import captum, plot, stats
 from .approximate import Approximate
-from .collect import ClassMeanResult
-from .curves import AucDifference, PerturbationCurve, perturbation_curve
+from .curves import perturbation_curve
 from .errors import (
+    CheckpointError,
     EmptySelectionError,
     InputTypeError,
     InputValueError,
     OcclusionProbeError,
+    OcclusionProbeWarning,
     ResultFileError,
 )
 from .fidelity import Fidelity
 from .refine import Refine
 from .regions import Regions, WindowGrid, grid, sliding_windows
-from .result import OcclusionProbeWarning, SweepResult
+from .results import (
+    AucDifference,
+    ClassMeanResult,
+    ConfusionReport,
+    PerturbationCurve,
+    SweepResult,
+    confusion_report,
+)
 from .sweep import DEFAULT_FILLS, sweep
 from .tables import RegionValues
-from .verify import ConfusionReport, confusion_report, keep_only
+from .verify import keep_only
 
 __version__ = "0.1.0"
 
@@ -37,6 +45,7 @@ __all__ = [
     "DEFAULT_FILLS",
     "Approximate",
     "AucDifference",
+    "CheckpointError",
     "ClassMeanResult",
     "ConfusionReport",
     "EmptySelectionError",

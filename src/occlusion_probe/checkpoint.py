@@ -37,11 +37,17 @@ import torch
 from torch import Tensor, nn
 
 from .data import Chunk, ImageSource
-from .errors import InputValueError
+from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
 from .fills import Fill
 from .regions import Regions
-from .result import OcclusionProbeWarning
-from .resultfile import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
+from .storage import (
+    ARCHIVE_ERRORS,
+    atomic_write,
+    atomic_write_npz,
+    is_temporary_name,
+    payload_checksum,
+    read_npz,
+)
 
 __all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
 
@@ -57,8 +63,24 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _MAX_DEPTH = 24
 
 
-class CheckpointError(InputValueError):
-    """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
+def _open_lock(path: Path, shown: str) -> IO[bytes]:
+    """The lock file, opened for appending without following a link (dangling or not)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as error:
+        what = (
+            "a symbolic link"
+            if path.is_symlink()
+            else "a folder"
+            if path.is_dir()
+            else f"not usable ({error.strerror or error})"
+        )
+        raise CheckpointError(
+            f"checkpoint: the lock file {os.fspath(path)!r} of {shown!r} is {what}; the "
+            "library locks only a plain file it may create (remove it)"
+        ) from error
+    return os.fdopen(descriptor, "a+b")
 
 
 class _Collector(Protocol):
@@ -346,8 +368,14 @@ class Checkpoint:
             raise CheckpointError(
                 f"checkpoint: the folder {os.fspath(folder)!r} of {shown!r} is not writable"
             )
+        if self.chunks.is_symlink() or (self.chunks.exists() and not self.chunks.is_dir()):
+            what = "a symbolic link" if self.chunks.is_symlink() else "not a folder"
+            raise CheckpointError(
+                f"checkpoint: the chunk folder {os.fspath(self.chunks)!r} of {shown!r} is "
+                f"{what}; the library writes only into a real folder it made (remove it)"
+            )
         lock_path = self.path.with_name(f"{self.path.name}.lock")
-        handle = open(lock_path, "a+b")  # held open until close()
+        handle = _open_lock(lock_path, shown)  # held open until close()
         if not _lock(handle):
             handle.close()
             raise CheckpointError(
@@ -399,8 +427,17 @@ class Checkpoint:
         }
         self._fingerprint = fingerprint
         if self.chunks.is_dir():
-            for stale in self.chunks.glob(".*.tmp-*"):
-                stale.unlink()  # a write that a crash interrupted; we hold the lock
+            for stale in self.chunks.iterdir():
+                # A chunk write a crash interrupted (we hold the lock); only files named as
+                # the library names its temporary files, never a link or a user's own file.
+                target = stale.name.split(".tmp-")[0][1:]
+                if (
+                    target.startswith("chunk-")
+                    and is_temporary_name(stale.name, target)
+                    and stale.is_file()
+                    and not stale.is_symlink()
+                ):
+                    stale.unlink()
         if not self.path.exists():
             if self.chunks.is_dir() and any(self.chunks.glob("chunk-*.npz")):
                 raise CheckpointError(
@@ -409,11 +446,8 @@ class Checkpoint:
                 )
             self.chunks.mkdir(exist_ok=True)
             manifest["checksum"] = _manifest_checksum(manifest)
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(manifest, sort_keys=True, indent=1))
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            text = json.dumps(manifest, sort_keys=True, indent=1).encode()
+            atomic_write(self.path, lambda handle: handle.write(text))
             return 0
         stored = self._read_manifest()
         differing = [
@@ -459,7 +493,7 @@ class Checkpoint:
             )
         try:
             manifest = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise CheckpointError(
                 f"checkpoint: {shown!r} is truncated or corrupted and was not loaded "
                 f"({type(error).__name__}: {error}); delete it and its .chunks folder to start over"

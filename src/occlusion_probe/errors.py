@@ -1,6 +1,6 @@
-"""Exception types raised at the public boundary.
+"""Every exception and warning class of occlusion_probe.
 
-They subclass the built-in ``ValueError`` / ``TypeError`` so that callers who catch those keep
+The exceptions subclass the built-in ``ValueError`` / ``TypeError`` so that callers who catch those keep
 working, while callers who want to tell our validation apart from other failures can catch
 ``OcclusionProbeError``.
 """
@@ -8,10 +8,12 @@ working, while callers who want to tell our validation apart from other failures
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "EmptySelectionError",
     "InputTypeError",
     "InputValueError",
     "OcclusionProbeError",
+    "OcclusionProbeWarning",
     "ResultFileError",
 ]
 
@@ -29,12 +31,18 @@ class InputTypeError(OcclusionProbeError, TypeError):
 
 
 class ResultFileError(InputValueError):
-    """A result file (``SweepResult.save`` / ``ClassMeanResult.save``) cannot be loaded.
+    """A result file (``SweepResult.save`` / ``ClassMeanResult.save``) cannot be loaded or
+    written.
 
     Raised for a missing, truncated or corrupted file (its SHA-256 checksum does not match),
-    a file of another format version or kind, and a field whose value is invalid; the
-    message names the file and the field.
+    a file of another format version or kind, a refused archive member (compressed, or
+    larger than its header declares), a field whose value is invalid, and a folder that
+    cannot be written; the message names the user's file and the field.
     """
+
+
+class CheckpointError(InputValueError):
+    """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
 
 
 class EmptySelectionError(InputValueError):
@@ -44,6 +52,10 @@ class EmptySelectionError(InputValueError):
     selection (e.g. a class the model never gets right with ``correct_only=True``);
     ``selected_count`` tells beforehand how many images a selection holds.
     """
+
+
+class OcclusionProbeWarning(UserWarning):
+    """Doubtful but legal input or an undefined statistic (e.g. a test over one image)."""
 
 
 def describe(value: object) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Protocol, runtime_checkable
 
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
 
 __all__ = [
     "Fill",
@@ -229,8 +229,6 @@ def warn_if_outside(fills: Sequence[Fill], images: Tensor) -> bool:
     Legal, since a fill may be meant as an out-of-distribution marker, but usually a unit
     mistake. Returns True when it warned.
     """
-    from .result import OcclusionProbeWarning
-
     low, high = float(images.min()), float(images.max())
     slack = _RANGE_SLACK * max(high - low, abs(low), abs(high), 1e-12)
     outside = [

@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Protocol, runtime_checkable
 
-from .errors import InputTypeError, InputValueError, describe
-from .result import OcclusionProbeWarning
+from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
 
 __all__ = [
     "OUTPUT_NAMES",

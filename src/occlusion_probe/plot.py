@@ -27,13 +27,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
-from .curves import PerturbationCurve
 from .errors import InputTypeError, InputValueError, describe
-from .result import ClassReadings, SweepResult
+from .results import ClassReadings, PerturbationCurve, SweepResult
 from .selection import check_bool, class_index, class_label
 
 if TYPE_CHECKING:
-    from .verify import ConfusionReport
+    from .results import ConfusionReport
 
 __all__ = ["class_curves", "confusion", "heatmap", "perturbation_curve", "pixel_heatmap"]
 

@@ -27,7 +27,9 @@ __all__ = [
     "check_selected",
     "class_index",
     "class_label",
+    "class_text",
     "fill_position",
+    "int_in_range",
     "integer_value",
 ]
 
@@ -271,3 +273,20 @@ def check_selected(
             f"cls: no image selected for class {shown} in {method} (no {which} of that class; "
             f"correct_only={correct_only}); check selected_count() first"
         )
+
+
+def class_text(index: int, class_names: Sequence[str] | None) -> str:
+    """``"class 1 (cat)"``, or ``"class 1"`` without names."""
+    if class_names is not None and 0 <= index < len(class_names):
+        return f"class {index} ({class_names[index]})"
+    return f"class {index}"
+
+
+def int_in_range(name: str, value: object, low: int, high: int) -> int:
+    """`value` as an int in [low, high]; the library's error naming `name` otherwise."""
+    number = integer_value(value)
+    if number is None:
+        raise InputTypeError(f"{name}: expected an int in [{low}, {high}], got {describe(value)}")
+    if not low <= number <= high:
+        raise InputValueError(f"{name}: expected an int in [{low}, {high}], got {number}")
+    return number

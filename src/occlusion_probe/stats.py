@@ -20,8 +20,7 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from .errors import InputTypeError, InputValueError, describe
-from .result import OcclusionProbeWarning
+from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
 from .tables import optional_import
 
 __all__ = [

@@ -18,7 +18,7 @@ from .approximate import Approximate, check_approximate
 from .batching import BatchPlan, auto_batch_size
 from .checkpoint import Checkpoint, Fingerprint
 from .chunks import ChunkEngine
-from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMeta
+from .collect import ClassMeanCollector, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.auto import choose_engine
 from .errors import InputTypeError, InputValueError, describe
@@ -36,7 +36,7 @@ from .model import (
 )
 from .refine import Refine, RefinePlan
 from .regions import Regions
-from .result import SweepResult
+from .results import ClassMeanResult, SweepResult
 from .selection import check_class_names
 
 __all__ = [

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
+from .plan import layout_rule
+
 __all__ = ["ModelGraph", "NodeInfo", "hook_reason", "read_graph"]
 
 
@@ -100,8 +102,6 @@ def _value_shape(node: Node) -> tuple[int, ...] | None:
 def _spatial_of(node: Node, info: dict[Node, NodeInfo], image: Node) -> tuple[int, int] | None:
     """Rows and columns of `node`'s value, followed from its inputs through the ops that keep
     them (see plan.py for what each op does to a changed box)."""
-    from .plan import layout_rule
-
     if node is image:
         return (2, 3)
     return layout_rule(node, info)

@@ -22,14 +22,16 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from torch import Tensor
 from torch.fx import Node
 
 from .boxes import Box
-from .graph import ModelGraph, NodeInfo
+
+if TYPE_CHECKING:  # annotations only: graph.py imports this module's layout rules
+    from .graph import ModelGraph, NodeInfo
 
 __all__ = [
     "FULL",

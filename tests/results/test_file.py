@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import random
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import torch
 
 import occlusion_probe as op
 from occlusion_probe import ClassMeanResult, OcclusionProbeWarning, ResultFileError, SweepResult
-from occlusion_probe.resultfile import payload_checksum
+from occlusion_probe.storage import payload_checksum
 
 
 def _small_result() -> SweepResult:
@@ -321,3 +325,83 @@ def _fields(result: SweepResult) -> dict[str, object]:
         "class_names": result.class_names,
         "image_shape": result.image_shape,
     }
+
+
+@pytest.mark.parametrize("path", [None, 123, b"r.npz", ""])
+def test_save_and_load_of_no_path_name_the_argument(tmp_path: Path, path: object) -> None:
+    result = _small_result()
+    with pytest.raises(
+        op.InputTypeError, match=r"path: SweepResult\.save expected a non-empty str"
+    ):
+        result.save(path)  # type: ignore[arg-type]
+    with pytest.raises(op.InputTypeError, match=r"path: ClassMeanResult\.load expected"):
+        ClassMeanResult.load(path)  # type: ignore[arg-type]
+
+
+def test_save_into_a_missing_or_unusable_folder_names_the_users_path(tmp_path: Path) -> None:
+    result = _small_result()
+    target = tmp_path / "missing" / "r.npz"
+    with pytest.raises(ResultFileError, match="cannot be written") as caught:
+        result.save(target)
+    assert repr(str(target)) in str(caught.value) and ".tmp-" not in str(caught.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultFileError, match=r"'.*file/r.npz': cannot be written"):
+        result.save(tmp_path / "file" / "r.npz")
+    with pytest.raises(ResultFileError, match="is a directory"):
+        result.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders"
+)
+def test_save_into_a_read_only_folder_names_the_users_path(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ResultFileError, match=r"'.*ro/r.npz': cannot be written"):
+            _small_result().save(folder / "r.npz")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_json_file_is_refused_without_a_pickle_hint(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text('{"baseline": [[0.1, 0.9]]}')
+    with pytest.raises(ResultFileError, match=r"not an \.npz archive") as caught:
+        SweepResult.load(path)
+    assert "pickle" not in str(caught.value)
+
+
+def test_a_format_two_file_rewritten_as_format_one_is_refused(tmp_path: Path) -> None:
+    path = _small_result().save(tmp_path / "r.npz")
+    _rewrite(path, {"format_version": np.array(1)}, checksum=False)
+    with pytest.raises(ResultFileError, match="claims format version 1 but holds fields"):
+        SweepResult.load(path)
+    _rewrite(path, {"checksum": None, "kind": None}, checksum=False)
+    with pytest.raises(ResultFileError, match="'output_kind'"):
+        SweepResult.load(path)
+
+
+def test_a_compressed_member_fails_fast_and_small(tmp_path: Path) -> None:
+    path = _small_result().save(tmp_path / "r.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["occluded"] = np.zeros((1 << 23, 1), dtype=np.float64)  # 64 MiB, packs to ~64 KiB
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
+            packing = zipfile.ZIP_DEFLATED if key == "occluded" else zipfile.ZIP_STORED
+            archive.writestr(f"{key}.npy", buffer.getvalue(), compress_type=packing)
+    del arrays
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResultFileError, match=r"'occluded\.npy' is compressed"):
+            SweepResult.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 22

@@ -8,17 +8,17 @@ field (dtype, shape, range, and agreement between fields) before a result is bui
 raises `ResultFileError` naming the file and the field; no other exception escapes.
 
 Format 1 (written before checksums existed) is still read, with every field validated and an
-`OcclusionProbeWarning` that the file carries no checksum.
+`OcclusionProbeWarning` that the file carries no checksum; a file claiming format 1 that
+holds a field format 1 never had (a newer file whose version was changed) is refused.
+
+Files are written and read through `occlusion_probe.storage`: exclusive temporary files
+renamed over the target, and archive members checked before they are read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import warnings
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,106 +26,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputValueError, ResultFileError
-from .regions import Regions
+from ..errors import (
+    InputTypeError,
+    InputValueError,
+    OcclusionProbeWarning,
+    ResultFileError,
+    describe,
+)
+from ..regions import Regions
+from ..storage import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
 
-__all__ = [
-    "ARCHIVE_ERRORS",
-    "FORMAT_VERSION",
-    "atomic_write_npz",
-    "payload_checksum",
-    "read_class_means",
-    "read_npz",
-    "read_sweep_result",
-    "write_class_means",
-    "write_sweep_result",
-]
+__all__ = ["FORMAT_VERSION", "check_path", "read_result", "write_result"]
 
 FORMAT_VERSION = 2
 _LEGACY_VERSION = 1
+_KINDS = ("ClassMeanResult", "SweepResult")
+# Every field a format-1 file had: a file claiming format 1 with any other field (a checksum,
+# a kind) is a newer file rewritten to skip its checksum, and is refused.
+_LEGACY_FIELDS = frozenset(
+    (
+        "format_version",
+        "baseline",
+        "occluded",
+        "labels",
+        "region_ids",
+        "region_masks",
+        "fill_labels",
+        "class_names",
+        "image_shape",
+        "output",
+        "engine",
+        "engine_note",
+    )
+)
 _ENGINES = ("dense", "incremental")
 _BUILTIN_OUTPUTS = ("softmax", "logits")
-# What np.load / zipfile raise on damaged archives: a damaged file is reported, not crashed on.
-ARCHIVE_ERRORS = (
-    OSError,
-    EOFError,
-    ValueError,
-    KeyError,
-    IndexError,
-    OverflowError,
-    MemoryError,
-    NotImplementedError,  # zipfile, for a damaged header naming an unknown compression method
-    RuntimeError,  # zipfile: "File ... is encrypted, password required" for a flipped flag bit
-    zipfile.BadZipFile,
-    zlib.error,
-    struct.error,
-)
-
-
-def atomic_write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> int:
-    """Write `arrays` to an ``.npz`` at `path` atomically; returns the bytes written.
-
-    Written beside the target, flushed to disk and renamed over it, so a reader never sees
-    half a file; the directory is then synced so that the rename itself survives a crash.
-
-    Parameters
-    ----------
-    path : Path
-        The file to write; an existing file is replaced.
-    arrays : mapping of str to ndarray
-        The arrays, stored uncompressed and without pickles.
-
-    Returns
-    -------
-    int
-        The size of the written file in bytes.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if hasattr(os, "O_DIRECTORY"):
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    return size
-
-
-def payload_checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over every array's name, dtype, shape and bytes, in name order (hex digest)."""
-    digest = hashlib.sha256()
-    for key in sorted(arrays):
-        array = np.ascontiguousarray(arrays[key])
-        digest.update(f"{len(key)}:{key}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (``allow_pickle=False``).
-
-    Raises
-    ------
-    OSError, ValueError, zipfile.BadZipFile, ...
-        Whatever numpy and zipfile raise for an unreadable archive (see ``ARCHIVE_ERRORS``);
-        callers turn it into their own error.
-    """
-    # Our own file handle: np.load leaks its handle when the zip is unreadable.
-    with open(path, "rb") as handle:
-        data = np.load(handle, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive (a single .npy array)")
-        with data:
-            return {key: data[key] for key in data.files}
 
 
 class _Fields:
@@ -199,9 +134,21 @@ class _Fields:
             raise self.error(field, f"shape {wanted}".replace("'", ""), f"shape {array.shape}")
 
 
+def check_path(path: object, method: str) -> Path:
+    """`path` as a Path, or `InputTypeError` naming the argument of `method`."""
+    if isinstance(path, (str, os.PathLike)) and not isinstance(path, bytes):
+        text = os.fspath(path)
+        if isinstance(text, str) and text and "\x00" not in text:
+            return Path(text)
+    raise InputTypeError(
+        f"path: {method} expected a non-empty str or os.PathLike naming the file, got "
+        f"{describe(path)}"
+    )
+
+
 def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int]:
     """Open a result file, check its version, kind and checksum; returns fields and version."""
-    path = Path(path)
+    path = check_path(path, f"{kind}.load")
     if path.is_dir():
         raise ResultFileError(
             f"result file {os.fspath(path)!r}: is a directory; expected a file written by {kind}.save"
@@ -210,6 +157,10 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
         raise ResultFileError(f"result file {os.fspath(path)!r}: no such file")
     try:
         arrays = read_npz(path)
+    except OSError as error:
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: cannot be read ({error.strerror or error})"
+        ) from error
     except ARCHIVE_ERRORS as error:
         raise ResultFileError(
             f"result file {os.fspath(path)!r}: is truncated, corrupted or not an .npz archive "
@@ -225,11 +176,18 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
     if version == _LEGACY_VERSION:
         if kind != "SweepResult":
             raise fields.error("format_version", f"{FORMAT_VERSION} for a {kind}", "1")
+        newer = sorted(set(arrays) - _LEGACY_FIELDS)
+        if newer:
+            raise ResultFileError(
+                f"result file {os.fspath(path)!r}: claims format version 1 but holds fields "
+                f"format 1 never had ({', '.join(repr(f) for f in newer[:5])}): a newer file "
+                "whose version was changed, so its checksum would go unchecked; not loaded"
+            )
         warnings.warn(
             f"result file {os.fspath(path)!r}: format version 1 has no checksum; its fields "
             f"were validated but damage to its numbers cannot be detected. Save it again to "
             f"write format version {FORMAT_VERSION}.",
-            _warning_class(),
+            OcclusionProbeWarning,
             stacklevel=4,
         )
         return fields, version
@@ -252,21 +210,26 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
     return fields, version
 
 
-def _warning_class() -> type[Warning]:
-    from .result import OcclusionProbeWarning
-
-    return OcclusionProbeWarning
-
-
 def _write(path: str | os.PathLike[str], kind: str, arrays: dict[str, np.ndarray]) -> Path:
-    path = Path(path)
+    path = check_path(path, f"{kind}.save")
+    if path.is_dir():
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: is a directory; expected the path of a file"
+        )
     payload = dict(arrays)
     payload["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
     payload["kind"] = np.array(kind, dtype=np.str_)
     payload["checksum"] = np.array(payload_checksum(payload), dtype=np.str_)
     # Refuse to write what `read` would refuse: a saved file always loads again.
     _validate(_Fields(path, payload), kind, FORMAT_VERSION, writing=True)
-    atomic_write_npz(path, payload)
+    try:
+        atomic_write_npz(path, payload)
+    except OSError as error:  # its message would name the temporary file, not the user's
+        reason = error.strerror or type(error).__name__
+        raise ResultFileError(
+            f"result file {os.fspath(path)!r}: cannot be written ({reason}); check that its "
+            "folder exists and is writable"
+        ) from error
     return path
 
 
@@ -360,7 +323,9 @@ def _validate(fields: _Fields, kind: str, version: int, writing: bool = False) -
     try:
         if kind == "SweepResult":
             return _sweep_fields(fields, version, writing)
-        return _class_mean_fields(fields, writing)
+        if kind == "ClassMeanResult":
+            return _class_mean_fields(fields, writing)
+        raise InputValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
     except ResultFileError:
         raise
     except InputValueError as error:  # e.g. Regions' own checks
@@ -464,50 +429,49 @@ def _class_mean_fields(fields: _Fields, writing: bool) -> dict[str, Any]:
     }
 
 
-def write_sweep_result(
+def write_result(
     path: str | os.PathLike[str],
-    baseline: torch.Tensor,
-    occluded: torch.Tensor,
-    labels: torch.Tensor | None,
+    kind: str,
+    arrays: Mapping[str, torch.Tensor | np.ndarray | None],
     meta: dict[str, Any],
-    *,
-    computed: torch.Tensor | None = None,
-    fidelity: np.ndarray | None = None,
 ) -> Path:
-    """Write a SweepResult's tensors and metadata (`_metadata_arrays`' arguments) to `path`.
+    """Write a result's arrays and metadata (`_metadata_arrays`' arguments) to `path`.
 
-    `computed` (N, R) bool and `fidelity` (8,) float64 are written only when given, so that
-    files of exact, fully computed sweeps are unchanged.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; an existing file is replaced atomically.
+    kind : {"SweepResult", "ClassMeanResult"}
+        The result type, stored in the file and checked on load.
+    arrays : mapping of str to Tensor, ndarray or None
+        The result's own arrays; None entries (optional fields) are not written, so files
+        of exact, fully computed sweeps hold no ``computed`` or ``fidelity``.
+    meta : dict
+        Regions, fill labels, class names, image shape, output and engine.
+
+    Raises
+    ------
+    ResultFileError
+        When a field could not be loaded again: a saved file always loads.
     """
-    arrays = {
-        "baseline": baseline.detach().cpu().numpy(),
-        "occluded": occluded.detach().cpu().numpy(),
-        **_metadata_arrays(**meta),
+    stored = {
+        key: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        for key, value in arrays.items()
+        if value is not None
     }
-    if labels is not None:
-        arrays["labels"] = labels.detach().cpu().numpy()
-    if computed is not None:
-        arrays["computed"] = computed.detach().cpu().numpy()
-    if fidelity is not None:
-        arrays["fidelity"] = np.asarray(fidelity, dtype=np.float64)
-    return _write(path, "SweepResult", arrays)
+    return _write(path, kind, {**stored, **_metadata_arrays(**meta)})
 
 
-def read_sweep_result(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validated keyword arguments of `SweepResult` from a file written by `write_sweep_result`."""
-    fields, version = _read_checked(path, "SweepResult")
-    return _validate(fields, "SweepResult", version)
+def read_result(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Validated constructor arguments of a result of `kind` from a file of `write_result`.
 
-
-def write_class_means(
-    path: str | os.PathLike[str], sums: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> Path:
-    """Write a ClassMeanResult's four sums and metadata to `path`."""
-    arrays = {key: tensor.detach().cpu().numpy() for key, tensor in sums.items()}
-    return _write(path, "ClassMeanResult", {**arrays, **_metadata_arrays(**meta)})
-
-
-def read_class_means(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Validated keyword arguments of `ClassMeanResult` from a file of `write_class_means`."""
-    fields, version = _read_checked(path, "ClassMeanResult")
-    return _validate(fields, "ClassMeanResult", version)
+    Raises
+    ------
+    ResultFileError
+        When the file is missing, unreadable, corrupted, of another kind or version, or
+        has a field with an invalid value; the message names the file and the field.
+    """
+    if kind not in _KINDS:
+        raise InputValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
+    fields, version = _read_checked(path, kind)
+    return _validate(fields, kind, version)
