@@ -527,3 +527,106 @@ def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
     torch.testing.assert_close(resumed.occluded, clean.occluded)
     assert not any(".tmp-" in p.name for p in tmp_path.iterdir())
     assert os.path.getsize(path) > 0
+
+
+class _SparseHead(torch.nn.Module):
+    """A linear head whose weights are a sparse buffer (COO or CSR)."""
+
+    def __init__(self, layout: torch.layout) -> None:
+        super().__init__()
+        dense = torch.zeros(3, 144)
+        dense[0, :10], dense[1, 50:60], dense[2, 100:] = 0.5, -0.3, 0.2
+        weight = dense.to_sparse() if layout == torch.sparse_coo else dense.to_sparse_csr()
+        self.register_buffer("weight", weight)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.weight @ x.flatten(1).T).T * self.scale
+
+
+class _Lookup(torch.nn.Module):
+    """Class offsets read from a numpy object array (and a slotted settings object)."""
+
+    class Settings:
+        __slots__ = ("__gain", "bias")
+
+        def __init__(self, gain: float, bias: float) -> None:
+            self.__gain, self.bias = gain, bias
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(144, 3)
+        self.offsets = np.array([0.0, "x", (1, 2)], dtype=object)
+        self.settings = _Lookup.Settings(1.0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) + float(self.offsets[0]) + self.settings.bias
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_changed_sparse_buffer_values_are_refused_on_resume(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    layout: torch.layout,
+) -> None:
+    _, images, _ = setup
+    model, path = _SparseHead(layout).eval(), tmp_path / "run.ckpt"
+    base = _fingerprint(model, [0.0]).parts["model"]
+    first = op.sweep(
+        model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path
+    )
+    with torch.no_grad():
+        model.weight.values().mul_(2.0)  # same indices, other values
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path)
+    with torch.no_grad():
+        model.weight.values().mul_(0.5)
+    again = op.sweep(
+        model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path
+    )
+    assert torch.equal(first.occluded, again.occluded)
+
+
+def test_sparse_fingerprint_reads_values_not_storage_order() -> None:
+    def coo(indices: list[list[int]], values: list[float]) -> torch.Tensor:
+        return torch.sparse_coo_tensor(
+            torch.tensor(indices), torch.tensor(values), (2, 3), check_invariants=True
+        )
+
+    def digest(weight: torch.Tensor) -> str:
+        return _fingerprint(lambda x, w=weight: x, [0.0]).parts["model"]
+
+    duplicated = coo([[0, 1, 0], [2, 0, 2]], [1.0, 2.0, 3.0])  # (0, 2) twice: 1 + 3
+    assert digest(duplicated) == digest(coo([[0, 1], [2, 0]], [4.0, 2.0]))
+    assert digest(duplicated) != digest(coo([[0, 1], [2, 0]], [4.0, 2.5]))  # a value
+    assert digest(duplicated) != digest(coo([[0, 1], [1, 0]], [4.0, 2.0]))  # an index
+
+
+def test_changed_object_array_or_slot_attribute_is_refused_on_resume(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    _, images, _ = setup
+    torch.manual_seed(0)
+    model, path = _Lookup().eval(), tmp_path / "run.ckpt"
+    base = _fingerprint(model, [0.0]).parts["model"]
+    torch.manual_seed(0)
+    assert _fingerprint(_Lookup(), [0.0]).parts["model"] == base  # equal objects: equal digests
+    op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.offsets[0] = 0.25
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.offsets[0] = 0.0
+    model.offsets[2] = (1, 3)  # an element that forward does not read still counts
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    model.offsets[2] = (1, 2)
+    model.settings._Settings__gain = 2.0  # type: ignore[attr-defined]
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    model.settings._Settings__gain = 1.0  # type: ignore[attr-defined]
+    model.settings.bias = 0.5
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.settings.bias = 0.0
+    assert _fingerprint(model, [0.0]).parts["model"] == base

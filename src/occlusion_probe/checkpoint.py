@@ -72,10 +72,12 @@ class _Collector(Protocol):
 class _Hasher:
     """A SHA-256 of a Python value that is the same in every process for equal values.
 
-    Reads tensors' bytes, containers element by element, functions by code, constants,
-    defaults and closure contents, modules by parameters, buffers and plain attributes, and
-    other objects by type and ``vars()``. Objects without ``__dict__`` (C extension types) are
-    identified by their type only; ``repr`` is never used for them (it may hold an address).
+    Reads tensors' bytes (a sparse tensor's indices and values), numpy arrays' bytes (an
+    object array's elements as values), containers element by element, functions by code,
+    constants, defaults and closure contents, modules by parameters, buffers and plain
+    attributes, and other objects by type, ``vars()`` and ``__slots__``. Objects with neither
+    (C extension types) are identified by their type only; ``repr`` is never used for them
+    (it may hold an address).
     """
 
     def __init__(self) -> None:
@@ -88,8 +90,12 @@ class _Hasher:
 
     def tensor(self, tensor: Tensor) -> None:
         self.text(f"tensor {tensor.dtype} {tuple(tensor.shape)} {tensor.layout}")
-        if tensor.layout != torch.strided or tensor.device.type == "meta":
+        if tensor.device.type == "meta":  # no values to read
             self.text(repr(tensor.device))
+            return
+        if tensor.layout != torch.strided:
+            for part in _sparse_parts(tensor):
+                self.tensor(part)
             return
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         self.digest.update(flat.view(torch.uint8).numpy().tobytes())
@@ -107,10 +113,8 @@ class _Hasher:
         if isinstance(value, Tensor):
             self.tensor(value)
             return
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            array = np.ascontiguousarray(value)
-            self.text(f"ndarray {array.dtype.str} {array.shape}")
-            self.digest.update(array.tobytes())
+        if isinstance(value, np.ndarray):
+            self.array(value, depth)
             return
         if isinstance(value, np.generic):
             self.text(f"{type(value).__name__}:{value!r}")
@@ -120,6 +124,14 @@ class _Hasher:
             return
         self._seen.add(id(value))
         self._object(value, depth + 1)
+
+    def array(self, array: np.ndarray, depth: int) -> None:
+        self.text(f"ndarray {array.dtype.str} {array.shape}")
+        if array.dtype.hasobject:
+            # The bytes of an object array are addresses: read the objects themselves.
+            self.value(array.tolist(), depth + 1)
+            return
+        self.digest.update(np.ascontiguousarray(array).tobytes())
 
     def _object(self, value: object, depth: int) -> None:
         if isinstance(value, nn.Module):
@@ -162,8 +174,17 @@ class _Hasher:
             if isinstance(call, types.FunctionType):
                 self.function(call, depth)
             self.value(dict(vars(value)), depth)
+            self.slots(value, depth)
+        elif _slot_names(type(value)):
+            self.text(f"object {_qualified(type(value))}")
+            self.slots(value, depth)
         else:
             self.text(f"opaque {_qualified(type(value))}")
+
+    def slots(self, value: object, depth: int) -> None:
+        for name in _slot_names(type(value)):
+            self.text(name)
+            self.value(getattr(value, name, "<unset slot>"), depth)
 
     def function(self, function: types.FunctionType, depth: int) -> None:
         self.text(f"function {_qualified(function)}")
@@ -211,6 +232,41 @@ class _Hasher:
             self.tensor(buffer)
 
 
+def _sparse_parts(tensor: Tensor) -> tuple[Tensor, ...]:
+    """The strided tensors that hold a non-strided tensor's values: a sparse COO tensor's
+    coalesced indices and values, a compressed one's index vectors and values, another
+    layout's dense copy."""
+    layout = tensor.layout
+    tensor = tensor.detach()
+    if layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+        return tensor.indices(), tensor.values()
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return tensor.crow_indices(), tensor.col_indices(), tensor.values()
+    if layout in (torch.sparse_csc, torch.sparse_bsc):
+        return tensor.ccol_indices(), tensor.row_indices(), tensor.values()
+    try:
+        return (tensor.to_dense(),)
+    except (RuntimeError, NotImplementedError) as error:
+        raise CheckpointError(
+            f"checkpoint: cannot fingerprint a tensor of layout {layout} (its values cannot be "
+            f"read: {error}); convert it to a strided tensor or run without checkpoint="
+        ) from error
+
+
+def _slot_names(kind: type) -> tuple[str, ...]:
+    """The ``__slots__`` attributes of `kind` and its bases (objects without ``__dict__``)."""
+    names: list[str] = []
+    for klass in kind.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"  # a private slot's real name
+            if name not in ("__dict__", "__weakref__") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
 def _qualified(thing: object) -> str:
     module = getattr(thing, "__module__", None) or ""
     name = getattr(thing, "__qualname__", None) or getattr(thing, "__name__", "?")
@@ -237,8 +293,10 @@ class Fingerprint:
 
     Not covered, because nothing in the model object shows it: global variables and module
     state that ``forward`` reads, code of called functions that are not attributes or closure
-    contents, C extensions and objects without ``__dict__`` (identified by type only),
-    random state, and the library versions (torch, numpy).
+    contents, C extensions and objects with neither ``__dict__`` nor ``__slots__``
+    (identified by type only), random state, and the library versions (torch, numpy).
+    Sparse tensors count by their indices and values (COO ones coalesced), numpy object
+    arrays by their elements.
     """
 
     def __init__(self, parts: dict[str, str]) -> None:
