@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,9 +20,11 @@ from reference_models import small_cnn
 
 import occlusion_probe as op
 from occlusion_probe import OcclusionProbeWarning
+from occlusion_probe.batching import BatchConfig, BatchPlan
 from occlusion_probe.checkpoint import Checkpoint, CheckpointError, Fingerprint
 from occlusion_probe.data import ImageSource
 from occlusion_probe.fills import resolve_fills
+from occlusion_probe.runplan import StoredPlan, warn_if_plan_differs
 
 _INTERRUPT: dict[str, Any] = {}
 
@@ -630,3 +633,111 @@ def test_changed_object_array_or_slot_attribute_is_refused_on_resume(
         op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
     model.settings.bias = 0.0
     assert _fingerprint(model, [0.0]).parts["model"] == base
+
+
+class _Stop(Exception):
+    """Stands for a crash after the first chunk was saved."""
+
+
+def _injected_auto(plan: Callable[[], BatchPlan]) -> Callable[..., BatchPlan]:
+    def auto(*_args: object, **_kwargs: object) -> BatchPlan:
+        return plan()
+
+    return auto
+
+
+def test_resume_reuses_the_stored_batch_plan_bit_for_bit(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, images, labels = setup
+    batches, regions, path = _batches(images, labels), op.grid(12, 12, 1, 2), tmp_path / "r.ckpt"
+
+    def run(size: int, source: object, **kwargs: Any) -> op.SweepResult:
+        # What the timed trial of batch_size="auto" chooses, injected (no test reads a clock).
+        monkeypatch.setattr(
+            BatchPlan, "auto", _injected_auto(lambda: BatchPlan(BatchConfig(size), how="timed"))
+        )
+        return op.sweep(
+            model, source, regions, [0.0, 0.5], engine="dense", progress=False, **kwargs
+        )
+
+    uninterrupted = run(1, batches)
+    # One image per call rounds differently from 16 (6e-8 on this model): the control that
+    # makes the equality below mean something.
+    assert not torch.equal(run(16, batches).occluded, uninterrupted.occluded)
+
+    def crashing() -> Any:
+        yield batches[0]
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run(1, crashing(), checkpoint=path)
+    plan = json.loads(path.read_text())["plan"]
+    assert (plan["engine"], plan["batch_size"], plan["channels_last"]) == ("dense", 1, False)
+    resumed = run(16, batches, checkpoint=path)  # this run's own trial would choose 16
+    assert torch.equal(resumed.occluded, uninterrupted.occluded)
+    assert torch.equal(resumed.baseline, uninterrupted.baseline)
+    assert "batches of 1 images (stored in the checkpoint)" in resumed.engine_note
+
+    with pytest.warns(OcclusionProbeWarning, match=r"batch_size=16 \(the stored run used 1 "):
+        again = run(16, batches, checkpoint=path, batch_size=16)  # given: used as given
+    assert torch.equal(again.occluded, uninterrupted.occluded)  # every chunk was stored
+
+
+def test_plan_is_recorded_only_once_the_trial_ended(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, images, labels = setup
+    path = tmp_path / "r.ckpt"
+    # A trial longer than the whole sweep never decides: nothing is recorded, and a resumed
+    # run times its own.
+    endless = [BatchConfig(2)] * 10_000
+    monkeypatch.setattr(
+        BatchPlan, "auto", _injected_auto(lambda: BatchPlan(BatchConfig(4), list(endless)))
+    )
+    op.sweep(model, _batches(images, labels), op.grid(12, 12, 1, 2), engine="dense",
+             progress=False, checkpoint=path)  # fmt: skip
+    assert "plan" not in json.loads(path.read_text())
+    # A run whose batches are given records them after its first chunk.
+    other = tmp_path / "given.ckpt"
+    op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=other, batch_size=5)
+    assert json.loads(other.read_text())["plan"]["batch_size"] == 5
+
+
+def test_resume_reuses_the_stored_engine(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    path, regions = tmp_path / "r.ckpt", op.grid(12, 12, 1, 2)
+    batches = _batches(images, labels)
+    first = op.sweep(
+        model, batches[:1], regions, engine="dense", batch_size=4, progress=False, checkpoint=path
+    )
+    assert first.engine == "dense"
+    # engine="auto" alone reads a stream's model for the incremental engine; the resumed run
+    # keeps the stored one.
+    resumed = op.sweep(model, batches, regions, progress=False, checkpoint=path)
+    assert resumed.engine == "dense"
+    assert "batches of 4 images (stored in the checkpoint)" in resumed.engine_note
+    assert "dense engine requested (the engine the checkpointed run chose)" in resumed.engine_note
+    with pytest.warns(OcclusionProbeWarning, match=r"engine='incremental' \(the stored run used"):
+        warn_if_plan_differs(StoredPlan("dense", "", BatchConfig(4)), "incremental", "auto")
+
+
+def test_unreadable_stored_plan_is_refused(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    path = tmp_path / "r.ckpt"
+    op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=path, batch_size=4)
+    manifest = json.loads(path.read_text())
+    manifest["plan"]["batch_size"] = 0
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    manifest["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"holds an unreadable plan \(batch_size 0 is not"):
+        op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=path)

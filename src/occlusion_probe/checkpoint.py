@@ -4,7 +4,8 @@ Layout, for ``checkpoint="run.ckpt"``:
 
 ``run.ckpt``
     The manifest, written once when the run starts: JSON with the format, the collector kind,
-    the run's fingerprint (model, regions, fills, settings) and a SHA-256 of all of it.
+    the run's fingerprint (model, regions, fills, settings) and a SHA-256 of all of it; once
+    more when the batch trial has ended, adding the engine and batches used (runplan.py).
 ``run.ckpt.chunks/chunk-00000012.npz``
     One file per completed chunk (no pickles), written atomically (temporary file, fsync,
     rename, directory fsync): the collector's state of that chunk alone, the chunk index, a
@@ -42,6 +43,7 @@ from .fills import Fill
 from .regions import Regions
 from .result import OcclusionProbeWarning
 from .resultfile import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_npz
+from .runplan import StoredPlan, replace_text
 
 __all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
 
@@ -368,7 +370,8 @@ class Checkpoint:
     Opening checks the place (the folder exists and is writable, the path is not a folder)
     and takes the lock, before any work. `resume` reads or writes the manifest; the chunk loop
     calls `restore` for every chunk (True: its stored outputs were added to the collector) and
-    `save` after computing one; `close` releases the lock.
+    `save` after computing one; `close` releases the lock. `stored_plan` and `record_plan`
+    read and write the engine and batches the run used.
 
     Parameters
     ----------
@@ -617,3 +620,35 @@ class Checkpoint:
         arrays["images"] = np.array(chunk_digest(chunk))
         arrays["checksum"] = np.array(payload_checksum(arrays))
         return atomic_write_npz(self._chunk_path(chunk.index), arrays)
+
+    def stored_plan(self) -> StoredPlan | None:
+        """The engine and batches an earlier run of this checkpoint recorded, or None.
+
+        Raises
+        ------
+        CheckpointError
+            When the manifest changed since `resume` or its plan is not readable.
+        """
+        data = self._read_manifest().get("plan")
+        if data is None:
+            return None
+        try:
+            return StoredPlan.from_json(data)
+        except ValueError as error:
+            raise CheckpointError(
+                f"checkpoint: {os.fspath(self.path)!r} holds an unreadable plan ({error}); "
+                "delete it and its .chunks folder to start over"
+            ) from error
+
+    def record_plan(self, plan: StoredPlan) -> None:
+        """Add `plan` to the manifest (rewritten atomically, its checksum with it), so that a
+        resumed run computes its chunks with the engine and batches of the stored ones."""
+        manifest = self._read_manifest()
+        manifest["plan"] = plan.to_json()
+        manifest["checksum"] = _manifest_checksum(manifest)
+        try:
+            replace_text(self.path, json.dumps(manifest, sort_keys=True, indent=1))
+        except OSError as error:
+            raise CheckpointError(
+                f"checkpoint: cannot record the run's plan in {os.fspath(self.path)!r} ({error})"
+            ) from error

@@ -38,6 +38,7 @@ from .model import (
 from .refine import Refine, RefinePlan
 from .regions import Regions
 from .result import SweepResult
+from .runplan import StoredPlan, resumed_engine, warn_if_plan_differs
 from .selection import check_class_names
 
 __all__ = [
@@ -353,16 +354,18 @@ def sweep(
         store = Checkpoint(
             checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
         )
+    stored: StoredPlan | None = None
     try:
         if store is not None:
             store.resume(
                 Fingerprint.of(model, regions, fill_list, output, reduce, source), collector
             )
+            stored = store.stored_plan()
         forward.check_first(source.first_images(), run_device)
         masks = regions.masks.to(run_device)
         r, v = len(regions), len(fill_list)
         incremental, engine_note = choose_engine(
-            "incremental" if approx is not None else engine,
+            "incremental" if approx is not None else resumed_engine(engine, stored),
             model,
             (c, h, w),
             source.single_channel,
@@ -383,7 +386,11 @@ def sweep(
         if store is not None:
             store.close()
         raise
-    if batch_size == "auto":
+    if stored is not None and engine == "auto":
+        engine_note = f"{stored.engine_note} (the engine the checkpointed run chose)"
+    if batch_size == "auto" and stored is not None:
+        batches = BatchPlan(stored.batch, how="stored in the checkpoint")
+    elif batch_size == "auto":
         batches = BatchPlan.auto(
             model,
             image_shape,
@@ -394,6 +401,8 @@ def sweep(
         )
     else:
         batches = BatchPlan.fixed(batch_size)
+    if stored is not None:
+        warn_if_plan_differs(stored, engine, batch_size)
 
     engine_run = ChunkEngine(
         incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
@@ -408,6 +417,7 @@ def sweep(
         file=sys.stderr,
     )
     warned_range = False
+    recorded = stored is not None
     try:
         with evaluation_mode(model):
             for chunk in source:
@@ -440,6 +450,10 @@ def sweep(
                 collector.add(baseline, occluded, chunk.labels, chunk.index)
                 if store is not None:
                     store.save(chunk, collector)
+                    # After the save: a recorded plan never names a chunk that is missing.
+                    if not recorded and (incremental is not None or not batches.trial):
+                        store.record_plan(StoredPlan(engine_run.name, engine_note, batches.current))
+                        recorded = True
     except KeyboardInterrupt:
         if store is not None:
             print(
