@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,46 @@ def test_no_shard_without_process_group() -> None:
     from occlusion_probe.distributed import current_shard
 
     assert current_shard() is None
+
+
+AGREEMENT_WORKER = Path(__file__).parent / "distributed_agreement_worker.py"
+
+
+def test_ranks_given_different_sweeps_all_refuse_before_any_work(tmp_path: Path) -> None:
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(AGREEMENT_WORKER),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    expected = {
+        "count": r"images: rank 0 has 37 images of 1x12x12, sha256 \w+; rank 1 has 30 images",
+        "pixels": r"images: rank 0 has 6 images of 1x12x12, sha256 \w+; rank 1 has 6 images",
+        "labels": r"labels: rank 0 has labels, sha256 \w+; rank 1 has labels, sha256 \w+\. ",
+        "model": r"model: rank 0 has torch.nn.modules.container.Sequential, parameters and "
+        r"buffers sha256 \w+; rank 1 has torch.nn.modules.container.Sequential, parameters",
+        "closure": r"model: rank 0 has function __main__\.cases\.[\w.<>]+, parameters and buffers "
+        r"sha256 \w+; rank 1",
+        "regions": r"regions: rank 0 has 4 regions, ids and masks sha256 \w+; rank 1 has 6 ",
+        "fills": r"fills: rank 0 has \['0.0'\], values sha256 \w+; rank 1 has \['0.5'\]",
+        "output": r"output: rank 0 has output='softmax', reduce=None; rank 1 has output='logits'",
+    }
+    for rank in (0, 1):
+        for name, pattern in expected.items():
+            text = (tmp_path / f"rank{rank}_{name}.txt").read_text()
+            assert text.startswith("RankMismatchError: sweep: the 2 ranks"), (rank, name, text)
+            assert re.search(pattern, text), (rank, name, text)
+        # Only the differing item is named, and the model never ran before the refusals.
+        assert "images:" not in (tmp_path / f"rank{rank}_model.txt").read_text()
+        assert (tmp_path / f"rank{rank}_calls.txt").read_text() == "ok tensor([])"
+        # The process group is still in step: an agreeing sweep runs on both ranks.
+        assert (tmp_path / f"rank{rank}_agreeing.txt").read_text() == "ok 6"

@@ -300,7 +300,9 @@ def sweep(
         fill the model's dtype cannot hold), the model returns no class or a different number
         of classes between calls, produces NaN or inf outputs, or `checkpoint` belongs to
         another sweep, is locked by another process, is a folder or in a missing folder, or
-        is corrupted (`CheckpointError`).
+        is corrupted (`CheckpointError`), or, under ``torch.distributed``, the ranks were given
+        different images, labels, regions, fills, output or model (`RankMismatchError`, on
+        every rank, before any work).
 
     Warns
     -----
@@ -312,7 +314,12 @@ def sweep(
     Notes
     -----
     Under ``torch.distributed`` (e.g. launched with ``torchrun``) each rank sweeps its shard
-    of the images and every rank receives the full result.
+    of the images and every rank receives the full result; the ranks first check that they
+    were given the same sweep (docs/scale.md).
+
+    With `checkpoint`, the engine and batches are recorded once the batch trial ends, and a
+    resumed ``engine="auto"``, ``batch_size="auto"`` call reuses them, so that it equals the
+    uninterrupted run bit for bit (docs/scale.md: "What is reproducible").
 
     Examples
     --------
@@ -345,6 +352,13 @@ def sweep(
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
+    if shard is not None:
+        # Before any work: sharding by chunk index mixes ranks given different sweeps.
+        distributed.check_ranks_agree(
+            distributed.describe_inputs(
+                model, images, labels, source, regions, fill_list, out_name, reduce
+            )
+        )
     collector: FullCollector | ClassMeanCollector = (
         ClassMeanCollector() if reduce == "class_mean" else FullCollector()
     )
