@@ -606,6 +606,13 @@ def test_sparse_fingerprint_reads_values_not_storage_order() -> None:
     assert digest(duplicated) != digest(coo([[0, 1], [2, 0]], [4.0, 2.5]))  # a value
     assert digest(duplicated) != digest(coo([[0, 1], [1, 0]], [4.0, 2.0]))  # an index
 
+    def nested(last: float) -> torch.Tensor:
+        parts = [torch.ones(2), torch.tensor([1.0, 2.0, last])]
+        return torch.nested.nested_tensor(parts, layout=torch.jagged)
+
+    assert digest(nested(3.0)) == digest(nested(3.0))
+    assert digest(nested(3.0)) != digest(nested(4.0))
+
 
 def test_changed_object_array_or_slot_attribute_is_refused_on_resume(
     tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]

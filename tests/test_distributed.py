@@ -104,3 +104,40 @@ def test_ranks_given_different_sweeps_all_refuse_before_any_work(tmp_path: Path)
         assert (tmp_path / f"rank{rank}_calls.txt").read_text() == "ok tensor([])"
         # The process group is still in step: an agreeing sweep runs on both ranks.
         assert (tmp_path / f"rank{rank}_agreeing.txt").read_text() == "ok 6"
+
+
+def test_describe_inputs_reads_what_decides_a_shard() -> None:
+    from occlusion_probe.data import ImageSource
+    from occlusion_probe.distributed import describe_inputs
+    from occlusion_probe.fills import resolve_fills
+
+    images = torch.rand(5, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+
+    def facts(
+        model: object, x: torch.Tensor = images, fills: list[float] | None = None
+    ) -> dict[str, str]:
+        source = ImageSource(x, None, 12, 12)
+        fill_list = resolve_fills(fills or [0.0], (1, 12, 12))
+        return describe_inputs(model, x, None, source, op.grid(12, 12), fill_list, "softmax", None)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    base = facts(model)
+    assert base["images"].startswith("5 images of 1x12x12, sha256 ")
+    assert base["labels"] == "no labels"
+    assert facts(model) == base  # the same inputs: the same texts
+    changed = images.clone()
+    changed[4, 0, 0, 0] += 0.5
+    assert facts(model, changed)["images"] != base["images"]
+    assert facts(model, fills=[0.5])["fills"] != base["fills"]
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    held = facts(wrapped)["model"]
+    assert "parameters and buffers sha256" in held
+    with torch.no_grad():
+        model[1].bias.add_(1.0)  # a module the closure holds changed: the fact changes
+    assert facts(wrapped)["model"] != held
+    assert facts(model)["model"] != base["model"]
+    assert "compared by type only" in facts(torch.softmax)["model"]

@@ -91,6 +91,12 @@ class _Hasher:
         self.digest.update(f"{len(data)}:".encode() + data)
 
     def tensor(self, tensor: Tensor) -> None:
+        if tensor.is_nested:  # its shape holds symbols that differ between equal tensors
+            parts = tensor.detach().unbind()
+            self.text(f"nested tensor {tensor.dtype} {tensor.layout} [{len(parts)}]")
+            for part in parts:
+                self.tensor(part)
+            return
         self.text(f"tensor {tensor.dtype} {tuple(tensor.shape)} {tensor.layout}")
         if tensor.device.type == "meta":  # no values to read
             self.text(repr(tensor.device))

@@ -181,7 +181,12 @@ def _reduce_class_means(collector: ClassMeanCollector) -> ClassMeanCollector:
 
 
 def _digest_tensor(hasher: hashlib._Hash, name: str, tensor: Tensor) -> None:
-    """Name, dtype, shape and values of `tensor` (a non-strided one's dense values)."""
+    """Name, dtype, shape and values of `tensor` (a non-strided one's dense values, a
+    nested one's components)."""
+    if tensor.is_nested:
+        for index, part in enumerate(tensor.unbind()):
+            _digest_tensor(hasher, f"{name}[{index}]", part)
+        return
     hasher.update(f"{name} {tensor.dtype} {tuple(tensor.shape)};".encode())
     if tensor.device.type == "meta":
         return
