@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,9 +20,11 @@ from reference_models import small_cnn
 
 import occlusion_probe as op
 from occlusion_probe import OcclusionProbeWarning
+from occlusion_probe.batching import BatchConfig, BatchPlan
 from occlusion_probe.checkpoint import Checkpoint, CheckpointError, Fingerprint
 from occlusion_probe.data import ImageSource
 from occlusion_probe.fills import resolve_fills
+from occlusion_probe.runplan import StoredPlan, warn_if_plan_differs
 
 _INTERRUPT: dict[str, Any] = {}
 
@@ -607,3 +610,221 @@ def test_a_compressed_chunk_file_is_recomputed_without_unpacking_it(
             model, _batches(images, labels), op.grid(12, 12), progress=False, checkpoint=path
         )
     assert torch.equal(first.occluded, again.occluded)
+
+
+class _SparseHead(torch.nn.Module):
+    """A linear head whose weights are a sparse buffer (COO or CSR)."""
+
+    def __init__(self, layout: torch.layout) -> None:
+        super().__init__()
+        dense = torch.zeros(3, 144)
+        dense[0, :10], dense[1, 50:60], dense[2, 100:] = 0.5, -0.3, 0.2
+        weight = dense.to_sparse() if layout == torch.sparse_coo else dense.to_sparse_csr()
+        self.register_buffer("weight", weight)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.weight @ x.flatten(1).T).T * self.scale
+
+
+class _Lookup(torch.nn.Module):
+    """Class offsets read from a numpy object array (and a slotted settings object)."""
+
+    class Settings:
+        __slots__ = ("__gain", "bias")
+
+        def __init__(self, gain: float, bias: float) -> None:
+            self.__gain, self.bias = gain, bias
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(144, 3)
+        self.offsets = np.array([0.0, "x", (1, 2)], dtype=object)
+        self.settings = _Lookup.Settings(1.0, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) + float(self.offsets[0]) + self.settings.bias
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_changed_sparse_buffer_values_are_refused_on_resume(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    layout: torch.layout,
+) -> None:
+    _, images, _ = setup
+    model, path = _SparseHead(layout).eval(), tmp_path / "run.ckpt"
+    base = _fingerprint(model, [0.0]).parts["model"]
+    first = op.sweep(
+        model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path
+    )
+    with torch.no_grad():
+        model.weight.values().mul_(2.0)  # same indices, other values
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path)
+    with torch.no_grad():
+        model.weight.values().mul_(0.5)
+    again = op.sweep(
+        model, images, op.grid(12, 12), engine="dense", progress=False, checkpoint=path
+    )
+    assert torch.equal(first.occluded, again.occluded)
+
+
+def test_sparse_fingerprint_reads_values_not_storage_order() -> None:
+    def coo(indices: list[list[int]], values: list[float]) -> torch.Tensor:
+        return torch.sparse_coo_tensor(
+            torch.tensor(indices), torch.tensor(values), (2, 3), check_invariants=True
+        )
+
+    def digest(weight: torch.Tensor) -> str:
+        return _fingerprint(lambda x, w=weight: x, [0.0]).parts["model"]
+
+    duplicated = coo([[0, 1, 0], [2, 0, 2]], [1.0, 2.0, 3.0])  # (0, 2) twice: 1 + 3
+    assert digest(duplicated) == digest(coo([[0, 1], [2, 0]], [4.0, 2.0]))
+    assert digest(duplicated) != digest(coo([[0, 1], [2, 0]], [4.0, 2.5]))  # a value
+    assert digest(duplicated) != digest(coo([[0, 1], [1, 0]], [4.0, 2.0]))  # an index
+
+    def nested(last: float) -> torch.Tensor:
+        parts = [torch.ones(2), torch.tensor([1.0, 2.0, last])]
+        return torch.nested.nested_tensor(parts, layout=torch.jagged)
+
+    assert digest(nested(3.0)) == digest(nested(3.0))
+    assert digest(nested(3.0)) != digest(nested(4.0))
+
+
+def test_changed_object_array_or_slot_attribute_is_refused_on_resume(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    _, images, _ = setup
+    torch.manual_seed(0)
+    model, path = _Lookup().eval(), tmp_path / "run.ckpt"
+    base = _fingerprint(model, [0.0]).parts["model"]
+    torch.manual_seed(0)
+    assert _fingerprint(_Lookup(), [0.0]).parts["model"] == base  # equal objects: equal digests
+    op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.offsets[0] = 0.25
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.offsets[0] = 0.0
+    model.offsets[2] = (1, 3)  # an element that forward does not read still counts
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    model.offsets[2] = (1, 2)
+    model.settings._Settings__gain = 2.0  # type: ignore[attr-defined]
+    assert _fingerprint(model, [0.0]).parts["model"] != base
+    model.settings._Settings__gain = 1.0  # type: ignore[attr-defined]
+    model.settings.bias = 0.5
+    with pytest.raises(CheckpointError, match="its model differ"):
+        op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
+    model.settings.bias = 0.0
+    assert _fingerprint(model, [0.0]).parts["model"] == base
+
+
+class _Stop(Exception):
+    """Stands for a crash after the first chunk was saved."""
+
+
+def _injected_auto(plan: Callable[[], BatchPlan]) -> Callable[..., BatchPlan]:
+    def auto(*_args: object, **_kwargs: object) -> BatchPlan:
+        return plan()
+
+    return auto
+
+
+def test_resume_reuses_the_stored_batch_plan_bit_for_bit(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, images, labels = setup
+    batches, regions, path = _batches(images, labels), op.grid(12, 12, 1, 2), tmp_path / "r.ckpt"
+
+    def run(size: int, source: object, **kwargs: Any) -> op.SweepResult:
+        # What the timed trial of batch_size="auto" chooses, injected (no test reads a clock).
+        monkeypatch.setattr(
+            BatchPlan, "auto", _injected_auto(lambda: BatchPlan(BatchConfig(size), how="timed"))
+        )
+        return op.sweep(
+            model, source, regions, [0.0, 0.5], engine="dense", progress=False, **kwargs
+        )
+
+    uninterrupted = run(1, batches)
+    # One image per call rounds differently from 16 (6e-8 on this model): the control that
+    # makes the equality below mean something.
+    assert not torch.equal(run(16, batches).occluded, uninterrupted.occluded)
+
+    def crashing() -> Any:
+        yield batches[0]
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        run(1, crashing(), checkpoint=path)
+    plan = json.loads(path.read_text())["plan"]
+    assert (plan["engine"], plan["batch_size"], plan["channels_last"]) == ("dense", 1, False)
+    resumed = run(16, batches, checkpoint=path)  # this run's own trial would choose 16
+    assert torch.equal(resumed.occluded, uninterrupted.occluded)
+    assert torch.equal(resumed.baseline, uninterrupted.baseline)
+    assert "batches of 1 images (stored in the checkpoint)" in resumed.engine_note
+
+    with pytest.warns(OcclusionProbeWarning, match=r"batch_size=16 \(the stored run used 1 "):
+        again = run(16, batches, checkpoint=path, batch_size=16)  # given: used as given
+    assert torch.equal(again.occluded, uninterrupted.occluded)  # every chunk was stored
+
+
+def test_plan_is_recorded_only_once_the_trial_ended(
+    tmp_path: Path,
+    setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, images, labels = setup
+    path = tmp_path / "r.ckpt"
+    # A trial longer than the whole sweep never decides: nothing is recorded, and a resumed
+    # run times its own.
+    endless = [BatchConfig(2)] * 10_000
+    monkeypatch.setattr(
+        BatchPlan, "auto", _injected_auto(lambda: BatchPlan(BatchConfig(4), list(endless)))
+    )
+    op.sweep(model, _batches(images, labels), op.grid(12, 12, 1, 2), engine="dense",
+             progress=False, checkpoint=path)  # fmt: skip
+    assert "plan" not in json.loads(path.read_text())
+    # A run whose batches are given records them after its first chunk.
+    other = tmp_path / "given.ckpt"
+    op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=other, batch_size=5)
+    assert json.loads(other.read_text())["plan"]["batch_size"] == 5
+
+
+def test_resume_reuses_the_stored_engine(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, labels = setup
+    path, regions = tmp_path / "r.ckpt", op.grid(12, 12, 1, 2)
+    batches = _batches(images, labels)
+    first = op.sweep(
+        model, batches[:1], regions, engine="dense", batch_size=4, progress=False, checkpoint=path
+    )
+    assert first.engine == "dense"
+    # engine="auto" alone reads a stream's model for the incremental engine; the resumed run
+    # keeps the stored one.
+    resumed = op.sweep(model, batches, regions, progress=False, checkpoint=path)
+    assert resumed.engine == "dense"
+    assert "batches of 4 images (stored in the checkpoint)" in resumed.engine_note
+    assert "dense engine requested (the engine the checkpointed run chose)" in resumed.engine_note
+    with pytest.warns(OcclusionProbeWarning, match=r"engine='incremental' \(the stored run used"):
+        warn_if_plan_differs(StoredPlan("dense", "", BatchConfig(4)), "incremental", "auto")
+
+
+def test_unreadable_stored_plan_is_refused(
+    tmp_path: Path, setup: tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+) -> None:
+    model, images, _ = setup
+    path = tmp_path / "r.ckpt"
+    op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=path, batch_size=4)
+    manifest = json.loads(path.read_text())
+    manifest["plan"]["batch_size"] = 0
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    manifest["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"holds an unreadable plan \(batch_size 0 is not"):
+        op.sweep(model, images, op.grid(12, 12, 1, 2), progress=False, checkpoint=path)

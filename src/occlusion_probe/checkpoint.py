@@ -4,7 +4,8 @@ Layout, for ``checkpoint="run.ckpt"``:
 
 ``run.ckpt``
     The manifest, written once when the run starts: JSON with the format, the collector kind,
-    the run's fingerprint (model, regions, fills, settings) and a SHA-256 of all of it.
+    the run's fingerprint (model, regions, fills, settings) and a SHA-256 of all of it; once
+    more when the batch trial has ended, adding the engine and batches used (runplan.py).
 ``run.ckpt.chunks/chunk-00000012.npz``
     One file per completed chunk (no pickles), written atomically (temporary file, fsync,
     rename, directory fsync): the collector's state of that chunk alone, the chunk index, a
@@ -40,6 +41,7 @@ from .data import Chunk, ImageSource
 from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
 from .fills import Fill
 from .regions import Regions
+from .runplan import StoredPlan, replace_text
 from .storage import (
     ARCHIVE_ERRORS,
     atomic_write,
@@ -94,10 +96,12 @@ class _Collector(Protocol):
 class _Hasher:
     """A SHA-256 of a Python value that is the same in every process for equal values.
 
-    Reads tensors' bytes, containers element by element, functions by code, constants,
-    defaults and closure contents, modules by parameters, buffers and plain attributes, and
-    other objects by type and ``vars()``. Objects without ``__dict__`` (C extension types) are
-    identified by their type only; ``repr`` is never used for them (it may hold an address).
+    Reads tensors' bytes (a sparse tensor's indices and values), numpy arrays' bytes (an
+    object array's elements as values), containers element by element, functions by code,
+    constants, defaults and closure contents, modules by parameters, buffers and plain
+    attributes, and other objects by type, ``vars()`` and ``__slots__``. Objects with neither
+    (C extension types) are identified by their type only; ``repr`` is never used for them
+    (it may hold an address).
     """
 
     def __init__(self) -> None:
@@ -109,9 +113,19 @@ class _Hasher:
         self.digest.update(f"{len(data)}:".encode() + data)
 
     def tensor(self, tensor: Tensor) -> None:
+        if tensor.is_nested:  # its shape holds symbols that differ between equal tensors
+            parts = tensor.detach().unbind()
+            self.text(f"nested tensor {tensor.dtype} {tensor.layout} [{len(parts)}]")
+            for part in parts:
+                self.tensor(part)
+            return
         self.text(f"tensor {tensor.dtype} {tuple(tensor.shape)} {tensor.layout}")
-        if tensor.layout != torch.strided or tensor.device.type == "meta":
+        if tensor.device.type == "meta":  # no values to read
             self.text(repr(tensor.device))
+            return
+        if tensor.layout != torch.strided:
+            for part in _sparse_parts(tensor):
+                self.tensor(part)
             return
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         self.digest.update(flat.view(torch.uint8).numpy().tobytes())
@@ -129,10 +143,8 @@ class _Hasher:
         if isinstance(value, Tensor):
             self.tensor(value)
             return
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            array = np.ascontiguousarray(value)
-            self.text(f"ndarray {array.dtype.str} {array.shape}")
-            self.digest.update(array.tobytes())
+        if isinstance(value, np.ndarray):
+            self.array(value, depth)
             return
         if isinstance(value, np.generic):
             self.text(f"{type(value).__name__}:{value!r}")
@@ -142,6 +154,14 @@ class _Hasher:
             return
         self._seen.add(id(value))
         self._object(value, depth + 1)
+
+    def array(self, array: np.ndarray, depth: int) -> None:
+        self.text(f"ndarray {array.dtype.str} {array.shape}")
+        if array.dtype.hasobject:
+            # The bytes of an object array are addresses: read the objects themselves.
+            self.value(array.tolist(), depth + 1)
+            return
+        self.digest.update(np.ascontiguousarray(array).tobytes())
 
     def _object(self, value: object, depth: int) -> None:
         if isinstance(value, nn.Module):
@@ -184,8 +204,17 @@ class _Hasher:
             if isinstance(call, types.FunctionType):
                 self.function(call, depth)
             self.value(dict(vars(value)), depth)
+            self.slots(value, depth)
+        elif _slot_names(type(value)):
+            self.text(f"object {_qualified(type(value))}")
+            self.slots(value, depth)
         else:
             self.text(f"opaque {_qualified(type(value))}")
+
+    def slots(self, value: object, depth: int) -> None:
+        for name in _slot_names(type(value)):
+            self.text(name)
+            self.value(getattr(value, name, "<unset slot>"), depth)
 
     def function(self, function: types.FunctionType, depth: int) -> None:
         self.text(f"function {_qualified(function)}")
@@ -233,6 +262,41 @@ class _Hasher:
             self.tensor(buffer)
 
 
+def _sparse_parts(tensor: Tensor) -> tuple[Tensor, ...]:
+    """The strided tensors that hold a non-strided tensor's values: a sparse COO tensor's
+    coalesced indices and values, a compressed one's index vectors and values, another
+    layout's dense copy."""
+    layout = tensor.layout
+    tensor = tensor.detach()
+    if layout == torch.sparse_coo:
+        tensor = tensor.coalesce()
+        return tensor.indices(), tensor.values()
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return tensor.crow_indices(), tensor.col_indices(), tensor.values()
+    if layout in (torch.sparse_csc, torch.sparse_bsc):
+        return tensor.ccol_indices(), tensor.row_indices(), tensor.values()
+    try:
+        return (tensor.to_dense(),)
+    except (RuntimeError, NotImplementedError) as error:
+        raise CheckpointError(
+            f"checkpoint: cannot fingerprint a tensor of layout {layout} (its values cannot be "
+            f"read: {error}); convert it to a strided tensor or run without checkpoint="
+        ) from error
+
+
+def _slot_names(kind: type) -> tuple[str, ...]:
+    """The ``__slots__`` attributes of `kind` and its bases (objects without ``__dict__``)."""
+    names: list[str] = []
+    for klass in kind.__mro__:
+        slots = vars(klass).get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"  # a private slot's real name
+            if name not in ("__dict__", "__weakref__") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
 def _qualified(thing: object) -> str:
     module = getattr(thing, "__module__", None) or ""
     name = getattr(thing, "__qualname__", None) or getattr(thing, "__name__", "?")
@@ -259,8 +323,10 @@ class Fingerprint:
 
     Not covered, because nothing in the model object shows it: global variables and module
     state that ``forward`` reads, code of called functions that are not attributes or closure
-    contents, C extensions and objects without ``__dict__`` (identified by type only),
-    random state, and the library versions (torch, numpy).
+    contents, C extensions and objects with neither ``__dict__`` nor ``__slots__``
+    (identified by type only), random state, and the library versions (torch, numpy).
+    Sparse tensors count by their indices and values (COO ones coalesced), numpy object
+    arrays by their elements.
     """
 
     def __init__(self, parts: dict[str, str]) -> None:
@@ -332,7 +398,8 @@ class Checkpoint:
     Opening checks the place (the folder exists and is writable, the path is not a folder)
     and takes the lock, before any work. `resume` reads or writes the manifest; the chunk loop
     calls `restore` for every chunk (True: its stored outputs were added to the collector) and
-    `save` after computing one; `close` releases the lock.
+    `save` after computing one; `close` releases the lock. `stored_plan` and `record_plan`
+    read and write the engine and batches the run used.
 
     Parameters
     ----------
@@ -593,3 +660,35 @@ class Checkpoint:
         arrays["images"] = np.array(chunk_digest(chunk))
         arrays["checksum"] = np.array(payload_checksum(arrays))
         return atomic_write_npz(self._chunk_path(chunk.index), arrays)
+
+    def stored_plan(self) -> StoredPlan | None:
+        """The engine and batches an earlier run of this checkpoint recorded, or None.
+
+        Raises
+        ------
+        CheckpointError
+            When the manifest changed since `resume` or its plan is not readable.
+        """
+        data = self._read_manifest().get("plan")
+        if data is None:
+            return None
+        try:
+            return StoredPlan.from_json(data)
+        except ValueError as error:
+            raise CheckpointError(
+                f"checkpoint: {os.fspath(self.path)!r} holds an unreadable plan ({error}); "
+                "delete it and its .chunks folder to start over"
+            ) from error
+
+    def record_plan(self, plan: StoredPlan) -> None:
+        """Add `plan` to the manifest (rewritten atomically, its checksum with it), so that a
+        resumed run computes its chunks with the engine and batches of the stored ones."""
+        manifest = self._read_manifest()
+        manifest["plan"] = plan.to_json()
+        manifest["checksum"] = _manifest_checksum(manifest)
+        try:
+            replace_text(self.path, json.dumps(manifest, sort_keys=True, indent=1))
+        except OSError as error:
+            raise CheckpointError(
+                f"checkpoint: cannot record the run's plan in {os.fspath(self.path)!r} ({error})"
+            ) from error

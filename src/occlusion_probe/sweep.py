@@ -37,6 +37,7 @@ from .model import (
 from .refine import Refine, RefinePlan
 from .regions import Regions
 from .results import ClassMeanResult, SweepResult
+from .runplan import StoredPlan, resumed_engine, warn_if_plan_differs
 from .selection import check_class_names
 
 __all__ = [
@@ -218,7 +219,9 @@ def sweep(
         fill the model's dtype cannot hold), the model returns no class or a different number
         of classes between calls, produces NaN or inf outputs, or `checkpoint` belongs to
         another sweep, is locked by another process, is a folder or in a missing folder, or
-        is corrupted (`CheckpointError`).
+        is corrupted (`CheckpointError`), or, under ``torch.distributed``, the ranks were given
+        different images, labels, regions, fills, output or model (`RankMismatchError`, on
+        every rank, before any work).
 
     Warns
     -----
@@ -230,7 +233,12 @@ def sweep(
     Notes
     -----
     Under ``torch.distributed`` (e.g. launched with ``torchrun``) each rank sweeps its shard
-    of the images and every rank receives the full result.
+    of the images and every rank receives the full result; the ranks first check that they
+    were given the same sweep (docs/scale.md).
+
+    With `checkpoint`, the engine and batches are recorded once the batch trial ends, and a
+    resumed ``engine="auto"``, ``batch_size="auto"`` call reuses them, so that it equals the
+    uninterrupted run bit for bit (docs/scale.md: "What is reproducible").
 
     Examples
     --------
@@ -263,6 +271,13 @@ def sweep(
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
+    if shard is not None:
+        # Before any work: sharding by chunk index mixes ranks given different sweeps.
+        distributed.check_ranks_agree(
+            distributed.describe_inputs(
+                model, images, labels, source, regions, fill_list, out_name, reduce
+            )
+        )
     collector: FullCollector | ClassMeanCollector = (
         ClassMeanCollector() if reduce == "class_mean" else FullCollector()
     )
@@ -272,17 +287,19 @@ def sweep(
         store = Checkpoint(
             checkpoint if shard is None else distributed.rank_path(checkpoint, shard)
         )
+    stored: StoredPlan | None = None
     try:
         if store is not None:
             store.resume(
                 Fingerprint.of(model, regions, fill_list, output, reduce, source), collector
             )
+            stored = store.stored_plan()
         first_images = source.first_images()
         forward.check_first(first_images, run_device)
         masks = regions.masks.to(run_device)
         r, v = len(regions), len(fill_list)
         incremental, engine_note = choose_engine(
-            "incremental" if approx is not None else engine,
+            "incremental" if approx is not None else resumed_engine(engine, stored),
             model,
             (c, h, w),
             source.single_channel,
@@ -304,7 +321,11 @@ def sweep(
         if store is not None:
             store.close()
         raise
-    if batch_size == "auto":
+    if stored is not None and engine == "auto":
+        engine_note = f"{stored.engine_note} (the engine the checkpointed run chose)"
+    if batch_size == "auto" and stored is not None:
+        batches = BatchPlan(stored.batch, how="stored in the checkpoint")
+    elif batch_size == "auto":
         batches = BatchPlan.auto(
             model,
             image_shape,
@@ -315,6 +336,8 @@ def sweep(
         )
     else:
         batches = BatchPlan.fixed(batch_size)
+    if stored is not None:
+        warn_if_plan_differs(stored, engine, batch_size)
 
     engine_run = ChunkEngine(
         incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
@@ -329,6 +352,7 @@ def sweep(
         file=sys.stderr,
     )
     warned_range = False
+    recorded = stored is not None
     try:
         with evaluation_mode(model):
             for chunk in source:
@@ -361,6 +385,10 @@ def sweep(
                 collector.add(baseline, occluded, chunk.labels, chunk.index)
                 if store is not None:
                     store.save(chunk, collector)
+                    # After the save: a recorded plan never names a chunk that is missing.
+                    if not recorded and (incremental is not None or not batches.trial):
+                        store.record_plan(StoredPlan(engine_run.name, engine_note, batches.current))
+                        recorded = True
     except KeyboardInterrupt:
         if store is not None:
             print(
