@@ -22,12 +22,13 @@ from .collect import ClassMeanCollector, ClassMeanResult, FullCollector, SweepMe
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.graph import hook_reason
 from .engines.incremental import MIN_BOUND, IncrementalEngine
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputTypeError, InputValueError, check_one_argument_callable, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     CheckedForward,
     Model,
     OutputSpec,
+    as_model,
     cast_images,
     check_finite_outputs,
     evaluation_mode,
@@ -132,13 +133,15 @@ def choose_engine(
 
 def check_common_arguments(
     model: object, regions: object, batch_size: object, progress: object
-) -> None:
-    """Checks shared by `sweep` and `keep_only`.
+) -> Model:
+    """Checks shared by `sweep` and `keep_only`; returns the model to call.
 
     Parameters
     ----------
     model : object
-        Must be callable, (B, C, H, W) -> (B, K).
+        Must be callable, (B, C, H, W) -> (B, K): a model instance (not its class, not a
+        bare ``nn.Module()`` without forward), or a ``torch.export.ExportedProgram`` (its
+        ``.module()`` is run).
     regions : object
         Must be a `Regions`.
     batch_size : object
@@ -153,10 +156,17 @@ def check_common_arguments(
     InputValueError
         When `batch_size` is neither a positive int nor ``"auto"``.
     """
+    model = as_model(model)
     if not callable(model):
         raise InputTypeError(
             f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
         )
+    if isinstance(model, nn.Module) and type(model).forward is nn.Module.forward:
+        raise InputTypeError(
+            f"model: the {type(model).__name__} given defines no forward(); expected a "
+            "module (B, C, H, W) -> (B, K)"
+        )
+    check_one_argument_callable("model", model, "a batch of images (B, C, H, W)")
     if not isinstance(regions, Regions):
         raise InputTypeError(
             f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
@@ -167,6 +177,7 @@ def check_common_arguments(
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     if not isinstance(progress, bool):
         raise InputTypeError(f"progress: expected True or False, got {describe(progress)}")
+    return model
 
 
 @overload
@@ -322,7 +333,7 @@ def sweep(
     >>> tuple(result.occluded.shape)
     (3, 4, 6, 4)
     """
-    check_common_arguments(model, regions, batch_size, progress)
+    model = check_common_arguments(model, regions, batch_size, progress)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
     shard = distributed.current_shard()

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,6 +167,9 @@ class IncrementalEngine:
         self._in_place = _in_place_ops(graph)
         # The whole-map part of each plan's states (see tail_of).
         self._tails: dict[int, tuple[object, Tail]] = {}
+        # One run at a time: a run fills the engine's caches and timings (threads share an
+        # engine kept for a model, see prepare).
+        self._run_lock = threading.Lock()
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -305,6 +309,30 @@ class IncrementalEngine:
         )
 
     def run(
+        self,
+        images: Tensor,
+        fill_images: Tensor,
+        masks: Tensor,
+        items_per_call: int,
+        finish: Finish,
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        channels_last: bool | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Outputs of the model on the unoccluded and on every occluded image (one run at a
+        time per engine; see `_run`)."""
+        with self._run_lock:
+            return self._run(
+                images,
+                fill_images,
+                masks,
+                items_per_call,
+                finish,
+                on_progress,
+                channels_last=channels_last,
+            )
+
+    def _run(
         self,
         images: Tensor,
         fill_images: Tensor,
