@@ -481,7 +481,7 @@ def perturbation_curve(
     >>> difference.low <= difference.difference <= difference.high
     True
     """
-    check_common_arguments(model, regions, batch_size, progress)
+    model = check_common_arguments(model, regions, batch_size, progress)
     if mode not in MODES:
         raise InputValueError(f'mode: expected "keep" or "remove", got {mode!r}')
     flag = check_bool("per_image", per_image)
@@ -510,10 +510,10 @@ def perturbation_curve(
             "labels: perturbation_curve needs the true class of every image, got None"
         )
     orders.check_images(source.num_images)
-    (fill_spec,) = resolve_fills([fill], source.image_shape)  # type: ignore[arg-type]
+    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")  # type: ignore[arg-type]
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
-    check_fills_fit([fill_spec], dtype)
+    check_fills_fit([fill_spec], dtype, "fill")
     # The first call goes through the `output` given (so that softmax over outputs that
     # already are probabilities warns as in `sweep`); the run records logits for "softmax",
     # predicts from them as `keep_only` does and applies the same softmax afterwards.

@@ -106,7 +106,8 @@ def check_labels(name: str, labels: object, n: int) -> Tensor:
         raise InputValueError(
             f"{name}: expected one label per image, shape ({n},), got shape {tuple(labels.shape)}"
         )
-    return labels.to(torch.int64)
+    # A copy: a loader may yield the same label buffer again with the next batch's labels.
+    return labels.to(torch.int64, copy=True)
 
 
 def check_label_range(name: str, labels: Tensor, num_classes: int) -> None:
@@ -166,7 +167,7 @@ class ImageSource:
                 self._labels = check_labels("labels", labels, int(tensor.shape[0]))
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
             self.dtype, self.device = tensor.dtype, tensor.device
-            self._probe = tensor[:2]
+            self._probe = tensor[:2].clone()
         elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
             if isinstance(images, (list, tuple)):
                 _check_listed_batches(images)
@@ -191,7 +192,8 @@ class ImageSource:
             )
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
             self.dtype, self.device = tensor.dtype, tensor.device
-            self._probe = tensor[:2] if tensor.shape[0] else None
+            # A copy: a loader may refill the same buffer with the next batch.
+            self._probe = tensor[:2].clone() if tensor.shape[0] else None
             if self._probe is not None:
                 _check_finite("images[batch 0]", self._probe, 0)
         else:

@@ -7,6 +7,8 @@ working, while callers who want to tell our validation apart from other failures
 
 from __future__ import annotations
 
+import inspect
+
 __all__ = [
     "CheckpointError",
     "EmptySelectionError",
@@ -15,6 +17,7 @@ __all__ = [
     "OcclusionProbeError",
     "OcclusionProbeWarning",
     "ResultFileError",
+    "check_one_argument_callable",
 ]
 
 
@@ -68,3 +71,32 @@ def describe(value: object) -> str:
     if len(text) > 80:
         text = text[:77] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def check_one_argument_callable(name: str, value: object, takes: str) -> None:
+    """Refuse a `value` given where a callable of one argument (`takes`) is expected: a
+    class instead of an instance, or a callable whose signature cannot take exactly one
+    positional argument (a two-argument lambda). Callables without a readable signature
+    (builtins) pass.
+
+    Raises
+    ------
+    InputTypeError
+        Naming `name`, what it takes and what was given.
+    """
+    if isinstance(value, type):
+        raise InputTypeError(
+            f"{name}: expected a callable taking {takes}, got the class {value.__name__}; "
+            "pass an instance (e.g. " + value.__name__ + "(...))"
+        )
+    try:
+        signature = inspect.signature(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(object())
+    except TypeError:
+        raise InputTypeError(
+            f"{name}: expected a callable taking one argument ({takes}), got "
+            f"{getattr(value, '__name__', type(value).__name__)}{signature}"
+        ) from None

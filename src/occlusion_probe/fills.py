@@ -12,6 +12,7 @@ A fill is one of
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -21,7 +22,13 @@ import torch
 from torch import Tensor
 from typing_extensions import Protocol, runtime_checkable
 
-from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
+from .errors import (
+    InputTypeError,
+    InputValueError,
+    OcclusionProbeWarning,
+    check_one_argument_callable,
+    describe,
+)
 
 __all__ = [
     "Fill",
@@ -70,11 +77,12 @@ class Fill:
             return self.tensor.to(device=images.device, dtype=images.dtype).unsqueeze(0)
         if self.function is None:  # unreachable by construction; keeps the type checker honest
             raise InputValueError(f"fill {self.label!r}: has neither value, tensor nor function")
-        made = self.function(images)
-        if not isinstance(made, Tensor) or made.is_complex() or made.dtype == torch.bool:
+        # A copy: a callable that writes into its input must not change the caller's images.
+        made = self.function(images.clone())
+        if not isinstance(made, Tensor) or not made.is_floating_point():
             raise InputTypeError(
-                f"fills: the callable {self.label!r} must return a real-valued Tensor, "
-                f"got {describe(made)}"
+                f"fills: the callable {self.label!r} must return a floating-point Tensor "
+                f"(as fill tensors must be), got {describe(made)}"
             )
         try:
             _broadcast_shapes(made.shape, images.shape)
@@ -97,7 +105,38 @@ class Fill:
                 f"{images.dtype}) for images {bad} of the chunk (first offending positions); "
                 "a fill must be finite"
             )
+        if self not in _PER_IMAGE_CHECKED and images.shape[0] >= 2:
+            _PER_IMAGE_CHECKED.add(self)
+            self._check_per_image(images, made)
         return made
+
+    def _check_per_image(self, images: Tensor, made: Tensor) -> None:
+        """Refuse a callable whose fill for an image depends on the other images of the
+        batch (e.g. a batch mean): the result would depend on how images are chunked."""
+        if self.function is None:
+            return
+        got = self.function(images[:1].clone())
+        try:
+            alone = got.to(device=images.device, dtype=images.dtype).expand(images[:1].shape)
+        except (AttributeError, RuntimeError) as error:
+            raise InputValueError(
+                f"fills: the callable {self.label!r} returned {describe(got)} for a batch of "
+                "one image, not a tensor broadcastable to it"
+            ) from error
+        together = made.expand(images.shape)[:1]
+        scale = max(float(together.abs().max()), 1.0)
+        if not torch.allclose(alone, together, rtol=1e-4, atol=1e-5 * scale):
+            worst = float((alone - together).abs().max())
+            raise InputValueError(
+                f"fills: the callable {self.label!r} gives image 0 another fill alone than in "
+                f"a batch of {images.shape[0]} (differing by up to {worst:.3g}); a fill callable "
+                "must treat each image on its own (results would depend on how the images are "
+                "split into chunks and batches)"
+            )
+
+
+# Fills whose callable was checked to treat each image on its own (see Fill._check_per_image).
+_PER_IMAGE_CHECKED: weakref.WeakSet[Fill] = weakref.WeakSet()
 
 
 def _broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
@@ -111,12 +150,16 @@ def _label_of_number(value: float) -> str:
 
 
 def resolve_fills(
-    fills: Sequence[FillSpec] | FillSpec, image_shape: tuple[int, int, int]
+    fills: Sequence[FillSpec] | FillSpec,
+    image_shape: tuple[int, int, int],
+    argument: str = "fills",
 ) -> tuple[Fill, ...]:
     """Check and normalise the `fills` argument for images of shape (C, H, W).
 
     A single number, tensor or callable is accepted as one fill. Raises `InputValueError`
-    for an empty sequence and for tensors that do not broadcast to one image.
+    for an empty sequence and for tensors that do not broadcast to one image. Errors name
+    ``fills[i]``; another `argument` (``"fill"`` of `keep_only`, given as ``[fill]``) is
+    named as it is.
     """
     if isinstance(fills, (int, float, np.number, Tensor)) or callable(fills):
         fills = [fills]
@@ -128,7 +171,7 @@ def resolve_fills(
         raise InputValueError("fills: expected at least one fill value, got an empty sequence")
     resolved: list[Fill] = []
     for position, spec in enumerate(fills):
-        name = f"fills[{position}]"
+        name = f"{argument}[{position}]" if argument == "fills" else argument
         if isinstance(spec, bool):
             raise InputTypeError(f"{name}: expected a number, tensor or callable, got bool {spec}")
         if isinstance(spec, (int, float, np.integer, np.floating)):
@@ -152,6 +195,13 @@ def resolve_fills(
                 raise InputTypeError(
                     f"{name}: expected a floating-point tensor, got {describe(spec)}"
                 )
+            if spec.dim() == 1 and spec.shape[0] > 1:
+                # (W,) broadcasts as one value per column, but reads just as well as W fills.
+                raise InputValueError(
+                    f"{name}: a 1-d tensor of {spec.shape[0]} values is ambiguous (one fill per "
+                    "column, or several fills?); pass a list of numbers for several fills "
+                    f"(fills=t.tolist()), or shape (1, 1, {spec.shape[0]}) for one per column"
+                )
             try:
                 shape = _broadcast_shapes(spec.shape, image_shape)
             except RuntimeError:
@@ -165,6 +215,7 @@ def resolve_fills(
                 raise InputValueError(f"{name}: the fill tensor contains NaN or inf values")
             resolved.append(Fill(label=f"tensor{position}", tensor=spec.detach()))
         elif callable(spec):
+            check_one_argument_callable(name, spec, "a batch of images (n, C, H, W)")
             label = getattr(spec, "__name__", type(spec).__name__)
             resolved.append(Fill(label=str(label), function=spec))
         else:
@@ -188,7 +239,7 @@ def resolve_fills(
     return tuple(resolved)
 
 
-def check_fills_fit(fills: Sequence[Fill], dtype: torch.dtype) -> None:
+def check_fills_fit(fills: Sequence[Fill], dtype: torch.dtype, argument: str = "fills") -> None:
     """Refuse constant and tensor fills that overflow `dtype`, the dtype the model gets.
 
     Parameters
@@ -217,8 +268,9 @@ def check_fills_fit(fills: Sequence[Fill], dtype: torch.dtype) -> None:
         else:
             continue
         if peak > largest:
+            name = f"{argument}[{position}]" if argument == "fills" else argument
             raise InputValueError(
-                f"fills[{position}]: expected a value the model's dtype {dtype} can hold "
+                f"{name}: expected a value the model's dtype {dtype} can hold "
                 f"(|fill| <= {largest:.4g}), got {peak:.4g}"
             )
 

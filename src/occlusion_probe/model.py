@@ -17,6 +17,7 @@ hold alike everywhere:
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeAlias
@@ -25,13 +26,20 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Protocol, runtime_checkable
 
-from .errors import InputTypeError, InputValueError, OcclusionProbeWarning, describe
+from .errors import (
+    InputTypeError,
+    InputValueError,
+    OcclusionProbeWarning,
+    check_one_argument_callable,
+    describe,
+)
 
 __all__ = [
     "OUTPUT_NAMES",
     "CheckedForward",
     "Model",
     "OutputSpec",
+    "as_model",
     "cast_images",
     "check_finite_outputs",
     "check_outputs",
@@ -157,20 +165,63 @@ def resolve_device(
     return wanted
 
 
+# Models in eval mode for the library, by id: the model, how many calls hold it, and the
+# train/eval flags its first entrant found (restored by the last one to leave).
+_EVAL_HOLDERS: dict[int, tuple[nn.Module, int, list[tuple[nn.Module, bool]]]] = {}
+_EVAL_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: object) -> Iterator[None]:
     """Run `model` in eval mode under ``torch.inference_mode()``, then restore each
-    submodule's own train/eval flag (a model may deliberately mix them)."""
-    flags: list[tuple[nn.Module, bool]] = []
-    if isinstance(model, nn.Module):
-        flags = [(module, module.training) for module in model.modules()]
-        model.eval()
+    submodule's own train/eval flag (a model may deliberately mix them).
+
+    Reentrant and thread-safe: while several calls (threads, or nested calls) hold one
+    model, it stays in eval mode; the first entrant records the flags and switches, the last
+    one to leave restores them, once. Exported programs' modules (``torch.export``), which
+    cannot switch mode, run in the mode they were exported in.
+    """
+    switchable = isinstance(model, nn.Module) and not _is_exported(model)
+    if switchable:
+        assert isinstance(model, nn.Module)  # narrowed for the type checker
+        with _EVAL_LOCK:
+            held = _EVAL_HOLDERS.get(id(model))
+            if held is None or held[0] is not model:
+                flags = [(module, module.training) for module in model.modules()]
+                model.eval()
+                _EVAL_HOLDERS[id(model)] = (model, 1, flags)
+            else:
+                _EVAL_HOLDERS[id(model)] = (model, held[1] + 1, held[2])
     try:
         with torch.inference_mode():
             yield
     finally:
-        for module, training in flags:
-            module.training = training
+        if switchable:
+            with _EVAL_LOCK:
+                owner, count, flags = _EVAL_HOLDERS[id(model)]
+                if count > 1:
+                    _EVAL_HOLDERS[id(model)] = (owner, count - 1, flags)
+                else:
+                    del _EVAL_HOLDERS[id(model)]
+                    for module, training in flags:
+                        module.training = training
+
+
+def _is_exported(model: nn.Module) -> bool:
+    """Whether `model` is ``torch.export.export(...).module()`` (its eval() and train()
+    raise; it runs as exported)."""
+    overridden = vars(model)
+    return isinstance(model, torch.fx.GraphModule) and (
+        "train" in overridden or "eval" in overridden
+    )
+
+
+def as_model(model: object) -> object:
+    """The callable to run for a `model` argument: an ``ExportedProgram`` (which cannot be
+    called itself) gives its ``.module()``; anything else is itself."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    return model
 
 
 def cast_images(images: Tensor, dtype: torch.dtype | None, name: str = "images") -> Tensor:
@@ -317,6 +368,7 @@ def output_name(output: OutputSpec) -> str:
             )
         return output
     if callable(output):
+        check_one_argument_callable("output", output, "what the model returned")
         return str(getattr(output, "__name__", type(output).__name__))
     raise InputTypeError(
         'output: expected "softmax", "logits", "probabilities" or a callable, '
@@ -440,8 +492,18 @@ class CheckedForward:
             floating (B, K) tensor, or has another K than the first call.
         """
         if callable(self.output) and not isinstance(self.output, str):
-            made = self.output(raw)
             name = self.output_label
+            try:
+                made = self.output(raw)
+            except TypeError as error:
+                if self.num_classes is not None:
+                    raise
+                # Builtins show no signature to check beforehand (output=torch.softmax).
+                raise InputTypeError(
+                    f"output: calling the callable {name!r} with what the model returned "
+                    f"failed ({error}); output= takes one argument, the model's output, and "
+                    "gives the (B, K) tensor to record"
+                ) from error
             if not isinstance(made, Tensor) or not made.is_floating_point():
                 raise InputTypeError(
                     f"output: the callable {name!r} must return a floating-point Tensor (B, K), "
@@ -457,7 +519,8 @@ class CheckedForward:
                     f"output: the callable {name!r} must return shape (B, K) with {wanted} and "
                     f"K >= 1, got shape {tuple(made.shape)}"
                 )
-            recorded = made.to(_storage_dtype(made))
+            # A copy: the callable may return (a view of) a buffer the model reuses.
+            recorded = made.to(_storage_dtype(made), copy=True)
         else:
             found = unwrap_outputs(raw)
             if found is None:
@@ -469,10 +532,15 @@ class CheckedForward:
                     "tensor to record"
                 )
             values = check_outputs(found[0], batch_size, found[1])
-            values = values.to(_storage_dtype(values))
             if self.num_classes is None and self.output == "softmax":
                 self._warn_if_probabilities(values)
-            recorded = torch.softmax(values, dim=1) if self.output == "softmax" else values
+            # Softmax makes a new tensor; other outputs are copied, since a model may return
+            # the same buffer on every call (CUDA-graph replays do).
+            recorded = (
+                torch.softmax(values.to(_storage_dtype(values)), dim=1)
+                if self.output == "softmax"
+                else values.to(_storage_dtype(values), copy=True)
+            )
         k = int(recorded.shape[1])
         if self.num_classes is None:
             self.num_classes, self._first_where = k, self.where

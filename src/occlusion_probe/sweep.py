@@ -10,7 +10,7 @@ from typing import Literal, overload
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -21,12 +21,13 @@ from .chunks import ChunkEngine
 from .collect import ClassMeanCollector, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.auto import choose_engine
-from .errors import InputTypeError, InputValueError, describe
+from .errors import InputTypeError, InputValueError, check_one_argument_callable, describe
 from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
 from .model import (
     CheckedForward,
     Model,
     OutputSpec,
+    as_model,
     cast_images,
     check_finite_outputs,
     evaluation_mode,
@@ -52,13 +53,15 @@ DEFAULT_FILLS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 def check_common_arguments(
     model: object, regions: object, batch_size: object, progress: object
-) -> None:
-    """Checks shared by `sweep` and `keep_only`.
+) -> Model:
+    """Checks shared by `sweep` and `keep_only`; returns the model to call.
 
     Parameters
     ----------
     model : object
-        Must be callable, (B, C, H, W) -> (B, K).
+        Must be callable, (B, C, H, W) -> (B, K): a model instance (not its class, not a
+        bare ``nn.Module()`` without forward), or a ``torch.export.ExportedProgram`` (its
+        ``.module()`` is run).
     regions : object
         Must be a `Regions`.
     batch_size : object
@@ -73,10 +76,17 @@ def check_common_arguments(
     InputValueError
         When `batch_size` is neither a positive int nor ``"auto"``.
     """
+    model = as_model(model)
     if not callable(model):
         raise InputTypeError(
             f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
         )
+    if isinstance(model, nn.Module) and type(model).forward is nn.Module.forward:
+        raise InputTypeError(
+            f"model: the {type(model).__name__} given defines no forward(); expected a "
+            "module (B, C, H, W) -> (B, K)"
+        )
+    check_one_argument_callable("model", model, "a batch of images (B, C, H, W)")
     if not isinstance(regions, Regions):
         raise InputTypeError(
             f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
@@ -87,6 +97,7 @@ def check_common_arguments(
         raise InputValueError(f'batch_size: expected a positive int or "auto", got {batch_size!r}')
     if not isinstance(progress, bool):
         raise InputTypeError(f"progress: expected True or False, got {describe(progress)}")
+    return model
 
 
 @overload
@@ -249,7 +260,7 @@ def sweep(
     >>> tuple(result.occluded.shape)
     (3, 4, 6, 4)
     """
-    check_common_arguments(model, regions, batch_size, progress)
+    model = check_common_arguments(model, regions, batch_size, progress)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
     shard = distributed.current_shard()

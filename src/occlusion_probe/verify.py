@@ -105,7 +105,7 @@ def keep_only(
     >>> tuple(report.confusion.shape), int(report.confusion.sum())
     ((3, 3), 6)
     """
-    check_common_arguments(model, regions, batch_size, progress)
+    model = check_common_arguments(model, regions, batch_size, progress)
     if isinstance(keep, (str, bytes)) or not isinstance(keep, (Sequence, Tensor)):
         raise InputTypeError(
             f"keep: expected a sequence of region ids (e.g. [10, 11], or [10] for one), "
@@ -116,10 +116,10 @@ def keep_only(
     source = ImageSource(images, labels, regions.height, regions.width)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")
-    (fill_spec,) = resolve_fills([fill], source.image_shape)  # type: ignore[arg-type]
+    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")  # type: ignore[arg-type]
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
-    check_fills_fit([fill_spec], dtype)
+    check_fills_fit([fill_spec], dtype, "fill")
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
     forward.check_first(source.first_images(), run_device)
     visible = regions.union(kept_ids).to(run_device)

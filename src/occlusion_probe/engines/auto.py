@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InputValueError, describe
+from ..model import evaluation_mode
 from .graph import hook_reason
 from .incremental import MIN_BOUND, IncrementalEngine
 
@@ -166,16 +167,10 @@ def estimate_cost(
     """
     given = rates if rates is not None else _STATE.rates
     counter = _OpCounter()
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode(), counter:
-            start = time.perf_counter()
-            model(example)
-            seconds = time.perf_counter() - start
-    finally:
-        for module, training in flags:
-            module.training = training
+    with evaluation_mode(model), counter:
+        start = time.perf_counter()
+        model(example)
+        seconds = time.perf_counter() - start
     setup = 0.0 if _export_set_up() else given.setup_seconds
     return Estimate(
         forward_seconds=seconds if given.forward_seconds is None else given.forward_seconds,
@@ -200,16 +195,10 @@ def _prepare(
     dtype: torch.dtype,
 ) -> tuple[IncrementalEngine | str, float]:
     """The prepared engine (or the reason it cannot run) and the seconds reading took."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with evaluation_mode(model), torch.inference_mode(False):
         start = time.perf_counter()
-        with torch.inference_mode(False):
-            prepared = IncrementalEngine.prepare(model, image_shape, masks, dtype, masks.device)
+        prepared = IncrementalEngine.prepare(model, image_shape, masks, dtype, masks.device)
         return prepared, time.perf_counter() - start
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _reason_not_to_read(model: object, single_channel: bool) -> str | None:

@@ -16,6 +16,7 @@ call per module), and models export fails on (data-dependent control flow).
 from __future__ import annotations
 
 import operator
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch.fx import GraphModule, Node
 
 from .plan import layout_rule
 
-__all__ = ["ModelGraph", "NodeInfo", "hook_reason", "read_graph"]
+__all__ = ["EXPORT_LOCK", "ModelGraph", "NodeInfo", "hook_reason", "read_graph"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ def _spatial_of(node: Node, info: dict[Node, NodeInfo], image: Node) -> tuple[in
     return layout_rule(node, info)
 
 
+#: Held while torch.export reads a model (see read_graph).
+EXPORT_LOCK = threading.RLock()
+
+
 def read_graph(model: nn.Module, example: Tensor) -> ModelGraph | str:
     """Export `model` on `example` (n >= 2, C, H, W) with a dynamic batch; a reason on failure."""
     reason = hook_reason(model)
@@ -114,7 +119,9 @@ def read_graph(model: nn.Module, example: Tensor) -> ModelGraph | str:
         return reason
     batch = torch.export.Dim("batch")
     try:
-        with warnings.catch_warnings():
+        # torch.export is not thread-safe (it patches global state while tracing): one export
+        # at a time in this process.
+        with EXPORT_LOCK, warnings.catch_warnings():
             # Export's internals warn about deprecated pytree and tracing APIs; not the user's.
             warnings.simplefilter("ignore")
             exported = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))

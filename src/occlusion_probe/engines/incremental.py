@@ -166,9 +166,11 @@ class IncrementalEngine:
         self.channels_last: bool | None = None
         self.layout_seconds: dict[bool, float] = {}
         self._in_place = _in_place_ops(graph)
-        self._running = threading.RLock()
         # The whole-map part of each plan's states (see tail_of).
         self._tails: dict[int, tuple[object, Tail]] = {}
+        # One run at a time: a run fills the engine's caches and timings (threads share an
+        # engine kept for a model, see prepare).
+        self._run_lock = threading.Lock()
         self.switch_points = sorted(
             {
                 op_name(node)
@@ -335,6 +337,30 @@ class IncrementalEngine:
         *,
         channels_last: bool | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """Outputs of the model on the unoccluded and on every occluded image (one run at a
+        time per engine; see `_run`)."""
+        with self._run_lock:
+            return self._run(
+                images,
+                fill_images,
+                masks,
+                items_per_call,
+                finish,
+                on_progress,
+                channels_last=channels_last,
+            )
+
+    def _run(
+        self,
+        images: Tensor,
+        fill_images: Tensor,
+        masks: Tensor,
+        items_per_call: int,
+        finish: Finish,
+        on_progress: Callable[[int], None] | None = None,
+        *,
+        channels_last: bool | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Outputs of the model on the unoccluded and on every occluded image.
 
         images : Tensor, shape (n, C, H, W)
@@ -348,23 +374,6 @@ class IncrementalEngine:
         returns : clean (n, K) and occluded (n, R, V, K); entry (i, r, v) equals the model on
             ``torch.where(masks[r], fill_images[v, i], images[i])``, up to rounding
         """
-        # One sweep at a time per engine: its layout choice, timed call sizes and padded
-        # maps are shared state that another thread's sweep would change mid-run.
-        with self._running:
-            return self._run(
-                images, fill_images, masks, items_per_call, finish, on_progress, channels_last
-            )
-
-    def _run(
-        self,
-        images: Tensor,
-        fill_images: Tensor,
-        masks: Tensor,
-        items_per_call: int,
-        finish: Finish,
-        on_progress: Callable[[int], None] | None,
-        channels_last: bool | None,
-    ) -> tuple[Tensor, Tensor]:
         n, channels, height, width = images.shape
         v = fill_images.shape[0]
         fills = fill_images.expand(v, n, channels, height, width)
