@@ -12,7 +12,7 @@ verify the finding by keeping only the chosen regions.
 
 from __future__ import annotations
 
-from . import captum, plot, stats
+from . import captum, fills, plot, stats
 from .approximate import Approximate
 from .collect import ClassMeanResult
 from .curves import AucDifference, PerturbationCurve, perturbation_curve
@@ -54,6 +54,7 @@ __all__ = [
     "WindowGrid",
     "captum",
     "confusion_report",
+    "fills",
     "grid",
     "keep_only",
     "perturbation_curve",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -23,7 +24,16 @@ from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.graph import hook_reason
 from .engines.incremental import MIN_BOUND, IncrementalEngine
 from .errors import InputTypeError, InputValueError, describe
-from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
+from .fills import (
+    FillSpec,
+    check_fills_fit,
+    disjoint_layers,
+    layer_fills,
+    needs_layers,
+    resolve_fills,
+    stack_fills,
+    warn_if_outside,
+)
 from .model import (
     CheckedForward,
     Model,
@@ -248,8 +258,11 @@ def sweep(
     regions : Regions, masks (R, H, W)
         The R regions to occlude, each in turn.
     fills : sequence of V fills, or one fill
-        Each fill is a number, a tensor broadcastable to one image, or a callable
-        ``images (n, C, H, W) -> fill images``. Default: the paper's 0.0, 0.2, ..., 1.0.
+        Each fill is a number, a tensor broadcastable to one image, a callable
+        ``images (n, C, H, W) -> fill images``, or a region-aware fill from
+        `occlusion_probe.fills` (``patch_mean()``, ``image_mean()``, ``blur(sigma)``,
+        ``linear_imputation()``), which gets each region's mask; the regions then run in
+        layers of disjoint masks. Default: the paper's 0.0, 0.2, ..., 1.0.
     labels : Tensor or sequence of int, shape (N,), optional
         True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
     output : str or callable
@@ -343,6 +356,12 @@ def sweep(
     # The model gets its images (and so the fills) in its own floating dtype.
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
+    if needs_layers(fill_list) and (drill is not None or approx is not None):
+        raise InputValueError(
+            "fills: region-aware fills (e.g. occlusion_probe.fills.patch_mean()) cannot be "
+            "combined with refine= or approximate=; drop those for exact outputs, got fills "
+            f"{[f.label for f in fill_list]}"
+        )
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
     collector: FullCollector | ClassMeanCollector = (
         ClassMeanCollector() if reduce == "class_mean" else FullCollector()
@@ -398,6 +417,8 @@ def sweep(
     engine_run = ChunkEngine(
         incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
     )
+    # Region-aware fills differ per region: the regions run in layers of disjoint masks.
+    layers = disjoint_layers(masks) if needs_layers(fill_list) else None
     computed_parts: list[Tensor] = []
     bar = tqdm(
         # A drill-down computes an unknown share of the windows.
@@ -426,8 +447,15 @@ def sweep(
                 x = cast_images(chunk.images.to(run_device), dtype)
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
-                fill_images = stack_fills(fill_list, x)
-                outputs = engine_run.run(x, fill_images, bar.update)
+                if layers is None:
+                    outputs = engine_run.run(x, stack_fills(fill_list, x), bar.update)
+                else:
+                    outputs = engine_run.run_layers(
+                        x,
+                        layers,
+                        functools.partial(layer_fills, fill_list, x, masks),
+                        bar.update,
+                    )
                 if outputs.computed is not None:
                     computed_parts.append(outputs.computed)
                 baseline, occluded = outputs.baseline.cpu(), outputs.occluded.cpu()
