@@ -358,3 +358,34 @@ def test_region_fill_refuses_bad_masks_and_refine() -> None:
             model, IMAGES, op.sliding_windows(12, 12, 4, 2), fills=fill, progress=False,
             refine=op.Refine(coarse_stride=4),
         )  # fmt: skip
+
+
+class _BadFill(op.fills.RegionFill):
+    """A region-aware fill that returns NaN, or a tensor of the wrong shape."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    @property
+    def label(self) -> str:
+        return f"bad({self.kind})"
+
+    def __call__(self, images: Tensor, masks: Tensor) -> Tensor:
+        if self.kind == "nan":
+            return torch.full_like(images, float("nan"))
+        return images[:, :1, :4]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nan", r"region-aware fill 'bad\(nan\)' returned NaN or inf"),
+        ("shape", r"region-aware fill 'bad\(shape\)' returned shape \(2, 1, 4"),
+    ],
+)
+def test_region_fill_returning_bad_values_is_refused(kind: str, message: str) -> None:
+    with pytest.raises(InputValueError, match=message):
+        op.sweep(
+            MODEL, IMAGES[:2], op.grid(12, 12, 2, 2), fills=_BadFill(kind), progress=False,
+            engine="dense",
+        )  # fmt: skip

@@ -72,6 +72,12 @@ class RegionFill(ABC):
         out = []
         for mask in masks:
             made = self(images, mask[None])
+            if not isinstance(made, Tensor) or made.shape != images.shape:
+                got = tuple(made.shape) if isinstance(made, Tensor) else describe(made)
+                raise InputValueError(
+                    f"fills: the region-aware fill {self.label!r} returned shape {got}, "
+                    f"expected {tuple(images.shape)}"
+                )
             out.append(made.flatten(2)[:, :, mask.flatten()])
         return out
 
