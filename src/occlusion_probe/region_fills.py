@@ -269,7 +269,7 @@ def blur(sigma: float) -> Blur:
     --------
     >>> import torch, occlusion_probe as op
     >>> flat = torch.ones(1, 1, 5, 5)
-    >>> bool((op.fills.blur(1.0)(flat, flat[:, 0] > 0) == 1).all())
+    >>> torch.allclose(op.fills.blur(1.0)(flat, flat[:, 0] > 0), flat)
     True
     """
     return Blur(positive_float("sigma", sigma))
