@@ -113,7 +113,7 @@ def _build_system(mask: np.ndarray) -> _System:
         shape=(m, m),
     )
     factors = scipy.sparse.linalg.splu(matrix)
-    return _System(unknown, known, factors, int(factors.L.nnz + factors.U.nnz))
+    return _System(unknown, known, factors, int(factors.nnz))
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class LinearImputation(RegionFill):
     _systems: OrderedDict[bytes, _System] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
-    _noise_fields: dict[tuple[int, ...], Tensor] = field(
+    _noise_fields: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -136,9 +136,8 @@ class LinearImputation(RegionFill):
     def __call__(self, images: Tensor, masks: Tensor) -> Tensor:
         check_images_and_masks(self.label, images, masks)
         n, c = images.shape[:2]
-        out = images.detach().clone()
-        flat_out = out.view(n, c, -1)
         host = _on_host(images)
+        out = host.copy()
         groups: dict[int, list[int]]
         if masks.shape[0] == 1:
             groups = {0: list(range(n))}
@@ -152,13 +151,10 @@ class LinearImputation(RegionFill):
                 groups.setdefault(first, []).append(i)
         for first, members in groups.items():
             system = self._system(masks[first])
-            rows = torch.tensor(members, device=images.device)
-            values = self._solve(host[members], system, c, images)
-            position = torch.as_tensor(system.unknown, device=images.device)
-            block = flat_out[rows]
-            block[:, :, position] = values
-            flat_out[rows] = block
-        return out
+            values = self._solve_host(host[members], system, c)
+            out[np.ix_(np.asarray(members), np.arange(c), system.unknown)] = values
+        made = torch.from_numpy(out).reshape(images.shape)
+        return made.to(dtype=images.dtype, device=images.device)
 
     def regions(self, images: Tensor, masks: Tensor) -> list[Tensor]:
         host = _on_host(images)
@@ -182,7 +178,13 @@ class LinearImputation(RegionFill):
         return built
 
     def _solve(self, host: np.ndarray, system: _System, channels: int, like: Tensor) -> Tensor:
-        """Values (n, C, m) at the system's unknowns, for images `host` (n, C, P) float64."""
+        """Values (n, C, m) at the system's unknowns, for images `host` (n, C, P) float64,
+        in the dtype and on the device of `like`."""
+        values = torch.from_numpy(self._solve_host(host, system, channels))
+        return values.to(dtype=like.dtype, device=like.device)
+
+    def _solve_host(self, host: np.ndarray, system: _System, channels: int) -> np.ndarray:
+        """Values (n, C, m) at the system's unknowns, float64, noise included."""
         n = host.shape[0]
         m = system.unknown.size
         pixels = host.reshape(n * channels, -1)
@@ -191,19 +193,19 @@ class LinearImputation(RegionFill):
         else:
             right = -(system.known @ pixels.T)
             solution = system.solve.solve(np.asarray(right, dtype=np.float64))
-        values = torch.from_numpy(np.ascontiguousarray(solution.T)).reshape(n, channels, m)
+        values: np.ndarray = np.ascontiguousarray(solution.T).reshape(n, channels, m)
         if self.noise > 0:
-            values = values + self._noise(channels, like.shape[2:])[:, system.unknown]
-        return values.to(dtype=like.dtype, device=like.device)
+            values = values + self._noise(channels, host.shape[2])[:, system.unknown]
+        return values
 
-    def _noise(self, channels: int, spatial: torch.Size) -> Tensor:
-        key = (channels, *spatial)
+    def _noise(self, channels: int, size: int) -> np.ndarray:
+        """The noise field (C, P): N(0, noise**2), drawn with the seed once per shape."""
+        key = (channels, size)
         found = self._noise_fields.get(key)
         if found is None:
             generator = torch.Generator().manual_seed(self.seed)
-            size = int(np.prod(spatial))
-            found = torch.randn((channels, size), generator=generator, dtype=torch.float64)
-            found = found * self.noise
+            drawn = torch.randn((channels, size), generator=generator, dtype=torch.float64)
+            found = (drawn * self.noise).numpy()
             self._noise_fields[key] = found
         return found
 
