@@ -267,7 +267,9 @@ class Fingerprint:
         return cls(
             {
                 "model": _hash(model),
-                "regions": _hash(regions.ids, regions.masks),
+                "regions": _hash(regions.ids, regions.masks)
+                if regions.weights is None
+                else _hash(regions.ids, regions.masks, regions.weights),
                 "fills": _hash(fill_parts),
                 "settings": _hash(settings),
             }

@@ -955,6 +955,11 @@ def perturbation_curve(
     True
     """
     check_common_arguments(model, regions, batch_size, progress)
+    if regions.weights is not None:
+        raise InputValueError(
+            "regions: perturbation_curve keeps or fills whole regions and does not read soft weights; "
+            "got soft regions (Regions.soften): pass the regions before soften"
+        )
     if mode not in MODES:
         raise InputValueError(f'mode: expected "keep" or "remove", got {mode!r}')
     flag = check_bool("per_image", per_image)

@@ -298,9 +298,10 @@ def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
     return torch.stack([part.expand(shape) for part in parts])
 
 
-def needs_layers(fills: Sequence[Fill]) -> bool:
-    """Whether some fill is region-aware, so that a sweep runs its regions in layers."""
-    return any(fill.region is not None for fill in fills)
+def needs_layers(fills: Sequence[Fill], weights: Tensor | None = None) -> bool:
+    """Whether some fill is region-aware or the regions are soft (`weights`), so that a
+    sweep runs its regions in layers."""
+    return weights is not None or any(fill.region is not None for fill in fills)
 
 
 def disjoint_layers(masks: Tensor) -> list[list[int]]:
@@ -366,28 +367,44 @@ def fill_for_masks(fill: Fill, images: Tensor, masks: Tensor) -> Tensor:
 
 
 def layer_fills(
-    fills: Sequence[Fill], images: Tensor, masks: Tensor, layer: Sequence[int]
+    fills: Sequence[Fill],
+    images: Tensor,
+    masks: Tensor,
+    layer: Sequence[int],
+    weights: Tensor | None = None,
 ) -> Tensor:
     """All fills of one layer of disjoint regions: Tensor, shape (V, n or 1, C or 1, H or 1,
     W or 1).
 
-    masks : Tensor, shape (R, H, W), bool; layer : positions of pairwise disjoint regions.
+    masks : Tensor, shape (R, H, W), bool; layer : positions of pairwise disjoint regions;
+    weights : Tensor, shape (R, H, W), soft regions' weights w (None: hard regions).
     A region-aware fill's image holds, on each of the layer's masks, that region's fill and
-    elsewhere the images; the other fills are as in `stack_fills`.
+    elsewhere the images; with weights every fill's image holds ``x * (1 - w) + fill * w``
+    there. Other fills of hard regions are as in `stack_fills`.
     """
     n, c = images.shape[:2]
-    masks = masks[list(layer)]
+    positions = list(layer)
+    masks = masks[positions]
     parts = []
     for fill in fills:
-        if fill.region is None:
+        if fill.region is None and weights is None:
             parts.append(fill.for_batch(images))
             continue
         composite = images.detach().clone()
         flat = composite.view(n, c, -1)
-        for mask, values in zip(masks, fill.region.regions(images, masks), strict=True):
+        if fill.region is not None:
+            inside = fill.region.regions(images, masks)
+        else:
+            whole = fill.for_batch(images).expand(images.shape).reshape(n, c, -1)
+            inside = [whole[:, :, mask.flatten()] for mask in masks]
+        for j, (mask, values) in enumerate(zip(masks, inside, strict=True)):
             where = mask.flatten()
             m = int(where.sum())
-            flat[:, :, where] = _checked_values(fill, values, (n, c, m), images)
+            values = _checked_values(fill, values, (n, c, m), images)
+            if weights is not None:
+                w = weights[positions[j]].flatten()[where].to(images.dtype)
+                values = flat[:, :, where] * (1 - w) + values * w
+            flat[:, :, where] = values
         parts.append(composite)
     shape = _broadcast_shapes(*(part.shape for part in parts))
     return torch.stack([part.expand(shape) for part in parts])

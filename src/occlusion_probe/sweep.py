@@ -356,11 +356,12 @@ def sweep(
     # The model gets its images (and so the fills) in its own floating dtype.
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
-    if needs_layers(fill_list) and (drill is not None or approx is not None):
+    if needs_layers(fill_list, regions.weights) and (drill is not None or approx is not None):
         raise InputValueError(
-            "fills: region-aware fills (e.g. occlusion_probe.fills.patch_mean()) cannot be "
-            "combined with refine= or approximate=; drop those for exact outputs, got fills "
-            f"{[f.label for f in fill_list]}"
+            "fills: region-aware fills (e.g. occlusion_probe.fills.patch_mean()) and soft "
+            "regions cannot be combined with refine= or approximate=; drop those for exact "
+            f"outputs, got fills {[f.label for f in fill_list]}"
+            + (" and soft regions" if regions.weights is not None else "")
         )
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
     collector: FullCollector | ClassMeanCollector = (
@@ -418,7 +419,8 @@ def sweep(
         incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
     )
     # Region-aware fills differ per region: the regions run in layers of disjoint masks.
-    layers = disjoint_layers(masks) if needs_layers(fill_list) else None
+    layers = disjoint_layers(masks) if needs_layers(fill_list, regions.weights) else None
+    weights = None if regions.weights is None else regions.weights.to(run_device)
     computed_parts: list[Tensor] = []
     bar = tqdm(
         # A drill-down computes an unknown share of the windows.
@@ -453,7 +455,7 @@ def sweep(
                     outputs = engine_run.run_layers(
                         x,
                         layers,
-                        functools.partial(layer_fills, fill_list, x, masks),
+                        functools.partial(layer_fills, fill_list, x, masks, weights=weights),
                         bar.update,
                     )
                 if outputs.computed is not None:

@@ -306,6 +306,11 @@ def keep_only(
     ((3, 3), 6)
     """
     check_common_arguments(model, regions, batch_size, progress)
+    if regions.weights is not None:
+        raise InputValueError(
+            "regions: keep_only keeps or fills whole regions and does not read soft weights; "
+            "got soft regions (Regions.soften): pass the regions before soften"
+        )
     if isinstance(keep, (str, bytes)) or not isinstance(keep, (Sequence, Tensor)):
         raise InputTypeError(
             f"keep: expected a sequence of region ids (e.g. [10, 11], or [10] for one), "
