@@ -389,3 +389,17 @@ def test_region_fill_returning_bad_values_is_refused(kind: str, message: str) ->
             MODEL, IMAGES[:2], op.grid(12, 12, 2, 2), fills=_BadFill(kind), progress=False,
             engine="dense",
         )  # fmt: skip
+
+
+def test_translated_masks_share_one_factorisation() -> None:
+    fill = op.fills.linear_imputation(noise=0.0)
+    fill.regions(IMAGES, op.grid(12, 12, 4, 4).masks)
+    # Corners (4), edge cells (one per side: 4) and the inner cells (1) differ.
+    assert len(fill._factors) == 9
+    # 3x3 windows at stride 1 are translated grid cells: nothing new to factorise.
+    fill.regions(IMAGES, op.sliding_windows(12, 12, window=3, stride=1).masks)
+    assert len(fill._factors) == 9
+    fill.regions(IMAGES, op.sliding_windows(12, 12, window=4, stride=1).masks)
+    assert len(fill._factors) == 9 + 9
+    empty = torch.zeros(1, 12, 12, dtype=torch.bool)
+    assert torch.equal(fill(IMAGES, empty), IMAGES)

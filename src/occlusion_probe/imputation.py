@@ -11,7 +11,9 @@ added to the solution.
 
 Here the system depends only on the mask, so it is factorised once per mask
 (``scipy.sparse.linalg.splu``) and solved for every image and channel of a chunk at once
-(one right-hand side each); factorisations are kept per mask across chunks. Other ranks use
+(one right-hand side each); factorisations are kept across chunks and shared by translated
+masks (equal pattern in the bounding box, touching the same image borders), such as the
+inner cells of a grid or the inner sliding windows. Other ranks use
 the same rule over all 3**d - 1 axis and diagonal neighbours, with weights proportional to
 ``2 ** (1 - |offset|_1)`` normalised to sum 1 (1/6 and 1/12 in 2D, 1/2 in 1D).
 
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+from scipy.sparse.linalg import SuperLU
 from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
@@ -60,15 +64,34 @@ def neighbour_weights(rank: int) -> list[tuple[tuple[int, ...], float]]:
 @dataclass(frozen=True)
 class _System:
     """One mask's factorised system: unknowns (m,) flat positions, `known` (m, P) sparse
-    weights of kept neighbours, and the LU factors of the (m, m) system matrix."""
+    weights of kept neighbours, and the LU factors of the (m, m) system matrix (None when
+    nothing is known)."""
 
     unknown: np.ndarray
     known: scipy.sparse.csr_matrix
-    solve: scipy.sparse.linalg.SuperLU | None
+    solve: SuperLU | None
     nonzeros: int
 
 
-def _build_system(mask: np.ndarray) -> _System:
+def _shape_key(mask: np.ndarray) -> bytes:
+    """What the system matrix depends on: the mask's pattern inside its bounding box and
+    which image borders the box touches (translated masks share their matrix: unknowns in
+    row-major order keep their relative order)."""
+    spans = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        spans.append((int(hit[0]), int(hit[-1]) + 1))
+    cropped = mask[tuple(slice(lo, hi) for lo, hi in spans)]
+    touches = tuple((lo == 0, hi == size) for (lo, hi), size in zip(spans, mask.shape, strict=True))
+    return repr((cropped.shape, touches)).encode() + np.packbits(cropped).tobytes()
+
+
+def _build_system(
+    mask: np.ndarray, factorise: Callable[[bytes, scipy.sparse.csc_matrix], SuperLU]
+) -> _System:
+    """The system of `mask` (True: removed), its matrix factorised by `factorise(key,
+    matrix)`, which may return the factors of an earlier matrix of the same key."""
     shape = mask.shape
     flat = mask.reshape(-1)
     unknown = np.flatnonzero(flat)
@@ -102,8 +125,8 @@ def _build_system(mask: np.ndarray) -> _System:
     known = scipy.sparse.csr_matrix(
         (np.concatenate(vals_b), (np.concatenate(rows_b), np.concatenate(cols_b))), shape=(m, p)
     )
-    if m == p:
-        # Nothing is known: the system is singular (any constant solves it).
+    if m == 0 or m == p:
+        # Nothing to impute, or nothing known (the system is singular: any constant solves it).
         return _System(unknown, known, None, 0)
     matrix = scipy.sparse.csc_matrix(
         (
@@ -112,7 +135,7 @@ def _build_system(mask: np.ndarray) -> _System:
         ),
         shape=(m, m),
     )
-    factors = scipy.sparse.linalg.splu(matrix)
+    factors = factorise(_shape_key(mask), matrix)
     return _System(unknown, known, factors, int(factors.nnz))
 
 
@@ -123,6 +146,9 @@ class LinearImputation(RegionFill):
     noise: float = 0.01
     seed: int = 0
     _systems: OrderedDict[bytes, _System] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
+    _factors: OrderedDict[bytes, SuperLU] = field(
         default_factory=OrderedDict, init=False, repr=False, compare=False
     )
     _noise_fields: dict[tuple[int, int], np.ndarray] = field(
@@ -167,15 +193,27 @@ class LinearImputation(RegionFill):
         if found is not None:
             self._systems.move_to_end(key)
             return found
-        built = _build_system(array)
+        built = _build_system(array, self._factorise)
         self._systems[key] = built
-        total = sum(s.nonzeros for s in self._systems.values())
-        while len(self._systems) > 1 and (
-            len(self._systems) > _KEPT_SYSTEMS or total > _KEPT_NONZEROS
-        ):
-            _, dropped = self._systems.popitem(last=False)
-            total -= dropped.nonzeros
+        while len(self._systems) > _KEPT_SYSTEMS:
+            self._systems.popitem(last=False)
         return built
+
+    def _factorise(self, key: bytes, matrix: scipy.sparse.csc_matrix) -> SuperLU:
+        """The LU factors of `matrix`, shared by every mask of the same shape key."""
+        found = self._factors.get(key)
+        if found is not None:
+            self._factors.move_to_end(key)
+            return found
+        made = scipy.sparse.linalg.splu(matrix)
+        self._factors[key] = made
+        total = sum(int(f.nnz) for f in self._factors.values())
+        while len(self._factors) > 1 and (
+            len(self._factors) > _KEPT_SYSTEMS or total > _KEPT_NONZEROS
+        ):
+            _, dropped = self._factors.popitem(last=False)
+            total -= int(dropped.nnz)
+        return made
 
     def _solve(self, host: np.ndarray, system: _System, channels: int, like: Tensor) -> Tensor:
         """Values (n, C, m) at the system's unknowns, for images `host` (n, C, P) float64,
