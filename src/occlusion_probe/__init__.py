@@ -12,7 +12,7 @@ verify the finding by keeping only the chosen regions.
 
 from __future__ import annotations
 
-from . import captum, plot, stats
+from . import captum, fills, plot, stats
 from .approximate import Approximate
 from .curves import perturbation_curve
 from .errors import (
@@ -63,6 +63,7 @@ __all__ = [
     "WindowGrid",
     "captum",
     "confusion_report",
+    "fills",
     "grid",
     "keep_only",
     "perturbation_curve",

@@ -318,7 +318,8 @@ class Fingerprint:
     attributes (e.g. a ``temperature``, ``stride``), and its forward hooks; for another
     callable, its code, constants, defaults and closure contents, or for a callable object
     its class, ``__call__`` and attributes. ``regions``: ids and masks. ``fills``: values,
-    tensors, and the code, constants, defaults and closures of fill callables. ``settings``:
+    tensors, the code, constants, defaults and closures of fill callables, and the class and
+    parameters of region-aware fills. ``settings``:
     `output` (a callable's code as for fills), `reduce`, chunk size, image shape.
 
     Not covered, because nothing in the model object shows it: global variables and module
@@ -343,12 +344,20 @@ class Fingerprint:
         source: ImageSource,
     ) -> Fingerprint:
         """The fingerprint of one sweep call (see the class docstring for what is read)."""
-        fill_parts = [(f.label, f.value, f.tensor, f.function) for f in fills]
+        # A region-aware fill is named by its class and parameters (its caches are not read).
+        fill_parts = [
+            (f.label, f.value, f.tensor, f.function)
+            if f.region is None
+            else (f.label, f.region.fingerprint)
+            for f in fills
+        ]
         settings = (output, reduce, source.chunk_images, source.image_shape, source.single_channel)
         return cls(
             {
                 "model": _hash(model),
-                "regions": _hash(regions.ids, regions.masks),
+                "regions": _hash(regions.ids, regions.masks)
+                if regions.weights is None
+                else _hash(regions.ids, regions.masks, regions.weights),
                 "fills": _hash(fill_parts),
                 "settings": _hash(settings),
             }

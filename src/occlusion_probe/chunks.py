@@ -9,7 +9,7 @@ which windows were computed, and reports progress in occluded images; `note` say
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -195,6 +195,49 @@ class ChunkEngine:
             if self.drill is not None or calibration.tau is not None:
                 self.fidelity = calibration.fidelity(occluded)
         return ChunkOutputs(baseline, occluded, computed)
+
+    def run_layers(
+        self,
+        images: Tensor,
+        layers: Sequence[Sequence[int]],
+        layer_fill_images: Callable[[Sequence[int]], Tensor],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ChunkOutputs:
+        """The outputs of one chunk, the regions run layer by layer.
+
+        Region-aware fills differ per region, so each layer of pairwise disjoint regions
+        gets its own fill images (`occlusion_probe.fills.layer_fills`): entry (i, r, v) is
+        the model on ``torch.where(masks[r], layer_fill_images(layer)[v, i], images[i])``.
+
+        images : Tensor, shape (n, C, H, W), in the model's dtype on the run device
+        layers : region positions, every region in exactly one layer
+        layer_fill_images : a layer's fill images, shape (V, n or 1, C or 1, H or 1, W or 1)
+        """
+        if self.drill is not None or self.approximate is not None:
+            raise RuntimeError("drill-downs and approximations run without layers")
+        known = self.forward.known_outputs(images)
+        rest = images if known is None else images[known.shape[0] :]
+        occluded: Tensor | None = None
+        checked = False
+        single = len(layers) == 1
+        for layer in layers:
+            fill_images = layer_fill_images(layer)
+            clean, part = self.runner.run(
+                images, fill_images, None if single else list(layer), on_progress=on_progress
+            )
+            if occluded is None:
+                occluded = torch.empty(
+                    (part.shape[0], self.runner.num_regions, *part.shape[2:]),
+                    dtype=part.dtype,
+                    device=part.device,
+                )
+            occluded[:, list(layer)] = part
+            if clean is not None and not checked:
+                check_same_as_model(clean, _joined(known, self._baseline(rest)), self.dtype)
+                checked = True
+        if occluded is None:
+            raise RuntimeError("no layers: a sweep has at least one region")
+        return ChunkOutputs(_joined(known, self._baseline(rest)), occluded, None)
 
     def _baseline(self, images: Tensor) -> Tensor | None:
         """The model's recorded outputs (n, K) on `images`, in the current batch config;

@@ -34,7 +34,7 @@ from .batching import BatchPlan, fixed_batch_size
 from .data import Images, ImageSource, check_label_range
 from .engines.dense import run_items
 from .errors import EmptySelectionError, InputTypeError, InputValueError, describe
-from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
+from .fills import Fill, FillSpec, check_fills_fit, fill_for_masks, resolve_fills, stack_fills
 from .model import (
     CheckedForward,
     Model,
@@ -309,20 +309,21 @@ class _Items:
     Per image there are S = 2 + D (R - 1) slots: slot 0 is k = 0 and slot 1 is k = R (both
     the same for every order), then k = 1..R-1 of each draw. Item (i, k, d) is
     ``torch.where(first k regions of order d of image i, images[i], fill)`` for keep (the
-    other way round for remove).
+    other way round for remove). A region-aware fill gets each item's filled pixels as its
+    region (the item's union for remove, the rest for keep).
     """
 
-    def __init__(
-        self, images: Tensor, fill: Tensor, masks: Tensor, ranks: Tensor, mode: str
-    ) -> None:
-        self.images, self.fill, self.mode = images, fill, mode
+    def __init__(self, images: Tensor, fill: Fill, masks: Tensor, ranks: Tensor, mode: str) -> None:
+        self.images, self.mode = images, mode
+        self.region_fill = fill if fill.region is not None else None
+        self.fill = images[:1] if fill.region is not None else stack_fills([fill], images)[0]
         self.masks = masks.reshape(masks.shape[0], -1).to(torch.float32)  # (R, H * W)
         self.ranks = ranks  # (D, n, R): ranks[d, i, j] = place of region j in order d of i
         self.r = int(masks.shape[0])
         self.d = int(ranks.shape[0])
         self.inner = max(self.r - 1, 0)
         self.slots = 2 + self.d * self.inner
-        self.per_image_fill = fill.shape[0] != 1
+        self.per_image_fill = self.fill.shape[0] != 1
 
     def index(self, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
         """(image, draw, k) of items [start, stop), on the images' device."""
@@ -341,7 +342,11 @@ class _Items:
         # Pixels in the union of the chosen regions (a count > 0; exact in float32).
         inside = ((chosen.to(torch.float32) @ self.masks) > 0.5).reshape(-1, 1, h, w)
         kept = self.images[image]
-        fill = self.fill[image] if self.per_image_fill else self.fill
+        if self.region_fill is not None:
+            filled = inside[:, 0] if self.mode == "remove" else ~inside[:, 0]
+            fill = fill_for_masks(self.region_fill, kept, filled)
+        else:
+            fill = self.fill[image] if self.per_image_fill else self.fill
         if self.mode == "keep":
             torch.where(inside, kept, fill, out=out)
         else:
@@ -416,8 +421,10 @@ def perturbation_curve(
         Keep the first k regions (fill the rest), or fill the first k regions.
     labels : Tensor or sequence of int, shape (N,), or None
         True classes; None when the batches carry labels.
-    fill : number, Tensor or callable
-        A number, a tensor broadcastable to one image, or a callable images -> fill images.
+    fill : number, Tensor, callable or RegionFill
+        A number, a tensor broadcastable to one image, a callable images -> fill images, or
+        a region-aware fill (`occlusion_probe.fills`), which gets each point's filled pixels
+        as its region (``fill=op.fills.linear_imputation()`` for ROAD's imputation).
     target : int or str, optional
         The class whose output `class_output` tracks (and whose ranking orders the images
         with a result as `order`); None: each image's true class.
@@ -482,6 +489,11 @@ def perturbation_curve(
     True
     """
     model = check_common_arguments(model, regions, batch_size, progress)
+    if regions.weights is not None:
+        raise InputValueError(
+            "regions: perturbation_curve keeps or fills whole regions and does not read soft weights; "
+            "got soft regions (Regions.soften): pass the regions before soften"
+        )
     if mode not in MODES:
         raise InputValueError(f'mode: expected "keep" or "remove", got {mode!r}')
     flag = check_bool("per_image", per_image)
@@ -569,15 +581,14 @@ def perturbation_curve(
                     2, positions, torch.arange(r).expand_as(positions).contiguous()
                 )
                 x = cast_images(chunk.images.to(run_device), dtype)
-                fill_images = stack_fills([fill_spec], x)[0]
-                items = _Items(x, fill_images, masks, ranks.to(run_device), mode)
+                items = _Items(x, fill_spec, masks, ranks.to(run_device), mode)
                 plan = BatchPlan.fixed(per_call)
                 outputs = run_items(
                     functools.partial(forward, scratch=True),
                     items.write,
                     n * items.slots,
                     (c, h, w),
-                    torch.promote_types(x.dtype, fill_images.dtype),
+                    torch.promote_types(x.dtype, items.fill.dtype),
                     run_device,
                     plan,
                     forward.num_classes or 0,

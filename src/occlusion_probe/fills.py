@@ -6,7 +6,25 @@ A fill is one of
 * a tensor broadcastable to one image (C, H, W): e.g. the data set mean image, or a
   per-channel colour of shape (C, 1, 1);
 * a callable ``images -> fill images``: gets a batch (n, C, H, W) and returns tensors
-  broadcastable to it, e.g. a blurred copy of each image.
+  broadcastable to it, e.g. a blurred copy of each image;
+* a region-aware fill (`RegionFill`): gets the images and the mask of the region it fills
+  and returns the values there. Built-ins: `patch_mean`, `image_mean`, `blur` and
+  `linear_imputation` (ROAD's noisy linear imputation).
+
+A sweep with region-aware fills runs its regions in layers of pairwise disjoint regions
+(`disjoint_layers`): each layer's fill image holds every region's own fill on its pixels
+(`layer_fills`), so both engines build ``torch.where(masks[r], fill_images[v, i], images[i])``
+as for any other fill.
+
+Examples
+--------
+>>> import torch, occlusion_probe as op
+>>> result = op.sweep(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)),
+...                   torch.rand(2, 1, 8, 8), op.sliding_windows(8, 8, window=4, stride=2),
+...                   fills=[0.0, op.fills.patch_mean(), op.fills.linear_imputation()],
+...                   progress=False)
+>>> result.fill_labels
+('0.0', 'patch_mean', 'linear_imputation(noise=0.01, seed=0)')
 """
 
 from __future__ import annotations
@@ -29,12 +47,27 @@ from .errors import (
     check_one_argument_callable,
     describe,
 )
+from .imputation import LinearImputation, linear_imputation
+from .region_fills import Blur, ImageMean, PatchMean, RegionFill, blur, image_mean, patch_mean
 
 __all__ = [
+    "Blur",
     "Fill",
     "FillFunction",
     "FillSpec",
+    "ImageMean",
+    "LinearImputation",
+    "PatchMean",
+    "RegionFill",
+    "blur",
     "check_fills_fit",
+    "disjoint_layers",
+    "fill_for_masks",
+    "image_mean",
+    "layer_fills",
+    "linear_imputation",
+    "needs_layers",
+    "patch_mean",
     "resolve_fills",
     "stack_fills",
     "warn_if_outside",
@@ -54,23 +87,28 @@ class FillFunction(Protocol):
     def __call__(self, images: Tensor, /) -> Tensor: ...
 
 
-FillSpec: TypeAlias = float | int | Tensor | FillFunction
+FillSpec: TypeAlias = float | int | Tensor | FillFunction | RegionFill
 
 
 @dataclass(frozen=True, eq=False)
 class Fill:
-    """One resolved fill: a constant, a fixed tensor, or a function of the images.
+    """One resolved fill: a constant, a fixed tensor, a function of the images, or a
+    region-aware fill.
 
-    Exactly one of ``value``, ``tensor`` and ``function`` is set.
+    Exactly one of ``value``, ``tensor``, ``function`` and ``region`` is set.
     """
 
     label: str
     value: float | None = None
     tensor: Tensor | None = None
     function: FillFunction | None = None
+    region: RegionFill | None = None
 
     def for_batch(self, images: Tensor) -> Tensor:
-        """The fill for a batch of images (n, C, H, W), as a tensor broadcastable to it."""
+        """The fill for a batch of images (n, C, H, W), as a tensor broadcastable to it
+        (not for region-aware fills: see `fill_for_masks` and `layer_fills`)."""
+        if self.region is not None:
+            raise RuntimeError(f"fill {self.label!r} needs the region's mask")
         if self.value is not None:
             return torch.full((1, 1, 1, 1), self.value, dtype=images.dtype, device=images.device)
         if self.tensor is not None:
@@ -214,6 +252,8 @@ def resolve_fills(
             if not bool(torch.isfinite(spec).all()):
                 raise InputValueError(f"{name}: the fill tensor contains NaN or inf values")
             resolved.append(Fill(label=f"tensor{position}", tensor=spec.detach()))
+        elif isinstance(spec, RegionFill):
+            resolved.append(Fill(label=spec.label, region=spec))
         elif callable(spec):
             check_one_argument_callable(name, spec, "a batch of images (n, C, H, W)")
             label = getattr(spec, "__name__", type(spec).__name__)
@@ -231,6 +271,7 @@ def resolve_fills(
                 value=fill.value,
                 tensor=fill.tensor,
                 function=fill.function,
+                region=fill.region,
             )
             if labels.count(fill.label) > 1
             else fill
@@ -300,8 +341,120 @@ def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
     """All fills for a batch, stacked: Tensor, shape (V, n or 1, C or 1, H or 1, W or 1).
 
     Constants stay (V, 1, 1, 1, 1), so building occluded images broadcasts them instead of
-    materialising V full images.
+    materialising V full images. Region-aware fills need their regions: see `layer_fills`.
     """
     parts = [fill.for_batch(images) for fill in fills]
+    shape = _broadcast_shapes(*(part.shape for part in parts))
+    return torch.stack([part.expand(shape) for part in parts])
+
+
+def needs_layers(fills: Sequence[Fill], weights: Tensor | None = None) -> bool:
+    """Whether some fill is region-aware or the regions are soft (`weights`), so that a
+    sweep runs its regions in layers."""
+    return weights is not None or any(fill.region is not None for fill in fills)
+
+
+def disjoint_layers(masks: Tensor) -> list[list[int]]:
+    """The regions in layers of pairwise disjoint masks, each region in the first layer
+    where it overlaps no other.
+
+    masks : Tensor, shape (R, H, W), bool
+    returns : lists of region positions, increasing within each layer
+
+    Examples
+    --------
+    >>> from occlusion_probe import grid, sliding_windows
+    >>> disjoint_layers(grid(8, 8, 2, 2).masks)
+    [[0, 1, 2, 3]]
+    >>> disjoint_layers(sliding_windows(8, 8, window=4, stride=2).masks)
+    [[0, 2, 6, 8], [1, 7], [3, 5], [4]]
+    """
+    layers: list[list[int]] = []
+    covered: list[Tensor] = []
+    for position, mask in enumerate(masks):
+        for layer, union in zip(layers, covered, strict=True):
+            if not bool((union & mask).any()):
+                layer.append(position)
+                union |= mask
+                break
+        else:
+            layers.append([position])
+            covered.append(mask.clone())
+    return layers
+
+
+def _checked_values(fill: Fill, made: Tensor, want: tuple[int, ...], images: Tensor) -> Tensor:
+    """A region-aware fill's output, refused unless a finite real tensor of shape `want`."""
+    if not isinstance(made, Tensor) or made.is_complex() or made.dtype == torch.bool:
+        raise InputTypeError(
+            f"fills: the region-aware fill {fill.label!r} must return a real-valued Tensor, "
+            f"got {describe(made)}"
+        )
+    if tuple(made.shape) != want:
+        raise InputValueError(
+            f"fills: the region-aware fill {fill.label!r} returned shape {tuple(made.shape)}, "
+            f"expected {want}"
+        )
+    made = made.to(device=images.device, dtype=images.dtype)
+    if not bool(torch.isfinite(made).all()):
+        raise InputValueError(
+            f"fills: the region-aware fill {fill.label!r} returned NaN or inf values (in "
+            f"{images.dtype}); a fill must be finite"
+        )
+    return made
+
+
+def fill_for_masks(fill: Fill, images: Tensor, masks: Tensor) -> Tensor:
+    """The fill for `images` (n, C, H, W) where `masks` (n or 1, H, W), bool, is True.
+
+    Returns a tensor broadcastable to the images whose values at the masked positions are
+    the fill's (elsewhere they are unspecified).
+    """
+    if fill.region is None:
+        return fill.for_batch(images)
+    made = fill.region(images, masks)
+    return _checked_values(fill, made, tuple(images.shape), images)
+
+
+def layer_fills(
+    fills: Sequence[Fill],
+    images: Tensor,
+    masks: Tensor,
+    layer: Sequence[int],
+    weights: Tensor | None = None,
+) -> Tensor:
+    """All fills of one layer of disjoint regions: Tensor, shape (V, n or 1, C or 1, H or 1,
+    W or 1).
+
+    masks : Tensor, shape (R, H, W), bool; layer : positions of pairwise disjoint regions;
+    weights : Tensor, shape (R, H, W), soft regions' weights w (None: hard regions).
+    A region-aware fill's image holds, on each of the layer's masks, that region's fill and
+    elsewhere the images; with weights every fill's image holds ``x * (1 - w) + fill * w``
+    there. Other fills of hard regions are as in `stack_fills`.
+    """
+    n, c = images.shape[:2]
+    positions = list(layer)
+    masks = masks[positions]
+    parts = []
+    for fill in fills:
+        if fill.region is None and weights is None:
+            parts.append(fill.for_batch(images))
+            continue
+        composite = images.detach().clone()
+        flat = composite.view(n, c, -1)
+        if fill.region is not None:
+            inside = fill.region.regions(images, masks)
+        else:
+            whole = fill.for_batch(images).expand(images.shape).reshape(n, c, -1)
+            inside = [whole[:, :, mask.flatten()] for mask in masks]
+        for j, (mask, values) in enumerate(zip(masks, inside, strict=True)):
+            where = mask.flatten()
+            m = int(where.sum())
+            values = _checked_values(fill, values, (n, c, m), images)
+            if weights is not None:
+                w = weights[positions[j]].flatten()[where].to(images.dtype)
+                values = flat[:, :, where] * (1 - w) + values * w
+            flat[:, :, where] = values
+        parts.append(composite)
     shape = _broadcast_shapes(*(part.shape for part in parts))
     return torch.stack([part.expand(shape) for part in parts])

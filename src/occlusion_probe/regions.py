@@ -98,6 +98,10 @@ class Regions:
         at least one pixel. Regions may overlap (e.g. `sliding_windows`).
     ids : tuple of int, length R
         Distinct integer region ids, in the order of ``masks`` (floats and bools are refused).
+    weights : Tensor, shape (R, H, W), floating, optional
+        Soft regions (`soften`): the weight w in [0, 1] of each pixel, positive exactly on
+        ``masks`` (the support). An occluded pixel is ``x * (1 - w) + fill * w``, and heat
+        maps weight each pixel's regions by w. None (the default): hard regions, w = 1.
 
     Raises
     ------
@@ -105,7 +109,9 @@ class Regions:
         When ``masks`` is not a Tensor, or ``ids`` is not a sequence of integers.
     InputValueError
         When ``masks`` is not a bool tensor of shape (R, H, W), R is 0, the number of ids
-        differs from R, the ids are not distinct, or a region covers no pixel.
+        differs from R, the ids are not distinct, or a region covers no pixel; when
+        ``weights`` is not a floating tensor of the masks' shape with values in [0, 1] that
+        are positive exactly on the masks.
 
     Examples
     --------
@@ -118,6 +124,7 @@ class Regions:
 
     masks: Tensor
     ids: tuple[int, ...]
+    weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         masks = self.masks
@@ -155,6 +162,8 @@ class Regions:
                 f"Regions.masks: every region must cover at least one pixel; regions {empty} are empty"
             )
         object.__setattr__(self, "ids", ids)
+        if self.weights is not None:
+            _check_weights(self.weights, masks)
 
     # -- basic facts --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -162,6 +171,8 @@ class Regions:
 
     def __repr__(self) -> str:
         kind = "partition" if self.is_partition else "regions"
+        if self.weights is not None:
+            kind = f"soft {kind}"
         return f"Regions({len(self)} {kind} of {self.height}x{self.width}, ids {self.ids[0]}..{self.ids[-1]})"
 
     @property
@@ -223,8 +234,10 @@ class Regions:
                 f"values: expected last dim R = {len(self)} (one value per region), "
                 f"got shape {tuple(values.shape)}"
             )
-        masks = self.masks.to(device=values.device, dtype=values.dtype)
-        coverage = masks.sum(dim=0).clamp(min=1.0)
+        weights = self.masks if self.weights is None else self.weights
+        masks = weights.to(device=values.device, dtype=values.dtype)
+        coverage = masks.sum(dim=0)
+        coverage = torch.where(coverage > 0, coverage, torch.ones_like(coverage))
         return torch.einsum("...r,rhw->...hw", values, masks) / coverage
 
     def window_grid(self) -> WindowGrid | None:
@@ -344,7 +357,8 @@ class Regions:
         positions = self.positions(ids)
         if not positions:
             raise InputValueError("ids: expected at least one region id, got an empty list")
-        return Regions(self.masks[positions], tuple(self.ids[p] for p in positions))
+        weights = None if self.weights is None else self.weights[positions]
+        return Regions(self.masks[positions], tuple(self.ids[p] for p in positions), weights)
 
     def union(self, ids: Iterable[int] | None = None) -> Tensor:
         """Pixels covered by any of the given regions (all regions when ids is None).
@@ -379,7 +393,64 @@ class Regions:
         Regions
             The same ids, with the masks on `device`.
         """
-        return Regions(self.masks.to(device), self.ids)
+        weights = None if self.weights is None else self.weights.to(device)
+        return Regions(self.masks.to(device), self.ids, weights)
+
+    def soften(self, kind: str = "gaussian", sigma: float = 0.25) -> Regions:
+        """Soft regions: each pixel weighted by a bump over its region's bounding box.
+
+        ``"gaussian"`` is MONAI's ``OcclusionSensitivity(mode="gaussian")`` kernel: a 1 at
+        the box's centre pixel (index ``size // 2`` along each axis) smoothed by MONAI's
+        Gaussian (erf-integrated, truncated at 4 standard deviations, zero outside) of
+        standard deviation ``sigma * size`` pixels per axis, then scaled to [0, 1]. The
+        weight is 1 at the centre and 0 where the bump is lowest (the box's corners), so
+        with fill 0 an occluded pixel ``x * (1 - w)`` is MONAI's ``x * (1 - gaussian)``. A
+        region that is not a rectangle gets its box's bump on its own pixels. Pixels of
+        weight 0 leave the support, which stays non-empty (the centre has weight 1).
+
+        Parameters
+        ----------
+        kind : str
+            ``"gaussian"``.
+        sigma : float
+            Standard deviation as a fraction of the box size along each axis, > 0 (MONAI's
+            0.25).
+
+        Returns
+        -------
+        Regions
+            The same ids, with ``weights`` set and ``masks`` their support.
+
+        Raises
+        ------
+        InputValueError
+            For another `kind`, or `sigma` not finite and > 0.
+        InputTypeError
+            When `sigma` is not a number.
+
+        Examples
+        --------
+        >>> soft = sliding_windows(8, 8, window=4, stride=4).soften("gaussian", sigma=0.25)
+        >>> [round(w, 3) for w in soft.weights[0, 2, :4].tolist()]
+        [0.137, 0.622, 1.0, 0.622]
+        """
+        if kind != "gaussian":
+            raise InputValueError(f'kind: expected "gaussian", got {kind!r}')
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
+            raise InputTypeError(f"sigma: expected a number, got {describe(sigma)}")
+        if not np.isfinite(float(sigma)) or float(sigma) <= 0:
+            raise InputValueError(f"sigma: expected a finite number > 0, got {float(sigma)}")
+        masks = self.masks.cpu()
+        weights = torch.zeros(masks.shape, dtype=torch.float32)
+        for r, mask in enumerate(masks):
+            rows = torch.nonzero(mask.any(dim=1)).flatten()
+            cols = torch.nonzero(mask.any(dim=0)).flatten()
+            top, bottom = int(rows[0]), int(rows[-1]) + 1
+            left, right = int(cols[0]), int(cols[-1]) + 1
+            bump = _gaussian_bump((bottom - top, right - left), float(sigma))
+            weights[r, top:bottom, left:right] = bump * mask[top:bottom, left:right]
+        weights = weights.to(self.masks.device)
+        return Regions(weights > 0, self.ids, weights)
 
     def label_map(self) -> Tensor:
         """The regions as an integer map, shape (H, W): each pixel holds its region's id.
@@ -473,6 +544,50 @@ class Regions:
             raise InputValueError("label_map: no region labels left (every pixel is ignored)")
         masks = flat.unsqueeze(0) == labels[:, None, None]
         return cls(masks, tuple(int(v) for v in labels.tolist()))
+
+
+def _check_weights(weights: object, masks: Tensor) -> None:
+    """Refuse soft-region weights that are not floats in [0, 1] positive exactly on `masks`."""
+    if not isinstance(weights, Tensor) or not weights.is_floating_point():
+        raise InputTypeError(
+            f"Regions.weights: expected a floating Tensor of shape {tuple(masks.shape)}, "
+            f"got {describe(weights)}"
+        )
+    if weights.shape != masks.shape:
+        raise InputValueError(
+            f"Regions.weights: expected shape {tuple(masks.shape)} (the masks'), "
+            f"got {tuple(weights.shape)}"
+        )
+    if not bool(((weights >= 0) & (weights <= 1)).all()):
+        raise InputValueError("Regions.weights: expected values in [0, 1] (NaN is refused)")
+    if not torch.equal(weights.to(masks.device) > 0, masks):
+        raise InputValueError(
+            "Regions.weights: expected weights > 0 exactly on the masks (the support)"
+        )
+
+
+def _erf_kernel(sigma: float, length: int, centre: int) -> Tensor:
+    """MONAI's ``gaussian_1d(approx="erf", truncated=4.0)`` at offsets ``i - centre`` for
+    i in [0, length), zero beyond its tail: float32 as MONAI computes it."""
+    tail = int(max(sigma * 4.0, 0.5) + 0.5)
+    offsets = torch.arange(length, dtype=torch.float32) - centre
+    scale = 0.70710678 / torch.tensor(sigma, dtype=torch.float32)
+    values = 0.5 * (torch.erf(scale * (offsets + 0.5)) - torch.erf(scale * (offsets - 0.5)))
+    return torch.where(offsets.abs() <= tail, values.clamp(min=0), torch.zeros_like(values))
+
+
+def _gaussian_bump(size: tuple[int, ...], sigma: float) -> Tensor:
+    """MONAI's "gaussian" occlusion weight (1 - its multiplier) over a box of `size`."""
+    bump = torch.ones(size, dtype=torch.float32)
+    for axis, length in enumerate(size):
+        kernel = _erf_kernel(sigma * length, length, length // 2)
+        shape = [1] * len(size)
+        shape[axis] = length
+        bump = bump * kernel.reshape(shape)
+    low, high = bump.min(), bump.max()
+    if float(high - low) == 0.0:
+        return torch.ones(size, dtype=torch.float32)
+    return (bump - low) / (high - low)
 
 
 def _id_summary(ids: Sequence[int]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,16 @@ from .collect import ClassMeanCollector, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
 from .engines.auto import choose_engine
 from .errors import InputTypeError, InputValueError, check_one_argument_callable, describe
-from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills, warn_if_outside
+from .fills import (
+    FillSpec,
+    check_fills_fit,
+    disjoint_layers,
+    layer_fills,
+    needs_layers,
+    resolve_fills,
+    stack_fills,
+    warn_if_outside,
+)
 from .model import (
     CheckedForward,
     Model,
@@ -179,8 +189,11 @@ def sweep(
     regions : Regions, masks (R, H, W)
         The R regions to occlude, each in turn.
     fills : sequence of V fills, or one fill
-        Each fill is a number, a tensor broadcastable to one image, or a callable
-        ``images (n, C, H, W) -> fill images``. Default: the paper's 0.0, 0.2, ..., 1.0.
+        Each fill is a number, a tensor broadcastable to one image, a callable
+        ``images (n, C, H, W) -> fill images``, or a region-aware fill from
+        `occlusion_probe.fills` (``patch_mean()``, ``image_mean()``, ``blur(sigma)``,
+        ``linear_imputation()``), which gets each region's mask; the regions then run in
+        layers of disjoint masks. Default: the paper's 0.0, 0.2, ..., 1.0.
     labels : Tensor or sequence of int, shape (N,), optional
         True classes, needed for ``class_curves(correct_only=True)`` and ``reduce="class_mean"``.
     output : str or callable
@@ -281,6 +294,13 @@ def sweep(
     # The model gets its images (and so the fills) in its own floating dtype.
     dtype = input_dtype(model) or source.dtype
     check_fills_fit(fill_list, dtype)
+    if needs_layers(fill_list, regions.weights) and (drill is not None or approx is not None):
+        raise InputValueError(
+            "fills: region-aware fills (e.g. occlusion_probe.fills.patch_mean()) and soft "
+            "regions cannot be combined with refine= or approximate=; drop those for exact "
+            f"outputs, got fills {[f.label for f in fill_list]}"
+            + (" and soft regions" if regions.weights is not None else "")
+        )
     forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
     if shard is not None:
         # Before any work: sharding by chunk index mixes ranks given different sweeps.
@@ -353,6 +373,9 @@ def sweep(
     engine_run = ChunkEngine(
         incremental, engine_note, masks, forward, batches, dtype, regions, drill, approx
     )
+    # Region-aware fills differ per region: the regions run in layers of disjoint masks.
+    layers = disjoint_layers(masks) if needs_layers(fill_list, regions.weights) else None
+    weights = None if regions.weights is None else regions.weights.to(run_device)
     computed_parts: list[Tensor] = []
     bar = tqdm(
         # A drill-down computes an unknown share of the windows.
@@ -382,8 +405,15 @@ def sweep(
                 x = cast_images(chunk.images.to(run_device), dtype)
                 if not warned_range:
                     warned_range = warn_if_outside(fill_list, x)
-                fill_images = stack_fills(fill_list, x)
-                outputs = engine_run.run(x, fill_images, bar.update)
+                if layers is None:
+                    outputs = engine_run.run(x, stack_fills(fill_list, x), bar.update)
+                else:
+                    outputs = engine_run.run_layers(
+                        x,
+                        layers,
+                        functools.partial(layer_fills, fill_list, x, masks, weights=weights),
+                        bar.update,
+                    )
                 if outputs.computed is not None:
                     computed_parts.append(outputs.computed)
                 baseline, occluded = outputs.baseline.cpu(), outputs.occluded.cpu()

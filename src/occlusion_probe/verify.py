@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .batching import fixed_batch_size
 from .data import Images, ImageSource
 from .errors import InputTypeError, InputValueError, describe
-from .fills import FillSpec, check_fills_fit, resolve_fills, stack_fills
+from .fills import FillSpec, check_fills_fit, fill_for_masks, resolve_fills
 from .model import (
     CheckedForward,
     Model,
@@ -64,8 +64,10 @@ def keep_only(
     keep : sequence of int
         Region ids that stay visible (a list or tuple, even for one region: ``keep=[10]``);
         ``keep=regions.ids`` gives the plain confusion matrix.
-    fill : number, Tensor or callable
-        A number, a tensor broadcastable to one image, or a callable images -> fill images.
+    fill : number, Tensor, callable or RegionFill
+        A number, a tensor broadcastable to one image, a callable images -> fill images, or
+        a region-aware fill (`occlusion_probe.fills`), which gets the pixels outside
+        `keep` as its region.
     output : str or callable
         What the predicted class is the argmax of: the model's class outputs as found by the
         rule of `sweep` (``"logits"``, the default; ``"softmax"`` and ``"probabilities"``
@@ -106,6 +108,11 @@ def keep_only(
     ((3, 3), 6)
     """
     model = check_common_arguments(model, regions, batch_size, progress)
+    if regions.weights is not None:
+        raise InputValueError(
+            "regions: keep_only keeps or fills whole regions and does not read soft weights; "
+            "got soft regions (Regions.soften): pass the regions before soften"
+        )
     if isinstance(keep, (str, bytes)) or not isinstance(keep, (Sequence, Tensor)):
         raise InputTypeError(
             f"keep: expected a sequence of region ids (e.g. [10, 11], or [10] for one), "
@@ -144,7 +151,7 @@ def keep_only(
                     f"batch {chunk.index}" if source.is_stream else f"chunk {chunk.index}"
                 )
                 x = cast_images(chunk.images.to(run_device), dtype)
-                masked = torch.where(visible, x, stack_fills([fill_spec], x)[0])
+                masked = torch.where(visible, x, fill_for_masks(fill_spec, x, ~visible[None]))
                 for start in range(0, masked.shape[0], per_call):
                     # `masked` is built here and each slice used once: no copy needed.
                     outputs = forward(masked[start : start + per_call], scratch=True)

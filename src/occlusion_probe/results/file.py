@@ -245,6 +245,11 @@ def _metadata_arrays(
     arrays = {
         "region_ids": np.array(regions.ids, dtype=np.int64),
         "region_masks": regions.masks.cpu().numpy(),
+        **(
+            {}
+            if regions.weights is None
+            else {"region_weights": regions.weights.cpu().float().numpy()}
+        ),
         "fill_labels": np.array(fill_labels, dtype=np.str_).reshape(-1),
         "image_shape": np.array(image_shape, dtype=np.int64).reshape(-1),
         "output": np.array(output, dtype=np.str_),
@@ -314,7 +319,13 @@ def _metadata(fields: _Fields, version: int, k: int, writing: bool) -> dict[str,
         "engine_note": fields.string("engine_note"),
     }
     if not writing:
-        meta["regions"] = Regions(torch.from_numpy(masks), tuple(int(i) for i in ids))
+        weights = None
+        if fields.has("region_weights"):
+            weights = torch.from_numpy(fields.floats("region_weights", masks.shape))
+        try:
+            meta["regions"] = Regions(torch.from_numpy(masks), tuple(int(i) for i in ids), weights)
+        except InputValueError as error:
+            raise fields.error("region_weights", "soft-region weights", str(error)) from error
     return meta
 
 
