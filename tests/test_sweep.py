@@ -134,20 +134,28 @@ def test_linear_model_looking_at_area_11_ranks_it_first() -> None:
     assert bool((curves[10, :-1] < curves[10, 1:]).all())  # brighter fills hurt less
 
 
-def test_train_mode_restored_and_inference_mode(images: torch.Tensor) -> None:
+@pytest.mark.parametrize("engine", ["dense", "incremental", "auto"])
+def test_train_mode_restored_and_inference_mode(images: torch.Tensor, engine: str) -> None:
+    """Every call of the model runs in eval mode under inference mode; torch.export's
+    tracing (reading the graph, on fake tensors) runs in eval mode too."""
     model = small_cnn()
     model.train()
     model[1].eval()  # a deliberately mixed state must survive
-    grad_modes: list[bool] = []
+    runs: list[bool] = []
+    traces: list[bool] = []
 
     class Spy(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            grad_modes.append(torch.is_inference_mode_enabled() and not self.training)
+            if torch.compiler.is_exporting():
+                traces.append(not self.training)
+            else:
+                runs.append(torch.is_inference_mode_enabled() and not self.training)
             return x
 
     wrapped = nn.Sequential(Spy(), model)
-    op.sweep(wrapped, images, op.grid(12, 12, 2, 2), progress=False)
-    assert grad_modes and all(grad_modes)
+    result = op.sweep(wrapped, images, op.grid(12, 12, 2, 2), engine=engine, progress=False)  # type: ignore[arg-type]
+    assert runs and all(runs) and all(traces)
+    assert bool(traces) or result.engine == "dense"  # the incremental engine read the graph
     assert model.training and not model[1].training and model[0].training
 
 
