@@ -805,8 +805,7 @@ def test_resume_reuses_the_stored_engine(
         model, batches[:1], regions, engine="dense", batch_size=4, progress=False, checkpoint=path
     )
     assert first.engine == "dense"
-    # engine="auto" alone reads a stream's model for the incremental engine; the resumed run
-    # keeps the stored one.
+    # engine="auto" alone would choose by measured costs; the resumed run keeps the stored one.
     resumed = op.sweep(model, batches, regions, progress=False, checkpoint=path)
     assert resumed.engine == "dense"
     assert "batches of 4 images (stored in the checkpoint)" in resumed.engine_note

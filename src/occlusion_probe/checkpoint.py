@@ -41,7 +41,7 @@ from .data import Chunk, ImageSource
 from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
 from .fills import Fill
 from .regions import Regions
-from .runplan import StoredPlan, replace_text
+from .runplan import StoredPlan
 from .storage import (
     ARCHIVE_ERRORS,
     atomic_write,
@@ -695,8 +695,9 @@ class Checkpoint:
         manifest = self._read_manifest()
         manifest["plan"] = plan.to_json()
         manifest["checksum"] = _manifest_checksum(manifest)
+        text = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
         try:
-            replace_text(self.path, json.dumps(manifest, sort_keys=True, indent=1))
+            atomic_write(self.path, lambda handle: handle.write(text))
         except OSError as error:
             raise CheckpointError(
                 f"checkpoint: cannot record the run's plan in {os.fspath(self.path)!r} ({error})"

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .collect import ClassMeanCollector, FullCollector
 from .data import ImageSource
-from .errors import InputValueError
+from .errors import RankMismatchError
 from .fills import Fill
 from .regions import Regions
 
@@ -40,10 +40,6 @@ __all__ = [
     "gather_collector",
     "rank_path",
 ]
-
-
-class RankMismatchError(InputValueError):
-    """The ranks of a distributed sweep were given different sweeps (raised on every rank)."""
 
 
 @dataclass(frozen=True)

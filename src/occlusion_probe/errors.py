@@ -16,6 +16,7 @@ __all__ = [
     "InputValueError",
     "OcclusionProbeError",
     "OcclusionProbeWarning",
+    "RankMismatchError",
     "ResultFileError",
     "check_one_argument_callable",
 ]
@@ -46,6 +47,11 @@ class ResultFileError(InputValueError):
 
 class CheckpointError(InputValueError):
     """A checkpoint cannot be used: another run's, locked, in a bad place, or corrupted."""
+
+
+class RankMismatchError(InputValueError):
+    """The ranks of a distributed sweep were given different sweeps (raised on every rank,
+    before any work; the message names each differing item and every rank's value)."""
 
 
 class EmptySelectionError(InputValueError):

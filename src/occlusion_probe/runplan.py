@@ -11,17 +11,14 @@ again.
 
 from __future__ import annotations
 
-import os
-import secrets
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .batching import BatchConfig
 from .errors import OcclusionProbeWarning
 
-__all__ = ["StoredPlan", "replace_text", "resumed_engine", "warn_if_plan_differs"]
+__all__ = ["StoredPlan", "resumed_engine", "warn_if_plan_differs"]
 
 _ENGINES = ("dense", "incremental")
 
@@ -110,35 +107,3 @@ def warn_if_plan_differs(stored: StoredPlan, engine: str, batch_size: int | str)
             OcclusionProbeWarning,
             stacklevel=3,
         )
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Replace the file at `path` by `text` atomically.
-
-    The text goes to a new temporary file beside `path`, created exclusively and without
-    following a link planted at its name, is flushed to disk, renamed over `path`, and the
-    folder is flushed (where the platform allows). Only that temporary file is ever removed.
-
-    Raises
-    ------
-    OSError
-        When the folder is not writable or the disk is full (`path` is then unchanged).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(tmp, flags | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # created exclusively above: ours
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
