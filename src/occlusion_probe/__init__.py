@@ -22,6 +22,7 @@ from .errors import (
     InputValueError,
     OcclusionProbeError,
     OcclusionProbeWarning,
+    RankMismatchError,
     ResultFileError,
 )
 from .fidelity import Fidelity
@@ -55,6 +56,7 @@ __all__ = [
     "OcclusionProbeError",
     "OcclusionProbeWarning",
     "PerturbationCurve",
+    "RankMismatchError",
     "Refine",
     "RegionValues",
     "Regions",
