@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hypothesis.strategies as st
 import numpy as np
 import pytest
@@ -403,3 +405,24 @@ def test_translated_masks_share_one_factorisation() -> None:
     assert len(fill._factors) == 9 + 9
     empty = torch.zeros(1, 12, 12, dtype=torch.bool)
     assert torch.equal(fill(IMAGES, empty), IMAGES)
+
+
+def test_checkpointed_sweep_with_region_fills_resumes_equal(tmp_path: Path) -> None:
+    regions = op.grid(12, 12, 2, 2)
+    fills = [op.fills.linear_imputation(noise=0.02), op.fills.blur(1.5)]
+    path = tmp_path / "run"
+    first = op.sweep(MODEL, IMAGES, regions, fills=fills, checkpoint=path, progress=False)
+    again = op.sweep(
+        MODEL,
+        IMAGES,
+        regions,
+        fills=[op.fills.linear_imputation(noise=0.02), op.fills.blur(1.5)],
+        checkpoint=path,
+        progress=False,
+    )
+    assert torch.equal(first.occluded, again.occluded)
+    with pytest.raises(InputValueError, match="fills"):
+        op.sweep(
+            MODEL, IMAGES, regions, fills=[op.fills.linear_imputation(noise=0.03)],
+            checkpoint=path, progress=False,
+        )  # fmt: skip

@@ -177,14 +177,16 @@ class LinearImputation(RegionFill):
                 groups.setdefault(first, []).append(i)
         for first, members in groups.items():
             system = self._system(masks[first])
-            values = self._solve_host(host[members], system, c)
+            values = self._solve_host(_columns(host[members]), system, len(members), c)
             out[np.ix_(np.asarray(members), np.arange(c), system.unknown)] = values
         made = torch.from_numpy(out).reshape(images.shape)
         return made.to(dtype=images.dtype, device=images.device)
 
     def regions(self, images: Tensor, masks: Tensor) -> list[Tensor]:
         host = _on_host(images)
-        return [self._solve(host, self._system(mask), images.shape[1], images) for mask in masks]
+        n, c = images.shape[:2]
+        columns = _columns(host)  # one transposed copy serves every mask
+        return [self._solve(columns, self._system(mask), (n, c), images) for mask in masks]
 
     def _system(self, mask: Tensor) -> _System:
         array = mask.detach().cpu().numpy()
@@ -205,7 +207,16 @@ class LinearImputation(RegionFill):
         if found is not None:
             self._factors.move_to_end(key)
             return found
-        made = scipy.sparse.linalg.splu(matrix)
+        # The matrix is structurally symmetric and diagonally dominant (each diagonal entry
+        # is the sum of the in-image neighbours' weights, the unknown ones among them off
+        # the diagonal): a symmetric ordering without pivoting keeps the factors about a
+        # third sparser than the default column ordering, and faster to make and use.
+        made = scipy.sparse.linalg.splu(
+            matrix,
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options={"SymmetricMode": True},
+        )
         self._factors[key] = made
         total = sum(int(f.nnz) for f in self._factors.values())
         while len(self._factors) > 1 and (
@@ -215,25 +226,28 @@ class LinearImputation(RegionFill):
             total -= int(dropped.nnz)
         return made
 
-    def _solve(self, host: np.ndarray, system: _System, channels: int, like: Tensor) -> Tensor:
-        """Values (n, C, m) at the system's unknowns, for images `host` (n, C, P) float64,
-        in the dtype and on the device of `like`."""
-        values = torch.from_numpy(self._solve_host(host, system, channels))
+    def _solve(
+        self, columns: np.ndarray, system: _System, batch: tuple[int, int], like: Tensor
+    ) -> Tensor:
+        """Values (n, C, m) at the system's unknowns, for images as `columns` (P, n * C)
+        float64, in the dtype and on the device of `like`."""
+        values = torch.from_numpy(self._solve_host(columns, system, *batch))
         return values.to(dtype=like.dtype, device=like.device)
 
-    def _solve_host(self, host: np.ndarray, system: _System, channels: int) -> np.ndarray:
-        """Values (n, C, m) at the system's unknowns, float64, noise included."""
-        n = host.shape[0]
+    def _solve_host(
+        self, columns: np.ndarray, system: _System, n: int, channels: int
+    ) -> np.ndarray:
+        """Values (n, C, m) at the system's unknowns, float64, noise included, for images
+        as `columns` (P, n * C): one right-hand side per image and channel."""
         m = system.unknown.size
-        pixels = host.reshape(n * channels, -1)
         if system.solve is None:
             solution = np.zeros((m, n * channels))
         else:
-            right = -(system.known @ pixels.T)
-            solution = system.solve.solve(np.asarray(right, dtype=np.float64))
+            right = np.asfortranarray(-(system.known @ columns), dtype=np.float64)
+            solution = system.solve.solve(right)
         values: np.ndarray = np.ascontiguousarray(solution.T).reshape(n, channels, m)
         if self.noise > 0:
-            values = values + self._noise(channels, host.shape[2])[:, system.unknown]
+            values = values + self._noise(channels, columns.shape[0])[:, system.unknown]
         return values
 
     def _noise(self, channels: int, size: int) -> np.ndarray:
@@ -246,6 +260,12 @@ class LinearImputation(RegionFill):
             found = (drawn * self.noise).numpy()
             self._noise_fields[key] = found
         return found
+
+
+def _columns(host: np.ndarray) -> np.ndarray:
+    """Images `host` (n, C, P) as a contiguous (P, n * C) array: one column per image and
+    channel, the layout the sparse product and the solver read fastest."""
+    return np.ascontiguousarray(host.reshape(host.shape[0] * host.shape[1], -1).T)
 
 
 def _on_host(images: Tensor) -> np.ndarray:
