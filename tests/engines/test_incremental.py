@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 import occlusion_probe as op
 from occlusion_probe import InputValueError
+from occlusion_probe.engines.auto import ReadingRates, assumed_rates
 from occlusion_probe.engines.incremental import MIN_BOUND, IncrementalEngine
 
 
@@ -301,8 +302,10 @@ def test_model_mixing_all_positions_first_gets_a_reason() -> None:
 def test_auto_reasons() -> None:
     model = ResNet18(width=4)
     images = torch.rand(1, 3, 32, 32)
-    small = op.sweep(model, images, op.grid(32, 32), progress=False)
-    assert small.engine == "dense" and "occluded images" in small.engine_note
+    # Reading costs 1 s per op; a forward 1 ms: 96 occluded images never pay for it.
+    with assumed_rates(ReadingRates(seconds_per_op=1.0, forward_seconds=1e-3)):
+        small = op.sweep(model, images, op.grid(32, 32), progress=False)
+    assert small.engine == "dense" and "96 occluded images x 1.0 ms" in small.engine_note
     callable_result = op.sweep(lambda x: model(x), images, op.grid(32, 32), progress=False)
     assert "not an nn.Module" in callable_result.engine_note
     with pytest.raises(InputValueError, match='engine: "incremental" cannot run this model'):

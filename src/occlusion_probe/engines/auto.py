@@ -22,10 +22,12 @@ Every step is said in the sweep's ``engine_note``. Reading is serialised by one 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,7 +40,14 @@ from ..model import evaluation_mode
 from .graph import hook_reason
 from .incremental import MIN_BOUND, IncrementalEngine
 
-__all__ = ["READING_RATES", "Estimate", "ReadingRates", "choose_engine", "estimate_cost"]
+__all__ = [
+    "READING_RATES",
+    "Estimate",
+    "ReadingRates",
+    "assumed_rates",
+    "choose_engine",
+    "estimate_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,24 @@ class _State:
 
 
 _STATE = _State()
+
+
+@contextlib.contextmanager
+def assumed_rates(rates: ReadingRates) -> Iterator[None]:
+    """Within the block, ``engine="auto"`` assumes `rates` (for tests, and for callers who
+    measured their own), and forgets the savings forgone before it; both are restored after.
+
+    >>> with assumed_rates(ReadingRates(forward_seconds=1e-3)):
+    ...     pass
+    """
+    with _STATE.lock:
+        saved = (_STATE.rates, _STATE.forgone)
+        _STATE.rates, _STATE.forgone = rates, weakref.WeakKeyDictionary()
+    try:
+        yield
+    finally:
+        with _STATE.lock:
+            _STATE.rates, _STATE.forgone = saved
 
 
 def estimate_cost(
