@@ -243,3 +243,15 @@ def test_keep_only_predicts_the_same_class_under_every_output(model: nn.Module) 
         tiny, IMAGES, torch.ones(4, dtype=torch.int64), REGIONS, keep=[1], progress=False
     )
     assert report.accuracy == 1.0
+
+
+def test_the_note_says_given_only_for_a_given_batch_size(model: nn.Module) -> None:
+    result = op.sweep(model, IMAGES[:1], REGIONS, [0.0], engine="incremental", progress=False)
+    assert "regions (given)" not in result.engine_note
+    assert "regions (planned from the engine's images per call" in result.engine_note
+
+
+def test_help_of_sweep_documents_every_argument() -> None:
+    doc = op.sweep.__doc__ or ""
+    for name in ("refine", "approximate", "checkpoint", "reduce", "engine"):
+        assert f"\n    {name} : " in doc, name
