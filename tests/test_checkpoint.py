@@ -72,13 +72,14 @@ def _run(
 
 
 def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
-    # One call checks the model's output first; then each batch of 4 images costs one model
-    # call (its 4 x 24 occluded images and the 4 images themselves).
+    # Two calls check the model's output first (the same images twice: a model that changes
+    # or is random is refused); then each batch of 4 images costs one model call (its
+    # 4 x 24 occluded images and the 4 images themselves).
     clean = _run(tmp_path, tmp_path / "clean.ckpt", tmp_path / "clean.npz", 0)
     assert clean.returncode == 0, clean.stderr
-    assert clean.stdout.split()[-1] == "7"
+    assert clean.stdout.split()[-1] == "8"
 
-    killed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "never.npz", 5)  # dies in batch 4
+    killed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "never.npz", 6)  # dies in batch 4
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "run.ckpt").exists() and not (tmp_path / "never.npz").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
@@ -86,7 +87,7 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path: Path) -> None:
 
     resumed = _run(tmp_path, tmp_path / "run.ckpt", tmp_path / "resumed.npz", 0)
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.split()[-1] == "4"  # the check, then batches 4, 5, 6: three were done
+    assert resumed.stdout.split()[-1] == "5"  # the check, then batches 4, 5, 6: three were done
     a, b = (
         op.SweepResult.load(tmp_path / "clean.npz"),
         op.SweepResult.load(tmp_path / "resumed.npz"),
@@ -259,13 +260,13 @@ def test_damaged_chunk_files_are_recomputed_exactly(
     # The first call checks the model's output on the first image (before any heavy work),
     # then chunks 1, 2, 4 and 5 are recomputed: one call each, of the 24 occluded images and
     # the unoccluded one.
-    assert _CALLS == [1] + [25] * 4
+    assert _CALLS == [1, 1] + [25] * 4  # the first-call check runs twice
     assert resumed.num_images == 6
     assert torch.equal(resumed.occluded, clean.occluded)
     assert torch.equal(resumed.baseline, clean.baseline)
     _CALLS.clear()
     op.sweep(_counting(model), batches, regions, progress=False, engine="dense", checkpoint=path)
-    assert _CALLS == [1]  # only the first-call output check: every chunk is stored again
+    assert _CALLS == [1, 1]  # only the first-call output check (twice): every chunk is stored
 
 
 def test_class_mean_resume_is_bit_identical(
@@ -297,7 +298,7 @@ def test_class_mean_resume_is_bit_identical(
         batch_size=1000,
         engine="dense",
     )
-    assert len(_CALLS) == 2  # the first-call output check, then only the third batch
+    assert len(_CALLS) == 3  # the first-call output check (twice), then only the third batch
     for name in ("occluded_sum", "baseline_sum", "counts", "confusion"):
         assert torch.equal(getattr(resumed, name), getattr(clean, name)), name
 
@@ -501,7 +502,7 @@ def test_ctrl_c_keeps_checkpoint_and_says_how_to_resume(
         # A global counter: a closure's contents are fingerprinted, and a changed counter
         # would make the resumed call another run.
         _INTERRUPT["calls"] += 1
-        if _INTERRUPT["calls"] == 4:  # the check, batches 0 and 1, then in batch 2
+        if _INTERRUPT["calls"] == 5:  # the check (twice), batches 0 and 1, then in batch 2
             raise KeyboardInterrupt
         return _INTERRUPT["model"](x)
 

@@ -77,9 +77,10 @@ def _forward(
 
 def test_checked_forward_unwraps_and_records() -> None:
     x = torch.rand(2, 1, 2, 2)
+    probabilities = x / x.sum(dim=(1, 2, 3), keepdim=True)  # "probabilities" checks its rows
     for output in ("logits", "probabilities"):
         forward = _forward(lambda b: ZooOutput(b.flatten(1)), output)
-        torch.testing.assert_close(forward(x), x.flatten(1))
+        torch.testing.assert_close(forward(probabilities), probabilities.flatten(1))
     softmax = _forward(lambda b: {"logits": b.flatten(1)}, "softmax")
     torch.testing.assert_close(softmax(x), torch.softmax(x.flatten(1), 1))
     assert softmax.num_classes == 4

@@ -261,11 +261,14 @@ def test_target_chooses_the_smallest_top_that_meets_it(
     fidelity = result.fidelity
     assert fidelity is not None and fidelity.top == expected
     assert fidelity.tau == 1.0 and fidelity.calibration_images == 2 and fidelity.target == 0.35
-    # What is reported is what the sweep's own outputs on the first two images measure.
+    # What is reported is what the sweep's own outputs on the first two images measure
+    # (against its own engine's exact outputs: the dense `exact` differs from the
+    # incremental engine's by float rounding, depending on how its regions were grouped).
     own = measure_fidelity(windows, exact.baseline[:2], exact.occluded[:2], result.occluded[:2],
                            1.0, 0.35)  # fmt: skip
-    assert fidelity.ssim == pytest.approx(own.ssim, abs=1e-9) and fidelity.ssim >= 0.35
-    assert fidelity.max_abs_error == pytest.approx(own.max_abs_error, abs=1e-9)
+    close = 1e-9 if engine == "dense" else 1e-5
+    assert fidelity.ssim == pytest.approx(own.ssim, abs=close) and fidelity.ssim >= 0.35
+    assert fidelity.max_abs_error == pytest.approx(own.max_abs_error, abs=close)
     assert fidelity.max_abs_error > 0  # windows were filled in
     # Every image, calibration or not, refined the cells of its top coarse windows.
     assert result.computed is not None

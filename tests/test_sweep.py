@@ -474,8 +474,9 @@ def test_number_of_classes_must_not_change(images: torch.Tensor) -> None:
 
     def growing(x: torch.Tensor) -> torch.Tensor:
         nonlocal calls
-        calls += 1  # the first check, then batch 0 (occluded and unoccluded), then batch 1
-        return x.flatten(1)[:, : 3 if calls <= 2 else 4]
+        # the first check (twice), then batch 0 (occluded and unoccluded), then batch 1
+        calls += 1
+        return x.flatten(1)[:, : 3 if calls <= 3 else 4]
 
     batches = [images[:2], images[2:]]
     with pytest.raises(

@@ -38,7 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from .data import Chunk, ImageSource
-from .errors import CheckpointError, InputValueError, OcclusionProbeWarning
+from .errors import (
+    CheckpointError,
+    InputTypeError,
+    InputValueError,
+    OcclusionProbeWarning,
+    describe,
+)
 from .fills import Fill
 from .regions import Regions
 from .runplan import StoredPlan
@@ -51,7 +57,13 @@ from .storage import (
     read_npz,
 )
 
-__all__ = ["Checkpoint", "CheckpointError", "Fingerprint", "chunk_digest"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "Fingerprint",
+    "check_checkpoint_path",
+    "chunk_digest",
+]
 
 _FORMAT = "occlusion_probe.checkpoint.v2"
 _OLD_FORMAT = "occlusion_probe.checkpoint.v1"
@@ -702,3 +714,59 @@ class Checkpoint:
             raise CheckpointError(
                 f"checkpoint: cannot record the run's plan in {os.fspath(self.path)!r} ({error})"
             ) from error
+
+
+# Characters the library adds to a checkpoint's file name (".<name>.tmp-<pid>", "<name>.chunks").
+_NAME_SUFFIX_ROOM = 32
+
+
+def check_checkpoint_path(value: object) -> Path | None:
+    """The `checkpoint` argument as a path, checked before any work; None stays None.
+
+    Raises
+    ------
+    InputTypeError
+        When `value` is neither None, a str nor an ``os.PathLike`` of str (bytes, ints and
+        bools are refused).
+    CheckpointError
+        (An `InputValueError`.) When the path is empty, holds a NUL character, names no file (``"/"``, a path ending
+        in a separator) or has a file name too long for the folder's file system once the
+        library's suffixes are added.
+
+    Examples
+    --------
+    >>> check_checkpoint_path("run.ckpt").name
+    'run.ckpt'
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)):
+        raise InputTypeError(
+            f"checkpoint: expected None or a file path (str or os.PathLike), got {describe(value)}"
+        )
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise InputTypeError(f"checkpoint: expected a str path, got bytes {text!r}")
+    if text == "":
+        raise CheckpointError("checkpoint: expected a file path, got an empty string")
+    if "\x00" in text:
+        raise CheckpointError(f"checkpoint: the path holds a NUL character: {text!r}")
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        raise CheckpointError(
+            f"checkpoint: expected the path of a file, got {text!r}, which names a folder; "
+            "e.g. 'runs/sweep.ckpt'"
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX") if folder.is_dir() else 255
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such name
+        longest = 255
+    size = len(path.name.encode("utf-8", "surrogateescape"))
+    if size + _NAME_SUFFIX_ROOM > longest:
+        raise CheckpointError(
+            f"checkpoint: the file name is {size} bytes long; at most "
+            f"{longest - _NAME_SUFFIX_ROOM} fit the file system's {longest} once the library "
+            "adds its suffixes ('.chunks', '.lock', temporary names)"
+        )
+    return path

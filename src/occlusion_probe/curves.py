@@ -156,6 +156,13 @@ class _Orders:
             self.description = f"random (seed {seed}, {draws} draws per image)"
         elif isinstance(order, ClassReadings):
             _check_same_regions(order, regions)
+            if not per_image and isinstance(order, SweepResult) and order.labels is None:
+                raise InputValueError(
+                    "order: a SweepResult without labels cannot rank the regions per class (its "
+                    "ranking reads each class's correctly classified images); pass labels= to "
+                    "sweep, per_image=True to rank each image by its own outputs, or order= "
+                    "region ids"
+                )
             whose = "each image's true class" if target is None else "the target class"
             self.readings = order
             self.description = (
@@ -501,6 +508,8 @@ def perturbation_curve(
     seed_value = integer_value(seed)
     if seed_value is None:
         raise InputTypeError(f"seed: expected an int, got {describe(seed)}")
+    if seed_value < 0:
+        raise InputValueError(f"seed: expected an int >= 0 (numpy's seeds), got {seed_value}")
     out_name = output_name(output)
     names = check_class_names(class_names)
     if target is not None and not isinstance(target, str) and integer_value(target) is None:

@@ -6,7 +6,7 @@ None)``, so the rest of the library handles a tensor and a DataLoader the same w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -16,13 +16,23 @@ from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
 
-__all__ = ["Chunk", "ImageSource", "Images", "check_label_range", "check_labels"]
+__all__ = [
+    "Chunk",
+    "ImageSource",
+    "Images",
+    "check_label_range",
+    "check_labels",
+    "check_tensor_layout",
+    "from_numpy",
+]
 
 Images: TypeAlias = Tensor | np.ndarray | Iterable[object]
 
 # Images handled together between checkpoints and progress updates when a single tensor
 # is given; the engines split further by `batch_size`.
 DEFAULT_CHUNK_IMAGES = 256
+
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -34,14 +44,54 @@ class Chunk:
     labels: Tensor | None
 
 
+def from_numpy(name: str, array: np.ndarray) -> Tensor:
+    """`array` as a tensor with the same values, or the library's error naming `name`.
+
+    Negative strides and non-native byte order are copied into a native array (the values
+    stay the same); masked arrays (their mask would be ignored), object arrays and
+    extended-precision floats (no torch dtype holds them) are refused.
+    """
+    if isinstance(array, np.ma.MaskedArray):
+        raise InputTypeError(
+            f"{name}: got a numpy masked array; its mask would be ignored. Pass "
+            "array.filled(value) or array.data explicitly"
+        )
+    extended = array.dtype.itemsize > (16 if array.dtype.kind == "c" else 8)
+    if array.dtype.kind not in "biufc" or extended:
+        raise InputTypeError(
+            f"{name}: expected a numpy array of a dtype torch holds (bool, integers, float16, "
+            f"float32, float64), got dtype {array.dtype}; convert explicitly (e.g. "
+            "array.astype(np.float32))"
+        )
+    if not array.dtype.isnative or any(stride < 0 for stride in array.strides):
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    return torch.from_numpy(array)
+
+
+def check_tensor_layout(name: str, tensor: Tensor) -> None:
+    """Refuse tensors without values on a device (meta) and sparse or other non-strided
+    layouts, naming `name`."""
+    if tensor.is_meta:
+        raise InputValueError(
+            f"{name}: got a tensor on the meta device, which holds no values; pass a tensor "
+            "with data (e.g. on 'cpu' or 'cuda')"
+        )
+    if tensor.layout != torch.strided:
+        raise InputTypeError(
+            f"{name}: expected a dense (strided) tensor, got layout {tensor.layout}; pass "
+            "tensor.to_dense()"
+        )
+
+
 def _as_image_tensor(name: str, images: object, height: int, width: int) -> tuple[Tensor, bool]:
     """Validate one image tensor; returns it as (n, C, H, W) and whether it was (n, H, W)."""
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
+        images = from_numpy(name, images)
     if not isinstance(images, Tensor):
         raise InputTypeError(
             f"{name}: expected a float Tensor of shape (N, C, H, W) or (N, H, W), got {describe(images)}"
         )
+    check_tensor_layout(name, images)
     if not images.is_floating_point():
         raise InputTypeError(
             f"{name}: expected a floating-point tensor, got dtype {images.dtype}; "
@@ -54,6 +104,10 @@ def _as_image_tensor(name: str, images: object, height: int, width: int) -> tupl
     single_channel = images.dim() == 3
     if single_channel:
         images = images.unsqueeze(1)
+    if images.shape[1] == 0:
+        raise InputValueError(
+            f"{name}: expected at least one channel, got shape {tuple(images.shape)}"
+        )
     if (images.shape[-2], images.shape[-1]) != (height, width):
         raise InputValueError(
             f"{name}: image size {images.shape[-2]}x{images.shape[-1]} does not match the "
@@ -79,7 +133,19 @@ def _check_listed_batches(items: list[object] | tuple[object, ...]) -> None:
             "(images, labels) pairs, {'images': ...} dicts or (n, C, H, W) tensors; got "
             f"{describe(item)}. For a list of single images (C, H, W) pass "
             "torch.stack(images); for one-channel batches (n, H, W) add the channel "
-            "(batch.unsqueeze(1)) or pass them from a generator"
+            "(batch.unsqueeze(1)) or pass (images, labels) pairs"
+        )
+
+
+def _refuse_bare_three_d(name: str, images: object, labels: object) -> None:
+    """A stream's 3-d item without labels may be one (C, H, W) image or a one-channel batch
+    (n, H, W); labels (one per image) tell them apart, so only a bare one is refused."""
+    if labels is None and isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
+        raise InputValueError(
+            f"{name}: a 3-d tensor of shape {tuple(images.shape)} without labels is ambiguous: "
+            "one (C, H, W) image or a batch of one-channel (n, H, W) images; yield (n, C, H, W) "
+            "batches (image.unsqueeze(0) for one image, batch.unsqueeze(1) for one channel), "
+            "or (images, labels) pairs"
         )
 
 
@@ -91,15 +157,25 @@ def check_labels(name: str, labels: object, n: int) -> Tensor:
                 f"{name}: expected integer class labels, got {describe(labels)}; map class "
                 "names to indices 0..K-1 first"
             )
-        labels = torch.from_numpy(labels)
+        if labels.dtype.kind == "u" and labels.size and int(labels.max()) > _INT64_MAX:
+            raise InputValueError(
+                f"{name}: expected class labels in int64 range, got {int(labels.max())}"
+            )
+        labels = from_numpy(name, labels.astype(np.int64) if labels.dtype == np.uint64 else labels)
     elif isinstance(labels, (list, tuple)):
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
             raise InputTypeError(f"{name}: expected integer class labels, got {describe(labels)}")
-        labels = torch.tensor(labels, dtype=torch.int64)
+        too_large = [int(v) for v in labels if not -_INT64_MAX - 1 <= int(v) <= _INT64_MAX]
+        if too_large:
+            raise InputValueError(
+                f"{name}: expected class labels in int64 range, got {too_large[0]}"
+            )
+        labels = torch.tensor([int(v) for v in labels], dtype=torch.int64)
     if not isinstance(labels, Tensor):
         raise InputTypeError(
             f"{name}: expected an integer Tensor of shape ({n},), got {describe(labels)}"
         )
+    check_tensor_layout(name, labels)
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise InputTypeError(f"{name}: expected an integer dtype, got {labels.dtype}")
     if tuple(labels.shape) != (n,):
@@ -168,6 +244,12 @@ class ImageSource:
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
             self.dtype, self.device = tensor.dtype, tensor.device
             self._probe = tensor[:2].clone()
+        elif isinstance(images, Mapping):
+            raise InputTypeError(
+                f"images: got a {type(images).__name__} with keys {list(images)[:5]}, which would "
+                "be iterated by its keys; pass the image tensor itself (e.g. "
+                "images['images']), or an iterable of batches"
+            )
         elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
             if isinstance(images, (list, tuple)):
                 _check_listed_batches(images)
@@ -186,7 +268,8 @@ class ImageSource:
                 raise InputValueError("images: the stream of batches is empty") from None
             self._first = first
             self._iterator = iterator
-            batch_images, _ = self._split_batch(first, 0)
+            batch_images, first_labels = self._split_batch(first, 0)
+            _refuse_bare_three_d("images[batch 0]", batch_images, first_labels)
             tensor, self.single_channel = _as_image_tensor(
                 "images[batch 0]", batch_images, height, width
             )
@@ -235,6 +318,7 @@ class ImageSource:
         for index, batch in enumerate(batches):
             raw_images, raw_labels = self._split_batch(batch, index)
             name = f"images[batch {index}]"
+            _refuse_bare_three_d(name, raw_images, raw_labels)
             tensor, single = _as_image_tensor(name, raw_images, self.height, self.width)
             if single != self.single_channel or tuple(tensor.shape[1:]) != self.image_shape:
                 raise InputValueError(

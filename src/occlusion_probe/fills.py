@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from typing_extensions import Protocol, runtime_checkable
 
+from .data import check_tensor_layout
 from .errors import (
     InputTypeError,
     InputValueError,
@@ -213,11 +214,18 @@ def resolve_fills(
         if isinstance(spec, bool):
             raise InputTypeError(f"{name}: expected a number, tensor or callable, got bool {spec}")
         if isinstance(spec, (int, float, np.integer, np.floating)):
-            value = float(spec)
+            try:
+                value = float(spec)
+            except OverflowError:
+                raise InputValueError(
+                    f"{name}: expected a finite number, got an integer too large for a float "
+                    f"({str(spec)[:20]}... with {len(str(spec))} digits)"
+                ) from None
             if not np.isfinite(value):
                 raise InputValueError(f"{name}: expected a finite number, got {value}")
             resolved.append(Fill(label=_label_of_number(value), value=value))
         elif isinstance(spec, Tensor):
+            check_tensor_layout(name, spec)
             if spec.dtype == torch.bool or spec.is_complex():
                 raise InputTypeError(
                     f"{name}: expected a real number or a floating-point tensor, got {describe(spec)}"

@@ -82,17 +82,35 @@ def model_device(model: object) -> torch.device | None:
 
 
 def input_dtype(model: object) -> torch.dtype | None:
-    """The floating dtype of a module's first floating parameter or buffer; None for other
-    callables and modules without floating state (their input keeps the images' dtype)."""
-    if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
+    """The floating dtype most of a module's floating parameters are in (counted by elements;
+    its floating buffers when it has no floating parameter); None for other callables and
+    modules without floating state (their input keeps the images' dtype).
+
+    Counting elements, not taking the first tensor, keeps a float16 scalar (a temperature)
+    registered first from casting a float32 network's input to float16.
+
+    Examples
+    --------
+    >>> net = nn.Linear(4, 2)
+    >>> net.register_parameter("scale", nn.Parameter(torch.ones((), dtype=torch.float16)))
+    >>> input_dtype(net)
+    torch.float32
+    """
+    if not isinstance(model, nn.Module):
+        return None
+    for tensors in (list(model.parameters()), list(model.buffers())):
+        counts: dict[torch.dtype, int] = {}
+        for tensor in tensors:
             if tensor.is_floating_point():
-                return tensor.dtype
+                counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+        if counts:
+            # Ties go to the dtype met first (dicts keep insertion order).
+            return max(counts, key=lambda dtype: counts[dtype])
     return None
 
 
 def model_dtype(model: object) -> torch.dtype:
-    """The floating dtype of a module's first floating parameter or buffer (float32 if none)."""
+    """The floating dtype of the model's input (`input_dtype`; float32 if none)."""
     return input_dtype(model) or torch.float32
 
 
@@ -222,6 +240,39 @@ def as_model(model: object) -> object:
     if isinstance(model, torch.export.ExportedProgram):
         return model.module()
     return model
+
+
+def _state_versions(model: object) -> dict[str, object]:
+    """What tells that a module's state changed: each parameter's version counter (bumped by
+    every in-place change) and each buffer's version and a copy of its values (kernels such
+    as batch norm's update running statistics without a version bump under inference mode).
+    Empty for other callables; tensors without a version (inference tensors) give None."""
+    if not isinstance(model, nn.Module):
+        return {}
+    state: dict[str, object] = {}
+    for name, parameter in model.named_parameters():
+        state[name] = _version(parameter)
+    for name, buffer in model.named_buffers():
+        state[name] = (_version(buffer), buffer.detach().clone())
+    return state
+
+
+def _version(tensor: Tensor) -> int | None:
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # inference tensors keep no version
+        return None
+
+
+def _same_state(before: object, after: object) -> bool:
+    if isinstance(before, tuple) and isinstance(after, tuple):
+        if before[0] != after[0]:
+            return False
+        try:
+            return bool(torch.equal(before[1], after[1]))
+        except (RuntimeError, NotImplementedError):  # layouts without equal (sparse)
+            return True
+    return before == after
 
 
 def cast_images(images: Tensor, dtype: torch.dtype | None, name: str = "images") -> Tensor:
@@ -386,6 +437,25 @@ def _storage_dtype(values: Tensor) -> torch.dtype:
     return torch.float64 if values.dtype == torch.float64 else torch.float32
 
 
+def _check_probabilities(values: Tensor, where: str) -> None:
+    """Refuse outputs recorded as probabilities that are none: a negative value, or a row
+    not summing to 1 (within float rounding of the outputs' dtype)."""
+    if values.numel() == 0:
+        return
+    wide = values.to(torch.float64)
+    tolerance = 1e-2 if values.element_size() <= 2 else 1e-3
+    low = float(wide.min())
+    sums = wide.sum(dim=1)
+    worst = float((sums - 1).abs().max())
+    if low < -tolerance or worst > tolerance:
+        raise InputValueError(
+            f'output: "probabilities" records outputs that are probabilities (non-negative, '
+            f"each row summing to 1), but the model gave values down to {low:.4g} and row "
+            f"sums from {float(sums.min()):.4g} to {float(sums.max()):.4g} ({where}); pass "
+            'output="softmax" for logits'
+        )
+
+
 def _looks_like_probabilities(values: Tensor) -> bool:
     if values.shape[1] < 2 or values.numel() == 0:
         return False
@@ -462,8 +532,49 @@ class CheckedForward:
             return
         self.where = "the first call"
         given = cast_images(images.to(device), self.dtype)
+        before = _state_versions(self.model)
         with evaluation_mode(self.model):
-            self.first_call = (given, self(given))
+            try:
+                outputs = self(given)
+            except (RuntimeError, AssertionError) as error:
+                if isinstance(self.model, nn.Module) and _is_exported(self.model):
+                    raise InputValueError(
+                        f"model: the exported program failed on a batch of {given.shape[0]} "
+                        f"images ({type(error).__name__}: {str(error)[:200]}); export it with a "
+                        "dynamic batch dimension, e.g. dynamic_shapes=({0: "
+                        'torch.export.Dim("batch")},)'
+                    ) from error
+                if not self.single_channel or not isinstance(error, RuntimeError):
+                    raise
+                raise InputValueError(
+                    "images: given as (N, H, W), so the model is called with (B, H, W), and "
+                    f"it failed ({type(error).__name__}: {str(error)[:200]}); pass "
+                    "images.unsqueeze(1) for a model that takes (B, 1, H, W)"
+                ) from error
+            again = self(given)
+        changed = [name for name, state in _state_versions(self.model).items()
+                   if name not in before or not _same_state(before[name], state)]  # fmt: skip
+        if changed:
+            raise InputValueError(
+                f"model: its forward changed its own parameters or buffers {changed[:5]} (in "
+                "eval mode, on the first two images); the outputs would depend on the order "
+                "and batching of the sweep. Causes: a BatchNorm forced into train mode (e.g. "
+                "by a pre-hook), a forward that updates its weights or statistics"
+            )
+        finite = bool(torch.isfinite(outputs).all()) and bool(torch.isfinite(again).all())
+        if finite and not torch.equal(outputs, again):
+            worst = float((outputs - again).abs().max())
+            # GPU kernels may pick other algorithms between calls: rounding, not randomness.
+            low = self.dtype is not None and torch.finfo(self.dtype).bits <= 16
+            rtol, atol = (2e-2, 2e-3) if low else (1e-4, 1e-5)
+            if not torch.allclose(outputs, again, rtol=rtol, atol=atol):
+                raise InputValueError(
+                    f"model: two calls on the same two images gave outputs differing by up to "
+                    f"{worst:.3g} (in eval mode); a model that is random at evaluation (e.g. "
+                    "F.dropout(..., training=True) or a Dropout forced into train mode) gives "
+                    "occlusion effects that are noise"
+                )
+        self.first_call = (given, outputs)
 
     def known_outputs(self, images: Tensor) -> Tensor | None:
         """The recorded outputs (k, K) of `check_first`'s call when `images` (n, C, H, W)
@@ -532,6 +643,14 @@ class CheckedForward:
                     "tensor to record"
                 )
             values = check_outputs(found[0], batch_size, found[1])
+            if self.output == "softmax" and values.shape[1] == 1:
+                raise InputValueError(
+                    f"output: softmax over the model's single output per image (shape "
+                    f"{tuple(values.shape)}) is always 1.0, so every drop would be 0; pass "
+                    'output="logits", or output=torch.sigmoid for a one-logit binary classifier'
+                )
+            if self.output == "probabilities":
+                _check_probabilities(values, self.where)
             if self.num_classes is None and self.output == "softmax":
                 self._warn_if_probabilities(values)
             # Softmax makes a new tensor; other outputs are copied, since a model may return

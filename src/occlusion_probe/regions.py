@@ -8,9 +8,10 @@ into regions; `sliding_windows` makes (possibly overlapping) square or rectangul
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -125,6 +126,7 @@ class Regions:
     masks: Tensor
     ids: tuple[int, ...]
     weights: Tensor | None = None
+    _digest: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         masks = self.masks
@@ -164,6 +166,28 @@ class Regions:
         object.__setattr__(self, "ids", ids)
         if self.weights is not None:
             _check_weights(self.weights, masks)
+        # A private copy: the caller's tensor may change afterwards. `masks` itself is a
+        # tensor anyone can write into, so its digest is kept and checked before each use.
+        own = masks.detach().clone()
+        object.__setattr__(self, "masks", own)
+        object.__setattr__(self, "_digest", _mask_digest(own))
+
+    def check_unchanged(self, name: str = "regions") -> None:
+        """Raise `InputValueError` (naming `name`) when ``masks`` was changed in place since
+        this `Regions` was made: a region emptied or moved afterwards would be swept as it is
+        now, not as it was checked.
+
+        Examples
+        --------
+        >>> regions = grid(4, 4, 2, 2)
+        >>> regions.check_unchanged()
+        """
+        if _mask_digest(self.masks) != self._digest:
+            raise InputValueError(
+                f"{name}: its masks were changed in place after the Regions was made (the "
+                "checks that every region covers a pixel ran on the old masks); make a new "
+                "Regions(masks, ids) from the changed masks"
+            )
 
     # -- basic facts --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -590,6 +614,27 @@ def _gaussian_bump(size: tuple[int, ...], sigma: float) -> Tensor:
     return (bump - low) / (high - low)
 
 
+# The most mask elements (bools: bytes) `grid` and `sliding_windows` allocate: 4 GiB. More is
+# refused before allocating (grid(10**6, 10**6, 1, 1) would be 1 TB).
+MAX_MASK_ELEMENTS = 2**32
+
+
+def _check_mask_size(regions: int, height: int, width: int) -> None:
+    elements = regions * height * width
+    if elements > MAX_MASK_ELEMENTS:
+        raise InputValueError(
+            f"height, width: {regions} regions of {height}x{width} pixels need "
+            f"{elements / 2**30:.4g} GiB of masks (at most {MAX_MASK_ELEMENTS / 2**30:.0f} GiB); "
+            "use smaller images, fewer regions, or Regions.from_label_map for a partition"
+        )
+
+
+def _mask_digest(masks: Tensor) -> str:
+    """A digest of the masks' shape and bits (packed 8 to a byte)."""
+    host = masks.detach().cpu().contiguous().numpy()
+    return hashlib.sha1(str(host.shape).encode() + np.packbits(host).tobytes()).hexdigest()
+
+
 def _id_summary(ids: Sequence[int]) -> str:
     if len(ids) > 1 and list(ids) == list(range(ids[0], ids[0] + len(ids))):
         return f"{ids[0]}..{ids[-1]}"
@@ -642,6 +687,7 @@ def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions:
         raise InputValueError(f"rows: expected at most height={height} rows, got {rows}")
     if cols > width:
         raise InputValueError(f"cols: expected at most width={width} columns, got {cols}")
+    _check_mask_size(rows * cols, height, width)
     row_cuts, col_cuts = _cuts(height, rows), _cuts(width, cols)
     row_index = torch.bucketize(torch.arange(height), torch.tensor(row_cuts[1:-1]), right=True)
     col_index = torch.bucketize(torch.arange(width), torch.tensor(col_cuts[1:-1]), right=True)
@@ -683,8 +729,9 @@ def sliding_windows(
     InputTypeError
         When a size is not an int (or a pair of ints).
     InputValueError
-        When a size is not positive, a pair does not have two entries, or the window is larger
-        than the image.
+        When a size is not positive, a pair does not have two entries, the window is larger
+        than the image, the stride larger than the window (pixels between windows would never
+        be occluded), or the masks would exceed 4 GiB.
 
     Examples
     --------
@@ -699,8 +746,15 @@ def sliding_windows(
         raise InputValueError(
             f"window: expected at most the image size ({height}, {width}), got ({window_h}, {window_w})"
         )
+    if stride_h > window_h or stride_w > window_w:
+        raise InputValueError(
+            f"stride: ({stride_h}, {stride_w}) is larger than the window ({window_h}, "
+            f"{window_w}), so pixels between windows would never be occluded (their heat map "
+            "would read 0); use a stride of at most the window"
+        )
     tops = torch.arange(0, height - window_h + 1, stride_h)
     lefts = torch.arange(0, width - window_w + 1, stride_w)
+    _check_mask_size(int(tops.numel() * lefts.numel()), height, width)
     rows_in = (torch.arange(height)[None, :] >= tops[:, None]) & (
         torch.arange(height)[None, :] < tops[:, None] + window_h
     )

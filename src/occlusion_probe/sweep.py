@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .approximate import Approximate, check_approximate
 from .batching import BatchPlan, auto_batch_size
-from .checkpoint import Checkpoint, Fingerprint
+from .checkpoint import Checkpoint, Fingerprint, check_checkpoint_path
 from .chunks import ChunkEngine
 from .collect import ClassMeanCollector, FullCollector, SweepMeta
 from .data import DEFAULT_CHUNK_IMAGES, Images, ImageSource, check_label_range
@@ -101,6 +101,7 @@ def check_common_arguments(
         raise InputTypeError(
             f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
         )
+    regions.check_unchanged()
     if batch_size != "auto" and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -177,12 +178,15 @@ def sweep(
     model : callable, Tensor (B, C, H, W) -> Tensor (B, K) or a model output holding it
         Any classifier. It runs under ``torch.inference_mode()`` in eval mode; each module's
         train/eval flag is restored afterwards. It gets a copy of the images in its floating
-        dtype (a module's first floating parameter; a callable gets the images' dtype), so
+        dtype (that of most of a module's floating parameters; a callable gets the images'), so
         in-place ops on its input change nothing of the caller's. Its output is read by one
         rule: a Tensor (B, K); else its ``.logits``; else its ``["logits"]`` (a Mapping);
         else its element 0 (a tuple or list); anything else needs a callable `output`. K is
-        fixed by a first call on two images, made before any heavy work. Preprocessing that
-        must follow the mask (normalisation, whitening) belongs inside the model.
+        fixed by a first check, made before any heavy work: two calls on the same first two
+        images, which must give the same outputs and leave the parameters and buffers
+        unchanged (a model that is random or updates itself in eval mode is refused).
+        Preprocessing that must follow the mask (normalisation, whitening) belongs inside
+        the model. A ``torch.export`` program (or its ``.module()``) runs as exported.
     images : Tensor, shape (N, C, H, W) or (N, H, W), or an iterable of (images, labels) batches
         Raw images in the space where the fills make sense (e.g. pixels in [0, 1]).
         (N, H, W) is one channel, and the model is then called with (B, H, W).
@@ -226,6 +230,19 @@ def sweep(
         once, atomically, in ``<checkpoint>.chunks/``, and a rerun with the same path resumes;
         a checkpoint of a different model, regions, fills or images, or one another process
         is using, is refused (docs/scale.md says what the fingerprint covers).
+    refine : Refine, optional
+        A drill-down sweep (`occlusion_probe.Refine`): coarse windows for every image, then
+        the cells of each image's most important coarse windows at the fine stride;
+        ``result.computed`` (N, R) says which windows were computed (the others take the
+        outputs of their cell's coarse window). Needs sliding windows (`sliding_windows`); not combined with
+        `reduce`, `checkpoint` or ``torch.distributed``.
+    approximate : float or Approximate, optional
+        An approximate sweep on the incremental engine: changed boxes are capped at the
+        largest projective-field threshold whose heat maps on the first images still reach
+        this SSIM (and R^2) against exact ones (a float is the SSIM target in (0, 1], or
+        `occlusion_probe.Approximate` settings); ``result.fidelity`` says what was measured.
+        None (the default) computes exact outputs. Not combined with ``engine="dense"``,
+        `reduce`, `checkpoint` or ``torch.distributed``.
 
     Returns
     -------
@@ -276,6 +293,7 @@ def sweep(
     model = check_common_arguments(model, regions, batch_size, progress)
     if reduce not in (None, "class_mean"):
         raise InputValueError(f'reduce: expected None or "class_mean", got {reduce!r}')
+    checkpoint = check_checkpoint_path(checkpoint)
     shard = distributed.current_shard()
     drill, approx = _check_refine_approximate(
         refine, approximate, regions, engine, reduce, checkpoint, shard is not None

@@ -38,7 +38,7 @@ def keep_only(
     keep: Sequence[int] = (10, 11),
     fill: FillSpec = 0.0,
     *,
-    output: OutputSpec = "logits",
+    output: OutputSpec = "softmax",
     batch_size: int | str = "auto",
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -70,9 +70,11 @@ def keep_only(
         `keep` as its region.
     output : str or callable
         What the predicted class is the argmax of: the model's class outputs as found by the
-        rule of `sweep` (``"logits"``, the default; ``"softmax"`` and ``"probabilities"``
-        predict the same), or a callable that receives exactly what the model returned and
-        gives a floating (B, K) tensor (for outputs the rule does not read).
+        rule of `sweep` (``"softmax"``, the default as in `sweep`, ``"logits"`` and
+        ``"probabilities"`` predict the same class: it is taken from the outputs before any
+        softmax, so softmax's float rounding cannot tie two classes), or a callable that
+        receives exactly what the model returned and gives a floating (B, K) tensor (for
+        outputs the rule does not read).
     batch_size : int or "auto"
         Masked images per model call, or ``"auto"`` (the size an earlier sweep of this model
         timed as fastest, else a memory budget's).
@@ -127,7 +129,9 @@ def keep_only(
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
     check_fills_fit([fill_spec], dtype, "fill")
-    forward = CheckedForward(model, output, single_channel=source.single_channel, dtype=dtype)
+    # The argmax of softmax is the argmax of the outputs it is computed from.
+    predict_from: OutputSpec = "logits" if output == "softmax" else output
+    forward = CheckedForward(model, predict_from, single_channel=source.single_channel, dtype=dtype)
     forward.check_first(source.first_images(), run_device)
     visible = regions.union(kept_ids).to(run_device)
     # An earlier sweep's timed choice for this model and input, else the memory budget's.

@@ -88,6 +88,9 @@ COMPUTE_BOUND_ITEMS = 64
 COMPUTE_BOUND_INTENSITY = 200.0
 #: The grouping's call cost before a run has measured the FLOP rate: 0.2 ms at 100 GFLOP/s.
 DEFAULT_CALL_FLOPS = CALL_SECONDS * 1e11
+#: The FLOP rate (FLOP/s) the groups are re-planned with; None: measured on the first run.
+#: Tests set one so that no grouping depends on the machine's speed or load.
+FLOP_RATE: float | None = None
 
 Finish = Callable[[object], Tensor]
 
@@ -215,7 +218,7 @@ class IncrementalEngine:
         that is worth CALL_SECONDS * rate FLOPs, shared by the member's images."""
         if seconds <= 0 or images <= 0 or self.dense_flops <= 0:
             return
-        rate = self.dense_flops * images / seconds
+        rate = self.dense_flops * images / seconds if FLOP_RATE is None else FLOP_RATE
         self._use_grouping(CALL_SECONDS * rate / max(1, items_per_member))
 
     @classmethod
@@ -480,7 +483,12 @@ class IncrementalEngine:
             timed = len(counts) > 1 and 3 * sum(counts) <= 2 * len(largest.members)
             trial = [BatchConfig(c) for c in counts] if timed else []
             self._piece_plan = BatchPlan(
-                start, trial, "timed" if timed else "given", unit="regions"
+                start,
+                trial,
+                "timed"
+                if timed
+                else "planned from the engine's images per call (too few regions to time)",
+                unit="regions",
             )
             self._piece_unit, self._piece_group = per_member, largest
         plan = self._piece_plan
