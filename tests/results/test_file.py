@@ -249,10 +249,25 @@ def test_format_one_loads_validated_with_a_warning(tmp_path: Path) -> None:
 
 def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
     result = _small_result()
+    # Labels out of range are refused by the constructor already; an unnamed output
+    # callable is a legal result that a file could not describe.
+    with pytest.raises(op.InputValueError, match=r"labels: expected class indices in \[0, 2\]"):
+        SweepResult(
+            result.baseline,
+            result.occluded,
+            torch.tensor([0, 5]),
+            result.regions,
+            result.fill_labels,
+        )
     bad = SweepResult(
-        result.baseline, result.occluded, torch.tensor([0, 5]), result.regions, result.fill_labels
+        result.baseline,
+        result.occluded,
+        result.labels,
+        result.regions,
+        result.fill_labels,
+        output="",
     )
-    with pytest.raises(ResultFileError, match="field 'labels': expected class indices"):
+    with pytest.raises(ResultFileError, match="field 'output': expected the name of the output"):
         bad.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
 
