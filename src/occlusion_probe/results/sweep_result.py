@@ -27,6 +27,7 @@ from ..selection import (
 from ..stats import bootstrap_bands, significance
 from ..tables import RegionValues, optional_import
 from .combine import concatenate_sweeps
+from .outputs import check_outputs_and_labels
 from .readings import ClassReadings, ordinary_tensor
 from .summary import class_summary, names_summary, tensor_summary
 
@@ -109,7 +110,7 @@ class SweepResult(ClassReadings):
         if self.labels is not None and tuple(self.labels.shape) != (n,):
             raise InputValueError(f"labels: expected shape ({n},), got {tuple(self.labels.shape)}")
         object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
-        self._check_values(k)
+        check_outputs_and_labels(self.baseline, self.occluded, self.labels, k)
         if self.computed is not None and (
             not isinstance(self.computed, Tensor)
             or self.computed.dtype != torch.bool
@@ -127,30 +128,6 @@ class SweepResult(ClassReadings):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, ordinary_tensor(value))
-
-    def _check_values(self, k: int) -> None:
-        """Outputs finite and labels class indices: a result never holds what no sweep gives."""
-        for name in ("baseline", "occluded"):
-            value = getattr(self, name)
-            if not value.is_floating_point():
-                raise InputTypeError(f"{name}: expected a float tensor, got {describe(value)}")
-            if value.numel() and not bool(torch.isfinite(value).all()):
-                bad = torch.nonzero(~torch.isfinite(value))[0].tolist()
-                raise InputValueError(
-                    f"{name}: expected finite outputs, got NaN or inf (first at index {bad})"
-                )
-        labels = self.labels
-        if labels is None:
-            return
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise InputTypeError(
-                f"labels: expected an integer tensor of class indices, got {describe(labels)}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
-            raise InputValueError(
-                f"labels: expected class indices in [0, {k - 1}] (K = {k} outputs), got values "
-                f"{int(labels.min())}..{int(labels.max())}"
-            )
 
     def __repr__(self) -> str:
         n, r, v, k = self.occluded.shape
