@@ -275,7 +275,10 @@ def test_fidelity_saved_and_loaded(
     joined = op.SweepResult.concatenate([result, loaded])
     assert joined.fidelity == result.fidelity
     exact = op.sweep(model, images, windows, FILLS, output="logits", engine="dense", progress=False)
-    with pytest.raises(InputValueError, match="parts: the results differ in fidelity"):
+    with pytest.raises(
+        InputValueError,
+        match=r"parts: part 1 does not come from the same sweep as part 0: its fidelity",
+    ):
         op.SweepResult.concatenate([result, exact])
 
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from reference_models import small_cnn
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import occlusion_probe as op
 from occlusion_probe import ClassMeanResult, EmptySelectionError, InputValueError
+from occlusion_probe.collect import ClassMeanCollector, FullCollector
 
 
 def test_class_mean_equals_full_result() -> None:
@@ -134,3 +136,37 @@ def test_peak_memory_does_not_grow_with_n() -> None:
     full_large = _peak_growth_kib(6000, "none")
     assert large - small < 8 * 1024, (small, large)
     assert full_large - large > 30 * 1024, (large, full_large)  # the measurement can see growth
+
+
+@pytest.mark.parametrize("kind", [FullCollector, ClassMeanCollector])
+def test_chunk_states_round_trip_and_misfits_add_nothing(
+    kind: type[FullCollector] | type[ClassMeanCollector],
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    baseline, occluded = torch.rand(4, 3, generator=generator), torch.rand(4, 5, 2, 3)
+    labels = torch.tensor([0, 1, 2, 0])
+    source = kind()
+    source.add(baseline, occluded, labels, 0)
+    state = source.last_chunk_state()
+    restored = kind()
+    restored.add_chunk_state(state, 0, 4, labels)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(restored.last_chunk_state().values(), state.values(), strict=True)
+    )
+    first = next(iter(state))
+    misfits: list[tuple[dict[str, np.ndarray], int, torch.Tensor, str]] = [
+        ({k: v for k, v in state.items() if k != first}, 4, labels, "chunk state: expected arrays"),
+        ({**state, "extra": np.zeros(1)}, 4, labels, "chunk state: expected arrays"),
+        ({**state, first: state[first][None]}, 4, labels, f"chunk state: {first} has"),
+        (state, 3, labels[:3], "chunk state: "),
+        (state, 4, torch.tensor([1, 1, 2, 0]), "chunk state: its label"),
+    ]
+    for arrays, images, chunk_labels, match in misfits:
+        target = kind()
+        with pytest.raises(InputValueError, match=match):
+            target.add_chunk_state(arrays, 0, images, chunk_labels)
+        if isinstance(target, ClassMeanCollector):
+            assert target.sums == {}  # nothing was added
+        else:
+            assert target.baselines == []

@@ -548,7 +548,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
             ],
         ),
         "## Table 2: test set, all areas visible\n",
-        tables.table2.to_markdown(CLASS_NAMES),
+        tables.table2.to_markdown(CLASS_NAMES, classes="all"),
         "## Figs 4-9: occlusion curves\n",
         "Each class's curve is the mean softmax output of that class over its correctly "
         "classified test images, with one area of the 4x4 grid (ids 1..16 row-major, 12x12 "
@@ -578,9 +578,9 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         ),
         f"Paper: {PAPER['figs_4_9']}.\n",
         "## Table 3: only areas 10, 11 visible (the mouth)\n",
-        tables.table3.to_markdown(CLASS_NAMES),
+        tables.table3.to_markdown(CLASS_NAMES, classes="all"),
         "## Table 4: only areas 6, 7, 10, 11 visible (eyes and mouth)\n",
-        tables.table4.to_markdown(CLASS_NAMES),
+        tables.table4.to_markdown(CLASS_NAMES, classes="all"),
         f"Paper: {PAPER['table3_table4']}. Everything outside the kept areas is set to 0.0.\n",
         *_perturbation_markdown(payload),
     ]

@@ -7,8 +7,9 @@ Both expose their state as plain arrays for checkpoints and for merging across r
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from .errors import InputValueError
 from .regions import Regions
 from .results import ClassMeanResult, SweepResult
 
-__all__ = ["ClassMeanCollector", "FullCollector"]
+__all__ = ["ChunkStateCollector", "ClassMeanCollector", "FullCollector"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,72 @@ class SweepMeta:
         return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
-class FullCollector:
+class ChunkStateCollector(abc.ABC):
+    """What both collectors share: restoring a chunk a checkpoint stored.
+
+    `add_chunk_state` checks the stored arrays (names, ranks, then `_misfit`: do they fit
+    this chunk's images and labels, and the chunks before?) and only then adds them, so a
+    chunk that does not fit adds nothing.
+    """
+
+    #: Stored array name -> its number of dimensions.
+    STATE: ClassVar[dict[str, int]]
+    #: Arrays that may be absent (labels of a sweep without labels).
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    @abc.abstractmethod
+    def last_chunk_state(self) -> dict[str, np.ndarray]:
+        """The outputs of the last added chunk as arrays, for a checkpoint's chunk file."""
+
+    @abc.abstractmethod
+    def _misfit(self, state: dict[str, Tensor], images: int, labels: Tensor | None) -> str | None:
+        """Why `state` does not fit a chunk of `images` images and `labels`; None when it does."""
+
+    @abc.abstractmethod
+    def _add_state(self, state: dict[str, Tensor], chunk_index: int, labels: Tensor | None) -> None:
+        """Add a checked chunk state."""
+
+    def add_chunk_state(
+        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
+    ) -> None:
+        """Add a chunk stored by `last_chunk_state`, after checking it fits the chunk.
+
+        Parameters
+        ----------
+        arrays : dict of str to ndarray
+            What `last_chunk_state` returned for that chunk.
+        chunk_index : int
+            The chunk's index in the input.
+        images : int
+            How many images the chunk has now.
+        labels : Tensor, shape (images,), or None
+            The chunk's labels now.
+
+        Raises
+        ------
+        InputValueError
+            When the arrays do not fit the chunk (nothing is added then).
+        """
+        required = set(self.STATE) - self.OPTIONAL
+        if not required <= set(arrays) <= set(self.STATE):
+            raise InputValueError(
+                f"chunk state: expected arrays {sorted(required)} (and optionally "
+                f"{sorted(self.OPTIONAL)}), got {sorted(arrays)}"
+            )
+        wrong = [key for key, value in arrays.items() if value.ndim != self.STATE[key]]
+        if wrong:
+            raise InputValueError(
+                "chunk state: "
+                + ", ".join(f"{k} has {arrays[k].ndim} dims, not {self.STATE[k]}" for k in wrong)
+            )
+        state = {key: torch.from_numpy(value) for key, value in arrays.items()}
+        problem = self._misfit(state, images, labels)
+        if problem is not None:
+            raise InputValueError(f"chunk state: {problem}")
+        self._add_state(state, chunk_index, labels)
+
+
+class FullCollector(ChunkStateCollector):
     """Keeps all outputs; `result()` concatenates them into a `SweepResult`."""
 
     def __init__(self) -> None:
@@ -73,52 +139,27 @@ class FullCollector:
             arrays["labels"] = labels.numpy()
         return arrays
 
-    def add_chunk_state(
-        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
-    ) -> None:
-        """Add a chunk stored by `last_chunk_state`, after checking it fits the chunk.
+    STATE: ClassVar[dict[str, int]] = {"baseline": 2, "occluded": 4, "labels": 1}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"labels"})
 
-        Parameters
-        ----------
-        arrays : dict of str to ndarray
-            What `last_chunk_state` returned for that chunk.
-        chunk_index : int
-            The chunk's index in the input.
-        images : int
-            How many images the chunk has now.
-        labels : Tensor, shape (images,), or None
-            The chunk's labels now.
-
-        Raises
-        ------
-        InputValueError
-            When the arrays do not fit the chunk (nothing is added then).
-        """
-        baseline, occluded = arrays.get("baseline"), arrays.get("occluded")
-        if baseline is None or occluded is None or baseline.ndim != 2 or occluded.ndim != 4:
-            raise InputValueError("chunk state: expected baseline (n, K) and occluded (n, R, V, K)")
+    def _misfit(self, state: dict[str, Tensor], images: int, labels: Tensor | None) -> str | None:
+        baseline, occluded = state["baseline"], state["occluded"]
         if baseline.shape[0] != images or occluded.shape[0] != images:
-            raise InputValueError(
-                f"chunk state: expected {images} images, got {baseline.shape[0]} / {occluded.shape[0]}"
-            )
+            return f"expected {images} images, got {baseline.shape[0]} / {occluded.shape[0]}"
         if self.occluded and tuple(occluded.shape[1:]) != tuple(self.occluded[0].shape[1:]):
-            raise InputValueError(
-                f"chunk state: expected occluded (n, {tuple(self.occluded[0].shape[1:])}), got "
-                f"{occluded.shape}"
+            return (
+                f"expected occluded (n, {tuple(self.occluded[0].shape[1:])}), got "
+                f"{tuple(occluded.shape)}"
             )
-        stored = arrays.get("labels")
+        stored = state.get("labels")
         if (stored is None) != (labels is None) or (
-            stored is not None
-            and labels is not None
-            and not torch.equal(torch.from_numpy(stored), labels)
+            stored is not None and labels is not None and not torch.equal(stored, labels)
         ):
-            raise InputValueError("chunk state: its labels differ from the chunk's")
-        self.add(
-            torch.from_numpy(baseline),
-            torch.from_numpy(occluded),
-            None if labels is None else labels,
-            chunk_index,
-        )
+            return "its labels differ from the chunk's"
+        return None
+
+    def _add_state(self, state: dict[str, Tensor], chunk_index: int, labels: Tensor | None) -> None:
+        self.add(state["baseline"], state["occluded"], labels, chunk_index)
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = {
@@ -163,7 +204,7 @@ class FullCollector:
         )
 
 
-class ClassMeanCollector:
+class ClassMeanCollector(ChunkStateCollector):
     """Running sums per true class; needs labels. Sums are kept in float64 so that the
     order in which chunks arrive does not change the curves beyond rounding."""
 
@@ -213,54 +254,37 @@ class ClassMeanCollector:
         """The sums of the last added chunk alone (the four arrays of `ClassMeanResult`)."""
         return {key: tensor.numpy() for key, tensor in self._last.items()}
 
-    def add_chunk_state(
-        self, arrays: dict[str, np.ndarray], chunk_index: int, images: int, labels: Tensor | None
-    ) -> None:
-        """Add a chunk's sums stored by `last_chunk_state`, after checking they fit the chunk.
+    STATE: ClassVar[dict[str, int]] = {
+        "occluded_sum": 5,
+        "baseline_sum": 3,
+        "counts": 2,
+        "confusion": 2,
+    }
 
-        Parameters
-        ----------
-        arrays : dict of str to ndarray
-            What `last_chunk_state` returned for that chunk.
-        chunk_index : int
-            The chunk's index in the input (unused: sums do not depend on the order of chunks
-            beyond rounding, and the chunk loop replays them in input order).
-        images : int
-            How many images the chunk has now.
-        labels : Tensor, shape (images,), or None
-            The chunk's labels now.
-
-        Raises
-        ------
-        InputValueError
-            When the arrays do not fit the chunk (nothing is added then).
-        """
+    def _misfit(self, state: dict[str, Tensor], images: int, labels: Tensor | None) -> str | None:
         if labels is None:
             raise InputValueError(
                 'reduce: "class_mean" needs labels (per-true-class sums); none were given'
             )
-        if set(arrays) != set(self._KEYS):
-            raise InputValueError(
-                f"chunk state: expected arrays {self._KEYS}, got {sorted(arrays)}"
-            )
-        delta = {key: torch.from_numpy(arrays[key]) for key in self._KEYS}
-        k = delta["confusion"].shape[0]
+        k = state["confusion"].shape[0]
         shapes_ok = (
-            delta["confusion"].shape == (k, k)
-            and delta["counts"].shape == (2, k)
-            and delta["baseline_sum"].shape == (2, k, k)
-            and delta["occluded_sum"].dim() == 5
-            and all(delta[key].shape == self.sums[key].shape for key in self.sums)
+            state["confusion"].shape == (k, k)
+            and state["counts"].shape == (2, k)
+            and state["baseline_sum"].shape == (2, k, k)
+            and all(state[key].shape == self.sums[key].shape for key in self.sums)
         )
-        if not shapes_ok or int(delta["confusion"].sum()) != images:
-            raise InputValueError(
-                f"chunk state: the stored sums do not fit a chunk of {images} images"
-            )
-        if not torch.equal(delta["counts"][0], torch.bincount(labels, minlength=k)):
-            raise InputValueError("chunk state: its label counts differ from the chunk's labels")
+        if not shapes_ok or int(state["confusion"].sum()) != images:
+            return f"the stored sums do not fit a chunk of {images} images"
+        if not torch.equal(state["counts"][0], torch.bincount(labels, minlength=k)):
+            return "its label counts differ from the chunk's labels"
+        return None
+
+    def _add_state(self, state: dict[str, Tensor], chunk_index: int, labels: Tensor | None) -> None:
+        # Sums do not depend on the order of chunks beyond rounding, and the chunk loop replays
+        # them in input order: `chunk_index` is not needed.
         if not self.sums:
-            self.sums = {key: torch.zeros_like(tensor) for key, tensor in delta.items()}
-        self._accumulate(delta)
+            self.sums = {key: torch.zeros_like(tensor) for key, tensor in state.items()}
+        self._accumulate(state)
 
     def state(self) -> dict[str, np.ndarray]:
         return {key: tensor.numpy() for key, tensor in self.sums.items()}

@@ -165,7 +165,7 @@ def test_dropped_field_without_new_checksum_is_corruption(tmp_path: Path) -> Non
         ),
         ("region_masks", np.zeros((4, 4, 4)), "field 'region_masks': expected a bool array"),
         ("kind", np.array("ClassMeanResult"), "field 'kind': expected 'SweepResult'"),
-        ("format_version", np.array(3), "field 'format_version': expected 2 \\(or 1\\)"),
+        ("format_version", np.array(4), "field 'format_version': expected 3 \\(or 2, 1\\)"),
         ("format_version", np.array("2"), "field 'format_version': expected an integer scalar"),
         ("checksum", None, "field 'checksum': expected the field to be present"),
     ],
@@ -249,10 +249,25 @@ def test_format_one_loads_validated_with_a_warning(tmp_path: Path) -> None:
 
 def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
     result = _small_result()
+    # Labels out of range are refused by the constructor already; an unnamed output
+    # callable is a legal result that a file could not describe.
+    with pytest.raises(op.InputValueError, match=r"labels: expected class indices in \[0, 2\]"):
+        SweepResult(
+            result.baseline,
+            result.occluded,
+            torch.tensor([0, 5]),
+            result.regions,
+            result.fill_labels,
+        )
     bad = SweepResult(
-        result.baseline, result.occluded, torch.tensor([0, 5]), result.regions, result.fill_labels
+        result.baseline,
+        result.occluded,
+        result.labels,
+        result.regions,
+        result.fill_labels,
+        output="",
     )
-    with pytest.raises(ResultFileError, match="field 'labels': expected class indices"):
+    with pytest.raises(ResultFileError, match="field 'output': expected the name of the output"):
         bad.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
 
@@ -405,3 +420,100 @@ def test_a_compressed_member_fails_fast_and_small(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1 << 22
+
+
+def _stored(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _result_over(regions: op.Regions) -> SweepResult:
+    generator = torch.Generator().manual_seed(2)
+    r = len(regions)
+    return SweepResult(
+        torch.rand(2, 3, generator=generator),
+        torch.rand(2, r, 1, 3, generator=generator),
+        torch.tensor([0, 2]),
+        regions,
+        ("0.0",),
+    )
+
+
+def test_windows_are_stored_by_their_geometry_and_other_masks_packed(tmp_path: Path) -> None:
+    windows = op.sliding_windows(64, 64, 8, 2)  # 29 x 29 = 841 windows
+    path = _result_over(windows).save(tmp_path / "w.npz")
+    stored = _stored(path)
+    assert "region_masks" not in stored and stored["region_window"].tolist() == [64, 64, 8, 8]
+    assert path.stat().st_size < windows.masks.numel() // 50
+    loaded = SweepResult.load(path)
+    assert torch.equal(loaded.regions.masks, windows.masks) and loaded.regions.ids == windows.ids
+    label_map = torch.randint(0, 7, (16, 16), generator=torch.Generator().manual_seed(0))
+    parts = op.Regions.from_label_map(label_map)
+    path = _result_over(parts).save(tmp_path / "p.npz")
+    stored = _stored(path)
+    assert stored["region_masks_packed"].dtype == np.uint8
+    assert stored["region_masks_packed"].shape == (len(parts), 32)
+    assert torch.equal(SweepResult.load(path).regions.masks, parts.masks)
+    grid = op.grid(16, 16, 4, 4)  # a grid is windows too; a subset is not a full grid
+    assert "region_window" in _stored(_result_over(grid).save(tmp_path / "g.npz"))
+    subset = grid.select([1, 2, 6])
+    path = _result_over(subset).save(tmp_path / "s.npz")
+    assert "region_masks_packed" in _stored(path)
+    assert torch.equal(SweepResult.load(path).regions.masks, subset.masks)
+
+
+def test_format_two_files_with_bool_masks_still_load(tmp_path: Path) -> None:
+    result = _small_result()
+    path = result.save(tmp_path / "r.npz")
+    _rewrite(
+        path,
+        {
+            "format_version": np.array(2, dtype=np.int64),
+            "region_window": None,
+            "region_tops": None,
+            "region_lefts": None,
+            "region_masks": result.regions.masks.numpy(),
+        },
+    )
+    assert _same(SweepResult.load(path), result)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"region_window": np.array([10**6, 10**6, 1, 1])}, "expected masks of at most"),
+        (
+            {
+                "region_window": np.array([10**5, 10**5, 1, 1]),
+                "region_tops": np.arange(1000),
+                "region_lefts": np.arange(1000),
+            },
+            "field 'region_window': expected masks of at most",
+        ),
+        ({"region_window": np.array([4, 4, 5, 1])}, "expected a window inside the image"),
+        ({"region_tops": np.array([2, 0])}, "field 'region_tops': expected increasing starts"),
+        ({"region_lefts": np.array([0, 3])}, "field 'region_lefts': expected increasing starts"),
+        ({"region_window": None}, "field 'region_mask_shape': expected the field to be present"),
+    ],
+)
+def test_stored_region_geometry_is_validated_before_masks_are_made(
+    tmp_path: Path, change: dict[str, np.ndarray | None], message: str
+) -> None:
+    path = _small_result().save(tmp_path / "r.npz")
+    _rewrite(path, change)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResultFileError, match=message):
+            SweepResult.load(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 24
+
+
+def test_packed_masks_are_validated(tmp_path: Path) -> None:
+    label_map = torch.arange(16).reshape(4, 4) % 3
+    path = _result_over(op.Regions.from_label_map(label_map)).save(tmp_path / "p.npz")
+    _rewrite(path, {"region_mask_shape": np.array([3, 8, 8])})
+    with pytest.raises(ResultFileError, match=r"field 'region_masks_packed': expected a uint8"):
+        SweepResult.load(path)

@@ -611,3 +611,94 @@ def test_heatmap_errors() -> None:
             fill_labels=result.fill_labels,
             fidelity=0.9,  # type: ignore[arg-type]
         )
+
+
+def test_repr_is_short_at_a_thousand_classes() -> None:
+    n, r, v, k = 3, 49, 2, 1000
+    names = [f"class{i}" for i in range(k)]
+    big = SweepResult(
+        torch.rand(n, k),
+        torch.rand(n, r, v, k),
+        torch.tensor([0, 999, 5]),
+        op.grid(14, 14, 7, 7),
+        ("0.0", "1.0"),
+        class_names=names,
+        image_shape=(3, 14, 14),
+    )
+    text = repr(big)
+    assert "\n" not in text and len(text) < 400
+    assert "N=3 images" in text and "R=49" in text and "ids 1..49" in text
+    assert "K=1000 classes (class0, class1, class2, ..., class997, class998, class999)" in text
+    assert "occluded (3, 49, 2, 1000) float32" in text and "engine='dense'" in text
+    assert "tensor(" not in text and repr(big) == str(big)
+
+
+def _parts(result: SweepResult) -> dict[str, object]:
+    return {
+        "baseline": result.baseline,
+        "occluded": result.occluded,
+        "labels": result.labels,
+        "regions": result.regions,
+        "fill_labels": result.fill_labels,
+        "class_names": result.class_names,
+        "image_shape": result.image_shape,
+        "output": result.output,
+    }
+
+
+def test_constructor_refuses_nan_outputs_and_bad_labels(result: SweepResult) -> None:
+    for field in ("baseline", "occluded"):
+        bad = getattr(result, field).clone()
+        bad.view(-1)[7] = float("nan")
+        with pytest.raises(InputValueError, match=f"{field}: expected finite outputs, got NaN"):
+            SweepResult(**{**_parts(result), field: bad})  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"labels: expected class indices in \[0, 2\]"):
+        SweepResult(**{**_parts(result), "labels": torch.full((12,), 3)})  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"got values -1\.\.2"):
+        SweepResult(
+            **{**_parts(result), "labels": torch.arange(12) % 3 - (torch.arange(12) == 0).long()}
+        )  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="labels: expected an integer tensor"):
+        SweepResult(**{**_parts(result), "labels": torch.zeros(12)})  # type: ignore[arg-type]
+    with pytest.raises(InputTypeError, match="baseline: expected a float tensor"):
+        SweepResult(**{**_parts(result), "baseline": torch.zeros(12, 3, dtype=torch.int64)})  # type: ignore[arg-type]
+
+
+def test_concatenate_refuses_parts_of_different_sweeps(result: SweepResult) -> None:
+    logits = SweepResult(**{**_parts(result), "output": "logits"})  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"part 1 .* output \('logits' vs 'softmax'\)"):
+        SweepResult.concatenate([result, logits])
+    masks = result.regions.masks.flip(-1)  # the same ids, other regions
+    flipped = SweepResult(**{**_parts(result), "regions": op.Regions(masks, result.regions.ids)})  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"region masks \(equal ids, other regions\)"):
+        SweepResult.concatenate([result, flipped])
+    with pytest.raises(InputTypeError, match="parts: expected SweepResults only"):
+        SweepResult.concatenate([result, "x"])  # type: ignore[list-item]
+    with pytest.raises(InputTypeError, match="parts: expected a sequence of SweepResult"):
+        SweepResult.concatenate(result)  # type: ignore[arg-type]
+    joined = SweepResult.concatenate([result, result])
+    assert joined.num_images == 24 and torch.equal(joined.occluded[12:], result.occluded)
+
+
+def test_image_ranking_equals_a_plain_sort(result: SweepResult) -> None:
+    ids = list(result.regions.ids)
+    for n in range(result.num_images):
+        for cls in (None, 0, 2, "b"):
+            index = int(result.predicted[n]) if cls is None else result.class_index(cls)
+            for fill in (None, 0.4):
+                drops = []
+                for r in range(len(ids)):
+                    values = [
+                        float(result.baseline[n, index]) - float(result.occluded[n, r, v, index])
+                        for v in range(len(result.fill_labels))
+                        if fill is None or result.fill_labels[v] == "0.4"
+                    ]
+                    drops.append(sum(values) / len(values))
+                expected = [ids[r] for r in sorted(range(len(ids)), key=lambda r: -drops[r])]
+                got = result.image_ranking(n, cls, fill=fill)
+                assert got == expected or np.allclose(
+                    [drops[ids.index(i)] for i in got], [drops[ids.index(i)] for i in expected]
+                )
+    for bad, error in ((12, InputValueError), (-1, InputValueError), (1.0, InputTypeError)):
+        with pytest.raises(error, match=r"image: expected an int in \[0, 11\]"):
+            result.image_ranking(bad)

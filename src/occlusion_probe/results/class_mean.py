@@ -14,6 +14,7 @@ from ..regions import Regions
 from ..selection import check_bool, check_class_names
 from ..tables import optional_import
 from .readings import ClassReadings, ordinary_tensor
+from .summary import class_summary, names_summary
 
 __all__ = ["ClassMeanResult"]
 
@@ -94,6 +95,15 @@ class ClassMeanResult(ClassReadings):
                 raise InputValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
             object.__setattr__(self, name, ordinary_tensor(value))
         object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
+
+    def __repr__(self) -> str:
+        _, k, r, v, _ = self.occluded_sum.shape
+        return (
+            f"ClassMeanResult(N={self.num_images} images summed, R={r} {self.regions!r}, "
+            f"V={v} fills ({names_summary(self.fill_labels)}), "
+            f"{class_summary(k, self.class_names)}, output={self.output!r}, "
+            f"engine={self.engine!r}, accuracy {self.accuracy:.3f})"
+        )
 
     @property
     def num_classes(self) -> int:

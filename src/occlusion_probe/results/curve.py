@@ -18,6 +18,7 @@ from ..selection import check_class_names, class_index, class_text, int_in_range
 from ..stats import bootstrap_bands
 from .confusion import ConfusionReport, confusion_report
 from .readings import ordinary_tensor
+from .summary import class_summary
 
 __all__ = ["BAND_PERCENTILES", "METRICS", "MODES", "AucDifference", "PerturbationCurve"]
 
@@ -160,6 +161,22 @@ class PerturbationCurve:
             object.__setattr__(self, name, ordinary_tensor(getattr(self, name).cpu()))
         object.__setattr__(
             self, "class_names", check_class_names(self.class_names, self.num_classes)
+        )
+
+    def __repr__(self) -> str:
+        target = "each image's true class" if self.target is None else f"class {self.target}"
+        order = self.order if len(self.order) <= 60 else self.order[:57] + "..."
+        ids = self.region_ids
+        shown = f"ids {ids[0]}..{ids[-1]}" if ids else "no ids"
+        return (
+            f"PerturbationCurve(mode={self.mode!r}, order={order!r}, "
+            f"N={self.num_images} images, D={self.num_draws} draws, R={self.num_regions} "
+            f"regions ({shown}), {class_summary(self.num_classes, self.class_names)}, "
+            f"fill={self.fill_label!r}, output={self.output!r}, tracking {target}, "
+            f"accuracy {self.auc():.3f} AUC)"
+            if self.num_images and self.num_regions
+            else f"PerturbationCurve(mode={self.mode!r}, N={self.num_images} images, "
+            f"R={self.num_regions} regions)"
         )
 
     # -- sizes and axes -----------------------------------------------------------------------

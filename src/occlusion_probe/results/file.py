@@ -1,11 +1,17 @@
 """The on-disk format of `SweepResult` and `ClassMeanResult`: checksummed ``.npz`` files.
 
 A result file is an ``.npz`` archive (no pickles) holding the result's arrays, its metadata
-as small string / integer arrays, ``format_version`` (2), ``kind`` (``"SweepResult"`` or
+as small string / integer arrays, ``format_version`` (3), ``kind`` (``"SweepResult"`` or
 ``"ClassMeanResult"``) and ``checksum``: the SHA-256 over the name, dtype, shape and bytes of
 every other array (`payload_checksum`). Loading recomputes the checksum, then validates every
 field (dtype, shape, range, and agreement between fields) before a result is built, and
 raises `ResultFileError` naming the file and the field; no other exception escapes.
+
+Regions are stored by their geometry when they are sliding windows (``region_window`` = H,
+W, window height and width; ``region_tops``, ``region_lefts``: a 2,809-window 224 x 224
+result no longer carries 141 MB of masks), else as bit-packed masks
+(``region_masks_packed``, 8 pixels per byte, with ``region_mask_shape``). Format 2 stored
+the bool masks (``region_masks``) and is read as before.
 
 Format 1 (written before checksums existed) is still read, with every field validated and an
 `OcclusionProbeWarning` that the file carries no checksum; a file claiming format 1 that
@@ -38,8 +44,12 @@ from ..storage import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_n
 
 __all__ = ["FORMAT_VERSION", "check_path", "read_result", "write_result"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _LEGACY_VERSION = 1
+_VERSIONS = (1, 2, 3)
+# Masks a window file may expand to: a few integers describe R x H x W bools, so a hostile
+# file could ask for terabytes. Larger masks are written packed (8 pixels per byte) instead.
+_MAX_WINDOW_MASK_BYTES = 1 << 28
 _KINDS = ("ClassMeanResult", "SweepResult")
 # Every field a format-1 file had: a file claiming format 1 with any other field (a checksum,
 # a kind) is a newer file rewritten to skip its checksum, and is refused.
@@ -69,6 +79,8 @@ class _Fields:
     def __init__(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         self.path = path
         self.arrays = arrays
+        # The regions' masks, once decoded from whichever form the file stores.
+        self.decoded_masks: np.ndarray | None = None
 
     def error(self, field: str, expected: str, got: str) -> ResultFileError:
         return ResultFileError(
@@ -191,10 +203,10 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
             stacklevel=4,
         )
         return fields, version
-    if version != FORMAT_VERSION:
+    if version not in _VERSIONS:
         raise fields.error(
             "format_version",
-            f"{FORMAT_VERSION} (or 1) -- this file may come from a newer occlusion_probe",
+            f"{FORMAT_VERSION} (or 2, 1) -- this file may come from a newer occlusion_probe",
             str(version),
         )
     stored = fields.string("checksum")
@@ -210,7 +222,12 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
     return fields, version
 
 
-def _write(path: str | os.PathLike[str], kind: str, arrays: dict[str, np.ndarray]) -> Path:
+def _write(
+    path: str | os.PathLike[str],
+    kind: str,
+    arrays: dict[str, np.ndarray],
+    masks: np.ndarray | None = None,
+) -> Path:
     path = check_path(path, f"{kind}.save")
     if path.is_dir():
         raise ResultFileError(
@@ -221,7 +238,10 @@ def _write(path: str | os.PathLike[str], kind: str, arrays: dict[str, np.ndarray
     payload["kind"] = np.array(kind, dtype=np.str_)
     payload["checksum"] = np.array(payload_checksum(payload), dtype=np.str_)
     # Refuse to write what `read` would refuse: a saved file always loads again.
-    _validate(_Fields(path, payload), kind, FORMAT_VERSION, writing=True)
+    fields = _Fields(path, payload)
+    if masks is not None and masks.dtype == np.bool_ and masks.ndim == 3:
+        fields.decoded_masks = masks  # what the stored form encodes, without decoding it
+    _validate(fields, kind, FORMAT_VERSION, writing=True)
     try:
         atomic_write_npz(path, payload)
     except OSError as error:  # its message would name the temporary file, not the user's
@@ -244,7 +264,7 @@ def _metadata_arrays(
 ) -> dict[str, np.ndarray]:
     arrays = {
         "region_ids": np.array(regions.ids, dtype=np.int64),
-        "region_masks": regions.masks.cpu().numpy(),
+        **_region_arrays(regions),
         **(
             {}
             if regions.weights is None
@@ -264,9 +284,96 @@ def _metadata_arrays(
     return arrays
 
 
+def _window_masks(h: int, w: int, window: tuple[int, int], tops: Any, lefts: Any) -> np.ndarray:
+    """(R, H, W) bool masks of windows at every (top, left), row-major, as sliding_windows."""
+    rows = np.zeros((len(tops), h), dtype=np.bool_)
+    cols = np.zeros((len(lefts), w), dtype=np.bool_)
+    for i, top in enumerate(tops):
+        rows[i, int(top) : int(top) + window[0]] = True
+    for j, left in enumerate(lefts):
+        cols[j, int(left) : int(left) + window[1]] = True
+    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(-1, h, w)
+
+
+def _region_arrays(regions: Regions) -> dict[str, np.ndarray]:
+    """Format 3's regions: sliding windows by their geometry, other masks packed."""
+    masks = regions.masks.detach().cpu().numpy()
+    if masks.dtype != np.bool_ or masks.ndim != 3:
+        return {"region_masks": masks}  # refused by the validation that follows
+    r, h, w = masks.shape
+    geometry = regions.window_grid()
+    if geometry is not None and masks.size <= _MAX_WINDOW_MASK_BYTES:
+        # window_grid checked one area and the row and column extents of every mask; equal
+        # row and column profiles to the windows' make each mask exactly its window.
+        rows = _window_masks(h, 1, (geometry.window[0], 1), geometry.tops, [0])[:, :, 0]
+        cols = _window_masks(1, w, (1, geometry.window[1]), [0], geometry.lefts)[:, 0, :]
+        grid_rows, grid_cols = len(geometry.tops), len(geometry.lefts)
+        if np.array_equal(masks.any(axis=2), np.repeat(rows, grid_cols, axis=0)) and np.array_equal(
+            masks.any(axis=1), np.tile(cols, (grid_rows, 1))
+        ):
+            return {
+                "region_window": np.array([h, w, *geometry.window], dtype=np.int64),
+                "region_tops": np.array(geometry.tops, dtype=np.int64),
+                "region_lefts": np.array(geometry.lefts, dtype=np.int64),
+            }
+    return {
+        "region_masks_packed": np.packbits(masks.reshape(r, -1), axis=1),
+        "region_mask_shape": np.array([r, h, w], dtype=np.int64),
+    }
+
+
+def _stored_masks(fields: _Fields, version: int) -> np.ndarray:
+    """The (R, H, W) masks of any format version, validated before anything large is made."""
+    if fields.decoded_masks is not None:
+        return fields.decoded_masks
+    if version < 3 or fields.has("region_masks"):
+        masks = fields.array("region_masks")
+    elif fields.has("region_window"):
+        window = fields.integers("region_window", (4,), low=1)
+        h, w, wh, ww = (int(x) for x in window)
+        if wh > h or ww > w:
+            raise fields.error("region_window", "a window inside the image", str(window.tolist()))
+        tops = fields.integers("region_tops", (None,))
+        lefts = fields.integers("region_lefts", (None,))
+        for name, starts, limit in (("region_tops", tops, h - wh), ("region_lefts", lefts, w - ww)):
+            if not starts.size or int(starts.max()) > limit or np.any(np.diff(starts) <= 0):
+                raise fields.error(
+                    name, f"increasing starts in [0, {limit}], at least one", str(starts[:10])
+                )
+        if tops.size * lefts.size * h * w > _MAX_WINDOW_MASK_BYTES:
+            raise fields.error(
+                "region_window",
+                f"masks of at most {_MAX_WINDOW_MASK_BYTES} bytes",
+                f"{tops.size * lefts.size} windows of {h}x{w}",
+            )
+        masks = _window_masks(h, w, (wh, ww), tops.tolist(), lefts.tolist())
+    else:
+        shape = fields.integers("region_mask_shape", (3,), low=1)
+        r, h, w = (int(x) for x in shape)
+        packed = fields.array("region_masks_packed")
+        if packed.dtype != np.uint8 or packed.shape != (r, (h * w + 7) // 8):
+            raise fields.error(
+                "region_masks_packed",
+                f"a uint8 array of shape ({r}, {(h * w + 7) // 8})",
+                f"dtype {packed.dtype}, shape {packed.shape}",
+            )
+        masks = np.unpackbits(packed, axis=1, count=h * w).astype(np.bool_).reshape(r, h, w)
+    fields.decoded_masks = masks
+    return masks
+
+
+def _region_count(fields: _Fields, version: int) -> int | None:
+    """R, read from the masks' own shape (None when they are malformed: reported later)."""
+    try:
+        shape = _stored_masks(fields, version).shape
+    except ResultFileError:
+        return None
+    return shape[0] if len(shape) == 3 else None
+
+
 def _metadata(fields: _Fields, version: int, k: int, writing: bool) -> dict[str, Any]:
     """Validated regions, fills, class names, image shape, output and engine."""
-    masks = fields.array("region_masks")
+    masks = _stored_masks(fields, version)
     if masks.dtype != np.bool_ or masks.ndim != 3 or masks.shape[0] == 0:
         raise fields.error(
             "region_masks",
@@ -335,7 +442,7 @@ def _validate(fields: _Fields, kind: str, version: int, writing: bool = False) -
         if kind == "SweepResult":
             return _sweep_fields(fields, version, writing)
         if kind == "ClassMeanResult":
-            return _class_mean_fields(fields, writing)
+            return _class_mean_fields(fields, version, writing)
         raise InputValueError(f"kind: expected one of {sorted(_KINDS)}, got {kind!r}")
     except ResultFileError:
         raise
@@ -346,8 +453,7 @@ def _validate(fields: _Fields, kind: str, version: int, writing: bool = False) -
 def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any]:
     baseline = fields.floats("baseline", (None, None))
     n, k = baseline.shape
-    masks_shape = fields.array("region_masks").shape
-    r = masks_shape[0] if len(masks_shape) == 3 else None
+    r = _region_count(fields, version)
     v = fields.array("fill_labels").shape[0] if fields.array("fill_labels").ndim == 1 else None
     occluded = fields.floats("occluded", (n, r, v, k))
     labels = None
@@ -412,7 +518,7 @@ def _sweep_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any
     }
 
 
-def _class_mean_fields(fields: _Fields, writing: bool) -> dict[str, Any]:
+def _class_mean_fields(fields: _Fields, version: int, writing: bool) -> dict[str, Any]:
     confusion = fields.integers("confusion", (None, None))
     k = confusion.shape[0]
     if confusion.shape != (k, k):
@@ -422,15 +528,14 @@ def _class_mean_fields(fields: _Fields, writing: bool) -> dict[str, Any]:
         raise fields.error("counts", "counts[0] = row sums of confusion", f"{counts[0].tolist()}")
     if not np.array_equal(counts[1], np.diagonal(confusion)):
         raise fields.error("counts", "counts[1] = diagonal of confusion", f"{counts[1].tolist()}")
-    masks_shape = fields.array("region_masks").shape
-    r = masks_shape[0] if len(masks_shape) == 3 else None
+    r = _region_count(fields, version)
     v = fields.array("fill_labels").shape[0] if fields.array("fill_labels").ndim == 1 else None
     occluded_sum = fields.floats("occluded_sum", (2, k, r, v, k))
     baseline_sum = fields.floats("baseline_sum", (2, k, k))
     for field, array in (("occluded_sum", occluded_sum), ("baseline_sum", baseline_sum)):
         if array.dtype != np.float64:
             raise fields.error(field, "float64 sums", f"dtype {array.dtype}")
-    meta = _metadata(fields, FORMAT_VERSION, k, writing)
+    meta = _metadata(fields, version, k, writing)
     return {
         "occluded_sum": torch.from_numpy(occluded_sum),
         "baseline_sum": torch.from_numpy(baseline_sum),
@@ -470,7 +575,8 @@ def write_result(
         for key, value in arrays.items()
         if value is not None
     }
-    return _write(path, kind, {**stored, **_metadata_arrays(**meta)})
+    masks = meta["regions"].masks.detach().cpu().numpy()
+    return _write(path, kind, {**stored, **_metadata_arrays(**meta)}, masks)
 
 
 def read_result(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:

@@ -17,21 +17,24 @@ from torch import Tensor
 from ..errors import InputTypeError, InputValueError, describe
 from ..fidelity import Fidelity
 from ..regions import Regions
-from ..selection import check_bool, check_class_names, class_index, fill_position
+from ..selection import (
+    check_bool,
+    check_class_names,
+    class_index,
+    fill_position,
+    int_in_range,
+)
 from ..stats import bootstrap_bands, significance
-from ..tables import optional_import
+from ..tables import RegionValues, optional_import
+from .combine import concatenate_sweeps
+from .outputs import check_outputs_and_labels
 from .readings import ClassReadings, ordinary_tensor
+from .summary import class_summary, names_summary, tensor_summary
 
 if TYPE_CHECKING:
     from ..stats import SignificanceTable
 
 __all__ = ["SweepResult"]
-
-
-def _same_fidelity(a: Fidelity | None, b: Fidelity | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return bool(np.array_equal(a.as_array(), b.as_array(), equal_nan=True))
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +110,7 @@ class SweepResult(ClassReadings):
         if self.labels is not None and tuple(self.labels.shape) != (n,):
             raise InputValueError(f"labels: expected shape ({n},), got {tuple(self.labels.shape)}")
         object.__setattr__(self, "class_names", check_class_names(self.class_names, k))
+        check_outputs_and_labels(self.baseline, self.occluded, self.labels, k)
         if self.computed is not None and (
             not isinstance(self.computed, Tensor)
             or self.computed.dtype != torch.bool
@@ -124,6 +128,23 @@ class SweepResult(ClassReadings):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, ordinary_tensor(value))
+
+    def __repr__(self) -> str:
+        n, r, v, k = self.occluded.shape
+        labels = "no labels" if self.labels is None else "labels"
+        extras = []
+        if self.computed is not None:
+            extras.append(f"computed {int(self.computed.sum())} of {self.computed.numel()}")
+        if self.fidelity is not None:
+            extras.append("approximate")
+        return (
+            f"SweepResult(N={n} images, R={r} {self.regions!r}, V={v} fills "
+            f"({names_summary(self.fill_labels)}), {class_summary(k, self.class_names)}, "
+            f"{labels}, output={self.output!r}, engine={self.engine!r}, "
+            f"{tensor_summary('occluded', self.occluded)}"
+            + "".join(f", {extra}" for extra in extras)
+            + ")"
+        )
 
     # -- sizes and simple views ---------------------------------------------------------------
     @property
@@ -233,6 +254,61 @@ class SweepResult(ClassReadings):
         return torch.full(
             (n,), class_index(cls, self.num_classes, self.class_names, name), dtype=torch.int64
         )
+
+    def image_ranking(
+        self,
+        image: object,
+        cls: object = None,
+        *,
+        fill: object = None,
+        fill_index: object = None,
+    ) -> list[int]:
+        """Region ids of one image ordered by the drop of class `cls`, largest first.
+
+        The per-image counterpart of `ranking`: ``baseline[image, cls] -
+        occluded[image, r, v, cls]``, averaged over the fills unless one is chosen, sorted
+        decreasing (ties: the earlier region first). It replaces the hand-written
+        ``delta[n, :, :, pred[n]].mean(-1).argsort() + 1``, which guesses the ids and sorts
+        the wrong way.
+
+        Parameters
+        ----------
+        image : int
+            The image's position in [0, N).
+        cls : int, numpy integer, 0-d integer Tensor, str or None
+            The class whose output drop ranks the regions; None: the image's predicted
+            class (``predicted[image]``).
+        fill : number or str, optional
+            One fill by value or label.
+        fill_index : int, optional
+            One fill by position.
+
+        Returns
+        -------
+        list of int
+            All R region ids.
+
+        Raises
+        ------
+        InputTypeError, InputValueError
+            When `image` is not an int in [0, N), or `cls` or the fill is unknown.
+
+        Examples
+        --------
+        >>> import torch, occlusion_probe as op
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> result = op.sweep(model, torch.rand(2, 1, 8, 8), op.grid(8, 8, 2, 2), progress=False)
+        >>> sorted(result.image_ranking(1))
+        [1, 2, 3, 4]
+        """
+        n = int_in_range("image", image, 0, self.num_images - 1)
+        index = int(self.predicted[n]) if cls is None else self.class_index(cls)
+        position = fill_position(fill, fill_index, self.fill_labels)
+        drops = self.baseline[n, index].to(torch.float64) - self.occluded[n, :, :, index].to(
+            torch.float64
+        )
+        per_region = drops.mean(dim=1) if position is None else drops[:, position]
+        return RegionValues(self.regions.ids, per_region, "drop").ranking()
 
     def attribution(
         self,
@@ -483,7 +559,8 @@ class SweepResult(ClassReadings):
         Parameters
         ----------
         parts : sequence of SweepResult
-            Results with the same regions, fills and classes, all with or all without labels.
+            Results of one sweep: the same regions (ids and masks), fills, classes, image
+            shape, output and fidelity, all with or all without labels.
 
         Returns
         -------
@@ -493,53 +570,12 @@ class SweepResult(ClassReadings):
         Raises
         ------
         InputValueError
-            When `parts` is empty or the results come from different sweeps.
+            When `parts` is empty or the results come from different sweeps (the message
+            names what differs, e.g. ``output ('logits' vs 'softmax')``).
+        InputTypeError
+            When `parts` is not a sequence of SweepResult.
         """
-        if not parts:
-            raise InputValueError("parts: expected at least one SweepResult, got none")
-        first = parts[0]
-        for part in parts[1:]:
-            if (
-                part.fill_labels != first.fill_labels
-                or part.regions.ids != first.regions.ids
-                or part.num_classes != first.num_classes
-                or (part.labels is None) != (first.labels is None)
-            ):
-                raise InputValueError(
-                    "parts: the results come from different sweeps (regions, fills, classes or labels differ)"
-                )
-        labels = None
-        if first.labels is not None:
-            labels = torch.cat([p.labels for p in parts if p.labels is not None])
-        computed = None
-        if any(p.computed is not None for p in parts):
-            computed = torch.cat(
-                [
-                    p.computed
-                    if p.computed is not None
-                    else torch.ones(p.num_images, len(p.regions), dtype=torch.bool)
-                    for p in parts
-                ]
-            )
-        if any(not _same_fidelity(p.fidelity, first.fidelity) for p in parts):
-            raise InputValueError(
-                "parts: the results differ in fidelity (approximate with different thresholds, "
-                "or approximate and exact); they do not come from one sweep"
-            )
-        return cls(
-            baseline=torch.cat([p.baseline for p in parts]),
-            occluded=torch.cat([p.occluded for p in parts]),
-            labels=labels,
-            regions=first.regions,
-            fill_labels=first.fill_labels,
-            class_names=first.class_names,
-            image_shape=first.image_shape,
-            output=first.output,
-            engine=first.engine,
-            engine_note=first.engine_note,
-            computed=computed,
-            fidelity=first.fidelity,
-        )
+        return concatenate_sweeps(cls, parts)
 
     def _stored_arrays(self) -> dict[str, Tensor | np.ndarray | None]:
         return {
