@@ -46,9 +46,8 @@ __all__ = [
     "remembered_batch",
 ]
 
-# Input bytes per call of the starting size. Measured with benchmarks/ on an idle 2-core CPU
-# (torch 2.13): the paper CNN (1x48x48) ran fastest at 32-96 images per call (64 = 1 MiB)
-# and a third slower at 256-2048; on CUDA a larger budget keeps the GPU busy.
+# Input bytes per call of the starting size: near the fast end of the CPU forward-limit scans
+# of benchmarks/test_sweep.py (docs/performance.md); on CUDA a larger budget keeps it busy.
 _AUTO_BATCH_BYTES = {"cpu": 2**20, "cuda": 256 * 2**20}
 # The trial never tries calls of more input than this (a CPU's caches are long exceeded).
 _TRIAL_MAX_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
@@ -275,17 +274,15 @@ class BatchPlan:
         trial_items = sum(c.size for c in candidates + plan._timed_round(candidates))
         if (items is not None and items < TRIAL_MIN_SHARE * trial_items) or len(candidates) < 2:
             # Without the full trial a CPU gets channels-last input where the model takes
-            # 4-d images: it was the faster layout at the memory budget's size on VGG-16,
-            # ResNet-18, MobileNetV2 (1.7x) and DenseNet-121 at 224x224 and on the paper's
-            # 1x48x48 CNN (2.6x), and within 5 % of contiguous on ConvNeXt-T (2-core Xeon
-            # and EPYC).
+            # 4-d images: the faster layout on every CNN of benchmarks/test_architectures.py
+            # and test_sweep.py but ConvNeXt-T, where it is within 5 % of contiguous.
             layout = formats and len(image_shape) == 3 and device.type == "cpu"
             short = [BatchConfig(size, layout) for size in sizes]
             if items is not None and len(short) > 1 and items >= TRIAL_MIN_SHARE * 2 * sum(sizes):
                 # A short trial: the sizes in that layout, one warm-up and one timed call
-                # each. The memory budget's 4 images per call ran a 224x224 DenseNet-121 of
-                # 98 occluded images at 0.67x the speed of 16 (2-core Xeon). Its choice is
-                # not remembered: one call each is too noisy to bind larger sweeps.
+                # each (the budget's size alone can be far from the best: DenseNet-121 at
+                # 224x224 in benchmarks/test_architectures.py). Its choice is not
+                # remembered: one call each is too noisy to bind larger sweeps.
                 return cls(BatchConfig(start, layout), short, "timed", equal_rounds=False, rounds=1)
             return cls(BatchConfig(start, layout), how="memory budget (too few images to time)")
         return plan

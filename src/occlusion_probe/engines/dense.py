@@ -42,9 +42,8 @@ Block = tuple[slice, slice, slice]
 
 # On CPU, per region and block the box path costs a few small tensor ops (~10 us of Python
 # and dispatch); with fewer occluded values per region than this, one broadcast where is as
-# fast (measured on 2 CPU cores with benchmarks/test_masks.py: 1x48x48 images, 5 per block,
-# were no faster by boxes; 3x224x224 ones were 20-25 % faster). On CUDA the where is a single
-# memory-bound kernel and the per-region launches would only add time, so it is always used.
+# fast (benchmarks/test_masks.py: boxes pay on 3x224x224 images, not on 1x48x48). On CUDA the
+# where is a single memory-bound kernel and per-region launches would only add time.
 _BOX_MIN_VALUES = 2**18
 # The where kernel costs about 2-3x a copy per value, so the box path wins while the boxes
 # that are not all region (scattered masks) cover at most about half of all regions' pixels.

@@ -57,32 +57,19 @@ from .plan import (
 __all__ = ["MIN_BOUND", "IncrementalEngine"]
 
 #: `engine="auto"` runs the incremental engine only when its plan saves at least this factor
-#: of the dense FLOPs and of the dense memory traffic: below it, the cache, the extra kernel
-#: launches and what the estimates leave out cost about what the plan saves. Measured on a
-#: 2-core Xeon (224x224, 16x16 and 32x32 patches, ratios to the plain forwards of one run):
-#: ConvNeXt-T 1/2 at bounds 1.25-1.35 ran at 1.04-1.39x, above the dense sweep of its run in
-#: 12 of 12 paired rows since the shape classes (alternating in one process: 1.30x at 16x16,
-#: level at 32x32; 0.66-1.16x with the earlier engine on an AMD EPYC);
-#: DenseNet-121 at traffic bounds 1.06-1.18 (before its concatenations were built in the
-#: cache) ran at 0.81-1.33x, below dense in four of ten; bounds of 1.5-9 (ResNet-18,
-#: MobileNetV2, VGG-16, DenseNet-121 now) at 1.36-8.7x.
+#: of the dense FLOPs and of the dense memory traffic: below it, the cache, the extra op
+#: calls and what the estimates leave out cost about what the plan saves (measured with
+#: benchmarks/test_architectures.py; docs/performance.md, "Measured choices in the code").
 MIN_BOUND = 1.25
 
 #: What one op call of a group costs beyond its arithmetic (the engine's window gathers,
-#: patch writes and Python per node), in seconds. Measured on a 2-core Xeon (224x224, 16x16
-#: patches, N=1, 2 fills), sweeping the grouping's call cost: VGG-16 ran fastest at 6e7-2e8
-#: FLOPs per call at ~310 GFLOP/s, ResNet-18 at ~6e7 at ~310 GFLOP/s and MobileNetV2 at
-#: ~2e7 at ~110 GFLOP/s: about 0.2 ms each.
+#: patch writes and Python per node), in seconds: the call cost at which the grouping ran
+#: fastest (benchmarks/test_architectures.py; docs/performance.md, "Measured choices").
 CALL_SECONDS = 2e-4
 #: The occluded images per call the engine aims at on the CPU with ``batch_size="auto"``:
 #: more for plans that run at least COMPUTE_BOUND_INTENSITY conv FLOPs per tensor element
-#: they move. Four times the dense engine's timed batch, used before, gave DenseNet-121
-#: (memory-bound) 64 images per call when the dense trial chose 16: 5.5-6.1 s per sweep
-#: against 4.2-4.5 s at 24-32 (2-core Xeon, 14x14 patches x 2 fills). Measured on a 2-core Xeon
-#: (224x224, N=1; ratio to the forward limit at 24 / 64 / 128 images per call): VGG-16 heat
-#: map (16x16 windows at stride 4, 327 FLOPs per element) 6.9 / 7.7 / 7.9, ResNet-18 heat map
-#: (266) 1.93 / 1.99 / 1.83, ResNet-18 16x16 patches x 2 fills 2.09 / 2.30 at 24 / 64;
-#: MobileNetV2 (20) 2.27 / 1.67 and ConvNeXt-T 1/2 (83) 1.32 / 1.12 at 24 / 64.
+#: they move, since larger calls help convolutions and hurt memory-bound ops (measured with
+#: benchmarks/test_architectures.py and test_heatmaps.py; docs/performance.md).
 MEMORY_BOUND_ITEMS = 24
 COMPUTE_BOUND_ITEMS = 64
 COMPUTE_BOUND_INTENSITY = 200.0
@@ -872,9 +859,8 @@ def _key(
 
 
 def _digest(masks: Tensor) -> str:
-    """A digest of the region masks' shape and bits (packed 8 to a byte first: 2,809
-    sliding windows on 224x224 are 141 MB of bools, hashed in 0.17 s unpacked and 0.03 s
-    packed on a 2-core Xeon)."""
+    """A digest of the region masks' shape and bits, packed 8 to a byte first (2,809
+    sliding windows on 224x224 are 141 MB of bools; packed, they hash about 6x faster)."""
     host = masks.detach().cpu().contiguous().numpy()
     bits = np.packbits(host) if host.dtype == np.bool_ else host.reshape(-1).view(np.uint8)
     return hashlib.sha1(str((host.shape, host.dtype)).encode() + bits.tobytes()).hexdigest()
@@ -951,11 +937,10 @@ def _sole_reader(source: Node, node: Node) -> bool:
     return True
 
 
-#: The most bytes one patch or window of a call may hold on the CPU. glibc serves larger
+#: The most bytes one patch or window of a call may hold on the CPU: glibc serves larger
 #: allocations with fresh mmap'd pages every time (its dynamic mmap threshold stops at
-#: 32 MiB), and first-touching them made such calls erratic: MobileNetV2 at 224x224 ran
-#: 3.4-3.5 ms per occluded image at 64 per call (36 MB windows) in six repeats, and
-#: 3.8-19.3 ms at 128 per call (72 MB).
+#: 32 MiB), and first-touching them made such calls erratic (MobileNetV2 in
+#: benchmarks/test_architectures.py; docs/performance.md, "Measured choices").
 _CALL_BYTES = 32 * 2**20
 
 #: The most bytes of frontier values (the whole maps a plan's tail reads) queued to run

@@ -992,12 +992,10 @@ def group_part(group: GroupPlan, start: int, stop: int) -> GroupPlan:
 
 # ----------------------------------------------------------------------------- traffic
 #
-# FLOPs alone misjudge memory-bound models: on DenseNet-121 (growth 16, 224x224, 16x16
-# patches) the plan runs 2.08x fewer conv FLOPs than dense, but a profile of the engine
-# showed conv at 17 % of its time and copies, ReLU, batch norm and cat at 78 %, and the
-# engine ran at 0.73x of the plain forwards. Counting the elements each op reads and
-# writes, with the copies the engine adds, gives 1.11x there (1.05x at 32x32 patches), and
-# 2.3-8.6x on the models where the engine is faster (ResNet-18, MobileNetV2, VGG-16).
+# FLOPs alone misjudge memory-bound models: DenseNet-121's plan runs about 2.2x fewer conv
+# FLOPs than dense, but batch norm, ReLU, cat and copies take most of the engine's time, so
+# the elements each op reads and writes (with the copies the engine adds) are counted too
+# (docs/performance.md, "DenseNet-121 stays near 1.4x").
 
 # Ops that move no elements: views and a batch norm's tuple element.
 _NO_TRAFFIC = frozenset(
