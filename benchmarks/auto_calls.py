@@ -4,7 +4,8 @@ same model, then the forward limit (the best plain batched forwards of the 196 p
 occluded images, over batch sizes and memory formats) in the same process.
 
 Run: ``python benchmarks/auto_calls.py [--json PATH] [model ...]`` (models: resnet18,
-mobilenetv2, convnext; all by default). Prints one JSON line per (model, engine) with each
+mobilenetv2, convnext_t: the architecture suite's
+models; all by default). Prints one JSON line per (model, engine) with each
 call's seconds and engine, and the forward limit's seconds.
 """
 
@@ -25,19 +26,18 @@ CALLS = 3
 
 def _child(model_name: str, engine: str) -> dict[str, object]:
     sys.path.insert(0, str(HERE.parent / "tests"))
-    import reference_models as rm
+    sys.path.insert(0, str(HERE))
     import torch
+    from models import ARCHITECTURES, photograph, signal_preserving
 
     import occlusion_probe as op
 
-    builders = {
-        "resnet18": lambda: rm.ResNet18(),
-        "mobilenetv2": lambda: rm.MobileNetV2(),
-        "convnext": lambda: rm.ConvNeXt(),
-    }
+    # The architecture suite's zoo-sized models: He-initialised, BatchNorm statistics
+    # measured on a photograph (so outputs depend on the image), one photograph.
+    case = next(case for case in ARCHITECTURES if case.id == model_name)
+    image = photograph(224, 224)
     torch.manual_seed(0)
-    image = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    model = rm.randomize_batch_norms(builders[model_name]()).eval()
+    model = signal_preserving(case.build(), image).eval()
     regions = op.grid(224, 224, rows=14, cols=14)
     calls = []
     for _ in range(CALLS):
@@ -68,7 +68,7 @@ def _child(model_name: str, engine: str) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="*", default=["resnet18", "mobilenetv2", "convnext"])
+    parser.add_argument("models", nargs="*", default=["resnet18", "mobilenetv2", "convnext_t"])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()

@@ -120,7 +120,7 @@ class Estimate:
             )
         return (
             f"estimated: dense {self.dense_seconds:.2f} s ({self.items} occluded images x "
-            f"{self.forward_seconds * 1e3:.1f} ms measured on one), the engine saving "
+            f"{self.forward_seconds * 1e3:.1f} ms per forward of one image), the engine saving "
             f"{saved:.2f} s at an assumed {self.rates.expected_gain:g}x, "
             f"{self.forgone_seconds:.2f} s forgone by earlier sweeps of this model; reading "
             f"{self.read_seconds:.2f} s ({self.ops} torch ops)"
