@@ -199,9 +199,10 @@ def evaluation_mode(model: object) -> Iterator[None]:
     one to leave restores them, once. Exported programs' modules (``torch.export``), which
     cannot switch mode, run in the mode they were exported in.
     """
-    switchable = isinstance(model, nn.Module) and not _is_exported(model)
-    if switchable:
-        assert isinstance(model, nn.Module)  # narrowed for the type checker
+    module_model = model if isinstance(model, nn.Module) else None
+    switchable = module_model is not None and not _is_exported(module_model)
+    if switchable and module_model is not None:
+        model = module_model
         with _EVAL_LOCK:
             held = _EVAL_HOLDERS.get(id(model))
             if held is None or held[0] is not model:
