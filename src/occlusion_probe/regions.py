@@ -20,7 +20,7 @@ from torch import Tensor
 from .errors import InputTypeError, InputValueError, describe
 from .selection import integer_value
 
-__all__ = ["Regions", "WindowGrid", "grid", "sliding_windows"]
+__all__ = ["Regions", "WindowGrid", "grid", "mask_digest", "sliding_windows"]
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -170,7 +170,7 @@ class Regions:
         # tensor anyone can write into, so its digest is kept and checked before each use.
         own = masks.detach().clone()
         object.__setattr__(self, "masks", own)
-        object.__setattr__(self, "_digest", _mask_digest(own))
+        object.__setattr__(self, "_digest", mask_digest(own))
 
     def check_unchanged(self, name: str = "regions") -> None:
         """Raise `InputValueError` (naming `name`) when ``masks`` was changed in place since
@@ -182,7 +182,7 @@ class Regions:
         >>> regions = grid(4, 4, 2, 2)
         >>> regions.check_unchanged()
         """
-        if _mask_digest(self.masks) != self._digest:
+        if mask_digest(self.masks) != self._digest:
             raise InputValueError(
                 f"{name}: its masks were changed in place after the Regions was made (the "
                 "checks that every region covers a pixel ran on the old masks); make a new "
@@ -629,8 +629,13 @@ def _check_mask_size(regions: int, height: int, width: int) -> None:
         )
 
 
-def _mask_digest(masks: Tensor) -> str:
-    """A digest of the masks' shape and bits (packed 8 to a byte)."""
+def mask_digest(masks: Tensor) -> str:
+    """A digest of bool masks' shape and bits, packed 8 to a byte first (2,809 sliding
+    windows on 224x224 are 141 MB of bools; packed, they hash about 6x faster).
+
+    >>> mask_digest(grid(4, 4, 2, 2).masks) == mask_digest(grid(4, 4, 2, 2).masks.clone())
+    True
+    """
     host = masks.detach().cpu().contiguous().numpy()
     return hashlib.sha1(str(host.shape).encode() + np.packbits(host).tobytes()).hexdigest()
 

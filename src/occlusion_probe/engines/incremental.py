@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import math
 import threading
 import weakref
@@ -28,13 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import Node
 
 from ..batching import BatchConfig, BatchPlan, as_channels_last, clock
+from ..regions import mask_digest
 from .boxes import Box, bounding_boxes
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
@@ -227,13 +226,14 @@ class IncrementalEngine:
         see (a forward method replaced at run time) is caught by the check of the graph's
         unoccluded outputs against the model's own forward on every chunk.
         """
+        key = _key(model, image_shape, masks, dtype, device)
         with _PREPARED_LOCK:
-            kept = cls.kept(model, image_shape, masks, dtype, device)
+            kept = _kept(model, key)
             if kept is not None:
                 return kept
             prepared = cls._prepare(model, image_shape, masks, dtype, device)
             with contextlib.suppress(TypeError):
-                _PREPARED[model] = (_key(model, image_shape, masks, dtype, device), prepared)
+                _PREPARED[model] = (key, prepared)
             return prepared
 
     @classmethod
@@ -247,17 +247,7 @@ class IncrementalEngine:
     ) -> IncrementalEngine | str | None:
         """The engine (or reason) `prepare` kept for exactly this model state, input and
         regions, marked as reused; None when there is none (nothing is read)."""
-        with _PREPARED_LOCK:
-            try:
-                known = _PREPARED.get(model)
-            except TypeError:  # not weakly referenceable: never kept
-                return None
-            if known is None or known[0] != _key(model, image_shape, masks, dtype, device):
-                return None
-            engine = known[1]
-            if isinstance(engine, IncrementalEngine):
-                engine.reused = True
-            return engine
+        return _kept(model, _key(model, image_shape, masks, dtype, device))
 
     @classmethod
     def _prepare(
@@ -847,6 +837,21 @@ def _private_copy(model: nn.Module) -> nn.Module:
         return model
 
 
+def _kept(model: nn.Module, key: tuple[object, ...]) -> IncrementalEngine | str | None:
+    """The engine (or reason) kept for `model` under `key`, marked as reused; else None."""
+    with _PREPARED_LOCK:
+        try:
+            known = _PREPARED.get(model)
+        except TypeError:  # not weakly referenceable: never kept
+            return None
+        if known is None or known[0] != key:
+            return None
+        engine = known[1]
+        if isinstance(engine, IncrementalEngine):
+            engine.reused = True
+        return engine
+
+
 def _key(
     model: nn.Module,
     image_shape: tuple[int, int, int],
@@ -855,15 +860,7 @@ def _key(
     device: torch.device,
 ) -> tuple[object, ...]:
     """What a kept engine must have been prepared for."""
-    return (tuple(image_shape), dtype, str(device), _digest(masks), _state_signature(model))
-
-
-def _digest(masks: Tensor) -> str:
-    """A digest of the region masks' shape and bits, packed 8 to a byte first (2,809
-    sliding windows on 224x224 are 141 MB of bools; packed, they hash about 6x faster)."""
-    host = masks.detach().cpu().contiguous().numpy()
-    bits = np.packbits(host) if host.dtype == np.bool_ else host.reshape(-1).view(np.uint8)
-    return hashlib.sha1(str((host.shape, host.dtype)).encode() + bits.tobytes()).hexdigest()
+    return (tuple(image_shape), dtype, str(device), mask_digest(masks), _state_signature(model))
 
 
 def _state_signature(model: nn.Module) -> tuple[object, ...]:
