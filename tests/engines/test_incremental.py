@@ -537,20 +537,26 @@ def test_in_place_ops_only_on_patches_nothing_else_reads() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=30))
-def test_lattice_blocks_cover_the_boxes_in_order(corners: list[tuple[int, int]]) -> None:
+@given(
+    st.integers(1, 3).flatmap(
+        lambda rank: st.lists(st.tuples(*[st.integers(0, 6)] * rank), max_size=30)
+    )
+)
+def test_lattice_blocks_cover_the_boxes_in_order(corners: list[tuple[int, ...]]) -> None:
+    import itertools
+
     from occlusion_probe.engines.incremental import lattice_blocks
 
-    boxes = [(top, top + 3, left, left + 2) for top, left in corners]
+    boxes = [tuple(v for c in corner for v in (c, c + 3)) for corner in corners]
+    blocks = lattice_blocks(boxes)
     rebuilt = [
-        (block.top + i * block.row_step, block.left + j * block.col_step)
-        for block in lattice_blocks(boxes)
-        for i in range(block.rows)
-        for j in range(block.cols)
+        tuple(c + i * step for c, i, step in zip(block.corner, at, block.steps, strict=True))
+        for block in blocks
+        for at in itertools.product(*(range(count) for count in block.counts))
     ]
     assert rebuilt == corners
-    firsts = [block.first for block in lattice_blocks(boxes)]
-    counts = [block.rows * block.cols for block in lattice_blocks(boxes)]
+    firsts = [block.first for block in blocks]
+    counts = [block.size for block in blocks]
     assert firsts == [sum(counts[:i]) for i in range(len(counts))]
 
 
@@ -561,10 +567,24 @@ def test_lattice_blocks_of_sliding_windows_are_few() -> None:
     boxes = [(2 * i, 2 * i + 4, 3 * j, 3 * j + 4) for i in range(5) for j in range(7)]
     boxes += [(20, 24, 5 * j, 5 * j + 4) for j in range(3)] + [(1, 5, 1, 5)]
     blocks = lattice_blocks(boxes)
-    assert [(b.rows, b.cols, b.row_step, b.col_step) for b in blocks] == [
-        (5, 7, 2, 3),
-        (1, 3, 0, 5),
-        (1, 1, 0, 0),
+    assert [(b.counts, b.steps) for b in blocks] == [
+        ((5, 7), (2, 3)),
+        ((1, 3), (0, 5)),
+        ((1, 1), (0, 0)),
+    ]
+    # Windows of a volume at one stride: a single block.
+    volume = [
+        (d, d + 4, h, h + 4, w, w + 4)
+        for d in range(0, 9, 4)
+        for h in range(0, 9, 4)
+        for w in range(0, 13, 4)
+    ]
+    assert [(b.counts, b.steps) for b in lattice_blocks(volume)] == [((3, 3, 4), (4, 4, 4))]
+    # Windows of a signal: one block per run of equal steps.
+    signal = [(s, s + 5) for s in (0, 2, 4, 6, 10, 14)]
+    assert [(b.first, b.counts, b.steps) for b in lattice_blocks(signal)] == [
+        (0, (4,), (2,)),
+        (4, (2,), (4,)),
     ]
 
 

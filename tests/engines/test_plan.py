@@ -251,16 +251,20 @@ def test_every_grouping_equals_dense(monkeypatch: pytest.MonkeyPatch, call_secon
 
 
 def _naive_greedy_merge(
-    rows: np.ndarray, cols: np.ndarray, sizes: list[int], weight: np.ndarray, calls: float
+    sides: np.ndarray, sizes: list[int], weight: np.ndarray, calls: float
 ) -> list[list[int]]:
     """The agglomeration by its definition: recompute every pair's saving at each step and
-    merge the first best pair while it saves something."""
+    merge the first best pair while it saves something (a merged box has the larger side
+    along every axis)."""
     groups = [[i] for i in range(len(sizes))]
-    rows_, cols_ = [r.astype(float) for r in rows], [c.astype(float) for c in cols]
+    sides_ = [s.astype(float) for s in sides]  # (M, d) per class
     size = [float(s) for s in sizes]
 
-    def cost(r: np.ndarray, c: np.ndarray, s: float) -> float:
-        return float(s * ((r * c) @ weight))
+    def cost(box_sides: np.ndarray, s: float) -> float:
+        volume = np.ones(box_sides.shape[0])
+        for axis in range(box_sides.shape[1]):
+            volume = volume * box_sides[:, axis]
+        return float(s * (volume @ weight))
 
     alive = list(range(len(sizes)))
     while len(alive) > 1:
@@ -269,11 +273,8 @@ def _naive_greedy_merge(
             for j in alive:
                 if i == j:
                     continue
-                r, c = np.maximum(rows_[i], rows_[j]), np.maximum(cols_[i], cols_[j])
-                merged = cost(r, c, size[i] + size[j])
-                saved = calls - (
-                    merged - cost(rows_[i], cols_[i], size[i]) - cost(rows_[j], cols_[j], size[j])
-                )
+                merged = cost(np.maximum(sides_[i], sides_[j]), size[i] + size[j])
+                saved = calls - (merged - cost(sides_[i], size[i]) - cost(sides_[j], size[j]))
                 if saved > best:
                     best, pair = saved, (i, j)
         if pair is None or best <= 0:
@@ -281,7 +282,7 @@ def _naive_greedy_merge(
         i, j = pair
         groups[i].extend(groups[j])
         groups[j] = []
-        rows_[i], cols_[i] = np.maximum(rows_[i], rows_[j]), np.maximum(cols_[i], cols_[j])
+        sides_[i] = np.maximum(sides_[i], sides_[j])
         size[i] += size[j]
         alive.remove(j)
     return [g for g in groups if g]
@@ -289,20 +290,28 @@ def _naive_greedy_merge(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.integers(1, 9).flatmap(
-        lambda n: st.tuples(
-            st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=2), min_size=n, max_size=n),
-            st.lists(st.lists(st.integers(1, 4), min_size=2, max_size=2), min_size=n, max_size=n),
-            st.lists(st.integers(1, 5), min_size=n, max_size=n),
+    st.tuples(st.integers(1, 9), st.integers(1, 3)).flatmap(
+        lambda nd: st.tuples(
+            st.lists(
+                st.lists(
+                    st.lists(st.integers(1, 4), min_size=nd[1], max_size=nd[1]),
+                    min_size=2,
+                    max_size=2,
+                ),
+                min_size=nd[0],
+                max_size=nd[0],
+            ),
+            st.lists(st.integers(1, 5), min_size=nd[0], max_size=nd[0]),
         )
     ),
     st.sampled_from([0.0, 3.0, 40.0, 1e6]),
 )
 def test_greedy_merge_equals_the_naive_agglomeration(
-    classes: tuple[list[list[int]], list[list[int]], list[int]], calls: float
+    classes: tuple[list[list[list[int]]], list[int]], calls: float
 ) -> None:
-    rows, cols, sizes = (np.array(classes[0]), np.array(classes[1]), classes[2])
+    # Classes of boxes at two nodes, with 1, 2 or 3 spatial axes.
+    sides, sizes = np.array(classes[0]), classes[1]
     weight = np.array([1.0, 2.0])
-    assert greedy_merge(rows, cols, sizes, weight, calls) == _naive_greedy_merge(
-        rows, cols, sizes, weight, calls
+    assert greedy_merge(sides, sizes, weight, calls) == _naive_greedy_merge(
+        sides, sizes, weight, calls
     )

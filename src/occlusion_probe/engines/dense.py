@@ -1,5 +1,8 @@
 """Dense engine: build each occluded image and run the full model on it (works for any model).
 
+Images are (n, C, *spatial) with 1, 2 or 3 spatial axes (signals, images, volumes) and
+masks (R, *spatial); every way of building blocks below works at any rank.
+
 Occluded images are made in blocks of (images x regions x fills) on the model's device, with
 no Python loop per image and no host-device synchronisation inside the loop; the model is
 then run once per block, and every class output is kept. A block is one broadcast
@@ -20,13 +23,15 @@ give the same bits:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from occlusion_probe.batching import BatchPlan, clock
-from occlusion_probe.engines.boxes import bounding_boxes
+from occlusion_probe.engines.boxes import Box, bounding_boxes, box_slices, box_volume
 
 __all__ = [
     "BlockBuilder",
@@ -39,6 +44,13 @@ __all__ = [
 ]
 
 Block = tuple[slice, slice, slice]
+
+
+def _at(*parts: Any) -> tuple[Any, ...]:
+    """An index of several parts (slices, index tensors, Ellipsis), built from unpacked
+    per-axis parts: ``x[_at(Ellipsis, *cuts)]``."""
+    return parts
+
 
 # On CPU, per region and block the box path costs a few small tensor ops (~10 us of Python
 # and dispatch); with fewer occluded values per region than this, one broadcast where is as
@@ -99,15 +111,20 @@ def _even_slices(total: int, most: int) -> Iterator[slice]:
         start = stop
 
 
-def region_boxes(masks: Tensor) -> list[tuple[int, int, int, int, bool] | None]:
-    """Per region, ``(top, bottom, left, right, full)`` of its bounding box, where `full`
-    means every pixel of the box belongs to the region; None for an empty mask.
+#: A region's box (see boxes.py) followed by whether every position in it is the region's.
+RegionBox = tuple[int | bool, ...]
 
-    masks : Tensor, shape (R, H, W), bool. Copied to the host once if it is not there.
+
+def region_boxes(masks: Tensor) -> list[RegionBox | None]:
+    """Per region, its bounding box followed by `full`, ``(*box, full)``: in 2D
+    ``(top, bottom, left, right, full)``, where `full` means every pixel of the box belongs
+    to the region; None for an empty mask.
+
+    masks : Tensor, shape (R, *spatial), bool. Copied to the host once if it is not there.
     """
     host = masks.cpu()
     return [
-        None if box is None else (*box, bool(host[j, box[0] : box[1], box[2] : box[3]].all()))
+        None if box is None else (*box, bool(host[_at(j, *box_slices(box))].all()))
         for j, box in enumerate(bounding_boxes(host))
     ]
 
@@ -119,18 +136,19 @@ class BlockBuilder:
     exactly (dtype promoted alike), whichever way it is built (bit select, boxes or where;
     see the module docstring).
 
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    masks : Tensor, shape (R, *spatial), bool
     batch_size : about how many images a block holds (decides between the ways)
     """
 
     def __init__(self, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int) -> None:
-        n, _channels, h, w = images.shape
+        n = images.shape[0]
+        spatial = tuple(masks.shape[1:])
         self.images, self.masks = images, masks
         self.shape = (n, masks.shape[0], fill_images.shape[0])
         self.dtype = torch.promote_types(images.dtype, fill_images.dtype)
-        # (n, R, V, C, H, W) views: everything broadcasts, only the output block is written.
+        # (n, R, V, C, *spatial) views: everything broadcasts, only the output block is written.
         self.fills_by_image = fill_images.transpose(0, 1).unsqueeze(1)
         self.masks_view = masks[None, :, None, None]
         self.images_view = images[:, None, None]
@@ -138,12 +156,14 @@ class BlockBuilder:
         self.boxes = _boxes_worth_it(images, masks, fill_images.shape[0], batch_size)
         self.bits = None if self.boxes is not None else _bit_select_type(images, fill_images, masks)
         # Fills with full spatial dims, so that a box can be sliced out of any of them.
-        self.fills_full = self.fills_by_image.expand(*self.fills_by_image.shape[:-2], h, w)
+        self.fills_full = self.fills_by_image.expand(
+            *self.fills_by_image.shape[: -len(spatial)], *spatial
+        )
         self._tables: tuple[Tensor, Tensor] | None = None
 
     def _bit_tables(self) -> tuple[Tensor, Tensor]:
-        """(fill bits (1, R, V, C, H, W), keep (1, R, 1, 1, H, W)), made once; blocks read
-        slices of them."""
+        """(fill bits (1, R, V, C, *spatial), keep (1, R, 1, 1, *spatial)), made once;
+        blocks read slices of them."""
         if self._tables is None:
             if self.bits is None:
                 raise RuntimeError("the bit select does not apply to these fills")
@@ -153,7 +173,7 @@ class BlockBuilder:
         return self._tables
 
     def write(self, block: Block, out: Tensor) -> None:
-        """Write `block`'s occluded images into `out`, shape (k, nr, nv, C, H, W)."""
+        """Write `block`'s occluded images into `out`, shape (k, nr, nv, C, *spatial)."""
         rows, regions, fills = block
         fill_rows = rows if self.per_image_fill else slice(None)
         if self.bits is not None:
@@ -168,22 +188,22 @@ class BlockBuilder:
             torch.where(condition, fill_block, self.images_view[rows], out=out)
             return
         out.copy_(self.images_view[rows].expand(out.shape))
-        fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, H, W)
-        for j, box in enumerate(self.boxes[regions]):
-            if box is None:
+        fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, *spatial)
+        for j, region_box in enumerate(self.boxes[regions]):
+            if region_box is None:
                 continue
-            top, bottom, left, right, full = box
-            target = out[:, j : j + 1, :, :, top:bottom, left:right]
-            fill_box = fill_block[..., top:bottom, left:right]
-            if full:
+            cut = box_slices(tuple(int(v) for v in region_box[:-1]))
+            target = out[(slice(None), slice(j, j + 1), slice(None), slice(None), *cut)]
+            fill_box = fill_block[_at(Ellipsis, *cut)]
+            if region_box[-1]:
                 target.copy_(fill_box)
             else:
-                region = self.masks[regions.start + j, top:bottom, left:right]
+                region = self.masks[(regions.start + j, *cut)]
                 target.copy_(torch.where(region, fill_box, target))
 
     def write_range(self, start: int, stop: int, out: Tensor) -> None:
         """Write flat items [start, stop) of the (n, R, V) order into `out` (stop - start,
-        C, H, W), as at most five rectangular blocks."""
+        C, *spatial), as at most five rectangular blocks."""
         offset = 0
         _n, r, v = self.shape
         for block in flat_blocks(start, stop, r, v):
@@ -231,19 +251,19 @@ def occluded_blocks(
     *,
     reuse_buffers: bool = False,
 ) -> Iterator[tuple[Block, Tensor]]:
-    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, H, W): the occluded images of
-    the block in (image, region, fill) order; each equals
+    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, *spatial): the occluded images
+    of the block in (image, region, fill) order; each equals
     ``torch.where(masks[r], fill_images[v, i], images[i])`` exactly (dtype promoted alike).
 
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    images : Tensor, shape (n, C, *spatial), 1, 2 or 3 spatial axes
+    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    masks : Tensor, shape (R, *spatial), bool
     reuse_buffers : when True, a later block of the same shape is written into the memory of
         an earlier batch (about a third faster for large images on CPU, where allocating
         fresh pages costs as much as filling them); use each batch before asking for the
         next one. When False, every batch is a new tensor.
     """
-    n, c, h, w = images.shape
+    n, item = images.shape[0], tuple(images.shape[1:])
     r, v = masks.shape[0], fill_images.shape[0]
     builder = BlockBuilder(images, fill_images, masks, batch_size)
     buffers: dict[tuple[int, int, int], Tensor] = {}
@@ -252,17 +272,17 @@ def occluded_blocks(
         shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
         batch = buffers.get(shape) if reuse_buffers else None
         if batch is None:
-            batch = torch.empty((*shape, c, h, w), dtype=builder.dtype, device=images.device)
+            batch = torch.empty((*shape, *item), dtype=builder.dtype, device=images.device)
             if reuse_buffers:
                 buffers[shape] = batch
         builder.write(block, batch)
-        yield block, batch.reshape(-1, c, h, w)
+        yield block, batch.reshape(-1, *item)
 
 
 def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torch.dtype | None:
     """The integer type for the bit select when it applies (CPU, fills shared by all images,
     one float type, tables within budget), else None."""
-    h, w = images.shape[-2:]
+    positions = math.prod(masks.shape[1:])
     if (
         images.device.type != "cpu"
         or fill_images.shape[1] != 1
@@ -270,7 +290,7 @@ def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torc
         or images.dtype not in _BITS_TYPES
     ):
         return None
-    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * h * w
+    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * positions
     if table_bytes * images.element_size() > _BITS_MAX_TABLE_BYTES:
         return None
     return _BITS_TYPES[images.dtype]
@@ -278,19 +298,26 @@ def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torc
 
 def _boxes_worth_it(
     images: Tensor, masks: Tensor, v: int, batch_size: int
-) -> list[tuple[int, int, int, int, bool] | None] | None:
+) -> list[RegionBox | None] | None:
     """The regions' boxes when building blocks box by box beats one where, else None."""
-    n, c, h, w = images.shape
+    n, item = images.shape[0], math.prod(images.shape[1:])
+    positions = math.prod(masks.shape[1:])
     r = masks.shape[0]
     if images.device.type != "cpu" or n == 0 or r == 0 or v == 0:
         return None
     rows, _regions, fills = next(plan_blocks(n, r, v, batch_size))
-    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * c * h * w
+    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * item
     if per_region < _BOX_MIN_VALUES:
         return None
     boxes = region_boxes(masks)
-    partial = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes if b is not None and not b[4])
-    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * h * w else None
+    partial = sum(_box_of(b) for b in boxes if b is not None and not b[-1])
+    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * positions else None
+
+
+def _box_of(region_box: RegionBox) -> int:
+    """The number of positions in the box of a `region_boxes` entry."""
+    box: Box = tuple(int(v) for v in region_box[:-1])
+    return box_volume(box)
 
 
 def run_dense(
@@ -306,14 +333,14 @@ def run_dense(
 ) -> tuple[Tensor | None, Tensor]:
     """Outputs of `forward` on every occluded image (and on `unoccluded` images).
 
-    forward : callable, (b, C, H, W) -> (b, K)
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    forward : callable, (b, C, *spatial) -> (b, K)
+    images : Tensor, shape (n, C, *spatial), 1, 2 or 3 spatial axes
+    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    masks : Tensor, shape (R, *spatial), bool
     batches : the sizes (and memory formats) of the model calls: a `BatchPlan` (which may
         time its candidates on these blocks), or a fixed number of images per call
     on_progress : called with the number of occluded images done, as blocks finish
-    unoccluded : Tensor, shape (m, C, H, W), optional: images to run as m more items after
+    unoccluded : Tensor, shape (m, C, *spatial), optional: images to run as m more items after
         the occluded ones, in the same blocks (the sweep's unoccluded images: a call of
         their own would cost a whole small forward, 1-2 % of a sweep of one image over 49
         regions x 2 fills on a 2-core CPU)
@@ -323,7 +350,7 @@ def run_dense(
         entry (i, r, v) equal to
         ``forward(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]``)
     """
-    n, c, h, w = images.shape
+    n = images.shape[0]
     r, v = masks.shape[0], fill_images.shape[0]
     plan = BatchPlan.fixed(batches) if isinstance(batches, int) else batches
     builder = BlockBuilder(images, fill_images, masks, plan.current.size)
@@ -349,7 +376,7 @@ def run_dense(
         forward,
         write_range,
         occluded_items + (0 if unoccluded is None else unoccluded.shape[0]),
-        (c, h, w),
+        tuple(images.shape[1:]),
         builder.dtype,
         images.device,
         plan,
@@ -364,7 +391,7 @@ def run_items(
     forward: Callable[[Tensor], Tensor],
     write_range: Callable[[int, int, Tensor], None],
     total: int,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     dtype: torch.dtype,
     device: torch.device,
     plan: BatchPlan,
@@ -378,18 +405,17 @@ def run_items(
     channels-last input gets the same block contiguous, and so does the rest), and the
     block's time goes back to the plan.
 
-    forward : callable, (b, C, H, W) -> (b, K)
+    forward : callable, (b, *image_shape) -> (b, K)
     write_range : callable ``(start, stop, out)`` that writes items [start, stop) into
-        `out`, shape (stop - start, C, H, W)
+        `out`, shape (stop - start, *image_shape)
     total : how many items there are
-    image_shape : (C, H, W) of one item
+    image_shape : (C, *spatial) of one item
     dtype, device : of the items' buffers
     plan : the sizes (and memory formats) of the model calls
     num_classes : K, for the shape of an empty result
     returns : Tensor, shape (total, K), on `forward`'s output device; row j is
         ``forward(item j [None])[0]`` up to the model's batch dependence.
     """
-    c, h, w = image_shape
     out: Tensor | None = None
     buffers: dict[int, Tensor] = {}  # a block's memory is reused by the next of its size
     start = 0
@@ -398,7 +424,7 @@ def run_items(
         stop = start + config.size
         batch = buffers.get(config.size)
         if batch is None:
-            batch = torch.empty((config.size, c, h, w), dtype=dtype, device=device)
+            batch = torch.empty((config.size, *image_shape), dtype=dtype, device=device)
             buffers[config.size] = batch
         write_range(start, stop, batch)
         try:

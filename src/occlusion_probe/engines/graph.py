@@ -3,8 +3,9 @@
 `read_graph` exports the model (``torch.export.export`` with a dynamic batch dimension, then
 functionalised with ``run_decompositions({})`` so that in-place ops become plain ones) and
 annotates every node with what the box planner needs: whether it depends on the images,
-its static shape, and which two tensor dimensions are its rows and columns (dims 2 and 3 of
-an NCHW map, dims 1 and 2 after a permute to channels last, as in ConvNeXt blocks). Export
+its static shape, and which tensor dimensions are its spatial axes (one per axis of the
+images: dims 2.. of an (N, C, *spatial) map, dims 1 and 2 of a 2D map after a permute to
+channels last, as in ConvNeXt blocks). Images of 1, 2 or 3 spatial axes are read alike. Export
 reads the models people use (control flow on shapes, zoo wrappers, residual blocks) where
 torch.fx symbolic tracing fails.
 
@@ -36,13 +37,14 @@ class NodeInfo:
 
     varying : whether its value depends on the images (else it is a constant)
     shape : its shape without the batch dimension, for tensors; None otherwise
-    spatial : (row dim, column dim) of the tensor, counted with the batch dim at 0; None
-        when the value has no image rows and columns the engine can follow
+    spatial : the tensor dims of its spatial axes, in the images' axis order, counted with
+        the batch dim at 0 ((2, 3) for an NCHW map, (2,) for (N, C, L)); None when the
+        value has no spatial axes the engine can follow
     """
 
     varying: bool
     shape: tuple[int, ...] | None
-    spatial: tuple[int, int] | None
+    spatial: tuple[int, ...] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,11 +102,11 @@ def _value_shape(node: Node) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _spatial_of(node: Node, info: dict[Node, NodeInfo], image: Node) -> tuple[int, int] | None:
-    """Rows and columns of `node`'s value, followed from its inputs through the ops that keep
+def _spatial_of(node: Node, info: dict[Node, NodeInfo], image: Node) -> tuple[int, ...] | None:
+    """The spatial dims of `node`'s value, followed from its inputs through the ops that keep
     them (see plan.py for what each op does to a changed box)."""
     if node is image:
-        return (2, 3)
+        return info[image].spatial
     return layout_rule(node, info)
 
 
@@ -113,7 +115,8 @@ EXPORT_LOCK = threading.RLock()
 
 
 def read_graph(model: nn.Module, example: Tensor) -> ModelGraph | str:
-    """Export `model` on `example` (n >= 2, C, H, W) with a dynamic batch; a reason on failure."""
+    """Export `model` on `example` (n >= 2, C, *spatial) with a dynamic batch; a reason on
+    failure. The spatial axes are dims 2.. of `example` (1, 2 or 3 of them)."""
     reason = hook_reason(model)
     if reason is not None:
         return reason
@@ -147,7 +150,7 @@ def read_graph(model: nn.Module, example: Tensor) -> ModelGraph | str:
     info: dict[Node, NodeInfo] = {}
     for node in nodes:
         if node.op == "placeholder":
-            info[node] = NodeInfo(True, _value_shape(node), (2, 3))
+            info[node] = NodeInfo(True, _value_shape(node), tuple(range(2, example.dim())))
             continue
         inputs = node.all_input_nodes
         varying = any(info[i].varying for i in inputs if i in info)

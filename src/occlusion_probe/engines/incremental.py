@@ -34,10 +34,11 @@ from torch.fx import Node
 
 from ..batching import BatchConfig, BatchPlan, as_channels_last, clock
 from ..regions import mask_digest
-from .boxes import Box, bounding_boxes
+from .boxes import Box, bounding_boxes, box_sides, box_slices
 from .graph import ModelGraph, attribute, read_graph
 from .plan import (
     FULL,
+    LOCAL,
     GroupPlan,
     RegionPlan,
     cat_channels,
@@ -211,12 +212,14 @@ class IncrementalEngine:
     def prepare(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
     ) -> IncrementalEngine | str:
-        """Read `model` and plan every region of `masks` (R, H, W); a reason on failure.
+        """Read `model` and plan every region of `masks` (R, *spatial); a reason on failure.
+
+        image_shape is (C, *spatial), with 1, 2 or 3 spatial axes (the masks' shape).
 
         Reading a model with torch.export and planning its regions takes seconds (about 15 s
         of CPU for a DenseNet-121 of 1,279 ATen nodes on 2 cores), so the result is kept for
@@ -240,7 +243,7 @@ class IncrementalEngine:
     def kept(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
@@ -253,7 +256,7 @@ class IncrementalEngine:
     def _prepare(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
@@ -343,20 +346,21 @@ class IncrementalEngine:
     ) -> tuple[Tensor, Tensor]:
         """Outputs of the model on the unoccluded and on every occluded image.
 
-        images : Tensor, shape (n, C, H, W)
-        fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-        masks : Tensor, shape (R, H, W), bool, the regions `prepare` planned
+        images : Tensor, shape (n, C, *spatial), 1, 2 or 3 spatial axes
+        fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+        masks : Tensor, shape (R, *spatial), bool, the regions `prepare` planned
         items_per_call : about how many occluded images are computed together
         finish : turns the graph's raw output into a (b, K) tensor (the sweep's output rule)
         channels_last : run the graph on channels-last maps (the cache and every window), as
-            the model's forward would run on channels-last images; None: the faster of the
-            two layouts, timed once per engine on the first images' full forward
+            the model's forward would run on channels-last images (2D images only; maps
+            of other ranks stay contiguous); None: the faster of the two layouts, timed
+            once per engine on the first images' full forward
         returns : clean (n, K) and occluded (n, R, V, K); entry (i, r, v) equals the model on
             ``torch.where(masks[r], fill_images[v, i], images[i])``, up to rounding
         """
-        n, channels, height, width = images.shape
+        n = images.shape[0]
         v = fill_images.shape[0]
-        fills = fill_images.expand(v, n, channels, height, width)
+        fills = fill_images.expand(v, *images.shape)
         block = max(1, min(n, items_per_call // max(1, v)))
         clean_parts: list[Tensor] = []
         occluded: Tensor | None = None
@@ -614,10 +618,10 @@ class IncrementalEngine:
         whole = items.expand(cache[arg]).clone()  # type: ignore[arg-type]
         return _scatter(whole, spatial, found, items.groups)
 
-    def _spatial(self, node: Node) -> tuple[int, int]:
+    def _spatial(self, node: Node) -> tuple[int, ...]:
         spatial = self.graph.info[node].spatial
         if spatial is None:
-            raise RuntimeError(f"node {node.name} has no rows and columns to cut")
+            raise RuntimeError(f"node {node.name} has no spatial axes to cut")
         return spatial
 
     def _group(
@@ -636,7 +640,7 @@ class IncrementalEngine:
                 continue
             boxes = state
             name = op_name(node)
-            if name in _LOCAL_OPS:
+            if name in LOCAL:
                 values[node] = self._local(cache, values, node, group, items)
                 continue
             if name == "getitem":
@@ -690,16 +694,15 @@ class IncrementalEngine:
         facts = self.graph.info[arg]
         value = cache.get(arg)
         if not facts.varying:
-            # A constant broadcast against the node: cut its rows and columns where it has
+            # A constant broadcast against the node: cut its spatial axes where it has
             # them. plan_groups only groups regions whose boxes at such a node are equal.
             cut = constant_cut(self.graph, node, arg)
             if not cut or not isinstance(value, Tensor):
                 return value
-            box = boxes[0]
             index: list[slice] = [slice(None)] * value.dim()
-            for dim, (lo, hi) in zip(cut, ((box[0], box[1]), (box[2], box[3])), strict=True):
+            for dim, axis_slice in zip(cut, box_slices(boxes[0]), strict=True):
                 if dim is not None:
-                    index[dim] = slice(lo, hi)
+                    index[dim] = axis_slice
             return value[tuple(index)]
         found = values.get(arg)
         if isinstance(found, _Patch) and found.boxes == boxes:
@@ -733,27 +736,34 @@ class IncrementalEngine:
         return window
 
     def _padded(
-        self, node: Node, base: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], pad: float
+        self,
+        node: Node,
+        base: Tensor,
+        spatial: tuple[int, ...],
+        boxes: tuple[Box, ...],
+        pad: float,
     ) -> tuple[Tensor, tuple[Box, ...]]:
         """`base` padded with `pad` so that every box lies inside it, and the boxes moved
         to match. Made once per node, padding and cache block (a window crossing the border
         is then one strided copy, instead of a fill of the window and a copy into it)."""
-        height, width = base.shape[spatial[0]], base.shape[spatial[1]]
-        top = max(0, -min(b[0] for b in boxes))
-        bottom = max(0, max(b[1] for b in boxes) - height)
-        left = max(0, -min(b[2] for b in boxes))
-        right = max(0, max(b[3] for b in boxes) - width)
-        if not (top or bottom or left or right):
+        before = [max(0, -min(b[2 * a] for b in boxes)) for a in range(len(spatial))]
+        after = [
+            max(0, max(b[2 * a + 1] for b in boxes) - base.shape[dim])
+            for a, dim in enumerate(spatial)
+        ]
+        if not any(before) and not any(after):
             return base, boxes
-        key = (node, top, bottom, left, right, pad)
+        key = (node, *before, *after, pad)
         padded = self._padded_maps.get(key)
         if padded is None:
-            moved = base.movedim(spatial, (-2, -1))
-            padded = F.pad(moved, (left, right, top, bottom), value=pad).movedim((-2, -1), spatial)
+            last = _last(len(spatial))
+            # F.pad lists the last axis first.
+            pads = [v for a in reversed(range(len(spatial))) for v in (before[a], after[a])]
+            padded = F.pad(base.movedim(spatial, last), pads, value=pad).movedim(last, spatial)
             if _is_channels_last(base, spatial):
                 padded = as_channels_last(padded)
             self._padded_maps[key] = padded
-        moved_boxes = tuple((b[0] + top, b[1] + top, b[2] + left, b[3] + left) for b in boxes)
+        moved_boxes = tuple(tuple(v + before[i // 2] for i, v in enumerate(box)) for box in boxes)
         return padded, moved_boxes
 
     def _local(
@@ -854,7 +864,7 @@ def _kept(model: nn.Module, key: tuple[object, ...]) -> IncrementalEngine | str 
 
 def _key(
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     dtype: torch.dtype,
     device: torch.device,
@@ -880,8 +890,6 @@ def _state_signature(model: nn.Module) -> tuple[object, ...]:
     )
     return (tensors, attributes)
 
-
-_LOCAL_OPS = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
 
 # Pointwise ops run in place on a patch that nothing else reads: no new map is allocated and
 # first touched, which is much of what a ReLU or a residual add costs on a CPU.
@@ -1065,9 +1073,10 @@ class _PendingTails:
         return done
 
 
-def _is_channels_last(value: Tensor, spatial: tuple[int, int]) -> bool:
+def _is_channels_last(value: Tensor, spatial: tuple[int, ...]) -> bool:
     """Whether `value` is an (n, C, H, W) map with channels-last strides (channels
-    innermost; for one channel, strides set so, as `as_channels_last` makes them)."""
+    innermost; for one channel, strides set so, as `as_channels_last` makes them). Maps of
+    other ranks are never run channels-last."""
     return (
         value.dim() == 4
         and spatial == (2, 3)
@@ -1078,186 +1087,221 @@ def _is_channels_last(value: Tensor, spatial: tuple[int, int]) -> bool:
 
 
 def _in_layout(images: Tensor, channels_last: bool) -> Tensor:
-    """`images` (n, C, H, W) in channels-last memory when asked (a copy), else as given."""
-    return as_channels_last(images) if channels_last else images
+    """`images` (n, C, H, W) in channels-last memory when asked (a copy), else as given;
+    images of another rank as given."""
+    return as_channels_last(images) if channels_last and images.dim() == 4 else images
+
+
+def _at(*parts: Any) -> tuple[Any, ...]:
+    """An index of several parts (slices, index tensors, Ellipsis), built from unpacked
+    per-axis parts: ``x[_at(Ellipsis, *cuts)]``."""
+    return parts
 
 
 def _indexed(device: torch.device) -> bool:
     return device.type != "cpu" or INDEXED_WINDOWS_ON_CPU
 
 
-def _offsets(boxes: tuple[Box, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(G, h) row and (G, w) column indices of equal-shaped boxes."""
-    height, width = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
-    tops = torch.tensor([b[0] for b in boxes], device=device)
-    lefts = torch.tensor([b[2] for b in boxes], device=device)
-    rows = tops[:, None] + torch.arange(height, device=device)
-    cols = lefts[:, None] + torch.arange(width, device=device)
-    return rows, cols
+def _last(count: int) -> tuple[int, ...]:
+    """The last `count` dims, as movedim's destination."""
+    return tuple(range(-count, 0))
+
+
+def _offsets(boxes: tuple[Box, ...], device: torch.device) -> tuple[Tensor, ...]:
+    """Per spatial axis a, the (G, s_a) map positions of equal-shaped boxes along it."""
+    sides = box_sides(boxes[0])
+    return tuple(
+        torch.tensor([b[2 * a] for b in boxes], device=device)[:, None]
+        + torch.arange(side, device=device)
+        for a, side in enumerate(sides)
+    )
+
+
+def _spread(indices: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Per-axis (G, s_a) indices shaped to broadcast to (G, s_0, ..., s_{k-1})."""
+    k = len(indices)
+    return tuple(
+        index.reshape(index.shape[0], *(index.shape[1] if b == a else 1 for b in range(k)))
+        for a, index in enumerate(indices)
+    )
 
 
 def _gather(
-    base: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], items: _Items, pad: float
+    base: Tensor, spatial: tuple[int, ...], boxes: tuple[Box, ...], items: _Items, pad: float
 ) -> Tensor:
     """Windows `boxes` of `base` (n, ...) for every item: (G * n * V, ...) with the box's
-    rows and columns in place of the map's; positions past the border hold `pad` (the
-    indexed path; the strided one takes boxes inside a map `_window` has padded)."""
-    moved = base.movedim(spatial, (-2, -1))  # (n, rest..., H, W)
-    n, rest = moved.shape[0], moved.shape[1:-2]
-    height, width = moved.shape[-2], moved.shape[-1]
-    box_h, box_w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+    sides in place of the map's; positions past the border hold `pad` (the indexed path;
+    the strided one takes boxes inside a map `_window` has padded)."""
+    k = len(spatial)
+    moved = base.movedim(spatial, _last(k))  # (n, rest..., *map)
+    n, rest, sizes = moved.shape[0], moved.shape[1:-k], moved.shape[-k:]
+    sides = box_sides(boxes[0])
     groups = len(boxes)
-    shape = (groups, n, items.fills, *rest, box_h, box_w)
+    shape = (groups, n, items.fills, *rest, *sides)
     # Windows of a channels-last map are channels-last too, so that convs keep that layout.
     channels_last = _is_channels_last(base, spatial)
     if _indexed(base.device):
-        rows, cols = _offsets(boxes, base.device)
-        picked = moved[
-            ..., rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
-        ]
-        outside = bool(
-            rows.min() < 0 or cols.min() < 0 or rows.max() >= height or cols.max() >= width
+        offsets = _offsets(boxes, base.device)
+        clamped = _spread(tuple(o.clamp(0, s - 1) for o, s in zip(offsets, sizes, strict=True)))
+        picked = moved[_at(Ellipsis, *clamped)]  # (n, rest..., G, *sides)
+        outside = any(
+            bool(o.min() < 0 or o.max() >= s) for o, s in zip(offsets, sizes, strict=True)
         )
-        if outside:  # picked: (n, rest..., G, h, w)
-            valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[
-                :, None, :
-            ]
+        if outside:
+            valid = functools.reduce(
+                torch.logical_and,
+                _spread(tuple((o >= 0) & (o < s) for o, s in zip(offsets, sizes, strict=True))),
+            )
             picked = picked.masked_fill(~valid, pad)
-        picked = picked.movedim(-3, 0).unsqueeze(2)  # (G, n, 1, rest..., h, w)
+        picked = picked.movedim(-k - 1, 0).unsqueeze(2)  # (G, n, 1, rest..., *sides)
         out = picked.expand(shape).contiguous()
     else:
         if channels_last:  # (G, n, V, h, w, C) memory seen as (G, n, V, C, h, w)
             out = torch.empty(
-                (*shape[:3], box_h, box_w, *rest), dtype=base.dtype, device=base.device
+                (*shape[:3], *sides, *rest), dtype=base.dtype, device=base.device
             ).permute(0, 1, 2, 5, 3, 4)
         else:
             out = torch.empty(shape, dtype=base.dtype, device=base.device)
         # `_window` pads the map first on this path, so every box lies inside it.
-        if not all(b[0] >= 0 and b[1] <= height and b[2] >= 0 and b[3] <= width for b in boxes):
+        if not all(
+            b[2 * a] >= 0 and b[2 * a + 1] <= size for b in boxes for a, size in enumerate(sizes)
+        ):
             raise RuntimeError("strided window copies need boxes inside the (padded) map")
         # One strided copy per lattice block of members (sliding windows at one stride come
         # in rows of equal steps), not one per member.
         for block in lattice_blocks(boxes):
-            _copy_lattice(out, moved, block, box_h, box_w)
-    flat = out.reshape(groups * n * items.fills, *rest, box_h, box_w)
+            _copy_lattice(out, moved, block, sides)
+    flat = out.reshape(groups * n * items.fills, *rest, *sides)
     if channels_last:
         # Already so on the CPU path (a view of the memory allocated above).
         return flat if _is_channels_last(flat, (2, 3)) else as_channels_last(flat)
-    return flat.movedim((-2, -1), spatial)
+    return flat.movedim(_last(k), spatial)
 
 
 @dataclass(frozen=True)
 class LatticeBlock:
-    """Members ``first ... first + rows * cols - 1`` of a group, in row-major order, whose
-    boxes' top-left corners are ``(top + i * row_step, left + j * col_step)`` for member
-    ``first + i * cols + j``."""
+    """Consecutive members of a group whose boxes' corners form a lattice: member
+    ``first + ravel(i)`` (``i`` a multi-index below `counts`, raveled row-major) has its
+    corner at ``corner[a] + i[a] * steps[a]`` along every axis a.
+
+    first : the first member
+    counts : members along every axis
+    corner : the first member's box start along every axis
+    steps : the corner's step along every axis (0 where the count is 1)
+    """
 
     first: int
-    rows: int
-    cols: int
-    top: int
-    left: int
-    row_step: int
-    col_step: int
+    counts: tuple[int, ...]
+    corner: tuple[int, ...]
+    steps: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """How many members the block holds."""
+        return math.prod(self.counts)
 
 
 def lattice_blocks(boxes: Sequence[Box]) -> list[LatticeBlock]:
     """`boxes` (in order, equal shapes) cut into consecutive lattice blocks by a greedy
-    pass: runs of equal top and equally spaced lefts, then runs of such rows of equal
-    length and lefts at equally spaced tops."""
-    # Rows: [first, cols, top, left, col_step]
-    rows: list[list[int]] = []
-    for index, (top, _bottom, left, _right) in enumerate(boxes):
-        if rows and rows[-1][2] == top:
-            row = rows[-1]
-            step = left - (row[3] + (row[1] - 1) * row[4])
-            if step > 0 and (row[1] == 1 or step == row[4]):
-                row[1] += 1
-                row[4] = step
+    pass per axis, the last axis first: runs of equally spaced starts along the axis,
+    whose blocks agree on every other axis (in 2D: runs of equal top and equally spaced
+    lefts, then runs of such rows of equal length and lefts at equally spaced tops)."""
+    if not boxes:
+        return []
+    k = len(boxes[0]) // 2
+    # [first, counts, corner, steps], mutable while merging.
+    blocks: list[tuple[int, list[int], list[int], list[int]]] = [
+        (index, [1] * k, [box[2 * a] for a in range(k)], [0] * k) for index, box in enumerate(boxes)
+    ]
+    for axis in reversed(range(k)):
+        merged: list[tuple[int, list[int], list[int], list[int]]] = []
+        for block in blocks:
+            if merged and _extends(merged[-1], block, axis):
+                last = merged[-1]
+                last[3][axis] = block[2][axis] - (
+                    last[2][axis] + (last[1][axis] - 1) * last[3][axis]
+                )
+                last[1][axis] += 1
                 continue
-        rows.append([index, 1, top, left, 0])
-    # Blocks: [first, rows, cols, top, left, row_step, col_step]
-    blocks: list[list[int]] = []
-    for first, cols, top, left, col_step in rows:
-        if blocks:
-            block = blocks[-1]
-            step = top - (block[3] + (block[1] - 1) * block[5])
-            if (
-                cols == block[2]
-                and left == block[4]
-                and (cols == 1 or col_step == block[6])
-                and step > 0
-                and (block[1] == 1 or step == block[5])
-            ):
-                block[1] += 1
-                block[5] = step
-                continue
-        blocks.append([first, 1, cols, top, left, 0, col_step])
-    return [LatticeBlock(*block) for block in blocks]
+            merged.append(block)
+        blocks = merged
+    return [
+        LatticeBlock(first, tuple(counts), tuple(corner), tuple(steps))
+        for first, counts, corner, steps in blocks
+    ]
 
 
-def _copy_lattice(out: Tensor, moved: Tensor, block: LatticeBlock, box_h: int, box_w: int) -> None:
-    """Copy the windows of one lattice block of `moved` (n, rest..., H, W) into its
-    members' entries of `out` (G, n, V, rest..., h, w), broadcast over the fills, with one
-    strided copy."""
+def _extends(
+    last: tuple[int, list[int], list[int], list[int]],
+    block: tuple[int, list[int], list[int], list[int]],
+    axis: int,
+) -> bool:
+    """Whether `block` (one step along `axis`, its inner axes merged) continues `last`."""
+    _first, counts, corner, steps = last
+    _, b_counts, b_corner, b_steps = block
+    inner = range(axis + 1, len(counts))
+    if any(counts[a] != b_counts[a] or corner[a] != b_corner[a] for a in inner):
+        return False
+    if any(counts[a] > 1 and steps[a] != b_steps[a] for a in inner):
+        return False
+    if any(corner[a] != b_corner[a] for a in range(axis)):
+        return False
+    step = b_corner[axis] - (corner[axis] + (counts[axis] - 1) * steps[axis])
+    return step > 0 and (counts[axis] == 1 or step == steps[axis])
+
+
+def _copy_lattice(out: Tensor, moved: Tensor, block: LatticeBlock, sides: tuple[int, ...]) -> None:
+    """Copy the windows of one lattice block of `moved` (n, rest..., *map) into its
+    members' entries of `out` (G, n, V, rest..., *sides), broadcast over the fills, with
+    one strided copy."""
+    k = len(sides)
     strides = moved.stride()
-    row_stride, col_stride = strides[-2], strides[-1]
+    axis_strides = strides[-k:]
     source = moved.as_strided(
-        (block.rows, block.cols, *moved.shape[:-2], box_h, box_w),
-        (block.row_step * row_stride, block.col_step * col_stride, *strides),
-        moved.storage_offset() + block.top * row_stride + block.left * col_stride,
-    ).unsqueeze(3)  # (rows, cols, n, 1, rest..., h, w)
-    count = block.rows * block.cols
-    members = out[block.first : block.first + count]
-    target = members.view(block.rows, block.cols, *members.shape[1:])
+        (*block.counts, *moved.shape[:-k], *sides),
+        (*(step * s for step, s in zip(block.steps, axis_strides, strict=True)), *strides),
+        moved.storage_offset()
+        + sum(c * s for c, s in zip(block.corner, axis_strides, strict=True)),
+    ).unsqueeze(k + 1)  # (*counts, n, 1, rest..., *sides)
+    members = out[block.first : block.first + block.size]
+    target = members.view(*block.counts, *members.shape[1:])
     target.copy_(source.expand(target.shape))
 
 
 def _write_patch(
-    window: Tensor, spatial: tuple[int, int], boxes: tuple[Box, ...], patch: _Patch
+    window: Tensor, spatial: tuple[int, ...], boxes: tuple[Box, ...], patch: _Patch
 ) -> None:
     """Write each member's changed values into its window (in place); windows and patch
     boxes lie at per-member offsets, equal for most members of a group."""
+    k = len(spatial)
     groups = len(boxes)
-    target = window.movedim(spatial, (-2, -1))
+    target = window.movedim(spatial, _last(k))
     target = target.reshape(groups, -1, *target.shape[1:]) if groups > 1 else target[None]
-    source = patch.value.movedim(spatial, (-2, -1))
+    source = patch.value.movedim(spatial, _last(k))
     source = source.reshape(groups, -1, *source.shape[1:])
     overlaps = [_overlap(box, patch_box) for box, patch_box in zip(boxes, patch.boxes, strict=True)]
     if all(o == overlaps[0] for o in overlaps) and overlaps[0] is not None:
-        rows, cols, p_rows, p_cols = overlaps[0]
-        target[..., rows, cols] = source[..., p_rows, p_cols]
+        inside, in_patch = overlaps[0]
+        target[_at(Ellipsis, *inside)] = source[_at(Ellipsis, *in_patch)]
         return
     if _indexed(window.device):
         _write_patch_indexed(target, source, boxes, patch.boxes)
         return
     # One strided copy per run of equally spaced members with the same overlap (members
     # at the same offset within a map's stride recur at a fixed step), not one per member.
-    members_of: dict[tuple[int, int, int, int, int, int, int, int], list[int]] = {}
+    members_of: dict[tuple[int, ...], list[int]] = {}
     for member, overlap in enumerate(overlaps):
         if overlap is not None:
             members_of.setdefault(_slice_key(overlap), []).append(member)
     for key, members in members_of.items():
-        rows, cols = slice(key[0], key[1]), slice(key[2], key[3])
-        p_rows, p_cols = slice(key[4], key[5]), slice(key[6], key[7])
+        slices = tuple(slice(key[2 * i], key[2 * i + 1]) for i in range(len(key) // 2))
+        inside, in_patch = slices[:k], slices[k:]
         for picked in _progressions(members):
-            target[picked, ..., rows, cols] = source[picked, ..., p_rows, p_cols]
+            target[_at(picked, Ellipsis, *inside)] = source[_at(picked, Ellipsis, *in_patch)]
 
 
-def _slice_key(
-    overlap: tuple[slice, slice, slice, slice],
-) -> tuple[int, int, int, int, int, int, int, int]:
-    rows, cols, p_rows, p_cols = overlap
-    return (
-        rows.start,
-        rows.stop,
-        cols.start,
-        cols.stop,
-        p_rows.start,
-        p_rows.stop,
-        p_cols.start,
-        p_cols.stop,
-    )
+def _slice_key(overlap: tuple[tuple[slice, ...], tuple[slice, ...]]) -> tuple[int, ...]:
+    return tuple(v for part in overlap for cut in part for v in (cut.start, cut.stop))
 
 
 def _progressions(indices: list[int]) -> list[slice]:
@@ -1277,20 +1321,18 @@ def _progressions(indices: list[int]) -> list[slice]:
     return found
 
 
-def _overlap(box: Box, patch_box: Box) -> tuple[slice, slice, slice, slice] | None:
-    """Where `patch_box` meets `box`: (rows, cols) in the box, (rows, cols) in the patch."""
-    top, bottom, left, right = box
-    p_top, p_bottom, p_left, p_right = patch_box
-    o_top, o_bottom = max(p_top, top), min(p_bottom, bottom)
-    o_left, o_right = max(p_left, left), min(p_right, right)
-    if o_top >= o_bottom or o_left >= o_right:
-        return None
-    return (
-        slice(o_top - top, o_bottom - top),
-        slice(o_left - left, o_right - left),
-        slice(o_top - p_top, o_bottom - p_top),
-        slice(o_left - p_left, o_right - p_left),
-    )
+def _overlap(box: Box, patch_box: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Where `patch_box` meets `box`: its slices in the box, and in the patch (per axis)."""
+    inside: list[slice] = []
+    in_patch: list[slice] = []
+    for a in range(len(box) // 2):
+        start, p_start = box[2 * a], patch_box[2 * a]
+        lo, hi = max(p_start, start), min(patch_box[2 * a + 1], box[2 * a + 1])
+        if lo >= hi:
+            return None
+        inside.append(slice(lo - start, hi - start))
+        in_patch.append(slice(lo - p_start, hi - p_start))
+    return tuple(inside), tuple(in_patch)
 
 
 def _write_patch_indexed(
@@ -1300,42 +1342,44 @@ def _write_patch_indexed(
     window position reads the patch at its own map position (clamped), and keeps its value
     where that lies outside the member's patch box.
 
-    target : (G, k, rest..., h, w) windows; source : (G, k, rest..., ph, pw) patches
+    target : (G, k, rest..., *sides) windows; source : (G, k, rest..., *patch sides) patches
     """
     device = target.device
-    window_rows, window_cols = _offsets(boxes, device)  # (G, h), (G, w) map positions
-    patch_rows = window_rows - torch.tensor([b[0] for b in patch_boxes], device=device)[:, None]
-    patch_cols = window_cols - torch.tensor([b[2] for b in patch_boxes], device=device)[:, None]
-    height, width = source.shape[-2], source.shape[-1]
-    inside = ((patch_rows >= 0) & (patch_rows < height))[:, :, None] & (
-        (patch_cols >= 0) & (patch_cols < width)
-    )[:, None, :]  # (G, h, w)
-    member = torch.arange(len(boxes), device=device)[:, None, None]
-    read = source[
-        member,
-        ...,
-        patch_rows.clamp(0, height - 1)[:, :, None],
-        patch_cols.clamp(0, width - 1)[:, None, :],
-    ]  # advanced indices split by the ellipsis: (G, h, w, k, rest...)
-    read = read.movedim((1, 2), (-2, -1))  # (G, k, rest..., h, w)
-    shape = (len(boxes),) + (1,) * (target.dim() - 3) + inside.shape[1:]
+    rank = len(boxes[0]) // 2
+    windows = _offsets(boxes, device)  # per axis (G, s_a) map positions
+    in_patch = tuple(
+        positions - torch.tensor([b[2 * a] for b in patch_boxes], device=device)[:, None]
+        for a, positions in enumerate(windows)
+    )
+    sizes = source.shape[-rank:]
+    inside = functools.reduce(
+        torch.logical_and,
+        _spread(tuple((p >= 0) & (p < s) for p, s in zip(in_patch, sizes, strict=True))),
+    )  # (G, *sides)
+    member = torch.arange(len(boxes), device=device).reshape(-1, *(1,) * rank)
+    clamped = _spread(tuple(p.clamp(0, s - 1) for p, s in zip(in_patch, sizes, strict=True)))
+    # Advanced indices split by the ellipsis put their broadcast dims (G, *sides) first.
+    read = source[_at(member, Ellipsis, *clamped)]  # (G, *sides, k, rest...)
+    read = read.movedim(tuple(range(1, rank + 1)), _last(rank))  # (G, k, rest..., *sides)
+    shape = (len(boxes),) + (1,) * (target.dim() - 1 - rank) + tuple(inside.shape[1:])
     target.copy_(torch.where(inside.reshape(shape), read, target))
 
 
-def _scatter(whole: Tensor, spatial: tuple[int, int], patch: _Patch, groups: int) -> Tensor:
+def _scatter(whole: Tensor, spatial: tuple[int, ...], patch: _Patch, groups: int) -> Tensor:
     """Write each group member's patch into its items' whole maps `whole` (G * k, ...)."""
-    target = whole.movedim(spatial, (-2, -1))
+    k = len(spatial)
+    target = whole.movedim(spatial, _last(k))
     target = target.reshape(groups, -1, *target.shape[1:])  # a view: `whole` is contiguous
-    values = patch.value.movedim(spatial, (-2, -1))
-    values = values.reshape(groups, -1, *values.shape[1:])  # (G, k, rest..., h, w)
+    values = patch.value.movedim(spatial, _last(k))
+    values = values.reshape(groups, -1, *values.shape[1:])  # (G, k, rest..., *sides)
     if _indexed(whole.device):
-        rows, cols = _offsets(patch.boxes, whole.device)
-        member = torch.arange(groups, device=whole.device)[:, None, None]
-        # Advanced indices split by slices put their broadcast dims (G, h, w) first.
-        target[member, ..., rows[:, :, None], cols[:, None, :]] = values.movedim((-2, -1), (1, 2))
+        positions = _spread(_offsets(patch.boxes, whole.device))
+        member = torch.arange(groups, device=whole.device).reshape(-1, *(1,) * k)
+        # Advanced indices split by slices put their broadcast dims (G, *sides) first.
+        target[_at(member, Ellipsis, *positions)] = values.movedim(_last(k), tuple(range(1, k + 1)))
         return whole
-    for index, (top, bottom, left, right) in enumerate(patch.boxes):
-        target[index, ..., top:bottom, left:right] = values[index]
+    for index, box in enumerate(patch.boxes):
+        target[_at(index, Ellipsis, *box_slices(box))] = values[index]
     return whole
 
 
@@ -1354,6 +1398,18 @@ def _read(values: dict[Node, object], arg: object) -> object:
     return values[arg] if isinstance(arg, Node) else arg
 
 
+_CONV_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "conv1d": F.conv1d,
+    "conv2d": F.conv2d,
+    "conv3d": F.conv3d,
+}
+_MAX_POOL_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "max_pool1d": F.max_pool1d,
+    "max_pool2d": F.max_pool2d,
+    "max_pool3d": F.max_pool3d,
+}
+
+
 def _run_unpadded(
     name: str, window: Tensor, args: list[object], kwargs: dict[str, object]
 ) -> Tensor:
@@ -1362,18 +1418,22 @@ def _run_unpadded(
     def get(index: int, key: str, default: object) -> Any:
         return args[index] if len(args) > index else kwargs.get(key, default)
 
-    if name == "conv2d":
+    if name in _CONV_FUNCTIONS:
         weight, bias = get(0, "weight", None), get(1, "bias", None)
         stride, dilation, groups = get(2, "stride", 1), get(4, "dilation", 1), get(5, "groups", 1)
-        return F.conv2d(window, weight, bias, stride, 0, dilation, groups)
-    if name == "max_pool2d":
+        return _CONV_FUNCTIONS[name](window, weight, bias, stride, 0, dilation, groups)
+    if name in _MAX_POOL_FUNCTIONS:
         kernel, stride = get(0, "kernel_size", None), get(1, "stride", None)
         dilation = get(3, "dilation", 1)
-        return F.max_pool2d(window, kernel, stride or kernel, 0, dilation, False)
-    if name == "avg_pool2d":
+        return _MAX_POOL_FUNCTIONS[name](window, kernel, stride or kernel, 0, dilation, False)
+    if name == "avg_pool1d":  # no divisor_override in 1D
+        kernel, stride = get(0, "kernel_size", None), get(1, "stride", None)
+        return F.avg_pool1d(window, kernel, stride or kernel, 0, False, True)
+    if name in ("avg_pool2d", "avg_pool3d"):
         kernel, stride = get(0, "kernel_size", None), get(1, "stride", None)
         divisor = get(5, "divisor_override", None)
-        return F.avg_pool2d(window, kernel, stride or kernel, 0, False, True, divisor)
+        pool = F.avg_pool2d if name == "avg_pool2d" else F.avg_pool3d
+        return pool(window, kernel, stride or kernel, 0, False, True, divisor)
     # A constant pad whose window lies inside its input: the changed box is the same values.
     return window
 
@@ -1385,27 +1445,28 @@ def _input_patch(
     members: tuple[int, ...],
     boxes: tuple[Box, ...] | str,
 ) -> _Patch:
-    """(G * m * V, C, h, w): the occluded inputs inside each member's box, in (member, image,
-    fill) order.
+    """(G * m * V, C, *sides): the occluded inputs inside each member's box, in (member,
+    image, fill) order.
 
-    images : (m, C, H, W); fills : (V, m, C, H, W); masks : (R, H, W)
+    images : (m, C, *spatial); fills : (V, m, C, *spatial); masks : (R, *spatial)
     """
     if isinstance(boxes, str):
         raise RuntimeError("the images are a patch in every plan")
+    k = masks.dim() - 1
     if _indexed(images.device) and len(members) > 1:
         # One gather per operand for all members (a fixed number of kernel launches).
-        rows, cols = _offsets(boxes, images.device)
-        rows, cols = rows[:, :, None], cols[:, None, :]  # (G, h, 1), (G, 1, w)
-        index = torch.tensor(members, device=images.device)[:, None, None]
-        in_region = masks[index, rows, cols]  # (G, h, w)
-        inside = images[..., rows, cols].movedim(-3, 0)  # (G, m, C, h, w)
-        fill = fills[..., rows, cols].movedim(-3, 0).transpose(1, 2)  # (G, m, V, C, h, w)
+        positions = _spread(_offsets(boxes, images.device))  # broadcast to (G, *sides)
+        index = torch.tensor(members, device=images.device).reshape(-1, *(1,) * k)
+        in_region = masks[(index, *positions)]  # (G, *sides)
+        inside = images[_at(Ellipsis, *positions)].movedim(-k - 1, 0)  # (G, m, C, *sides)
+        fill = fills[_at(Ellipsis, *positions)].movedim(-k - 1, 0).transpose(1, 2)
         patch = torch.where(in_region[:, None, None, None], fill, inside[:, :, None])
         return _Patch(boxes, patch.reshape(-1, *patch.shape[3:]))
     parts = []
-    for region, (top, bottom, left, right) in zip(members, boxes, strict=True):
-        inside = images[:, None, :, top:bottom, left:right]
-        fill = fills[:, :, :, top:bottom, left:right].transpose(0, 1)
-        parts.append(torch.where(masks[region, top:bottom, left:right], fill, inside))
+    for region, box in zip(members, boxes, strict=True):
+        cut = box_slices(box)
+        inside = images[(slice(None), None, slice(None), *cut)]
+        fill = fills[(slice(None), slice(None), slice(None), *cut)].transpose(0, 1)
+        parts.append(torch.where(masks[_at(region, *cut)], fill, inside))
     patch = torch.stack(parts) if len(parts) > 1 else parts[0][None]
     return _Patch(boxes, patch.reshape(-1, *patch.shape[3:]))

@@ -3,16 +3,19 @@
 For one region, every node of the exported graph is in one of three states:
 
 - unchanged: its value is the unoccluded one, read from the cache;
-- a *patch*: only a box (rows x columns of its map) differs; the engine computes that box;
+- a *patch*: only a box of its map (an interval along every spatial axis: rows x columns
+  in 2D, a segment in 1D, a block in 3D) differs; the engine computes that box;
 - *full*: the node is computed on whole maps (the first op that mixes all positions, or an
   op the engine does not follow, and everything after it).
 
-The rules (Krypton, SIGMOD 2019, on a DAG): local ops (conv2d with any stride, padding,
-dilation and groups; max and average pooling; pad) grow the box to its projective field;
+The rules (Krypton, SIGMOD 2019, on a DAG), the same at every spatial rank (1, 2 or 3 axes,
+each axis handled alike by `_Axis`): local ops (conv1d, conv2d and conv3d with any stride,
+padding, dilation and groups; max and average pooling in 1D, 2D and 3D; pad) grow the box
+to its projective field;
 pointwise ops and ops that act per position across channels (batch norm, layer norm or
 linear over a non-spatial last dim, permute, slicing channels, dropout in eval) keep it;
 ops with several inputs (add, mul, where, cat along channels) take the bounding box of the
-union of their inputs' boxes; anything else (mean over rows and columns, adaptive pooling,
+union of their inputs' boxes; anything else (mean over the spatial axes, adaptive pooling,
 flatten, view, attention) makes the node full.
 """
 
@@ -28,7 +31,7 @@ import numpy as np
 from torch import Tensor
 from torch.fx import Node
 
-from .boxes import Box
+from .boxes import Box, box_sides, box_volume, union_box
 
 if TYPE_CHECKING:  # annotations only: graph.py imports this module's layout rules
     from .graph import ModelGraph, NodeInfo
@@ -108,12 +111,16 @@ POINTWISE = frozenset(
         "minimum",
     }
 )
-LOCAL = frozenset({"conv2d", "max_pool2d", "avg_pool2d", "pad", "constant_pad_nd"})
+#: Convolutions and pools per spatial rank (their ATen names under torch.export).
+CONVS = frozenset({"conv1d", "conv2d", "conv3d"})
+MAX_POOLS = frozenset({"max_pool1d", "max_pool2d", "max_pool3d"})
+AVG_POOLS = frozenset({"avg_pool1d", "avg_pool2d", "avg_pool3d"})
+LOCAL = CONVS | MAX_POOLS | AVG_POOLS | {"pad", "constant_pad_nd"}
 #: Local ops whose output is a new tensor: when the window they read is their input's patch
 #: itself (a 1x1 conv, a stride-1 pool without padding on an inner box), they read the patch
 #: as it is instead of a copy gathered from the cache with the patch written in. A pad is
 #: left out: its output would be its input's tensor, which an in-place op could change.
-READS_PATCH_AS_IS = frozenset({"conv2d", "max_pool2d", "avg_pool2d"})
+READS_PATCH_AS_IS = CONVS | MAX_POOLS | AVG_POOLS
 
 
 def reads_patch_as_is(node: Node, windows: tuple[Box, ...], source_state: object) -> bool:
@@ -123,8 +130,8 @@ def reads_patch_as_is(node: Node, windows: tuple[Box, ...], source_state: object
 
 
 def cat_channels(node: Node, info: dict[Node, NodeInfo]) -> int | None:
-    """The (non-negative) dim along which a planned cat joins its inputs (never a row,
-    column or the batch: `layout_rule`), or None when `node` is no such cat."""
+    """The (non-negative) dim along which a planned cat joins its inputs (never a spatial
+    axis or the batch: `layout_rule`), or None when `node` is no such cat."""
     if op_name(node) != "cat" or not isinstance(node.args[0], Sequence):
         return None
     rank = _rank(info[node])
@@ -177,9 +184,14 @@ def _varying_inputs(node: Node, info: dict[Node, NodeInfo]) -> list[Node]:
     return [i for i in node.all_input_nodes if info[i].varying]
 
 
-def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | None:
-    """(row dim, column dim) of a varying node's value when the engine can follow a box
-    through it; None when the node must be computed on whole maps."""
+def _channels_first(layout: tuple[int, ...] | None, rank: int | None) -> bool:
+    """Whether `layout` is that of an (N, C, *spatial) map of tensor rank `rank`."""
+    return layout is not None and rank is not None and layout == tuple(range(2, rank))
+
+
+def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, ...] | None:
+    """The spatial dims of a varying node's value, in the images' axis order, when the
+    engine can follow a box through it; None when the node must be computed on whole maps."""
     name = op_name(node)
     own = info[node]
     rank = _rank(own)
@@ -196,7 +208,9 @@ def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | Non
             return info[parent].spatial
         return None
     if name in _NORMS:
-        if node.args[0] is not first or len(varying) != 1 or source != (2, 3):
+        if node.args[0] is not first or len(varying) != 1:
+            return None
+        if not _channels_first(source, _rank(info[first])):
             return None
         if name == "batch_norm" and node.args[5] is not False:
             return None
@@ -204,7 +218,9 @@ def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | Non
     if rank is None or source is None:
         return None
     if name in LOCAL:
-        return source if source == (2, 3) and rank == 4 and node.args[0] is first else None
+        # A local op of k spatial axes reads an (N, C, *k axes) map whose axes are the
+        # images' (a conv after a permute to channels last is no such op).
+        return source if _channels_first(source, rank) and node.args[0] is first else None
     if name in POINTWISE:
         return _pointwise_layout(node, info, rank)
     if name == "dropout":
@@ -215,7 +231,7 @@ def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | Non
         dims = [_normal_dim(d, rank) for d in node.args[1]]  # type: ignore[union-attr]
         if None in dims or dims[0] != 0:
             return None
-        return dims.index(source[0]), dims.index(source[1])
+        return tuple(dims.index(axis) for axis in source)
     if name == "cat":
         return _cat_layout(node, info, rank)
     if name == "slice":
@@ -241,14 +257,14 @@ def layout_rule(node: Node, info: dict[Node, NodeInfo]) -> tuple[int, int] | Non
 
 
 _NORMS = frozenset({"_native_batch_norm_legit_no_training", "batch_norm"})
-# Reductions over dims other than the batch, rows and columns (a mean over channels, as in
-# spatial attention) act per position: a changed box stays the same box.
+# Reductions over dims other than the batch and the spatial axes (a mean over channels, as
+# in spatial attention) act per position: a changed box stays the same box.
 _REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
 
 
 def _reduction_layout(
-    node: Node, info: dict[Node, NodeInfo], source: tuple[int, int]
-) -> tuple[int, int] | None:
+    node: Node, info: dict[Node, NodeInfo], source: tuple[int, ...]
+) -> tuple[int, ...] | None:
     in_rank = _rank(info[node.all_input_nodes[0]])
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
@@ -260,16 +276,12 @@ def _reduction_layout(
         return None
     if keepdim is True:
         return source
-    row, col = source
-    return (
-        row - sum(1 for d in reduced if d is not None and d < row),
-        col - sum(1 for d in reduced if d is not None and d < col),
-    )
+    return tuple(axis - sum(1 for d in reduced if d is not None and d < axis) for axis in source)
 
 
-def _pointwise_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, int] | None:
+def _pointwise_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, ...] | None:
     own_shape = info[node].shape
-    found: tuple[int, int] | None = None
+    found: tuple[int, ...] | None = None
     for arg in node.all_input_nodes:
         facts = info[arg]
         if not facts.varying:
@@ -278,11 +290,11 @@ def _pointwise_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tupl
         if facts.spatial is None or arg_rank is None or facts.shape is None or own_shape is None:
             return None
         shift = rank - arg_rank
-        aligned = (facts.spatial[0] + shift, facts.spatial[1] + shift)
-        # A varying input broadcast along rows or columns (e.g. a squeeze-excitation scale)
+        aligned = tuple(axis + shift for axis in facts.spatial)
+        # A varying input broadcast along a spatial axis (e.g. a squeeze-excitation scale)
         # is a full node: it changes every position.
-        sizes = (facts.shape[facts.spatial[0] - 1], facts.shape[facts.spatial[1] - 1])
-        if sizes != (own_shape[aligned[0] - 1], own_shape[aligned[1] - 1]):
+        sizes = tuple(facts.shape[axis - 1] for axis in facts.spatial)
+        if sizes != tuple(own_shape[axis - 1] for axis in aligned):
             return None
         if found is not None and found != aligned:
             return None
@@ -290,7 +302,7 @@ def _pointwise_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tupl
     return found
 
 
-def _cat_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, int] | None:
+def _cat_layout(node: Node, info: dict[Node, NodeInfo], rank: int) -> tuple[int, ...] | None:
     tensors = node.args[0]
     if not isinstance(tensors, Sequence):
         return None
@@ -381,9 +393,12 @@ def _arg(node: Node, index: int, name: str, default: object) -> object:
 _AXES_KEY = "occlusion_probe_axes"
 _GEOMETRY_KEY = "occlusion_probe_geometry"
 
+#: A local op's axes (one per spatial axis, in order), its pad value and its border kind.
+Axes = tuple[tuple[_Axis, ...], float, str]
 
-def _axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, str] | None:
-    """Row and column axes, pad value and border kind ("constant" or "whole") of a local op
+
+def _axes(node: Node, info: dict[Node, NodeInfo]) -> Axes | None:
+    """The spatial axes, pad value and border kind ("constant" or "whole") of a local op
     (read once per node and kept in its meta)."""
     kept = node.meta.get(_AXES_KEY)
     if kept is not None and kept[0] is info:
@@ -393,81 +408,108 @@ def _axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, 
     return axes
 
 
-def _read_axes(node: Node, info: dict[Node, NodeInfo]) -> tuple[_Axis, _Axis, float, str] | None:
+def _op_rank(name: str) -> int | None:
+    """The spatial rank a conv or pool op works on ("conv3d": 3), None for other ops."""
+    if name in CONVS or name in MAX_POOLS or name in AVG_POOLS:
+        return int(name[-2])
+    return None
+
+
+def _pad_axes(node: Node, name: str, sizes: tuple[tuple[int, ...], tuple[int, ...]]) -> Axes | None:
+    """A pad's axes: its pads list the last axis first, (before, after) each, and may leave
+    out leading spatial axes (unpadded); pads of the channels make no patch."""
+    rank = len(sizes[0])
+    pads_arg = node.args[1]
+    if not isinstance(pads_arg, Sequence) or len(pads_arg) % 2 or len(pads_arg) > 2 * rank:
+        return None
+    pads = _ints(pads_arg, len(pads_arg), 0) if pads_arg else []
+    if pads is None:
+        return None
+    mode = _arg(node, 2, "mode", "constant") if name == "pad" else "constant"
+    value = _arg(node, 3 if name == "pad" else 2, "value", 0.0)
+    fill = 0.0 if value is None else float(value)  # type: ignore[arg-type]
+    axes = []
+    for a in range(rank):
+        from_end = rank - 1 - a
+        before = pads[2 * from_end] if 2 * from_end < len(pads) else 0
+        axes.append(_Axis(1, 1, 1, before, sizes[0][a], sizes[1][a]))
+    return tuple(axes), fill, "constant" if mode == "constant" else "whole"
+
+
+def _read_axes(node: Node, info: dict[Node, NodeInfo]) -> Axes | None:
     name = op_name(node)
     source = node.args[0]
     if not isinstance(source, Node):
         return None
     in_shape, out_shape = info[source].shape, info[node].shape
-    if in_shape is None or out_shape is None or len(in_shape) != 3 or len(out_shape) != 3:
+    spatial = info[source].spatial
+    if in_shape is None or out_shape is None or spatial is None:
+        return None
+    rank = len(spatial)
+    if len(in_shape) != rank + 1 or len(out_shape) != rank + 1:
         return None
     sizes = in_shape[1:], out_shape[1:]
     if name in ("pad", "constant_pad_nd"):
-        pads = _ints(node.args[1], 4, 0) if len(node.args[1]) == 4 else None  # type: ignore[arg-type]
-        if pads is None:
-            return None
-        mode = _arg(node, 2, "mode", "constant") if name == "pad" else "constant"
-        value = _arg(node, 3 if name == "pad" else 2, "value", 0.0)
-        fill = 0.0 if value is None else float(value)  # type: ignore[arg-type]
-        rows = _Axis(1, 1, 1, pads[2], sizes[0][0], sizes[1][0])
-        cols = _Axis(1, 1, 1, pads[0], sizes[0][1], sizes[1][1])
-        return rows, cols, fill, "constant" if mode == "constant" else "whole"
-    if name == "conv2d":
+        return _pad_axes(node, name, sizes)
+    if _op_rank(name) != rank:
+        return None
+    if name in CONVS:
         weight = node.args[1]
         if not isinstance(weight, Node) or info[weight].varying:
             return None
         value = weight.meta.get("val")
-        if not isinstance(value, Tensor) or value.dim() != 4:
+        if not isinstance(value, Tensor) or value.dim() != rank + 2:
             return None
-        kernel = [int(value.shape[2]), int(value.shape[3])]
-        stride = _ints(_arg(node, 3, "stride", 1), 2, 1)
-        dilation = _ints(_arg(node, 5, "dilation", 1), 2, 1)
+        kernel = [int(k) for k in value.shape[2:]]
+        stride = _ints(_arg(node, 3, "stride", 1), rank, 1)
+        dilation = _ints(_arg(node, 5, "dilation", 1), rank, 1)
         padding_arg = _arg(node, 4, "padding", 0)
         if stride is None or dilation is None:
             return None
         if padding_arg == "valid":
-            padding: list[int] | None = [0, 0]
+            padding: list[int] | None = [0] * rank
         elif padding_arg == "same":
             # PyTorch puts the odd extra position of 'same' after; the output size is the
             # input size, so only pad_before matters here.
-            padding = [dilation[a] * (kernel[a] - 1) // 2 for a in range(2)]
+            padding = [dilation[a] * (kernel[a] - 1) // 2 for a in range(rank)]
         else:
-            padding = _ints(padding_arg, 2, 0)
+            padding = _ints(padding_arg, rank, 0)
         if padding is None:
             return None
-        axes = [
+        axes = tuple(
             _Axis(kernel[a], stride[a], dilation[a], padding[a], sizes[0][a], sizes[1][a])
-            for a in range(2)
-        ]
-        return axes[0], axes[1], 0.0, "constant"
-    kernel_arg = _ints(node.args[1], 2, 1)
+            for a in range(rank)
+        )
+        return axes, 0.0, "constant"
+    kernel_arg = _ints(node.args[1], rank, 1)
     if kernel_arg is None:
         return None
     stride_value = _arg(node, 2, "stride", None)
-    stride = kernel_arg if stride_value in (None, []) else _ints(stride_value, 2, 1)
-    padding = _ints(_arg(node, 3, "padding", 0), 2, 0)
+    stride = kernel_arg if stride_value in (None, []) else _ints(stride_value, rank, 1)
+    padding = _ints(_arg(node, 3, "padding", 0), rank, 0)
     if stride is None or padding is None:
         return None
-    if name == "max_pool2d":
-        dilation = _ints(_arg(node, 4, "dilation", 1), 2, 1)
+    if name in MAX_POOLS:
+        dilation = _ints(_arg(node, 4, "dilation", 1), rank, 1)
         if dilation is None:
             return None
-        axes = [
+        axes = tuple(
             _Axis(kernel_arg[a], stride[a], dilation[a], padding[a], sizes[0][a], sizes[1][a])
-            for a in range(2)
-        ]
+            for a in range(rank)
+        )
         # Max pooling ignores what lies outside the input, as -inf does (ceil_mode included).
-        return axes[0], axes[1], -math.inf, "constant"
+        return axes, -math.inf, "constant"
     ceil = bool(_arg(node, 4, "ceil_mode", False))
     include_pad = bool(_arg(node, 5, "count_include_pad", True))
-    axes = [
-        _Axis(kernel_arg[a], stride[a], 1, padding[a], sizes[0][a], sizes[1][a]) for a in range(2)
-    ]
+    axes = tuple(
+        _Axis(kernel_arg[a], stride[a], 1, padding[a], sizes[0][a], sizes[1][a])
+        for a in range(rank)
+    )
     # With padding counted and no ceil_mode every window lies within the padded input and
-    # is divided by the kernel area (or divisor_override), so zeros beyond the border are
-    # exact; otherwise the divisor depends on the position.
+    # is divided by the kernel volume (or divisor_override), so zeros beyond the border
+    # are exact; otherwise the divisor depends on the position.
     kind = "constant" if include_pad and not ceil else "whole"
-    return axes[0], axes[1], 0.0, kind
+    return axes, 0.0, kind
 
 
 def local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeometry | None:
@@ -486,41 +528,46 @@ def local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeo
 
 
 def _local_geometry(node: Node, info: dict[Node, NodeInfo], box: Box) -> LocalGeometry | None:
-    axes = _axes(node, info)
-    if axes is None:
+    found = _axes(node, info)
+    if found is None:
         return None
-    rows, cols, pad_value, kind = axes
-    top, bottom, left, right = box
-    r0, r1 = rows.affected(top, bottom)
-    c0, c1 = cols.affected(left, right)
-    if r0 >= r1 or c0 >= c1:
+    axes, pad_value, kind = found
+    if len(box) != 2 * len(axes):
+        return None
+    reached = [axis.affected(box[2 * a], box[2 * a + 1]) for a, axis in enumerate(axes)]
+    if any(lo >= hi for lo, hi in reached):
         # A stride larger than the kernel may skip the box: no output changes. Keep a
         # one-position box so that the state stays a patch (its values are unchanged ones).
-        r0, r1 = min(r0, rows.out_size - 1), min(r0, rows.out_size - 1) + 1
-        c0, c1 = min(c0, cols.out_size - 1), min(c0, cols.out_size - 1) + 1
-    w_top, w_bottom = rows.window(r0, r1)
-    w_left, w_right = cols.window(c0, c1)
-    window = (w_top, w_bottom, w_left, w_right)
-    crosses = w_top < 0 or w_left < 0 or w_bottom > rows.in_size or w_right > cols.in_size
-    whole = kind == "whole" and (crosses or _near_border(op_name(node), box, rows, cols))
+        reached = [
+            (min(lo, axis.out_size - 1), min(lo, axis.out_size - 1) + 1)
+            for (lo, _hi), axis in zip(reached, axes, strict=True)
+        ]
+    window = tuple(
+        v for (lo, hi), axis in zip(reached, axes, strict=True) for v in axis.window(lo, hi)
+    )
+    crosses = _crosses(window, axes)
+    whole = kind == "whole" and (crosses or _near_border(op_name(node), box, axes))
     if whole:
-        return LocalGeometry((0, rows.out_size, 0, cols.out_size), window, pad_value, True)
-    return LocalGeometry((r0, r1, c0, c1), window, pad_value, False)
+        return LocalGeometry(
+            tuple(v for axis in axes for v in (0, axis.out_size)), window, pad_value, True
+        )
+    return LocalGeometry(tuple(v for pair in reached for v in pair), window, pad_value, False)
 
 
-def _near_border(name: str, box: Box, rows: _Axis, cols: _Axis) -> bool:
+def _crosses(window: Box, axes: tuple[_Axis, ...]) -> bool:
+    """Whether `window` reaches past the input's border along some axis."""
+    return any(window[2 * a] < 0 or window[2 * a + 1] > axis.in_size for a, axis in enumerate(axes))
+
+
+def _near_border(name: str, box: Box, axes: tuple[_Axis, ...]) -> bool:
     """Whether a reflect / replicate / circular pad copies part of `box` into the padding."""
     if name != "pad":
         return False
-    top, bottom, left, right = box
-    reach_rows = max(rows.pad_before, rows.out_size - rows.in_size - rows.pad_before) + 1
-    reach_cols = max(cols.pad_before, cols.out_size - cols.in_size - cols.pad_before) + 1
-    return (
-        top < reach_rows
-        or bottom > rows.in_size - reach_rows
-        or left < reach_cols
-        or right > cols.in_size - reach_cols
-    )
+    for a, axis in enumerate(axes):
+        reach = max(axis.pad_before, axis.out_size - axis.in_size - axis.pad_before) + 1
+        if box[2 * a] < reach or box[2 * a + 1] > axis.in_size - reach:
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- planning
@@ -537,48 +584,38 @@ class RegionPlan:
         return self.states.get(node)
 
 
-def _union(boxes: Sequence[Box]) -> Box:
-    return (
-        min(b[0] for b in boxes),
-        max(b[1] for b in boxes),
-        min(b[2] for b in boxes),
-        max(b[3] for b in boxes),
-    )
-
-
-def _map_size(info: NodeInfo) -> tuple[int, int]:
+def _map_size(info: NodeInfo) -> tuple[int, ...]:
+    """The sizes of a map's spatial axes, in order."""
     if info.shape is None or info.spatial is None:
         raise ValueError("a patch node needs a spatial shape")
-    return info.shape[info.spatial[0] - 1], info.shape[info.spatial[1] - 1]
+    return tuple(info.shape[axis - 1] for axis in info.spatial)
 
 
-def cap_box(box: Box, size: tuple[int, int], threshold: float) -> Box:
-    """`box` capped at `threshold` of a map of `size` (rows, cols): Krypton's
-    projective-field threshold.
+def cap_box(box: Box, size: tuple[int, ...], threshold: float) -> Box:
+    """`box` capped at `threshold` of a map of `size` (one size per spatial axis):
+    Krypton's projective-field threshold.
 
     A side longer than ``max(1, ceil(threshold * map side))`` is cut to that length, centred
     on the box's centre and shifted to stay inside the map; shorter sides are kept.
     """
-    top, bottom, left, right = box
-    limit_h = max(1, math.ceil(threshold * size[0]))
-    limit_w = max(1, math.ceil(threshold * size[1]))
-    if bottom - top > limit_h:
-        top = max(0, min(size[0] - limit_h, (top + bottom - limit_h) // 2))
-        bottom = top + limit_h
-    if right - left > limit_w:
-        left = max(0, min(size[1] - limit_w, (left + right - limit_w) // 2))
-        right = left + limit_w
-    return (top, bottom, left, right)
+    out = list(box)
+    for a, side in enumerate(size):
+        start, stop = box[2 * a], box[2 * a + 1]
+        limit = max(1, math.ceil(threshold * side))
+        if stop - start > limit:
+            start = max(0, min(side - limit, (start + stop - limit) // 2))
+            out[2 * a], out[2 * a + 1] = start, start + limit
+    return tuple(out)
 
 
 def plan_region(graph: ModelGraph, box: Box | None, threshold: float | None = None) -> RegionPlan:
     """Plan one region whose input changes inside `box` (None: an empty region).
 
     threshold : None (exact), or a fraction in (0, 1): every changed box after the input is
-        capped at that fraction of its map's height and width (`cap_box`) and the values
-        outside the cap are taken unchanged from the unoccluded images. This approximates
-        (Krypton's projective-field threshold); local ops that run on whole maps (non-constant
-        padding) are not capped.
+        capped at that fraction of its map's size along every axis (`cap_box`) and the
+        values outside the cap are taken unchanged from the unoccluded images. This
+        approximates (Krypton's projective-field threshold); local ops that run on whole
+        maps (non-constant padding) are not capped.
     """
     states: dict[Node, Box | Literal["full"]] = {}
     if box is None:
@@ -607,7 +644,7 @@ def plan_region(graph: ModelGraph, box: Box | None, threshold: float | None = No
                     state = geometry.output
                     capped = capped and not geometry.whole
             else:
-                state = _union(boxes)
+                state = union_box(boxes)
             if capped and state != FULL and threshold is not None:
                 state = cap_box(state, _map_size(_box_facts(node, info)), threshold)
         states[node] = state
@@ -624,24 +661,22 @@ def _box_facts(node: Node, info: dict[Node, NodeInfo]) -> NodeInfo:
 
 
 def node_flops(node: Node, info: dict[Node, NodeInfo], state: State) -> int:
-    """Multiply-add FLOPs (x2) per occluded image of a conv2d or linear node in `state`
-    (0 for other ops, which are memory-bound and cheap next to these)."""
+    """Multiply-add FLOPs (x2) per occluded image of a convolution (any rank) or linear node
+    in `state` (0 for other ops, which are memory-bound and cheap next to these)."""
     if state is None:
         return 0
     name = op_name(node)
     facts = info[node]
-    if facts.shape is None or name not in ("conv2d", "linear"):
+    if facts.shape is None or (name not in CONVS and name != "linear"):
         return 0
     weight = node.args[1]
     value = weight.meta.get("val") if isinstance(weight, Node) else None
     if not isinstance(value, Tensor):
         return 0
-    per_output = math.prod(value.shape[1:]) if name == "conv2d" else int(value.shape[1])
+    per_output = math.prod(value.shape[1:]) if name in CONVS else int(value.shape[1])
     positions = math.prod(facts.shape)
     if state != FULL and facts.spatial is not None:
-        height, width = _map_size(facts)
-        top, bottom, left, right = state
-        positions = positions // (height * width) * (bottom - top) * (right - left)
+        positions = positions // math.prod(_map_size(facts)) * box_volume(state)
     return 2 * positions * per_output
 
 
@@ -656,7 +691,7 @@ class GroupPlan:
     states : per changed node, one box per member (equal shapes), or FULL
     windows : per local node on boxes, one input window per member (equal shapes), the pad
         value beyond the border, and whether the op runs on whole maps instead
-    flops : FLOPs per occluded image (conv2d and linear), on the group's boxes
+    flops : FLOPs per occluded image (convolutions and linear), on the group's boxes
     traffic : tensor elements read and written per occluded image, the engine's window
         gathers and patch writes included (see `dense_traffic`)
     """
@@ -668,17 +703,18 @@ class GroupPlan:
     traffic: int
 
 
-def _grown(box: Box, height: int, width: int, size: tuple[int, int]) -> Box:
-    """`box` grown to `height` x `width`, shifted to stay inside a map of `size`."""
-    top, _, left, _ = box
-    top = max(0, min(top, size[0] - height))
-    left = max(0, min(left, size[1] - width))
-    return (top, top + height, left, left + width)
+def _grown(box: Box, sides: tuple[int, ...], size: tuple[int, ...]) -> Box:
+    """`box` grown to `sides` (one length per axis), shifted to stay inside a map of `size`."""
+    out: list[int] = []
+    for a, (side, limit) in enumerate(zip(sides, size, strict=True)):
+        start = max(0, min(box[2 * a], limit - side))
+        out += (start, start + side)
+    return tuple(out)
 
 
 def constant_cut(graph: ModelGraph, node: Node, constant: Node) -> tuple[int | None, ...]:
-    """The dims of `constant` that broadcast against `node`'s rows and columns with a size
-    above 1 (empty when it has none): those are cut to the node's box."""
+    """Per spatial axis of `node`, the dim of `constant` that broadcasts against it with a
+    size above 1, or None (empty when it has none): those are cut to the node's box."""
     spatial = graph.info[node].spatial
     value = constant.meta.get("val")
     own_shape = graph.info[node].shape
@@ -697,7 +733,7 @@ def constant_cut(graph: ModelGraph, node: Node, constant: Node) -> tuple[int | N
 def _group_key(graph: ModelGraph, plan: RegionPlan, box: Box) -> tuple[object, ...]:
     """Regions with one key have the same nodes changed, in the same way (box, full or
     whole-map local op), from input boxes of one shape."""
-    parts: list[object] = [box[1] - box[0], box[3] - box[2]]
+    parts: list[object] = list(box_sides(box))
     for node, state in plan.states.items():
         if node.op != "call_function":
             continue
@@ -715,7 +751,7 @@ def _group_key(graph: ModelGraph, plan: RegionPlan, box: Box) -> tuple[object, .
             for arg in node.all_input_nodes
             if not graph.info[arg].varying
         ):
-            # A constant with rows and columns is cut at the node's box: members must share it.
+            # A constant with spatial axes is cut at the node's box: members must share it.
             parts.append(state)
     return tuple(parts)
 
@@ -725,21 +761,20 @@ def read_window(
 ) -> tuple[Box, float, bool] | None:
     """The input window local op `node` reads for its `output` box, the pad value beyond the
     border, and whether the op needs its whole input map there (non-constant padding)."""
-    axes = _axes(node, info)
-    if axes is None:
+    found = _axes(node, info)
+    if found is None:
         return None
-    rows, cols, pad_value, kind = axes
-    w_top, w_bottom = rows.window(output[0], output[1])
-    w_left, w_right = cols.window(output[2], output[3])
-    window = (w_top, w_bottom, w_left, w_right)
-    crosses = w_top < 0 or w_left < 0 or w_bottom > rows.in_size or w_right > cols.in_size
-    clipped = (
-        max(w_top, 0),
-        min(w_bottom, rows.in_size),
-        max(w_left, 0),
-        min(w_right, cols.in_size),
+    axes, pad_value, kind = found
+    window = tuple(
+        v for a, axis in enumerate(axes) for v in axis.window(output[2 * a], output[2 * a + 1])
     )
-    whole = kind == "whole" and (crosses or _near_border(op_name(node), clipped, rows, cols))
+    clipped = tuple(
+        v
+        for a, axis in enumerate(axes)
+        for v in (max(window[2 * a], 0), min(window[2 * a + 1], axis.in_size))
+    )
+    crosses = _crosses(window, axes)
+    whole = kind == "whole" and (crosses or _near_border(op_name(node), clipped, axes))
     return window, pad_value, whole
 
 
@@ -762,16 +797,15 @@ def _group_plan(
             continue
         own = [plans[r].states[node] for r in members]
         boxes_in = [b for b in own if isinstance(b, tuple)]
-        height = max(b[1] - b[0] for b in boxes_in)
-        width = max(b[3] - b[2] for b in boxes_in)
+        sides = tuple(max(lengths) for lengths in zip(*map(box_sides, boxes_in), strict=True))
         facts = info[node]
         if facts.shape is None and node.all_input_nodes:
             # A batch norm returns (output, saved statistics): its map is its input's.
             facts = info[node.all_input_nodes[0]]
         if facts.spatial is None or facts.shape is None:
-            raise RuntimeError(f"node {node.name} has a box but no rows and columns")
+            raise RuntimeError(f"node {node.name} has a box but no spatial axes")
         size = _map_size(facts)
-        grown = tuple(_grown(b, height, width, size) for b in boxes_in)
+        grown = tuple(_grown(b, sides, size) for b in boxes_in)
         states[node] = grown
         flops += node_flops(node, info, grown[0])
         if node.op == "call_function" and op_name(node) not in LOCAL:
@@ -826,16 +860,12 @@ def plan_groups(
     return groups
 
 
-def _box_shapes(plan: RegionPlan) -> tuple[tuple[int, int], ...]:
-    """The (rows, columns) of every box of `plan`, in node order."""
-    return tuple(
-        (state[1] - state[0], state[3] - state[2])
-        for state in plan.states.values()
-        if isinstance(state, tuple)
-    )
+def _box_shapes(plan: RegionPlan) -> tuple[tuple[int, ...], ...]:
+    """The sides of every box of `plan`, in node order."""
+    return tuple(box_sides(state) for state in plan.states.values() if isinstance(state, tuple))
 
 
-Shapes = tuple[tuple[int, int], ...]
+Shapes = tuple[tuple[int, ...], ...]
 
 
 def _shape_classes(
@@ -865,40 +895,42 @@ def _merge_classes(
         return classes
     first = plans[classes[0][0]]
     nodes = [node for node, state in first.states.items() if isinstance(state, tuple)]
-    # FLOPs per box position of each node (conv2d and linear; 0 for the others).
-    weights = [node_flops(node, graph.info, (0, 1, 0, 1)) for node in nodes]
+    # FLOPs per box position of each node (convolutions and linear; 0 for the others).
+    unit = (0, 1) * len(shapes[0][0]) if shapes[0] else (0, 1)
+    weights = [node_flops(node, graph.info, unit) for node in nodes]
     heavy = [i for i, w in enumerate(weights) if w > 0]
     if not heavy:
         return [tuple(m for c in classes for m in c)]
     calls = len([n for n in nodes if n.op == "call_function"]) * call_flops
     weight = np.array([weights[i] for i in heavy], dtype=np.float64)
-    boxes = np.array([[shape[i] for i in heavy] for shape in shapes])
-    merged = greedy_merge(boxes[..., 0], boxes[..., 1], [len(c) for c in classes], weight, calls)
+    sides = np.array([[shape[i] for i in heavy] for shape in shapes])
+    merged = greedy_merge(sides, [len(c) for c in classes], weight, calls)
     return [tuple(m for index in group for m in classes[index]) for group in merged]
 
 
 def greedy_merge(
-    rows: np.ndarray, cols: np.ndarray, sizes: Sequence[int], weight: np.ndarray, calls: float
+    sides: np.ndarray, sizes: Sequence[int], weight: np.ndarray, calls: float
 ) -> list[list[int]]:
     """Greedy agglomeration: merge the pair of classes whose merge lowers the total cost
     most (the first such pair in row-major order on ties), until none does.
 
-    rows, cols : array, shape (N, M): each class's box rows and columns at M nodes
+    sides : array, shape (N, M, d): each class's box sides along the d spatial axes at M
+        nodes (a merged class's box has the larger side along every axis)
     sizes : the members of each class
     weight : array, shape (M,): FLOPs per box position at each node
     calls : the cost of one group's op calls, in FLOPs
     returns : the merged groups, as lists of class indices, in order of their first class
     """
-    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    sides = sides.astype(np.float64)
     size = np.asarray(sizes, dtype=np.float64)
-    cost = size * ((rows * cols) @ weight)  # |G| F(G) per class
+    cost = size * (sides.prod(axis=-1) @ weight)  # |G| F(G) per class
     members = [[index] for index in range(len(size))]
     alive = np.ones(len(size), dtype=bool)
 
     def gains(i: int) -> np.ndarray:
         """What merging class i with each class saves (-inf for itself and merged ones)."""
-        area = np.maximum(rows[i], rows) * np.maximum(cols[i], cols)
-        merged = (size[i] + size) * (area @ weight)
+        volume = np.maximum(sides[i], sides).prod(axis=-1)
+        merged = (size[i] + size) * (volume @ weight)
         saved = calls - (merged - cost[i] - cost)
         saved[~alive] = -np.inf
         saved[i] = -np.inf
@@ -919,10 +951,9 @@ def greedy_merge(
             break
         members[i].extend(members[j])
         members[j] = []
-        rows[i] = np.maximum(rows[i], rows[j])
-        cols[i] = np.maximum(cols[i], cols[j])
+        sides[i] = np.maximum(sides[i], sides[j])
         size[i] += size[j]
-        cost[i] = size[i] * ((rows[i] * cols[i]) @ weight)
+        cost[i] = size[i] * (sides[i].prod(axis=-1) @ weight)
         alive[j] = False
         table[j, :] = -np.inf
         table[:, j] = -np.inf
@@ -1038,18 +1069,16 @@ def _elements(node: Node, info: dict[Node, NodeInfo]) -> int:
 
 
 def _per_position(node: Node, info: dict[Node, NodeInfo]) -> int:
-    """Elements of one image's value of `node` at one row and column."""
+    """Elements of one image's value of `node` at one spatial position."""
     facts = info[node]
     if facts.shape is None and node.all_input_nodes:
         facts = info[node.all_input_nodes[0]]  # a batch norm's tuple: its input's map
     if facts.shape is None or facts.spatial is None:
         return 0
-    height, width = _map_size(facts)
-    return _elements(node, info) // (height * width)
+    return _elements(node, info) // math.prod(_map_size(facts))
 
 
-def _area(box: Box) -> int:
-    return (box[1] - box[0]) * (box[3] - box[2])
+_area = box_volume
 
 
 def _patch_box(state: object) -> Box | None:
