@@ -7,6 +7,7 @@ A module of its own (not conftest.py): tests/examples has a conftest.py too, and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 from torch import nn
@@ -524,3 +525,109 @@ class ZooNet(nn.Module):
         if self.kind == "tuple":
             return logits, x.mean(dim=(2, 3))
         return logits
+
+
+# --------------------------------------------------------------------------- signals (1D)
+
+
+def _same_padding(downsample: int, kernel: int) -> int:
+    """Ribeiro et al.'s padding of a strided conv: the output is the input / downsample."""
+    return max(0, (kernel - downsample + 1) // 2)
+
+
+class EcgResidualUnit(nn.Module):
+    """The residual unit of Ribeiro et al. 2020 (Nat. Commun. 11:1760, Fig. 1): two streams,
+    x (pre-activation) and y (the skip); the skip is max-pooled by the downsampling factor
+    and projected by a 1x1 conv when the channels change; conv, batch norm, ReLU, dropout,
+    a strided conv, the sum with the skip, then batch norm, ReLU and dropout."""
+
+    def __init__(self, cin: int, cout: int, downsample: int, kernel: int) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool1d(downsample, downsample) if downsample > 1 else nn.Identity()
+        self.project = nn.Conv1d(cin, cout, 1, bias=False) if cin != cout else nn.Identity()
+        self.conv1 = nn.Conv1d(cin, cout, kernel, padding=_same_padding(1, kernel), bias=False)
+        self.bn1 = nn.BatchNorm1d(cout)
+        self.conv2 = nn.Conv1d(
+            cout, cout, kernel, downsample, _same_padding(downsample, kernel), bias=False
+        )
+        self.bn2 = nn.BatchNorm1d(cout)
+        self.dropout = nn.Dropout(0.2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.project(self.pool(y))
+        x = self.dropout(torch.relu(self.bn1(self.conv1(x))))
+        x = self.conv2(x) + y
+        y = x
+        x = self.dropout(torch.relu(self.bn2(x)))
+        return x, y
+
+
+class EcgResNet(nn.Module):
+    """The 12-lead ECG ResNet of Ribeiro et al. 2020: a conv stem (kernel 16 in the paper),
+    four residual units each downsampling by 4 with 64, 128, 196, 256, 320 filters, then
+    flatten and a dense layer (6 abnormalities, sigmoid in the paper: logits here).
+
+    length : samples per lead (the paper's: 4,096); widths : the stem's and the units'
+    filters; kernel : the convs' kernel (odd here, so that 'same' padding is symmetric)
+    """
+
+    def __init__(
+        self,
+        length: int = 256,
+        leads: int = 12,
+        classes: int = 6,
+        widths: tuple[int, ...] = (8, 12, 16, 20, 24),
+        kernel: int = 9,
+        downsample: int = 4,
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(
+            nn.Conv1d(leads, widths[0], kernel, padding=_same_padding(1, kernel), bias=False),
+            nn.BatchNorm1d(widths[0]),
+            nn.ReLU(),
+        )
+        self.units = nn.ModuleList(
+            EcgResidualUnit(cin, cout, downsample, kernel)
+            for cin, cout in itertools.pairwise(widths)
+        )
+        samples = length // downsample ** (len(widths) - 1)
+        self.fc = nn.Linear(widths[-1] * samples, classes)
+        randomize_batch_norms(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = x
+        for unit in self.units:
+            x, y = unit(x, y)
+        return self.fc(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------- any rank
+
+
+def grid_masks(shape: tuple[int, ...], cells: tuple[int, ...]) -> torch.Tensor:
+    """(R, *shape) bool masks of a grid of `cells` per axis (row-major, every position in
+    exactly one cell; cell edges along an axis at ``round(i * size / count)``)."""
+    edges = [
+        [round(i * size / count) for i in range(count + 1)]
+        for size, count in zip(shape, cells, strict=True)
+    ]
+    masks = []
+    for index in itertools.product(*(range(count) for count in cells)):
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[tuple(slice(e[i], e[i + 1]) for e, i in zip(edges, index, strict=True))] = True
+        masks.append(mask)
+    return torch.stack(masks)
+
+
+def window_masks(shape: tuple[int, ...], window: int, stride: int) -> torch.Tensor:
+    """(R, *shape) bool masks of cubic sliding windows of side `window` at `stride` along
+    every axis (the windows that fit, row-major)."""
+    starts = [range(0, size - window + 1, stride) for size in shape]
+    masks = []
+    for corner in itertools.product(*starts):
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[tuple(slice(c, c + window) for c in corner)] = True
+        masks.append(mask)
+    return torch.stack(masks)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_models import small_cnn
+from reference_models import grid_masks, small_cnn
 from torch import Tensor, nn
 
 import occlusion_probe as op
@@ -20,7 +20,7 @@ from occlusion_probe.engines.dense import occluded_blocks, plan_blocks, region_b
 
 
 def _reference_occluded(images: Tensor, fill_images: Tensor, masks: Tensor) -> Tensor:
-    """(n, R, V, C, H, W): one torch.where per occluded image, in plain loops."""
+    """(n, R, V, C, *spatial): one torch.where per occluded image, in plain loops."""
     n, r, v = images.shape[0], masks.shape[0], fill_images.shape[0]
     if n == 0:
         dtype = torch.promote_types(images.dtype, fill_images.dtype)
@@ -44,16 +44,16 @@ def _reference_occluded(images: Tensor, fill_images: Tensor, masks: Tensor) -> T
 def _assembled(
     images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int, reuse: bool = False
 ) -> tuple[Tensor, int]:
-    """All blocks put back into (n, R, V, C, H, W), and the largest block's size."""
-    n, c, h, w = images.shape
+    """All blocks put back into (n, R, V, C, *spatial), and the largest block's size."""
+    n, item = images.shape[0], images.shape[1:]
     r, v = masks.shape[0], fill_images.shape[0]
     dtype = torch.promote_types(images.dtype, fill_images.dtype)
-    out = torch.full((n, r, v, c, h, w), float("nan"), dtype=dtype)
+    out = torch.full((n, r, v, *item), float("nan"), dtype=dtype)
     largest = 0
     blocks = occluded_blocks(images, fill_images, masks, batch_size, reuse_buffers=reuse)
     for (rows, regions, fills), batch in blocks:
         shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
-        out[rows, regions, fills] = batch.reshape(*shape, c, h, w)
+        out[rows, regions, fills] = batch.reshape(*shape, *item)
         largest = max(largest, batch.shape[0])
     return out, largest
 
@@ -156,6 +156,30 @@ def test_region_boxes_match_a_pixel_loop(mask_list: list[Tensor]) -> None:
         assert box == (top, bottom, left, right, len(points) == (bottom - top) * (right - left))
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.booleans(), min_size=36, max_size=36).map(
+            lambda bits: torch.tensor(bits).reshape(2, 3, 6)
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_region_boxes_of_volumes_match_a_voxel_loop(mask_list: list[Tensor]) -> None:
+    masks = torch.stack(mask_list)
+    for mask, box in zip(masks, region_boxes(masks), strict=True):
+        points = [tuple(p) for p in mask.nonzero().tolist()]
+        if not points:
+            assert box is None
+            continue
+        bounds = [(min(p[a] for p in points), max(p[a] for p in points) + 1) for a in range(3)]
+        volume = 1
+        for lo, hi in bounds:
+            volume *= hi - lo
+        assert box == (*(v for pair in bounds for v in pair), len(points) == volume)
+
+
 # --- occluded_blocks ---------------------------------------------------------------------
 
 
@@ -186,6 +210,25 @@ def test_occluded_blocks_scattered_masks_and_per_image_fills(
     expected = _reference_occluded(images, fill_images, masks)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     torch.testing.assert_close(out[:, 2], images[:, None].expand(3, 2, 2, 9, 11), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(13,), (5, 4, 6)], ids=["1d", "3d"])
+def test_occluded_blocks_at_ranks_1_and_3(block_path: str, shape: tuple[int, ...]) -> None:
+    # Signals (n, C, L) and volumes (n, C, D, H, W): grid cells (full boxes), scattered
+    # masks with an empty one, shared fills and per-image fills of full size.
+    generator = torch.Generator().manual_seed(len(shape))
+    images = torch.rand(2, 3, *shape, generator=generator)
+    cells = grid_masks(shape, (3,) if len(shape) == 1 else (2, 2, 3))
+    scattered = torch.rand(3, *shape, generator=generator) < 0.3
+    scattered[1] = False
+    shared = torch.tensor([0.0, 0.5]).reshape(2, 1, 1, *(1,) * len(shape))
+    per_image = torch.rand(2, 2, 3, *shape, generator=generator)
+    for masks in (cells, scattered):
+        for fill_images in (shared, per_image):
+            out, largest = _assembled(images, fill_images, masks, batch_size=5)
+            assert largest <= 5
+            expected = _reference_occluded(images, fill_images, masks)
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def test_occluded_blocks_promote_dtype_like_where(block_path: str) -> None:
@@ -270,6 +313,29 @@ def test_run_dense_equals_one_forward_per_occluded_image(block_path: str, n: int
     assert out.shape == (n, 4, 2, 5)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     assert sum(progress) == n * 4 * 2 and max(progress, default=0) <= 3
+
+
+@pytest.mark.parametrize("rank", [1, 3], ids=["1d", "3d"])
+def test_run_dense_at_ranks_1_and_3_equals_one_forward_per_occluded_image(
+    block_path: str, rank: int
+) -> None:
+    torch.manual_seed(rank)
+    conv = nn.Conv1d(2, 3, 3, padding=1) if rank == 1 else nn.Conv3d(2, 3, 3, padding=1)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)).eval()
+    shape = (10,) if rank == 1 else (4, 5, 3)
+    images = torch.rand(2, 2, *shape)
+    masks = grid_masks(shape, (3,) if rank == 1 else (2, 1, 2))
+    fill_images = torch.tensor([0.0, 1.0]).reshape(2, 1, 1, *(1,) * rank)
+    with torch.inference_mode():
+        model(images)  # sizes the lazy layer
+        clean, out = run_dense(model, images, fill_images, masks, 3, 4, unoccluded=images)
+        occluded = _reference_occluded(images, fill_images, masks)
+        rows = [model(image[None])[0] for image in occluded.reshape(-1, 2, *shape)]
+        expected = torch.stack(rows).reshape(2, masks.shape[0], 2, 4)
+        own = model(images)
+    assert clean is not None
+    torch.testing.assert_close(clean, own, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(("n", "m"), [(0, 0), (1, 1), (2, 1), (3, 3), (2, 0)])

@@ -15,12 +15,14 @@ from reference_models import (
     MobileNetV2,
     ResNet18,
     VisionTransformer,
+    grid_masks,
     randomize_batch_norms,
     reference_sweep,
     small_cnn,
     vgg_max_pooled,
 )
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 import occlusion_probe as op
 from occlusion_probe import InputValueError
@@ -96,21 +98,31 @@ def test_sliding_windows_and_label_maps() -> None:
     assert_engines_agree(model, images, op.Regions.from_label_map(labels))
 
 
-class _RandomNet(nn.Module):
-    """A random DAG of the ops the engine follows: convs of any geometry and padding mode,
-    pools with ceil_mode and padding, residual adds, channel concatenations (of inputs
-    changed on equal or on different boxes), products."""
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
-    def __init__(self, spec: list[tuple[str, int, int, int, int, str]], channels: int) -> None:
+
+class _RandomNet(nn.Module):
+    """A random DAG of the ops the engine follows, at spatial rank 1, 2 or 3: convs of any
+    geometry and padding mode, pools with ceil_mode and padding, residual adds, channel
+    concatenations (of inputs changed on equal or on different boxes), products."""
+
+    def __init__(
+        self, spec: list[tuple[str, int, int, int, int, str]], channels: int, rank: int = 2
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.rank = rank
         self.layers = nn.ModuleList()
+        conv = _CONVS[rank]
         c = channels
         for kind, kernel, stride, dilation, groups, mode in spec:
             if kind == "conv":
                 g = groups if c % groups == 0 else 1
                 self.layers.append(
-                    nn.Conv2d(
+                    conv(
                         c,
                         c,
                         kernel,
@@ -122,13 +134,13 @@ class _RandomNet(nn.Module):
                     )
                 )
             elif kind == "bn":
-                self.layers.append(nn.BatchNorm2d(c))
+                self.layers.append(_NORMS[rank](c))
             elif kind in ("residual", "product"):
-                self.layers.append(nn.Conv2d(c, c, kernel, 1, kernel // 2, groups=c))
+                self.layers.append(conv(c, c, kernel, 1, kernel // 2, groups=c))
             elif kind == "concat":
-                self.layers.append(nn.Conv2d(c, c, 1))
+                self.layers.append(conv(c, c, 1))
             elif kind == "dense":
-                self.layers.append(nn.Conv2d(c, 1, kernel, 1, kernel // 2))
+                self.layers.append(conv(c, 1, kernel, 1, kernel // 2))
             else:
                 self.layers.append(nn.Identity())
         self.fc = nn.Linear(c, 3)
@@ -152,11 +164,9 @@ class _RandomNet(nn.Module):
                 # old maps' (built in the cache's window); the oldest channel is dropped.
                 x = torch.cat([x, layer(x)], 1)[:, 1:]
             elif kind == "maxpool":
-                x = nn.functional.max_pool2d(
-                    x, kernel, stride, kernel // 2, ceil_mode=mode == "ceil"
-                )
+                x = _MAX_POOLS[self.rank](x, kernel, stride, kernel // 2, ceil_mode=mode == "ceil")
             else:
-                x = nn.functional.avg_pool2d(
+                x = _AVG_POOLS[self.rank](
                     x,
                     kernel,
                     stride,
@@ -164,7 +174,7 @@ class _RandomNet(nn.Module):
                     ceil_mode=mode == "ceil",
                     count_include_pad=mode == "zeros",
                 )
-        return self.fc(x.mean((2, 3)))
+        return self.fc(x.mean(tuple(range(2, x.dim()))))
 
 
 _layer = st.tuples(
@@ -186,9 +196,19 @@ _layer = st.tuples(
 def test_random_dags_equal_dense(
     spec: list[tuple[str, int, int, int, int, str]], size: int
 ) -> None:
-    # Keep maps large enough for every kernel: at most two strided ops, and reflect or
-    # circular padding only where it is smaller than the map (torch refuses it otherwise,
-    # in the model's own forward too).
+    kept = _kept_layers(spec, size)
+    torch.manual_seed(len(kept))
+    model = _RandomNet(kept, 4)
+    images = torch.rand(2, 4, size, size)
+    assert_engines_agree(model, images, op.grid(size, size, rows=3, cols=3))
+
+
+def _kept_layers(
+    spec: list[tuple[str, int, int, int, int, str]], size: int
+) -> list[tuple[str, int, int, int, int, str]]:
+    """`spec` with maps kept large enough for every kernel: at most two strided ops, and
+    reflect or circular padding only where it is smaller than the map (torch refuses it
+    otherwise, in the model's own forward too)."""
     strided, side = 0, size
     kept = []
     for layer in spec:
@@ -202,10 +222,170 @@ def test_random_dags_equal_dense(
         if kind in ("conv", "maxpool", "avgpool") and stride == 2:
             side = (side + 1) // 2
         kept.append(layer)
+    return kept
+
+
+def assert_engines_agree_at_rank(
+    model: nn.Module, images: Tensor, masks: Tensor, fills: list[float]
+) -> IncrementalEngine:
+    """The incremental and the dense engine, run on (n, C, *spatial) images and (R, *spatial)
+    masks, equal the model's own forward on every occluded image to 1e-5 (softmax)."""
+    from occlusion_probe.engines.dense import run_dense
+
+    model.eval()
+    engine = IncrementalEngine.prepare(
+        model, tuple(images.shape[1:]), masks, torch.float32, images.device
+    )
+    assert isinstance(engine, IncrementalEngine), engine
+    fill_images = torch.tensor(fills).reshape(-1, *(1,) * images.dim())
+    clean, occluded = engine.run(images, fill_images, masks, 24, lambda raw: torch.softmax(raw, 1))
+    expected = reference_sweep(model, images, masks, fills)
+    torch.testing.assert_close(occluded, expected, rtol=0, atol=1e-5)
+    with torch.inference_mode():
+        own = torch.softmax(model(images), 1)
+        _, dense = run_dense(
+            lambda batch: torch.softmax(model(batch), 1),
+            images,
+            fill_images,
+            masks,
+            16,
+            own.shape[1],
+        )
+    torch.testing.assert_close(clean, own, rtol=0, atol=1e-5)
+    torch.testing.assert_close(dense, expected, rtol=0, atol=1e-5)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("rank", "sizes", "cells"), [(1, [24, 33], (5,)), (3, [8, 11], (2, 2, 2))], ids=["1d", "3d"]
+)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.lists(_layer, min_size=1, max_size=5), pick=st.integers(0, 1))
+def test_random_dags_equal_dense_at_ranks_1_and_3(
+    rank: int,
+    sizes: list[int],
+    cells: tuple[int, ...],
+    spec: list[tuple[str, int, int, int, int, str]],
+    pick: int,
+) -> None:
+    # The 2D random DAGs at 1 and 3 spatial axes (conv1d / conv3d, 1D / 3D pools, batch
+    # norm, residual adds, products and channel cats), a grid of cells on every axis.
+    size = sizes[pick]
+    kept = _kept_layers(spec, size)
     torch.manual_seed(len(kept))
-    model = _RandomNet(kept, 4)
-    images = torch.rand(2, 4, size, size)
-    assert_engines_agree(model, images, op.grid(size, size, rows=3, cols=3))
+    model = _RandomNet(kept, 4, rank)
+    images = torch.rand(2, 4, *(size,) * rank)
+    engine = assert_engines_agree_at_rank(
+        model, images, grid_masks((size,) * rank, cells), [0.0, 0.7]
+    )
+    assert all(len(box) == 2 * rank for box in engine.boxes if box is not None)
+
+
+class _EveryOp(nn.Module):
+    """Every op kind the engine follows, at spatial rank 1 or 3: strided, dilated, grouped
+    and 'same' convs with zeros, reflect, circular and replicate padding, a 1x1 conv, eval
+    batch norm, pointwise ops, residual add, product, channel cat, max pooling with
+    ceil_mode, average pooling without the padding counted, constant and reflect pads; then
+    the ops that end the incremental part (adaptive average and max pools, flatten, linear).
+    """
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        torch.manual_seed(rank)
+        conv = _CONVS[rank]
+        self.rank = rank
+        self.a = conv(2, 4, 3, stride=2, padding=1)
+        self.b = conv(4, 4, 3, padding=2, dilation=2, groups=2, padding_mode="reflect")
+        self.c = conv(4, 4, 3, padding="same", padding_mode="circular")
+        self.d = conv(4, 4, 1)
+        self.e = conv(8, 4, 3, padding=1, padding_mode="replicate")
+        self.bn = _NORMS[rank](4)
+        self.fc = nn.Linear(4 * 2**rank + 4, 3)
+        randomize_batch_norms(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pools = {1: F.adaptive_avg_pool1d, 3: F.adaptive_avg_pool3d}
+        max_pools = {1: F.adaptive_max_pool1d, 3: F.adaptive_max_pool3d}
+        x = torch.relu(self.bn(self.a(x)))
+        x = x + torch.sigmoid(self.b(x))
+        x = x * torch.tanh(self.c(x))
+        x = torch.cat([x, self.d(x)], 1)
+        x = _MAX_POOLS[self.rank](x, 3, 1, 1, ceil_mode=True)
+        x = _AVG_POOLS[self.rank](x, 3, 1, 1, count_include_pad=False)
+        x = F.pad(F.pad(x, [1, 1] * self.rank), [1, 2] * self.rank, mode="reflect")
+        x = torch.nn.functional.gelu(self.e(x))
+        whole = torch.cat(
+            [pools[self.rank](x, 2).flatten(1), max_pools[self.rank](x, 1).flatten(1)], 1
+        )
+        return self.fc(whole)
+
+
+@pytest.mark.parametrize(("rank", "size"), [(1, 40), (3, 10)], ids=["1d", "3d"])
+def test_every_op_kind_at_ranks_1_and_3_equals_dense(rank: int, size: int) -> None:
+    from reference_models import window_masks
+
+    model = _EveryOp(rank).eval()
+    images = torch.rand(2, 2, *(size,) * rank)
+    masks = window_masks((size,) * rank, 4 if rank == 3 else 8, 3 if rank == 3 else 4)
+    masks[1] = False  # an empty region: the unoccluded outputs
+    engine = assert_engines_agree_at_rank(model, images, masks, [0.0, 0.5])
+    assert f"adaptive_avg_pool{rank}d" in engine.switch_points
+    assert engine.flop_bound > 1
+
+
+def test_models_the_engine_cannot_follow_at_rank_3_give_reasons() -> None:
+    # The first op mixes all positions: a reason, never a wrong result.
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4 * 4, 3)).eval()
+    masks = grid_masks((4, 4, 4), (2, 2, 2))
+    reason = IncrementalEngine.prepare(
+        flat, (2, 4, 4, 4), masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(reason, str) and "mixes all positions" in reason
+    # A forward hook the engine would skip: a reason.
+    hooked = nn.Sequential(nn.Conv3d(2, 2, 3, padding=1), nn.Flatten(), nn.LazyLinear(3)).eval()
+    hooked(torch.rand(1, 2, 4, 4, 4))
+    hooked[0].register_forward_hook(lambda module, args, out: out * 2)
+    reason = IncrementalEngine.prepare(
+        hooked, (2, 4, 4, 4), masks, torch.float32, torch.device("cpu")
+    )
+    assert isinstance(reason, str) and "hook" in reason
+
+
+def test_ecg_resnet_on_twelve_lead_signals_equals_dense() -> None:
+    # Ribeiro et al. 2020's 1D ResNet (small widths) on (2, 12, 512) signals, windows of 64
+    # samples at stride 32.
+    from reference_models import EcgResNet, window_masks
+
+    model = EcgResNet(length=512).eval()
+    signals = torch.rand(2, 12, 512, generator=torch.Generator().manual_seed(1))
+    engine = assert_engines_agree_at_rank(model, signals, window_masks((512,), 64, 32), [0.0])
+    assert engine.switch_points == ["reshape"]  # flatten before the dense layer
+    assert engine.flop_bound > 2
+
+
+@pytest.mark.slow
+def test_monai_resnet18_3d_on_a_volume_equals_dense() -> None:
+    monai = pytest.importorskip("monai")
+    from reference_models import window_masks
+
+    torch.manual_seed(0)
+    model = monai.networks.nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=3)
+    volume = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    masks = window_masks((32, 32, 32), 16, 16)  # 8 windows
+    engine = assert_engines_agree_at_rank(model.eval(), volume, masks[[0, 3, 5, 6]], [0.0])
+    assert engine.switch_points == ["adaptive_avg_pool3d"]
+
+
+@pytest.mark.slow
+def test_monai_densenet121_3d_on_a_volume_equals_dense() -> None:
+    monai = pytest.importorskip("monai")
+    from reference_models import window_masks
+
+    torch.manual_seed(0)
+    model = monai.networks.nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
+    volume = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    masks = window_masks((32, 32, 32), 16, 16)[[0, 7]]
+    assert_engines_agree_at_rank(model.eval(), volume, masks, [0.0])
 
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["strided", "indexed"])
