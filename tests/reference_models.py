@@ -57,10 +57,11 @@ def reference_sweep(
 
 
 def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm2d non-trivial running statistics and affine parameters."""
+    """Give every batch norm (1D, 2D or 3D) non-trivial running statistics and affine
+    parameters."""
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             c = module.num_features
             module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
             module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
@@ -567,7 +568,8 @@ class EcgResNet(nn.Module):
     four residual units each downsampling by 4 with 64, 128, 196, 256, 320 filters, then
     flatten and a dense layer (6 abnormalities, sigmoid in the paper: logits here).
 
-    length : samples per lead (the paper's: 4,096); widths : the stem's and the units'
+    length : samples per lead (the paper's: 4,096; a length whose strided convs and skip
+    pools disagree on a size fails in the forward); widths : the stem's and the units'
     filters; kernel : the convs' kernel (odd here, so that 'same' padding is symmetric)
     """
 
@@ -591,16 +593,21 @@ class EcgResNet(nn.Module):
             EcgResidualUnit(cin, cout, downsample, kernel)
             for cin, cout in itertools.pairwise(widths)
         )
-        samples = length // downsample ** (len(widths) - 1)
-        self.fc = nn.Linear(widths[-1] * samples, classes)
+        with torch.no_grad():
+            features = self.features(torch.zeros(1, leads, length)).shape[1]
+        self.fc = nn.Linear(features, classes)
         randomize_batch_norms(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened output of the last unit, (n, channels * samples)."""
         x = self.stem(x)
         y = x
         for unit in self.units:
             x, y = unit(x, y)
-        return self.fc(torch.flatten(x, 1))
+        return torch.flatten(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 # --------------------------------------------------------------------------- any rank
