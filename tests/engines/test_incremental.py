@@ -206,9 +206,9 @@ def test_random_dags_equal_dense(
 def _kept_layers(
     spec: list[tuple[str, int, int, int, int, str]], size: int
 ) -> list[tuple[str, int, int, int, int, str]]:
-    """`spec` with maps kept large enough for every kernel: at most two strided ops, and
-    reflect or circular padding only where it is smaller than the map (torch refuses it
-    otherwise, in the model's own forward too)."""
+    """`spec` with maps kept large enough for every kernel: at most two strided ops, reflect
+    or circular padding only where it is smaller than the map, and pooling kernels no larger
+    than the map (torch refuses them otherwise, in the model's own forward too)."""
     strided, side = 0, size
     kept = []
     for layer in spec:
@@ -219,6 +219,8 @@ def _kept_layers(
         kind, kernel, stride, dilation, _, mode = layer
         if kind == "conv" and mode in ("reflect", "circular") and dilation * (kernel // 2) >= side:
             layer = (*layer[:5], "zeros")
+        if kind in ("maxpool", "avgpool") and kernel > side:
+            layer = (kind, max(k for k in (1, 3, 5) if k <= side), *layer[2:])
         if kind in ("conv", "maxpool", "avgpool") and stride == 2:
             side = (side + 1) // 2
         kept.append(layer)
@@ -320,10 +322,18 @@ class _EveryOp(nn.Module):
         return self.fc(whole)
 
 
+@pytest.mark.parametrize("indexed", [False, True], ids=["strided", "indexed"])
 @pytest.mark.parametrize(("rank", "size"), [(1, 40), (3, 10)], ids=["1d", "3d"])
-def test_every_op_kind_at_ranks_1_and_3_equals_dense(rank: int, size: int) -> None:
+def test_every_op_kind_at_ranks_1_and_3_equals_dense(
+    monkeypatch: pytest.MonkeyPatch, rank: int, size: int, indexed: bool
+) -> None:
+    # Both window paths: strided copies per lattice block (the CPU's), and the indexed
+    # gathers, writes and scatters accelerators use.
     from reference_models import window_masks
 
+    from occlusion_probe.engines import incremental
+
+    monkeypatch.setattr(incremental, "INDEXED_WINDOWS_ON_CPU", indexed)
     model = _EveryOp(rank).eval()
     images = torch.rand(2, 2, *(size,) * rank)
     masks = window_masks((size,) * rank, 4 if rank == 3 else 8, 3 if rank == 3 else 4)

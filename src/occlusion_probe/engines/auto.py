@@ -188,7 +188,7 @@ def estimate_cost(
     forgone_seconds: float = 0.0,
     rates: ReadingRates | None = None,
 ) -> Estimate:
-    """Measure one forward of `example` (1, C, H, W) and estimate reading `model`.
+    """Measure one forward of `example` (1, C, *spatial) and estimate reading `model`.
 
     The model runs in eval mode under ``torch.inference_mode()`` (its flags restored).
     """
@@ -217,7 +217,7 @@ def _export_set_up() -> bool:
 
 def _prepare(
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     dtype: torch.dtype,
 ) -> tuple[IncrementalEngine | str, float]:
@@ -242,7 +242,7 @@ def _reason_not_to_read(model: object, single_channel: bool) -> str | None:
 def choose_engine(
     engine: str,
     model: object,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     single_channel: bool,
     masks: Tensor,
     items: int | None,
@@ -259,17 +259,17 @@ def choose_engine(
     model : object
         The model.
     image_shape : tuple of int
-        (C, H, W) of one image.
+        (C, *spatial) of one image: (C, L), (C, H, W) or (C, D, H, W).
     single_channel : bool
         Whether the images were given as (N, H, W); the incremental engine needs
         (N, C, H, W) input.
-    masks : Tensor, shape (R, H, W), bool
+    masks : Tensor, shape (R, *spatial), bool
         The regions, on the device the model runs on.
     items : int or None
         How many occluded images the sweep computes (None: unknown, a stream).
     dtype : torch.dtype
         The floating dtype the model gets its images in (the engine is read and run in it).
-    example : Tensor, shape (1, C, H, W), optional
+    example : Tensor, shape (1, C, *spatial), optional
         One image in `dtype` on the run device, for the measured forward (zeros if None).
     rates : ReadingRates, optional
         The reading costs assumed (default: `READING_RATES`, refined by each reading).
@@ -333,7 +333,7 @@ def choose_engine(
 def _cached_or_read(
     auto: bool,
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     items: int | None,
     dtype: torch.dtype,

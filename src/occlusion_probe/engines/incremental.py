@@ -1209,12 +1209,38 @@ def lattice_blocks(boxes: Sequence[Box]) -> list[LatticeBlock]:
     if not boxes:
         return []
     k = len(boxes[0]) // 2
-    # [first, counts, corner, steps], mutable while merging.
-    blocks: list[tuple[int, list[int], list[int], list[int]]] = [
-        (index, [1] * k, [box[2 * a] for a in range(k)], [0] * k) for index, box in enumerate(boxes)
+    # The last axis: one pass over the boxes (the many), with the run in local variables
+    # and the leading axes' starts compared at once (an int in 2D, else a tuple).
+    runs: list[tuple[int, int, Any, int, int]] = []  # (first, count, lead, start, step)
+    first = count = start = step = 0
+    lead: object = None
+    for index, box in enumerate(boxes):
+        box_start = box[-2]
+        box_lead = box[0] if k == 2 else box[0:-2:2]
+        if count and box_lead == lead:
+            gap = box_start - (start + (count - 1) * step)
+            if gap > 0 and (count == 1 or gap == step):
+                count += 1
+                step = gap
+                continue
+        if count:
+            runs.append((first, count, lead, start, step))
+        first, count, lead, start, step = index, 1, box_lead, box_start, 0
+    runs.append((first, count, lead, start, step))
+    # A block is [first, counts, corner, steps]; a step is 0 where its count is 1, so equal
+    # counts and steps compare as lists.
+    blocks: list[list[Any]] = [
+        [
+            run_first,
+            [1] * (k - 1) + [run_count],
+            ([run_lead] if k == 2 else list(run_lead)) + [run_start],
+            [0] * (k - 1) + [run_step],
+        ]
+        for run_first, run_count, run_lead, run_start, run_step in runs
     ]
-    for axis in reversed(range(k)):
-        merged: list[tuple[int, list[int], list[int], list[int]]] = []
+    # The leading axes, inner first, over the blocks (few for sliding windows).
+    for axis in reversed(range(k - 1)):
+        merged: list[list[Any]] = []
         for block in blocks:
             if merged and _extends(merged[-1], block, axis):
                 last = merged[-1]
@@ -1231,23 +1257,20 @@ def lattice_blocks(boxes: Sequence[Box]) -> list[LatticeBlock]:
     ]
 
 
-def _extends(
-    last: tuple[int, list[int], list[int], list[int]],
-    block: tuple[int, list[int], list[int], list[int]],
-    axis: int,
-) -> bool:
+def _extends(last: list[Any], block: list[Any], axis: int) -> bool:
     """Whether `block` (one step along `axis`, its inner axes merged) continues `last`."""
     _first, counts, corner, steps = last
     _, b_counts, b_corner, b_steps = block
-    inner = range(axis + 1, len(counts))
-    if any(counts[a] != b_counts[a] or corner[a] != b_corner[a] for a in inner):
+    inner = axis + 1
+    if (
+        counts[inner:] != b_counts[inner:]
+        or corner[inner:] != b_corner[inner:]
+        or steps[inner:] != b_steps[inner:]
+        or corner[:axis] != b_corner[:axis]
+    ):
         return False
-    if any(counts[a] > 1 and steps[a] != b_steps[a] for a in inner):
-        return False
-    if any(corner[a] != b_corner[a] for a in range(axis)):
-        return False
-    step = b_corner[axis] - (corner[axis] + (counts[axis] - 1) * steps[axis])
-    return step > 0 and (counts[axis] == 1 or step == steps[axis])
+    gap = b_corner[axis] - (corner[axis] + (counts[axis] - 1) * steps[axis])
+    return bool(gap > 0 and (counts[axis] == 1 or gap == steps[axis]))
 
 
 def _copy_lattice(out: Tensor, moved: Tensor, block: LatticeBlock, sides: tuple[int, ...]) -> None:

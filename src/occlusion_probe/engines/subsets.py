@@ -37,7 +37,7 @@ class RegionRunner:
     ----------
     incremental : IncrementalEngine or None
         The engine prepared for all R regions, or None for the dense engine.
-    masks : Tensor, shape (R, H, W), bool, on the run device
+    masks : Tensor, shape (R, *spatial), bool, on the run device
     forward : CheckedForward
         The sweep's model call (dense engine, and the output rule of the incremental one).
     batches : BatchPlan
@@ -117,8 +117,8 @@ class RegionRunner:
     ) -> tuple[Tensor | None, Tensor]:
         """Outputs on the images occluded by the regions at `positions` (None: all).
 
-        images : (n, C, H, W); fill_images : (V, n or 1, C or 1, H or 1, W or 1)
-        unoccluded : (m, C, H, W), images the dense engine runs in its blocks too (the
+        images : (n, C, *spatial); fill_images : (V, n or 1, C or 1, *(size or 1 per axis))
+        unoccluded : (m, C, *spatial), images the dense engine runs in its blocks too (the
             incremental engine ignores them: it computes all n images unoccluded)
         returns : the unoccluded outputs the engine computed ((n, K) from the incremental
             engine; (m, K) on `unoccluded` or None from the dense one) and the occluded
