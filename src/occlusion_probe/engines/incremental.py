@@ -21,6 +21,7 @@ import contextlib
 import copy
 import functools
 import math
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -746,11 +747,9 @@ class IncrementalEngine:
         """`base` padded with `pad` so that every box lies inside it, and the boxes moved
         to match. Made once per node, padding and cache block (a window crossing the border
         is then one strided copy, instead of a fill of the window and a copy into it)."""
-        before = [max(0, -min(b[2 * a] for b in boxes)) for a in range(len(spatial))]
-        after = [
-            max(0, max(b[2 * a + 1] for b in boxes) - base.shape[dim])
-            for a, dim in enumerate(spatial)
-        ]
+        ends = list(zip(*boxes, strict=True))  # per box coordinate, its value in every box
+        before = [max(0, -min(ends[2 * a])) for a in range(len(spatial))]
+        after = [max(0, max(ends[2 * a + 1]) - base.shape[dim]) for a, dim in enumerate(spatial)]
         if not any(before) and not any(after):
             return base, boxes
         key = (node, *before, *after, pad)
@@ -763,8 +762,8 @@ class IncrementalEngine:
             if _is_channels_last(base, spatial):
                 padded = as_channels_last(padded)
             self._padded_maps[key] = padded
-        moved_boxes = tuple(tuple(v + before[i // 2] for i, v in enumerate(box)) for box in boxes)
-        return padded, moved_boxes
+        shift = tuple(before[i // 2] for i in range(2 * len(spatial)))
+        return padded, tuple(tuple(map(operator.add, box, shift)) for box in boxes)
 
     def _local(
         self,
@@ -1163,9 +1162,8 @@ def _gather(
         else:
             out = torch.empty(shape, dtype=base.dtype, device=base.device)
         # `_window` pads the map first on this path, so every box lies inside it.
-        if not all(
-            b[2 * a] >= 0 and b[2 * a + 1] <= size for b in boxes for a, size in enumerate(sizes)
-        ):
+        ends = list(zip(*boxes, strict=True))  # per box coordinate, its value in every box
+        if any(min(ends[2 * a]) < 0 or max(ends[2 * a + 1]) > size for a, size in enumerate(sizes)):
             raise RuntimeError("strided window copies need boxes inside the (padded) map")
         # One strided copy per lattice block of members (sliding windows at one stride come
         # in rows of equal steps), not one per member.
@@ -1282,9 +1280,8 @@ def _copy_lattice(out: Tensor, moved: Tensor, block: LatticeBlock, sides: tuple[
     axis_strides = strides[-k:]
     source = moved.as_strided(
         (*block.counts, *moved.shape[:-k], *sides),
-        (*(step * s for step, s in zip(block.steps, axis_strides, strict=True)), *strides),
-        moved.storage_offset()
-        + sum(c * s for c, s in zip(block.corner, axis_strides, strict=True)),
+        (*map(operator.mul, block.steps, axis_strides), *strides),
+        moved.storage_offset() + sum(map(operator.mul, block.corner, axis_strides)),
     ).unsqueeze(k + 1)  # (*counts, n, 1, rest..., *sides)
     members = out[block.first : block.first + block.size]
     target = members.view(*block.counts, *members.shape[1:])
@@ -1303,8 +1300,8 @@ def _write_patch(
     source = patch.value.movedim(spatial, _last(k))
     source = source.reshape(groups, -1, *source.shape[1:])
     overlaps = [_overlap(box, patch_box) for box, patch_box in zip(boxes, patch.boxes, strict=True)]
-    if all(o == overlaps[0] for o in overlaps) and overlaps[0] is not None:
-        inside, in_patch = overlaps[0]
+    if overlaps[0] is not None and overlaps.count(overlaps[0]) == len(overlaps):
+        inside, in_patch = _overlap_slices(overlaps[0])
         target[_at(Ellipsis, *inside)] = source[_at(Ellipsis, *in_patch)]
         return
     if _indexed(window.device):
@@ -1315,16 +1312,18 @@ def _write_patch(
     members_of: dict[tuple[int, ...], list[int]] = {}
     for member, overlap in enumerate(overlaps):
         if overlap is not None:
-            members_of.setdefault(_slice_key(overlap), []).append(member)
+            members_of.setdefault(overlap, []).append(member)
     for key, members in members_of.items():
-        slices = tuple(slice(key[2 * i], key[2 * i + 1]) for i in range(len(key) // 2))
-        inside, in_patch = slices[:k], slices[k:]
+        inside, in_patch = _overlap_slices(key)
         for picked in _progressions(members):
             target[_at(picked, Ellipsis, *inside)] = source[_at(picked, Ellipsis, *in_patch)]
 
 
-def _slice_key(overlap: tuple[tuple[slice, ...], tuple[slice, ...]]) -> tuple[int, ...]:
-    return tuple(v for part in overlap for cut in part for v in (cut.start, cut.stop))
+def _overlap_slices(overlap: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """An `_overlap` as slices: per axis in the box, then per axis in the patch."""
+    slices = tuple(slice(overlap[i], overlap[i + 1]) for i in range(0, len(overlap), 2))
+    half = len(slices) // 2
+    return slices[:half], slices[half:]
 
 
 def _progressions(indices: list[int]) -> list[slice]:
@@ -1344,18 +1343,19 @@ def _progressions(indices: list[int]) -> list[slice]:
     return found
 
 
-def _overlap(box: Box, patch_box: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
-    """Where `patch_box` meets `box`: its slices in the box, and in the patch (per axis)."""
-    inside: list[slice] = []
-    in_patch: list[slice] = []
-    for a in range(len(box) // 2):
-        start, p_start = box[2 * a], patch_box[2 * a]
-        lo, hi = max(p_start, start), min(patch_box[2 * a + 1], box[2 * a + 1])
+def _overlap(box: Box, patch_box: Box) -> tuple[int, ...] | None:
+    """Where `patch_box` meets `box`, or None: (start, stop) per axis within the box, then
+    (start, stop) per axis within the patch (ints, so that equal overlaps hash alike)."""
+    inside: list[int] = []
+    in_patch: list[int] = []
+    for a in range(0, len(box), 2):
+        start, p_start = box[a], patch_box[a]
+        lo, hi = max(p_start, start), min(patch_box[a + 1], box[a + 1])
         if lo >= hi:
             return None
-        inside.append(slice(lo - start, hi - start))
-        in_patch.append(slice(lo - p_start, hi - p_start))
-    return tuple(inside), tuple(in_patch)
+        inside += (lo - start, hi - start)
+        in_patch += (lo - p_start, hi - p_start)
+    return (*inside, *in_patch)
 
 
 def _write_patch_indexed(
