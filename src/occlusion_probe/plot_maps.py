@@ -70,7 +70,7 @@ def _image_index(result: ClassReadings, image_index: object) -> int | None:
 
 
 def _spatial(readings: ClassReadings) -> tuple[int, ...]:
-    return tuple(int(size) for size in readings.regions.masks.shape[1:])
+    return tuple(readings.regions.spatial_shape)
 
 
 def _slice_at(slice_at: object, spatial: tuple[int, ...]) -> tuple[int, int, int] | None:
