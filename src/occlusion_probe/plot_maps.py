@@ -186,7 +186,7 @@ def heatmap(
     - 2D: the map painted over the image, each region's id and rank (#1 = largest drop)
       written at its centroid, and a colour bar;
     - 1D: the signal's channels drawn thin, the map as a curve on a twin axis (filled to 0),
-      ids and ranks above each region;
+      each region's id and rank as a tick label on a top axis, above the region's centre;
     - 3D: three orthogonal slices (axial, coronal, sagittal) through the map's peak (or
       `slice_at`), painted over the volume's slices with one colour scale and one colour bar.
 
@@ -289,24 +289,23 @@ def heatmap(
 
 
 def _label_regions(axes: Axes, masks: Tensor, ids: Sequence[int], drops: Tensor) -> None:
-    """Write each region's id and rank (#1 = largest drop) at its centroid (2D) or above
-    its span (1D)."""
+    """Write each region's id and rank (#1 = largest drop): at its centroid on a 2D map, as
+    tick labels of a top x axis above its centre on a 1D curve (where text inside the axes
+    would cross the curve)."""
     order = torch.sort(drops, descending=True, stable=True).indices.tolist()
     rank_of = {position: rank for rank, position in enumerate(order, start=1)}
+    if masks.dim() == 2:
+        centres = [float(torch.nonzero(mask)[:, 0].double().mean()) for mask in masks]
+        top = axes.secondary_xaxis("top")
+        top.set_xticks(centres, [f"{region_id}\n#{rank_of[p]}" for p, region_id in enumerate(ids)])
+        top.tick_params(labelsize="x-small", length=2)
+        return
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
     for position, region_id in enumerate(ids):
-        where = torch.nonzero(masks[position], as_tuple=True)
-        text = f"{region_id}\n#{rank_of[position]}"
-        if len(where) == 1:
-            # x in data coordinates, y at the top of the axes.
-            axes.text(
-                float(where[0].double().mean()), 0.98, text, ha="center", va="top",
-                fontsize="x-small", transform=axes.get_xaxis_transform(),
-            )  # fmt: skip
-            continue
-        rows, cols = where
+        rows, cols = torch.nonzero(masks[position], as_tuple=True)
         axes.text(
-            float(cols.double().mean()), float(rows.double().mean()), text,
+            float(cols.double().mean()), float(rows.double().mean()),
+            f"{region_id}\n#{rank_of[position]}",
             ha="center", va="center", fontsize="x-small", color="white", path_effects=outline,
         )  # fmt: skip
 
