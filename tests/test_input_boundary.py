@@ -102,7 +102,7 @@ def test_zero_channels_and_dict_images(model: nn.Module) -> None:
 
 def test_one_channel_images_given_as_n_h_w_to_a_conv_model(model: nn.Module) -> None:
     with pytest.raises(
-        InputValueError, match=r"images: given as \(N, H, W\), .*images.unsqueeze\(1\)"
+        InputValueError, match=r"images: given without a channel axis \(N, 12x12\), .*images.unsqueeze\(1\)"
     ):
         op.sweep(model, IMAGES[:, 0], REGIONS, progress=False)
 

@@ -838,7 +838,9 @@ def sliding_windows(*args: Any, **kwargs: Any) -> Regions:
         starts = torch.arange(start, stop - w + 1, step)
         positions = torch.arange(size)
         inside.append((positions >= starts[:, None]) & (positions < starts[:, None] + w))
-    check_mask_size(int(np.prod([len(i) for i in inside])), shape)
+    check_mask_size(
+        int(np.prod([len(i) for i in inside])), shape, "shape" if any_rank else "height, width"
+    )
     masks = inside[0]
     for axis_inside in inside[1:]:
         # every earlier window times every position along the next axis (row-major)
