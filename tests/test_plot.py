@@ -674,3 +674,89 @@ def test_volume_map_errors() -> None:
         plot.heatmap(result, 0, torch.rand(2, 8, 8, 8), correct_only=False)
     with pytest.raises(InputValueError, match=r"image: expected spatial size \(8, 8, 8\)"):
         plot.compare_fills(result, 0, torch.rand(8, 8, 4), correct_only=False)
+
+
+# -- end to end: op.sweep at rank 1 and 3, then the pictures ----------------------------------
+
+
+def _occluded_drops(
+    model: torch.nn.Module, image: torch.Tensor, masks: torch.Tensor, fill: float, cls: int
+) -> np.ndarray:
+    """A plain loop over the regions: occlude, run the model, softmax, drop of `cls`."""
+    with torch.no_grad():
+        base = torch.softmax(model(image[None]), dim=1)[0, cls]
+        drops = []
+        for mask in masks:
+            occluded = torch.where(mask, torch.full_like(image, fill), image)
+            drops.append(float(base - torch.softmax(model(occluded[None]), dim=1)[0, cls]))
+    return np.array(drops)
+
+
+def test_signal_sweep_end_to_end(tmp_path: Path) -> None:
+    import occlusion_probe as op
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(3, 4, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool1d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    signals = torch.randn(2, 3, 64, generator=torch.Generator().manual_seed(1))
+    windows = op.sliding_windows((64,), window=8, stride=4)
+    result = op.sweep(model, signals, windows, fills=(0.0, 1.0), progress=False)
+    cls = int(result.predicted[1])
+    figure = plot.pixel_heatmap(result, cls, signals[1], image_index=1, fill=0.0)
+    axes, twin = figure.axes
+    drops = _occluded_drops(model, signals[1], windows.masks[:, None, :], 0.0, cls)
+    covering = windows.masks.double().numpy()
+    expected = drops @ covering / covering.sum(axis=0)
+    np.testing.assert_allclose(twin.get_lines()[0].get_ydata(), expected, atol=1e-5)
+    for line, channel in zip(axes.get_lines(), signals[1], strict=True):
+        np.testing.assert_allclose(line.get_ydata(), channel.double().numpy())
+    assert (
+        axes.get_title() == f"class {cls}: drop of softmax output, image 1\n(fill 0.0, 15 windows)"
+    )
+    regions = plot.heatmap(result, cls, signals[1], image_index=1, fill=0.0)
+    np.testing.assert_allclose(regions.axes[1].get_lines()[0].get_ydata(), expected, atol=1e-5)
+    assert len(regions.axes[0].child_axes[0].get_xticklabels()) == 15
+    _render(figure, tmp_path / "signal.png")
+
+
+def test_volume_sweep_end_to_end(tmp_path: Path) -> None:
+    import occlusion_probe as op
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool3d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()
+    volumes = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(2))
+    cells = op.grid((8, 8, 8), (2, 2, 2))
+    result = op.sweep(model, volumes, cells, fills=(0.0, 1.0), progress=False)
+    cls = int(result.predicted[0])
+    drops = _occluded_drops(model, volumes[0], cells.masks[:, None], 0.0, cls)
+    heat = np.einsum("r,rdhw->dhw", drops, cells.masks.double().numpy())
+    peak = _peak_loop(heat)
+    figure = plot.pixel_heatmap(result, cls, volumes[0], image_index=0, fill=0.0)
+    assert len(figure.axes) == 4
+    assert figure.get_suptitle().endswith(f"slices through the peak (d, h, w) = {peak}")
+    assert [a.get_title() for a in figure.axes[:3]] == [
+        f"axial, d = {peak[0]}",
+        f"coronal, h = {peak[1]}",
+        f"sagittal, w = {peak[2]}",
+    ]
+    for axes, expected in zip(figure.axes[:3], _slices(heat, peak), strict=True):
+        np.testing.assert_allclose(
+            np.ma.getdata(axes.get_images()[1].get_array()), expected, atol=1e-5
+        )
+    regions = plot.heatmap(result, cls, volumes[0], image_index=0, fill=0.0)
+    for axes, expected in zip(regions.axes[:3], _slices(heat, peak), strict=True):
+        np.testing.assert_allclose(
+            np.ma.getdata(axes.get_images()[1].get_array()), expected, atol=1e-5
+        )
+    _render(figure, tmp_path / "volume.png")
