@@ -111,6 +111,16 @@ class _Map(NamedTuple):
     detail: str
 
 
+def _image_drops(
+    result: SweepResult, number: int, index: int, fill: object, fill_index: object
+) -> Tensor:
+    """(R,) float64: image `number`'s drop of class `index` per region, one fill or their mean."""
+    position = fill_position(fill, fill_index, result.fill_labels)
+    outputs = result.occluded[number, :, :, index].detach().to("cpu", torch.float64)
+    after = outputs.mean(dim=1) if position is None else outputs[:, position]
+    return float(result.baseline[number, index]) - after
+
+
 def _pixel_map(
     readings: ClassReadings,
     index: int,
@@ -122,7 +132,9 @@ def _pixel_map(
     regions = readings.regions
     detail = f"{len(regions)} windows"
     if image_index is not None and isinstance(readings, SweepResult):
-        values = readings.heatmap(index, fill=fill, fill_index=fill_index)[image_index]
+        # result.heatmap(index)[image_index], without painting the other N - 1 maps.
+        drops = _image_drops(readings, image_index, index, fill, fill_index)
+        values = regions.to("cpu").pixel_mean(drops)
         if readings.computed is not None:
             share = float(readings.computed[image_index].double().mean())
             detail = f"{100 * share:.0f} % of {len(regions)} windows computed"
@@ -260,10 +272,7 @@ def heatmap(
     at = _slice_at(slice_at, spatial)
     fill_text = _fill_text(readings, fill, fill_index)
     if number is not None and isinstance(readings, SweepResult):
-        position = fill_position(fill, fill_index, readings.fill_labels)
-        outputs = readings.occluded[number, :, :, index].detach().to("cpu", torch.float64)
-        after = outputs.mean(dim=1) if position is None else outputs[:, position]
-        drops = float(readings.baseline[number, index]) - after
+        drops = _image_drops(readings, number, index, fill, fill_index)
         which, detail = f", image {number}", ""
     else:
         drops = readings.mean_drop(
