@@ -416,6 +416,8 @@ def test_heatmap_of_one_image_paints_that_image_s_drops() -> None:
         atol=1e-12,
     )
     assert "(mean over fills)" in over_fills.axes[0].get_title()
+    numpy_index = plot.heatmap(result, 3, image, image_index=np.int64(5), fill_index=2)
+    np.testing.assert_array_equal(numpy_index.axes[0].get_images()[1].get_array(), painted)
 
 
 def test_heatmap_image_index_errors() -> None:
@@ -495,6 +497,15 @@ def test_compare_fills_draws_every_fill_on_one_scale(tmp_path: Path) -> None:
     assert "mean of 1 images" in means.get_suptitle()  # the one image labelled 0
     with pytest.raises(InputValueError, match=r"image_index: expected an index in \[0, 2\]"):
         plot.compare_fills(result, 0, image, image_index=3)
+    class_means = _class_means_of_windows()  # one fill, no per-image values
+    figure = plot.compare_fills(class_means, 1, torch.rand(14, 14), correct_only=False)
+    np.testing.assert_allclose(
+        np.ma.getdata(figure.axes[0].get_images()[1].get_array()),
+        class_means.class_heatmap(1, correct_only=False).numpy(),
+    )
+    assert figure.axes[0].get_title() == "fill 0.0" and len(figure.axes) == 2
+    with pytest.raises(InputTypeError, match="image_index: only a SweepResult has per-image maps"):
+        plot.compare_fills(class_means, 1, torch.rand(14, 14), image_index=0)
 
 
 # -- heat maps of signals (1D) and volumes (3D) -----------------------------------------------
