@@ -536,15 +536,21 @@ class CheckedForward:
         given = cast_images(images.to(device), self.dtype)
         before = _state_versions(self.model)
         with evaluation_mode(self.model):
+            exported = isinstance(self.model, nn.Module) and _is_exported(self.model)
             try:
                 outputs = self(given)
+                if exported:
+                    # The sweep calls it with batches of every size: a program exported
+                    # with a fixed batch fails on the first other one, so try one now.
+                    other = given[:1] if given.shape[0] > 1 else given.expand(2, *given.shape[1:])
+                    self(other)
             except (RuntimeError, AssertionError) as error:
-                if isinstance(self.model, nn.Module) and _is_exported(self.model):
+                if exported:
                     raise InputValueError(
-                        f"model: the exported program failed on a batch of {given.shape[0]} "
-                        f"images ({type(error).__name__}: {str(error)[:200]}); export it with a "
-                        "dynamic batch dimension, e.g. dynamic_shapes=({0: "
-                        'torch.export.Dim("batch")},)'
+                        "model: the exported program fails on batches of other sizes than it "
+                        f"was exported with ({type(error).__name__}: {str(error)[:200]}); the "
+                        "sweep runs batches of many sizes: export it with a dynamic batch "
+                        'dimension, e.g. dynamic_shapes=({0: torch.export.Dim("batch")},)'
                     ) from error
                 if not self.single_channel or not isinstance(error, RuntimeError):
                     raise

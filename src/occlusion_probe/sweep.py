@@ -91,7 +91,12 @@ def check_common_arguments(
         raise InputTypeError(
             f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
         )
-    if isinstance(model, nn.Module) and type(model).forward is nn.Module.forward:
+    # torch.compile's wrapper sets its forward on the instance
+    if (
+        isinstance(model, nn.Module)
+        and type(model).forward is nn.Module.forward
+        and "forward" not in vars(model)
+    ):
         raise InputTypeError(
             f"model: the {type(model).__name__} given defines no forward(); expected a "
             "module (B, C, H, W) -> (B, K)"
