@@ -511,3 +511,14 @@ def test_positions_name_the_argument() -> None:
         cells.positions([5], "keep")
     with pytest.raises(InputTypeError, match=r"^ids: expected integer region ids, got \[True\]"):
         cells.positions([True])
+
+
+def test_a_shape_held_in_an_array_is_refused_as_the_shape() -> None:
+    for make, shape in ((grid, np.array([4, 6, 6])), (sliding_windows, torch.tensor([16]))):
+        with pytest.raises(
+            InputTypeError,
+            match=rf"^shape: {make.__name__} expected a tuple of 1 to 3 ints, got .*pass tuple\(shape.tolist\(\)\)",
+        ):
+            make(shape, 4, 2) if make is sliding_windows else make(shape, 2)
+    # the same sizes as a tuple are the any-rank form
+    assert grid(tuple(np.array([4, 6, 6]).tolist()), 2).spatial_shape == (4, 6, 6)

@@ -693,6 +693,12 @@ def _bind(
 ) -> tuple[bool, dict[str, Any]]:
     """Which form the call uses (True: any rank, by a sequence as the first argument or a
     ``shape=`` keyword) and its arguments by name, defaults applied."""
+    if args and isinstance(args[0], (Tensor, np.ndarray)) and args[0].ndim >= 1:
+        # a shape held in an array reads as neither form (the 2D form would call it `height`)
+        raise InputTypeError(
+            f"shape: {function} expected a tuple of 1 to {MAX_RANK} ints, got "
+            f"{describe(args[0])}; pass tuple(shape.tolist())"
+        )
     any_rank = "shape" in kwargs or bool(args and isinstance(args[0], (tuple, list, torch.Size)))
     signature = inspect.signature(forms[any_rank])
     try:
