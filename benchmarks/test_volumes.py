@@ -16,11 +16,10 @@ Two workloads, one fill (0.0), every class output kept:
 
 Each method's images/s is a ratio to the forward limit (plain batched forwards of the
 prebuilt occluded inputs, the best batch size of a scan), timed before each of its rounds
-in the same test, as in the other suites (README.md, "Timing rules"). The engines run as
-``sweep`` runs them on a chunk: the incremental engine prepared once (kept for the model,
-so the timed rounds after the warm-up reuse its torch.export read; the prepare column says
-what a round spent on it) and run with its planned items per call; the dense engine at
-the forward limit's batch size.
+in the same test, as in the other suites (README.md, "Timing rules"). Our rows are
+``op.sweep(..., engine="incremental")`` (its engine kept for the model, so the timed rounds
+after the warm-up reuse its torch.export read; the prepare column says what a round spent
+on it) and ``op.sweep(..., engine="dense")`` at the forward limit's batch size.
 
 Targets (issue 27; printed, never asserted): on the volume the exact sweep >= 2.5x MONAI's
 speed; on the signal >= 6x the forward limit and >= 6x captum's ``Occlusion``. Tests whose
@@ -43,7 +42,6 @@ from reference_models import EcgResNet, randomize_batch_norms
 from torch import Tensor, nn
 
 import occlusion_probe as op
-from occlusion_probe.engines.dense import run_dense
 from occlusion_probe.engines.incremental import IncrementalEngine
 
 if TYPE_CHECKING:
@@ -168,10 +166,6 @@ class RankWorkload:
     def count(self) -> int:
         return self.images.shape[0] * len(self.regions)
 
-    @property
-    def fill_images(self) -> Tensor:
-        return torch.full((1,) * (self.images.dim() + 1), FILL, dtype=self.images.dtype)
-
     def occluded(self, limit: int | None = None) -> Tensor:
         """The first `limit` (default: all) occluded inputs in (input, window) order, one
         plain ``torch.where`` per input, independently of the engines."""
@@ -195,40 +189,38 @@ def workload_of(case: RankCase) -> RankWorkload:
 
 
 def incremental_sweep(workload: RankWorkload) -> tuple[Tensor, Tensor, IncrementalEngine]:
-    """(baseline (n, K), occluded (n, R, 1, K), the engine): prepared (or taken from the
-    engine kept for the model) and run on all inputs."""
+    """(baseline (n, K), occluded (n, R, 1, K), the engine): ``op.sweep`` with
+    ``engine="incremental"`` (softmax outputs), and the engine it ran (kept for the model)."""
+    result = op.sweep(
+        workload.model,
+        workload.images,
+        workload.regions,
+        (FILL,),
+        engine="incremental",
+        progress=False,
+    )
     masks = workload.regions.masks
-    engine = IncrementalEngine.prepare(
+    engine = IncrementalEngine.kept(
         workload.model, tuple(workload.images.shape[1:]), masks, torch.float32, masks.device
     )
-    if isinstance(engine, str):
-        raise AssertionError(f"the incremental engine cannot run {workload.case.id}: {engine}")
-    clean, occluded = engine.run(
-        workload.images,
-        workload.fill_images,
-        masks,
-        engine.cpu_items_per_call,
-        lambda raw: torch.softmax(raw, 1),
-    )
-    return clean, occluded, engine
+    if not isinstance(engine, IncrementalEngine):
+        raise AssertionError(f"the incremental engine did not run {workload.case.id}: {engine}")
+    return result.baseline, result.occluded, engine
 
 
 def dense_sweep(workload: RankWorkload, batch_size: int) -> tuple[Tensor, Tensor]:
-    """(baseline (n, K), occluded (n, R, 1, K)) from the dense engine's blocks."""
-    model = workload.model
-    with torch.inference_mode():
-        classes = int(model(workload.images[:1]).shape[1])
-        clean, occluded = run_dense(
-            lambda batch: torch.softmax(model(batch), 1),
-            workload.images,
-            workload.fill_images,
-            workload.regions.masks,
-            batch_size,
-            classes,
-            unoccluded=workload.images,
-        )
-    assert clean is not None
-    return clean, occluded
+    """(baseline (n, K), occluded (n, R, 1, K)): ``op.sweep`` with ``engine="dense"`` at
+    `batch_size` images per call."""
+    result = op.sweep(
+        workload.model,
+        workload.images,
+        workload.regions,
+        (FILL,),
+        engine="dense",
+        batch_size=batch_size,
+        progress=False,
+    )
+    return result.baseline, result.occluded
 
 
 def _limit(harness: Harness, workload: RankWorkload) -> tuple[Callable[[], None], int]:

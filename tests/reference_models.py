@@ -593,6 +593,7 @@ class EcgResNet(nn.Module):
             EcgResidualUnit(cin, cout, downsample, kernel)
             for cin, cout in itertools.pairwise(widths)
         )
+        self.eval()  # the dry run that sizes the dense layer leaves the statistics alone
         with torch.no_grad():
             features = self.features(torch.zeros(1, leads, length)).shape[1]
         self.fc = nn.Linear(features, classes)

@@ -341,7 +341,10 @@ def test_lock_refuses_a_second_user_and_is_released(
     model, images, _ = setup
     path = tmp_path / "run.ckpt"
     holder = Checkpoint(path)  # another sweep on the same path, holding the flock
-    with pytest.raises(CheckpointError, match=r"'.*run\.ckpt' is in use by another process"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'.*run\.ckpt' is in use by another sweep, in this process or another",
+    ):
         op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
     holder.close()
 
@@ -419,7 +422,7 @@ def _scaled(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _fingerprint(model: object, fills: list[object], output: object = "softmax") -> Fingerprint:
-    source = ImageSource(torch.zeros(2, 1, 12, 12), None, 12, 12)
+    source = ImageSource(torch.zeros(2, 1, 12, 12), None, (12, 12))
     image_shape = (1, 12, 12)
     return Fingerprint.of(
         model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -163,3 +164,87 @@ def test_fidelity_reached_equality_and_hash() -> None:
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != Fidelity(0.95, math.nan, 0.0, 0.5, 1, 0.9, r2=0.9)
     assert a != "fidelity"
+
+
+def _ssim_by_loop(x: np.ndarray, y: np.ndarray, side: int, sigma: float = 1.5) -> float:
+    """Mean SSIM over every window position that fits, with a separable Gaussian window."""
+    coords = np.arange(side) - (side - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    g /= g.sum()
+    weights = g
+    for _ in range(x.ndim - 1):
+        weights = np.multiply.outer(weights, g)
+    span = y.max() - y.min()
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    values = []
+    for corner in itertools.product(*[range(size - side + 1) for size in x.shape]):
+        box = tuple(slice(c, c + side) for c in corner)
+        a, b = x[box], y[box]
+        mx, my = (weights * a).sum(), (weights * b).sum()
+        vx = (weights * a * a).sum() - mx**2
+        vy = (weights * b * b).sum() - my**2
+        cov = (weights * a * b).sum() - mx * my
+        values.append(
+            ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        )
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("shape", [(30,), (12, 13), (7, 8, 9)], ids=["1d", "2d", "3d"])
+def test_ssim_and_r2_at_any_rank_equal_a_loop(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(len(shape))
+    reference = torch.rand(shape, generator=generator, dtype=torch.float64)
+    image = reference + 0.3 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    side = min(11, *shape)
+    side -= 1 - side % 2
+    found = float(ssim(image, reference, ndim=len(shape)))
+    assert found == pytest.approx(_ssim_by_loop(image.numpy(), reference.numpy(), side), rel=1e-9)
+    # a leading batch axis is kept
+    both = ssim(
+        torch.stack([image, reference]), torch.stack([reference, reference]), ndim=len(shape)
+    )
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(1.0)
+    r2 = float(heat_map_r2(image, reference, ndim=len(shape)))
+    y, x = reference.numpy(), image.numpy()
+    assert r2 == pytest.approx(1 - ((y - x) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-12)
+
+
+def test_map_comparisons_check_ndim() -> None:
+    a = torch.rand(4, 4)
+    with pytest.raises(InputValueError, match=r"ndim: expected 1, 2 or 3 spatial axes, got 4"):
+        ssim(a, a, ndim=4)
+    with pytest.raises(InputTypeError, match=r"ndim: expected an int 1..3"):
+        heat_map_r2(a, a, ndim=2.0)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"with 3 spatial axes, got \(4, 4\)"):
+        ssim(a, a, ndim=3)
+
+
+def test_map_comparisons_refuse_non_finite_maps_and_bad_parameters() -> None:
+    a = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    nan = torch.full((2, 8, 8), float("nan"))
+    for compare in (ssim, heat_map_r2):
+        with pytest.raises(
+            InputValueError, match=r"^image: expected finite values, got NaN or inf"
+        ):
+            compare(nan, a)
+        with pytest.raises(InputValueError, match=r"^reference: expected finite values"):
+            compare(a, torch.full((2, 8, 8), float("inf")))
+        with pytest.raises(InputTypeError, match=r"^image: expected a real-valued map"):
+            compare(a.to(torch.complex64), a.to(torch.complex64))
+    for value in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputValueError, match=r"^data_range: expected a finite number > 0"):
+            ssim(a, a, data_range=value)
+        with pytest.raises(InputValueError, match=r"^sigma: expected a finite number > 0"):
+            ssim(a, a, sigma=value)
+    with pytest.raises(InputTypeError, match=r"^data_range: expected a finite number > 0, got str"):
+        ssim(a, a, data_range="x")  # type: ignore[arg-type]
+    for window in (0, -3):
+        with pytest.raises(InputValueError, match=r"^window: expected a positive int"):
+            ssim(a, a, window=window)
+    with pytest.raises(InputTypeError, match=r"^window: expected a positive int, got float 2.5"):
+        ssim(a, a, window=2.5)  # type: ignore[arg-type]
+    # the checks leave valid calls as they were: numpy ints and floats are numbers
+    assert ssim(a, a, window=np.int64(7), sigma=np.float32(1.5), data_range=1).tolist() == [
+        1.0,
+        1.0,
+    ]

@@ -111,7 +111,9 @@ class Fill:
         if self.region is not None:
             raise RuntimeError(f"fill {self.label!r} needs the region's mask")
         if self.value is not None:
-            return torch.full((1, 1, 1, 1), self.value, dtype=images.dtype, device=images.device)
+            # one entry per axis of the batch (n, C, *spatial): broadcast, never materialised
+            shape = (1,) * images.dim()
+            return torch.full(shape, self.value, dtype=images.dtype, device=images.device)
         if self.tensor is not None:
             return self.tensor.to(device=images.device, dtype=images.dtype).unsqueeze(0)
         if self.function is None:  # unreachable by construction; keeps the type checker honest
@@ -190,7 +192,7 @@ def _label_of_number(value: float) -> str:
 
 def resolve_fills(
     fills: Sequence[FillSpec] | FillSpec,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     argument: str = "fills",
 ) -> tuple[Fill, ...]:
     """Check and normalise the `fills` argument for images of shape (C, H, W).

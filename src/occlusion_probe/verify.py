@@ -121,11 +121,11 @@ def keep_only(
             f"got {describe(keep)}"
         )
     check_class_names(class_names)
-    kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
-    source = ImageSource(images, labels, regions.height, regions.width)
+    kept_ids = tuple(regions.ids[p] for p in regions.positions(keep, "keep"))
+    source = ImageSource(images, labels, regions.spatial_shape)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")
-    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")  # type: ignore[arg-type]
+    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
     check_fills_fit([fill_spec], dtype, "fill")

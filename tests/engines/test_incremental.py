@@ -343,6 +343,21 @@ def test_every_op_kind_at_ranks_1_and_3_equals_dense(
     assert engine.flop_bound > 1
 
 
+def test_sweeps_of_signals_and_volumes_run_the_incremental_engine() -> None:
+    # op.sweep at ranks 1 and 3: forced and under "auto" (once the engine is kept), equal
+    # to the dense engine.
+    from reference_models import EcgResNet
+
+    ecg = EcgResNet(length=256).eval()
+    signals = torch.rand(2, 12, 256, generator=torch.Generator().manual_seed(4))
+    windows = op.sliding_windows((256,), 32, 32)
+    assert_engines_agree(ecg, signals, windows)
+    auto = op.sweep(ecg, signals, windows, progress=False)
+    assert auto.engine == "incremental" and "kept from an earlier sweep" in auto.engine_note
+    volumes = torch.rand(1, 2, 10, 10, 10, generator=torch.Generator().manual_seed(5))
+    assert_engines_agree(_EveryOp(3).eval(), volumes, op.grid((10, 10, 10), (2, 2, 1)))
+
+
 def test_models_the_engine_cannot_follow_at_rank_3_give_reasons() -> None:
     # The first op mixes all positions: a reason, never a wrong result.
     flat = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4 * 4, 3)).eval()

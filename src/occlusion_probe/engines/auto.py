@@ -228,14 +228,19 @@ def _prepare(
         return prepared, time.perf_counter() - start
 
 
-def _reason_not_to_read(model: object, single_channel: bool) -> str | None:
+def _reason_not_to_read(model: object, single_channel: bool, rank: int) -> str | None:
     if not isinstance(model, nn.Module):
         return f"the model is {describe(model)}, not an nn.Module whose graph can be read"
     hooked = hook_reason(model)
     if hooked is not None:
         return hooked
     if single_channel:
-        return "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
+        return (
+            "images were given without their channel axis; the incremental engine needs "
+            "(N, C, *spatial) input"
+        )
+    if rank not in (1, 2, 3):
+        return f"the incremental engine plans 1, 2 or 3 spatial axes, these have {rank}"
     return None
 
 
@@ -261,8 +266,8 @@ def choose_engine(
     image_shape : tuple of int
         (C, *spatial) of one image: (C, L), (C, H, W) or (C, D, H, W).
     single_channel : bool
-        Whether the images were given as (N, H, W); the incremental engine needs
-        (N, C, H, W) input.
+        Whether the images came without their channel axis; the incremental engine needs
+        (N, C, *spatial) input.
     masks : Tensor, shape (R, *spatial), bool
         The regions, on the device the model runs on.
     items : int or None
@@ -302,7 +307,7 @@ def choose_engine(
         raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
     if engine == "dense":
         return None, "dense engine requested"
-    reason = _reason_not_to_read(model, single_channel)
+    reason = _reason_not_to_read(model, single_channel, masks.dim() - 1)
     if reason is None and isinstance(model, nn.Module):
         with _STATE.lock:
             prepared, estimate = _cached_or_read(

@@ -1,8 +1,5 @@
 """Dense engine: build each occluded image and run the full model on it (works for any model).
 
-Images are (n, C, *spatial) with 1, 2 or 3 spatial axes (signals, images, volumes) and
-masks (R, *spatial); every way of building blocks below works at any rank.
-
 Occluded images are made in blocks of (images x regions x fills) on the model's device, with
 no Python loop per image and no host-device synchronisation inside the loop; the model is
 then run once per block, and every class output is kept. A block is one broadcast
@@ -23,15 +20,13 @@ give the same bits:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from occlusion_probe.batching import BatchPlan, clock
-from occlusion_probe.engines.boxes import Box, bounding_boxes, box_slices, box_volume
+from occlusion_probe.geometry import axis_extents
 
 __all__ = [
     "BlockBuilder",
@@ -44,13 +39,8 @@ __all__ = [
 ]
 
 Block = tuple[slice, slice, slice]
-
-
-def _at(*parts: Any) -> tuple[Any, ...]:
-    """An index of several parts (slices, index tensors, Ellipsis), built from unpacked
-    per-axis parts: ``x[_at(Ellipsis, *cuts)]``."""
-    return parts
-
+# A region's bounding box, one slice per spatial axis, and whether the box is all region.
+RegionBox = tuple[tuple[slice, ...], bool]
 
 # On CPU, per region and block the box path costs a few small tensor ops (~10 us of Python
 # and dispatch); with fewer occluded values per region than this, one broadcast where is as
@@ -111,22 +101,37 @@ def _even_slices(total: int, most: int) -> Iterator[slice]:
         start = stop
 
 
-#: A region's box (see boxes.py) followed by whether every position in it is the region's.
-RegionBox = tuple[int | bool, ...]
-
-
 def region_boxes(masks: Tensor) -> list[RegionBox | None]:
-    """Per region, its bounding box followed by `full`, ``(*box, full)``: in 2D
-    ``(top, bottom, left, right, full)``, where `full` means every pixel of the box belongs
-    to the region; None for an empty mask.
+    """Per region, its bounding box (a slice per spatial axis) and whether every pixel of the
+    box belongs to the region; None for an empty mask.
 
     masks : Tensor, shape (R, *spatial), bool. Copied to the host once if it is not there.
     """
     host = masks.cpu()
-    return [
-        None if box is None else (*box, bool(host[_at(j, *box_slices(box))].all()))
-        for j, box in enumerate(bounding_boxes(host))
+    extents = axis_extents(host)
+    sizes = [extent.shape[1] for extent in extents]
+    starts = [extent.argmax(dim=1).tolist() for extent in extents]
+    # argmax returns the first maximum: from the flipped end, the last True
+    stops = [
+        (size - extent.flip(1).argmax(dim=1)).tolist()
+        for extent, size in zip(extents, sizes, strict=True)
     ]
+    nonempty = extents[0].amax(dim=1).tolist()
+    boxes: list[RegionBox | None] = []
+    for j, keep in enumerate(nonempty):
+        if not keep:
+            boxes.append(None)
+            continue
+        box = tuple(slice(a[j], b[j]) for a, b in zip(starts, stops, strict=True))
+        boxes.append((box, bool(host[j][box].all())))
+    return boxes
+
+
+def _volume(box: tuple[slice, ...]) -> int:
+    volume = 1
+    for axis in box:
+        volume *= axis.stop - axis.start
+    return volume
 
 
 class BlockBuilder:
@@ -137,14 +142,13 @@ class BlockBuilder:
     see the module docstring).
 
     images : Tensor, shape (n, C, *spatial)
-    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
     masks : Tensor, shape (R, *spatial), bool
     batch_size : about how many images a block holds (decides between the ways)
     """
 
     def __init__(self, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int) -> None:
-        n = images.shape[0]
-        spatial = tuple(masks.shape[1:])
+        n, spatial = images.shape[0], tuple(images.shape[2:])
         self.images, self.masks = images, masks
         self.shape = (n, masks.shape[0], fill_images.shape[0])
         self.dtype = torch.promote_types(images.dtype, fill_images.dtype)
@@ -156,14 +160,15 @@ class BlockBuilder:
         self.boxes = _boxes_worth_it(images, masks, fill_images.shape[0], batch_size)
         self.bits = None if self.boxes is not None else _bit_select_type(images, fill_images, masks)
         # Fills with full spatial dims, so that a box can be sliced out of any of them.
+        rank = len(spatial)
         self.fills_full = self.fills_by_image.expand(
-            *self.fills_by_image.shape[: -len(spatial)], *spatial
+            *self.fills_by_image.shape[: self.fills_by_image.dim() - rank], *spatial
         )
         self._tables: tuple[Tensor, Tensor] | None = None
 
     def _bit_tables(self) -> tuple[Tensor, Tensor]:
-        """(fill bits (1, R, V, C, *spatial), keep (1, R, 1, 1, *spatial)), made once;
-        blocks read slices of them."""
+        """(fill bits (1, R, V, C, *spatial), keep (1, R, 1, 1, *spatial)), made once; blocks read
+        slices of them."""
         if self._tables is None:
             if self.bits is None:
                 raise RuntimeError("the bit select does not apply to these fills")
@@ -189,16 +194,17 @@ class BlockBuilder:
             return
         out.copy_(self.images_view[rows].expand(out.shape))
         fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, *spatial)
-        for j, region_box in enumerate(self.boxes[regions]):
-            if region_box is None:
+        for j, found in enumerate(self.boxes[regions]):
+            if found is None:
                 continue
-            cut = box_slices(tuple(int(v) for v in region_box[:-1]))
-            target = out[(slice(None), slice(j, j + 1), slice(None), slice(None), *cut)]
-            fill_box = fill_block[_at(Ellipsis, *cut)]
-            if region_box[-1]:
+            box, full = found
+            lead: tuple[slice, ...] = (slice(None), slice(j, j + 1), slice(None), slice(None))
+            target = out[lead + box]
+            fill_box = fill_block[(slice(None),) * (fill_block.dim() - len(box)) + box]
+            if full:
                 target.copy_(fill_box)
             else:
-                region = self.masks[(regions.start + j, *cut)]
+                region = self.masks[regions.start + j][box]
                 target.copy_(torch.where(region, fill_box, target))
 
     def write_range(self, start: int, stop: int, out: Tensor) -> None:
@@ -251,12 +257,12 @@ def occluded_blocks(
     *,
     reuse_buffers: bool = False,
 ) -> Iterator[tuple[Block, Tensor]]:
-    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, *spatial): the occluded images
-    of the block in (image, region, fill) order; each equals
+    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, *spatial): the occluded images of
+    the block in (image, region, fill) order; each equals
     ``torch.where(masks[r], fill_images[v, i], images[i])`` exactly (dtype promoted alike).
 
-    images : Tensor, shape (n, C, *spatial), 1, 2 or 3 spatial axes
-    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
     masks : Tensor, shape (R, *spatial), bool
     reuse_buffers : when True, a later block of the same shape is written into the memory of
         an earlier batch (about a third faster for large images on CPU, where allocating
@@ -282,7 +288,7 @@ def occluded_blocks(
 def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torch.dtype | None:
     """The integer type for the bit select when it applies (CPU, fills shared by all images,
     one float type, tables within budget), else None."""
-    positions = math.prod(masks.shape[1:])
+    pixels = masks[0].numel()
     if (
         images.device.type != "cpu"
         or fill_images.shape[1] != 1
@@ -290,7 +296,7 @@ def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torc
         or images.dtype not in _BITS_TYPES
     ):
         return None
-    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * positions
+    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * pixels
     if table_bytes * images.element_size() > _BITS_MAX_TABLE_BYTES:
         return None
     return _BITS_TYPES[images.dtype]
@@ -300,24 +306,17 @@ def _boxes_worth_it(
     images: Tensor, masks: Tensor, v: int, batch_size: int
 ) -> list[RegionBox | None] | None:
     """The regions' boxes when building blocks box by box beats one where, else None."""
-    n, item = images.shape[0], math.prod(images.shape[1:])
-    positions = math.prod(masks.shape[1:])
+    n, c, pixels = images.shape[0], images.shape[1], masks[0].numel()
     r = masks.shape[0]
     if images.device.type != "cpu" or n == 0 or r == 0 or v == 0:
         return None
     rows, _regions, fills = next(plan_blocks(n, r, v, batch_size))
-    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * item
+    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * c * pixels
     if per_region < _BOX_MIN_VALUES:
         return None
     boxes = region_boxes(masks)
-    partial = sum(_box_of(b) for b in boxes if b is not None and not b[-1])
-    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * positions else None
-
-
-def _box_of(region_box: RegionBox) -> int:
-    """The number of positions in the box of a `region_boxes` entry."""
-    box: Box = tuple(int(v) for v in region_box[:-1])
-    return box_volume(box)
+    partial = sum(_volume(b[0]) for b in boxes if b is not None and not b[1])
+    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * pixels else None
 
 
 def run_dense(
@@ -334,8 +333,8 @@ def run_dense(
     """Outputs of `forward` on every occluded image (and on `unoccluded` images).
 
     forward : callable, (b, C, *spatial) -> (b, K)
-    images : Tensor, shape (n, C, *spatial), 1, 2 or 3 spatial axes
-    fill_images : Tensor, shape (V, n or 1, C or 1, *(size or 1 per spatial axis))
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
     masks : Tensor, shape (R, *spatial), bool
     batches : the sizes (and memory formats) of the model calls: a `BatchPlan` (which may
         time its candidates on these blocks), or a fixed number of images per call
@@ -405,9 +404,9 @@ def run_items(
     channels-last input gets the same block contiguous, and so does the rest), and the
     block's time goes back to the plan.
 
-    forward : callable, (b, *image_shape) -> (b, K)
+    forward : callable, (b, C, *spatial) -> (b, K)
     write_range : callable ``(start, stop, out)`` that writes items [start, stop) into
-        `out`, shape (stop - start, *image_shape)
+        `out`, shape (stop - start, C, *spatial)
     total : how many items there are
     image_shape : (C, *spatial) of one item
     dtype, device : of the items' buffers
