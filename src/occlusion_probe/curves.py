@@ -531,7 +531,7 @@ def perturbation_curve(
             "labels: perturbation_curve needs the true class of every image, got None"
         )
     orders.check_images(source.num_images)
-    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")  # type: ignore[arg-type]
+    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
     check_fills_fit([fill_spec], dtype, "fill")

@@ -13,9 +13,19 @@ Here the system depends only on the mask, so it is factorised once per mask
 (``scipy.sparse.linalg.splu``) and solved for every image and channel of a chunk at once
 (one right-hand side each); factorisations are kept across chunks and shared by translated
 masks (equal pattern in the bounding box, touching the same image borders), such as the
-inner cells of a grid or the inner sliding windows. Other ranks use
-the same rule over all 3**d - 1 axis and diagonal neighbours, with weights proportional to
-``2 ** (1 - |offset|_1)`` normalised to sum 1 (1/6 and 1/12 in 2D, 1/2 in 1D).
+inner cells of a grid or the inner sliding windows.
+
+Every spatial rank uses the same rule over all 3**d - 1 neighbours that differ by at most
+one step along each axis: a neighbour whose offset moves along j axes weighs
+``2 ** (1 - j)`` before the weights are normalised to sum 1, so each further axis halves the
+weight (in 2D the direct neighbours weigh twice the diagonal ones, ROAD's ratio). Exactly:
+
+* rank 1, signals (n, C, L): the 2 neighbours, 1/2 each;
+* rank 2, images (n, C, H, W): ROAD's 4 direct neighbours 1/6 each, 4 diagonal 1/12 each;
+* rank 3, volumes (n, C, D, H, W): 6 face neighbours 1/14 each, 12 edge neighbours 1/28
+  each, 8 corner neighbours 1/56 each.
+
+At the border the same renormalisation as ROAD's applies at every rank.
 
 The noise is one field, Tensor of shape (C, *spatial), drawn from N(0, noise**2) with the
 generator seeded by `seed`, the same for every image and mask, so results repeat and do not
@@ -52,8 +62,15 @@ def neighbour_weights(rank: int) -> list[tuple[tuple[int, ...], float]]:
     """The stencil of `rank` spatial axes: (offset, weight) for every axis and diagonal
     neighbour, weights proportional to ``2 ** (1 - |offset|_1)`` and summing to 1.
 
+    Rank 1: 1/2 per neighbour; rank 2: 1/6 direct, 1/12 diagonal (ROAD's); rank 3: 1/14
+    per face, 1/28 per edge, 1/56 per corner neighbour.
+
     >>> neighbour_weights(2)[:3]  # doctest: +ELLIPSIS
     [((-1, -1), 0.0833...), ((-1, 0), 0.1666...), ((-1, 1), 0.0833...)]
+    >>> neighbour_weights(1)
+    [((-1,), 0.5), ((1,), 0.5)]
+    >>> sorted({round(w * 56) for _, w in neighbour_weights(3)})
+    [1, 2, 4]
     """
     offsets = [o for o in itertools.product((-1, 0, 1), repeat=rank) if any(o)]
     raw = [2.0 ** (1 - sum(abs(x) for x in o)) for o in offsets]
@@ -281,7 +298,10 @@ def linear_imputation(noise: float = 0.01, seed: int = 0) -> LinearImputation:
     Each filled pixel is the weighted mean of its eight neighbours (1/6 direct, 1/12
     diagonal, renormalised over the neighbours inside the image), solved jointly for all
     pixels of the region, plus Gaussian noise of standard deviation `noise` (one field drawn
-    with `seed`, the same for every image and region).
+    with `seed`, the same for every image and region). Signals (n, C, L) use their 2
+    neighbours at 1/2 each, volumes (n, C, D, H, W) their 26 neighbours at 1/14 per face,
+    1/28 per edge and 1/56 per corner (each axis an offset moves along halves its weight;
+    see `neighbour_weights`).
 
     Parameters
     ----------

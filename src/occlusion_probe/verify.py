@@ -125,7 +125,7 @@ def keep_only(
     source = ImageSource(images, labels, regions.height, regions.width)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")
-    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")  # type: ignore[arg-type]
+    (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")
     run_device = resolve_device(device, model, source.device)
     dtype = input_dtype(model) or source.dtype
     check_fills_fit([fill_spec], dtype, "fill")
