@@ -106,8 +106,8 @@ def test_label_map_round_trip(rows: list[list[int]]) -> None:
     [
         (torch.zeros(3, 3), InputTypeError, "expected an integer dtype, got torch.float32"),
         (torch.zeros(3, 3, dtype=torch.bool), InputTypeError, "expected an integer dtype"),
-        (torch.zeros(2, 3, 3, dtype=torch.int64), InputValueError, r"got shape \(2, 3, 3\)"),
-        (torch.zeros(3, dtype=torch.int64), InputValueError, r"got shape \(3,\)"),
+        (torch.zeros(2, 2, 3, 3, dtype=torch.int64), InputValueError, r"got shape \(2, 2, 3, 3\)"),
+        (torch.tensor(3), InputValueError, r"got shape \(\)"),
         ([[0, 1]], InputTypeError, "expected an integer Tensor or ndarray"),
     ],
 )
@@ -137,9 +137,9 @@ def test_sliding_windows_overlap_like_captum_occlusion() -> None:
     assert not regions.is_partition
     uncovered = sliding_windows(5, 5, window=2, stride=2).coverage
     assert int(uncovered[4].sum()) == 0  # the last row lies past the last window
-    with pytest.raises(InputValueError, match="window: expected at most the image size"):
+    with pytest.raises(InputValueError, match="window: expected at most the size of the input"):
         sliding_windows(4, 4, 5, 1)
-    with pytest.raises(InputValueError, match="window: expected an int or a pair"):
+    with pytest.raises(InputValueError, match="window: expected an int or 2 ints"):
         sliding_windows(4, 4, (1, 2, 3), 1)  # type: ignore[arg-type]
 
 
@@ -177,16 +177,18 @@ def test_window_grid_reads_sliding_windows_back() -> None:
     from occlusion_probe import WindowGrid
 
     found = sliding_windows(10, 12, window=(4, 3), stride=(3, 2)).window_grid()
-    assert found == WindowGrid(window=(4, 3), stride=(3, 2), tops=(0, 3, 6), lefts=(0, 2, 4, 6, 8))
+    assert found == WindowGrid(window=(4, 3), stride=(3, 2), starts=((0, 3, 6), (0, 2, 4, 6, 8)))
     assert found.shape == (3, 5)
     single = sliding_windows(4, 8, window=4, stride=2).window_grid()
     assert single is not None and single.tops == (0,) and single.stride == (4, 2)
-    assert grid(12, 12, 3, 3).window_grid() == WindowGrid((4, 4), (4, 4), (0, 4, 8), (0, 4, 8))
+    assert grid(12, 12, 3, 3).window_grid() == WindowGrid((4, 4), (4, 4), ((0, 4, 8), (0, 4, 8)))
     assert grid(10, 10, 3, 3).window_grid() is None  # cells of unequal sizes
     windows = sliding_windows(8, 8, window=4, stride=2)
     assert windows.select([2, 1, 3, 4, 5, 6, 7, 8, 9]).window_grid() is None  # not row-major
     assert windows.select([1, 2, 4]).window_grid() is None  # an incomplete grid
-    assert windows.select([1, 3, 7, 9]).window_grid() == WindowGrid((4, 4), (4, 4), (0, 4), (0, 4))
+    assert windows.select([1, 3, 7, 9]).window_grid() == WindowGrid(
+        (4, 4), (4, 4), ((0, 4), (0, 4))
+    )
     holey = windows.masks.clone()
     holey[0, 1, 1] = False
     assert Regions(holey, windows.ids).window_grid() is None  # not a filled rectangle
@@ -204,3 +206,214 @@ def test_pixel_mean_averages_covering_regions() -> None:
         windows.pixel_mean(torch.zeros(3))
     with pytest.raises(InputTypeError, match="values: expected a floating Tensor"):
         windows.pixel_mean(torch.zeros(4, dtype=torch.int64))
+
+
+# -- any rank -------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), data=st.data())
+def test_grid_of_any_rank_is_a_partition_of_boxes(shape: list[int], data: st.DataObject) -> None:
+    cells = tuple(data.draw(st.integers(1, size)) for size in shape)
+    regions = grid(tuple(shape), cells)
+    assert regions.ndim == len(shape) and regions.spatial_shape == tuple(shape)
+    assert len(regions) == int(np.prod(cells)) and regions.ids == tuple(range(1, len(regions) + 1))
+    assert bool((regions.coverage == 1).all())
+    for mask in regions.masks:
+        # a box is the outer product of its extents along each axis
+        box = torch.ones((), dtype=torch.bool)
+        for axis in range(len(shape)):
+            others = tuple(d for d in range(len(shape)) if d != axis)
+            extent = mask.any(dim=others) if others else mask
+            box = box.unsqueeze(-1) & extent
+        assert torch.equal(mask, box)
+
+
+def test_grid_numbers_cells_row_major_with_the_last_axis_fastest() -> None:
+    volume = grid((4, 6, 8), (2, 3, 4))
+    label_map = volume.label_map()
+    # a plain loop over (d, h, w) cells, last axis fastest
+    expected = torch.zeros(4, 6, 8, dtype=torch.int64)
+    for d in range(4):
+        for h in range(6):
+            for w in range(8):
+                expected[d, h, w] = (d // 2) * 12 + (h // 2) * 4 + (w // 2) + 1
+    assert torch.equal(label_map, expected)
+    assert torch.equal(grid((48, 48), 4).masks, grid(48, 48).masks)
+    assert torch.equal(grid(shape=(10,), cells=5).label_map(), torch.arange(10) // 2 + 1)
+
+
+def test_sliding_windows_of_any_rank_equal_a_loop_over_positions() -> None:
+    shape, window, stride = (9, 7, 8), (4, 3, 5), (2, 2, 3)
+    regions = sliding_windows(shape, window, stride)
+    expected = []
+    for d in range(0, 9 - 4 + 1, 2):
+        for h in range(0, 7 - 3 + 1, 2):
+            for w in range(0, 8 - 5 + 1, 3):
+                mask = torch.zeros(shape, dtype=torch.bool)
+                mask[d : d + 4, h : h + 3, w : w + 5] = True
+                expected.append(mask)
+    assert torch.equal(regions.masks, torch.stack(expected))
+    found = regions.window_grid()
+    assert found == op.WindowGrid(window, stride, ((0, 2, 4), (0, 2, 4), (0, 3)))
+    assert found is not None and found.shape == (3, 3, 2) and found.ndim == 3
+    signal = sliding_windows((20,), window=5, stride=5)
+    assert torch.equal(signal.label_map(), torch.arange(20) // 5 + 1)
+    assert torch.equal(sliding_windows((8, 8), 4, 2).masks, sliding_windows(8, 8, 4, 2).masks)
+
+
+def test_windows_limited_to_a_box() -> None:
+    shape = (16, 12)
+    regions = sliding_windows(shape, window=4, stride=2, box=((4, 12), (0, 12)))
+    # starts 4, 6, 8 along the first axis (a window ends at 12 at most), 0..8 along the second
+    assert len(regions) == 3 * 5
+    assert not regions.union()[:4].any() and not regions.union()[12:].any()
+    assert regions.union()[4:12].all()
+    same = sliding_windows(16, 12, 4, 2, box=((4, 12), (0, 12)))
+    assert torch.equal(same.masks, regions.masks)
+    assert len(sliding_windows((32, 32, 32), 8, 8, box=((8, 24), (0, 32), (0, 32)))) == 32
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: grid((8, 8), (2, 2, 2)), InputValueError, r"cells: expected an int or 2 ints"),
+        (lambda: grid((8, 8, 8, 8), 2), InputValueError, r"shape: expected 1 to 3 spatial sizes"),
+        (lambda: grid((), 2), InputValueError, r"shape: expected 1 to 3 spatial sizes"),
+        (lambda: grid((8, 0), 2), InputValueError, r"shape\[1\]: expected a positive int, got 0"),
+        (
+            lambda: grid((8, 3), (2, 4)),
+            InputValueError,
+            r"cells\[1\]: expected at most shape\[1\]=3",
+        ),
+        (lambda: grid((8,), 2.0), InputTypeError, r"cells: expected a positive int"),
+        (
+            lambda: grid((8,), 2, rows=3),
+            InputTypeError,
+            r"grid\(shape, cells=4\): got an unexpected",
+        ),
+        (lambda: grid(8, 8, cells=2), InputTypeError, r"grid\(height, width, rows=4, cols=4\)"),
+        (
+            lambda: grid((8,), torch.tensor([2])),
+            InputTypeError,
+            r"cells: expected an int or a tuple",
+        ),
+        (
+            lambda: sliding_windows((8, 8), (4, 4, 4), 2),
+            InputValueError,
+            r"window: expected an int or 2",
+        ),
+        (
+            lambda: sliding_windows((8,), 9, 1),
+            InputValueError,
+            r"window: expected at most the size of the input \(8,\)",
+        ),
+        (
+            lambda: sliding_windows((8,), 4, 5),
+            InputValueError,
+            r"stride: \(5,\) is larger than the window \(4,\)",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 2, 2, box=((0, 8),)),
+            InputValueError,
+            r"box: expected 2 \(start, stop\) pairs",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 2, 2, box=((0, 8), (4, 4))),
+            InputValueError,
+            r"box\[1\]: expected 0 <= start < stop <= 8",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 2, 2, box=((0, 8), (0, 9))),
+            InputValueError,
+            r"box\[1\]: expected 0 <= start < stop <= 8",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 2, 2, box=((0, 8), (0.0, 8))),
+            InputTypeError,
+            r"box\[1\]: expected int bounds",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 2, 2, box=((0, 8), 8)),
+            InputValueError,
+            r"box\[1\]: expected a \(start, stop\) pair",
+        ),
+        (
+            lambda: sliding_windows((8, 8), 4, 2, box=((0, 3), (0, 8))),
+            InputValueError,
+            r"window: expected at most the size of the box \(3, 8\)",
+        ),
+        (
+            lambda: grid((10**5, 10**5, 10**5), 2),
+            InputValueError,
+            r"shape: 8 regions of 100000x100000x100000 pixels need",
+        ),
+    ],
+)
+def test_any_rank_constructors_refuse_bad_arguments(
+    call: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        call()  # type: ignore[operator]
+
+
+def test_label_maps_of_any_rank() -> None:
+    signal = Regions.from_label_map(np.array([3, 3, 1, 1, 1, 2]))
+    assert signal.ndim == 1 and signal.ids == (1, 2, 3)
+    assert torch.equal(signal.label_map(), torch.tensor([3, 3, 1, 1, 1, 2]))
+    labels = torch.randint(0, 5, (4, 5, 6))
+    volume = Regions.from_label_map(labels, ignore=0)
+    assert volume.ndim == 3 and volume.spatial_shape == (4, 5, 6)
+    for region_id, mask in zip(volume.ids, volume.masks, strict=True):
+        assert torch.equal(mask, labels == region_id)
+    # leading singletons are dropped down to 2 axes unless ndim says otherwise
+    assert Regions.from_label_map(torch.zeros(1, 1, 4, 4, dtype=torch.long)).ndim == 2
+    assert Regions.from_label_map(torch.zeros(1, 4, 4, dtype=torch.long)).ndim == 2
+    assert Regions.from_label_map(torch.zeros(1, 4, 4, dtype=torch.long), ndim=3).ndim == 3
+    assert Regions.from_label_map(torch.zeros(1, 7, dtype=torch.long), ndim=1).spatial_shape == (7,)
+    with pytest.raises(
+        InputValueError, match=r"label_map: expected 1 spatial axes .* got shape \(2, 7\)"
+    ):
+        Regions.from_label_map(torch.zeros(2, 7, dtype=torch.long), ndim=1)
+    with pytest.raises(InputValueError, match=r"ndim: expected 1, 2 or 3 spatial axes, got 4"):
+        Regions.from_label_map(torch.zeros(4, dtype=torch.long), ndim=4)
+    with pytest.raises(InputTypeError, match=r"ndim: expected None or an int 1..3"):
+        Regions.from_label_map(torch.zeros(4, dtype=torch.long), ndim=1.0)  # type: ignore[arg-type]
+
+
+def test_readings_of_any_rank() -> None:
+    windows = sliding_windows((6, 6, 6), window=4, stride=2)
+    values = torch.rand(2, len(windows))
+    expected = torch.zeros(2, 6, 6, 6)
+    count = torch.zeros(6, 6, 6)
+    for r, mask in enumerate(windows.masks):
+        expected += values[:, r, None, None, None] * mask
+        count += mask
+    torch.testing.assert_close(windows.pixel_mean(values), expected / count.clamp(min=1))
+    assert repr(windows) == "Regions(8 regions of 6x6x6, ids 1..8)"
+    assert windows.union([1]).shape == (6, 6, 6) and not windows.union([]).any()
+    with pytest.raises(
+        InputValueError, match=r"Regions.height: defined for 2D regions, these have 3"
+    ):
+        _ = windows.height
+    with pytest.raises(InputValueError, match=r"WindowGrid.tops: defined for 2D windows"):
+        _ = windows.window_grid().tops  # type: ignore[union-attr]
+    with pytest.raises(
+        InputValueError, match=r"Regions.masks: expected a bool tensor of shape \(R, L\)"
+    ):
+        Regions(torch.ones(1, 2, 2, 2, 2, dtype=torch.bool), (1,))
+
+
+def test_soften_at_any_rank_is_the_separable_bump_of_each_box() -> None:
+    signal = sliding_windows((12,), window=5, stride=5).soften("gaussian", sigma=0.25)
+    plane = sliding_windows((5, 5), window=5, stride=5).soften("gaussian", sigma=0.25)
+    assert signal.weights is not None and plane.weights is not None
+    bump = signal.weights[0, :5]
+    assert float(bump[2]) == 1.0 and float(bump.min()) == 0.0
+    volume = sliding_windows((5, 5, 5), window=5, stride=5).soften("gaussian", sigma=0.25)
+    assert volume.weights is not None
+    # the 3D bump before rescaling is the product of three 1D kernels: its centre slices
+    # rescale to the 2D bump's shape, with the same zero at the corners
+    assert torch.equal(volume.weights[0] > 0, volume.masks[0])
+    assert float(volume.weights[0, 2, 2, 2]) == 1.0
+    assert torch.argmax(volume.weights[0, 2]).item() == torch.argmax(plane.weights[0]).item()

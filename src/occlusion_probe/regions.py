@@ -1,91 +1,45 @@
 """Regions of an image: which pixels each occlusion covers.
 
-A `Regions` object holds boolean masks of shape (R, H, W) and the integer id of each mask.
-`grid` numbers the cells of a rows x cols grid 1..R row-major, as the paper numbers its 16
-areas; `Regions.from_label_map` turns any integer map (superpixels, captum's ``feature_mask``)
-into regions; `sliding_windows` makes (possibly overlapping) square or rectangular windows.
+A `Regions` object holds boolean masks of shape (R, *spatial) and the integer id of each
+mask, with 1, 2 or 3 spatial axes: signals (R, L), images (R, H, W), volumes (R, D, H, W).
+The regions fix the rank of a sweep: images with ``regions.ndim + 2`` dims are
+(N, C, *spatial), with ``regions.ndim + 1`` one channel without its axis.
+
+`grid` numbers the cells of a grid 1..R row-major (the last axis fastest), as the paper
+numbers its 16 areas; `Regions.from_label_map` turns any integer map (superpixels, captum's
+``feature_mask``) into regions; `sliding_windows` makes (possibly overlapping) windows.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
+from .geometry import (
+    MAX_RANK,
+    WindowGrid,
+    bounding_box,
+    check_mask_size,
+    cuts,
+    gaussian_bump,
+    per_axis,
+    positive_int,
+    spatial_shape,
+    window_grid,
+)
 from .selection import integer_value
 
 __all__ = ["Regions", "WindowGrid", "grid", "mask_digest", "sliding_windows"]
 
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputTypeError(f"{name}: expected a positive int, got {describe(value)}")
-    if value < 1:
-        raise InputValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
-
-
-def _pair(name: str, value: object) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise InputValueError(
-                f"{name}: expected an int or a pair (height, width), got {value!r}"
-            )
-        return _positive_int(f"{name}[0]", value[0]), _positive_int(f"{name}[1]", value[1])
-    size = _positive_int(name, value)
-    return size, size
-
-
-@dataclass(frozen=True)
-class WindowGrid:
-    """The geometry of regions that are equal rectangles at regular steps (sliding windows).
-
-    Attributes
-    ----------
-    window : (int, int)
-        Window height and width in pixels.
-    stride : (int, int)
-        Step between window starts along rows and columns (the window size along an axis
-        with a single position).
-    tops : tuple of int
-        Distinct top rows of the windows, increasing.
-    lefts : tuple of int
-        Distinct left columns of the windows, increasing.
-
-    Region ``i * len(lefts) + j`` is the window at ``(tops[i], lefts[j])`` (row-major).
-
-    Examples
-    --------
-    >>> sliding_windows(8, 8, window=4, stride=2).window_grid()
-    WindowGrid(window=(4, 4), stride=(2, 2), tops=(0, 2, 4), lefts=(0, 2, 4))
-    """
-
-    window: tuple[int, int]
-    stride: tuple[int, int]
-    tops: tuple[int, ...]
-    lefts: tuple[int, ...]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, cols): how many window positions there are along each axis."""
-        return len(self.tops), len(self.lefts)
-
-
-def _regular_starts(starts: list[int], size: int) -> int | None:
-    """The common step of increasing `starts` (`size` for one start), None if irregular."""
-    if len(starts) == 1:
-        return size
-    steps = {b - a for a, b in itertools.pairwise(starts)}
-    if len(steps) != 1:
-        return None
-    step = steps.pop()
-    return step if step > 0 else None
+_SHAPES = "(R, L), (R, H, W) or (R, D, H, W)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,12 +48,13 @@ class Regions:
 
     Parameters
     ----------
-    masks : Tensor, shape (R, H, W), dtype bool
-        ``masks[r]`` is True on the pixels region ``ids[r]`` covers. Every region must cover
-        at least one pixel. Regions may overlap (e.g. `sliding_windows`).
+    masks : Tensor, shape (R, *spatial), dtype bool
+        ``masks[r]`` is True on the pixels region ``ids[r]`` covers, with 1, 2 or 3 spatial
+        axes: (R, L) for signals, (R, H, W) for images, (R, D, H, W) for volumes. Every region
+        must cover at least one pixel. Regions may overlap (e.g. `sliding_windows`).
     ids : tuple of int, length R
         Distinct integer region ids, in the order of ``masks`` (floats and bools are refused).
-    weights : Tensor, shape (R, H, W), floating, optional
+    weights : Tensor, shape (R, *spatial), floating, optional
         Soft regions (`soften`): the weight w in [0, 1] of each pixel, positive exactly on
         ``masks`` (the support). An occluded pixel is ``x * (1 - w) + fill * w``, and heat
         maps weight each pixel's regions by w. None (the default): hard regions, w = 1.
@@ -109,7 +64,7 @@ class Regions:
     InputTypeError
         When ``masks`` is not a Tensor, or ``ids`` is not a sequence of integers.
     InputValueError
-        When ``masks`` is not a bool tensor of shape (R, H, W), R is 0, the number of ids
+        When ``masks`` is not a bool tensor of shape (R, *spatial) with 1 to 3 spatial axes, R is 0, the number of ids
         differs from R, the ids are not distinct, or a region covers no pixel; when
         ``weights`` is not a floating tensor of the masks' shape with values in [0, 1] that
         are positive exactly on the masks.
@@ -121,6 +76,9 @@ class Regions:
     (16, (1, 2, 3), (16, 48, 48))
     >>> int(regions.union([10, 11]).sum())
     288
+    >>> volume = grid((32, 32, 32), 2)
+    >>> volume.ndim, volume.spatial_shape, len(volume)
+    (3, (32, 32, 32), 8)
     """
 
     masks: Tensor
@@ -132,11 +90,11 @@ class Regions:
         masks = self.masks
         if not isinstance(masks, Tensor):
             raise InputTypeError(
-                f"Regions.masks: expected a bool torch.Tensor of shape (R, H, W), got {describe(masks)}"
+                f"Regions.masks: expected a bool torch.Tensor of shape {_SHAPES}, got {describe(masks)}"
             )
-        if masks.dtype != torch.bool or masks.dim() != 3:
+        if masks.dtype != torch.bool or not 2 <= masks.dim() <= MAX_RANK + 1:
             raise InputValueError(
-                f"Regions.masks: expected a bool tensor of shape (R, H, W), got {describe(masks)}"
+                f"Regions.masks: expected a bool tensor of shape {_SHAPES}, got {describe(masks)}"
             )
         if masks.shape[0] == 0:
             raise InputValueError("Regions.masks: expected at least one region, got R = 0")
@@ -197,21 +155,40 @@ class Regions:
         kind = "partition" if self.is_partition else "regions"
         if self.weights is not None:
             kind = f"soft {kind}"
-        return f"Regions({len(self)} {kind} of {self.height}x{self.width}, ids {self.ids[0]}..{self.ids[-1]})"
+        size = "x".join(str(s) for s in self.spatial_shape)
+        return f"Regions({len(self)} {kind} of {size}, ids {self.ids[0]}..{self.ids[-1]})"
+
+    @property
+    def ndim(self) -> int:
+        """The number of spatial axes: 1 (signals), 2 (images) or 3 (volumes)."""
+        return self.masks.dim() - 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The spatial size the masks cover: (L,), (H, W) or (D, H, W)."""
+        return tuple(int(s) for s in self.masks.shape[1:])
 
     @property
     def height(self) -> int:
-        """H, the image height the masks cover."""
-        return int(self.masks.shape[1])
+        """H, the image height the masks cover (2D regions only)."""
+        return self._plane_size(0, "height")
 
     @property
     def width(self) -> int:
-        """W, the image width the masks cover."""
-        return int(self.masks.shape[2])
+        """W, the image width the masks cover (2D regions only)."""
+        return self._plane_size(1, "width")
+
+    def _plane_size(self, axis: int, name: str) -> int:
+        if self.ndim != 2:
+            raise InputValueError(
+                f"Regions.{name}: defined for 2D regions, these have {self.ndim} spatial axes "
+                f"{self.spatial_shape}; use spatial_shape"
+            )
+        return self.spatial_shape[axis]
 
     @property
     def coverage(self) -> Tensor:
-        """How many regions cover each pixel: Tensor, shape (H, W), int64."""
+        """How many regions cover each pixel: Tensor, shape (*spatial), int64."""
         return self.masks.sum(dim=0, dtype=torch.int64)
 
     @property
@@ -233,7 +210,7 @@ class Regions:
 
         Returns
         -------
-        Tensor, shape (..., H, W)
+        Tensor, shape (..., *spatial)
             In the dtype and on the device of `values`.
 
         Raises
@@ -262,14 +239,16 @@ class Regions:
         masks = weights.to(device=values.device, dtype=values.dtype)
         coverage = masks.sum(dim=0)
         coverage = torch.where(coverage > 0, coverage, torch.ones_like(coverage))
-        return torch.einsum("...r,rhw->...hw", values, masks) / coverage
+        flat = values @ masks.flatten(1)
+        mean = flat.reshape(*flat.shape[:-1], *self.spatial_shape)
+        return mean / coverage
 
     def window_grid(self) -> WindowGrid | None:
         """The window geometry when the regions are sliding windows, else None.
 
-        The regions qualify when every mask is a filled rectangle of one size, their top-left
-        corners form a regular grid (equal steps along rows and along columns) and the masks
-        are in row-major order of that grid, as `sliding_windows` makes them. Nothing is
+        The regions qualify when every mask is a filled box of one size, their first corners
+        form a regular lattice (equal steps along each axis) and the masks are in row-major
+        order of that lattice, as `sliding_windows` makes them. Nothing is
         stored on `Regions` for this: it is read from the masks, so loaded results qualify too.
 
         Returns
@@ -282,33 +261,12 @@ class Regions:
         (3, 3)
         >>> grid(8, 8, rows=2, cols=2).window_grid().stride
         (4, 4)
+        >>> sliding_windows((16,), window=4, stride=2).window_grid().starts
+        ((0, 2, 4, 6, 8, 10, 12),)
         >>> Regions.from_label_map(torch.tensor([[0, 1, 1]])).window_grid() is None
         True
         """
-        as_bytes = self.masks.view(torch.uint8)
-        rows_any, cols_any = as_bytes.amax(dim=2).cpu(), as_bytes.amax(dim=1).cpu()
-        tops = rows_any.argmax(dim=1)
-        lefts = cols_any.argmax(dim=1)
-        heights, widths = rows_any.sum(dim=1), cols_any.sum(dim=1)
-        if bool((heights != heights[0]).any()) or bool((widths != widths[0]).any()):
-            return None
-        window = (int(heights[0]), int(widths[0]))
-        sizes = self.masks.flatten(1).sum(dim=1).cpu()
-        if bool((sizes != window[0] * window[1]).any()):
-            return None  # not filled rectangles (a rectangle's rows x cols equals its area)
-        distinct_tops = sorted(set(tops.tolist()))
-        distinct_lefts = sorted(set(lefts.tolist()))
-        expected_tops = torch.tensor(distinct_tops).repeat_interleave(len(distinct_lefts))
-        expected_lefts = torch.tensor(distinct_lefts).repeat(len(distinct_tops))
-        if len(self) != expected_tops.numel() or not (
-            torch.equal(tops, expected_tops) and torch.equal(lefts, expected_lefts)
-        ):
-            return None
-        stride_h = _regular_starts(distinct_tops, window[0])
-        stride_w = _regular_starts(distinct_lefts, window[1])
-        if stride_h is None or stride_w is None:
-            return None
-        return WindowGrid(window, (stride_h, stride_w), tuple(distinct_tops), tuple(distinct_lefts))
+        return window_grid(self.masks)
 
     # -- selection ----------------------------------------------------------------------------
     def positions(self, ids: Iterable[int]) -> list[int]:
@@ -394,14 +352,14 @@ class Regions:
 
         Returns
         -------
-        Tensor, shape (H, W), bool
+        Tensor, shape (*spatial), bool
             True on the pixels that at least one of the regions covers.
         """
         if ids is None:
             return self.masks.any(dim=0)
         positions = self.positions(ids)
         if not positions:
-            return torch.zeros(self.height, self.width, dtype=torch.bool, device=self.masks.device)
+            return torch.zeros(self.spatial_shape, dtype=torch.bool, device=self.masks.device)
         return self.masks[positions].any(dim=0)
 
     def to(self, device: torch.device | str) -> Regions:
@@ -421,7 +379,7 @@ class Regions:
         return Regions(self.masks.to(device), self.ids, weights)
 
     def soften(self, kind: str = "gaussian", sigma: float = 0.25) -> Regions:
-        """Soft regions: each pixel weighted by a bump over its region's bounding box.
+        """Soft regions: each pixel weighted by a bump over its region's bounding box (any rank).
 
         ``"gaussian"`` is MONAI's ``OcclusionSensitivity(mode="gaussian")`` kernel: a 1 at
         the box's centre pixel (index ``size // 2`` along each axis) smoothed by MONAI's
@@ -429,7 +387,7 @@ class Regions:
         standard deviation ``sigma * size`` pixels per axis, then scaled to [0, 1]. The
         weight is 1 at the centre and 0 where the bump is lowest (the box's corners), so
         with fill 0 an occluded pixel ``x * (1 - w)`` is MONAI's ``x * (1 - gaussian)``. A
-        region that is not a rectangle gets its box's bump on its own pixels. Pixels of
+        region that is not a box gets its box's bump on its own pixels. Pixels of
         weight 0 leave the support, which stays non-empty (the centre has weight 1).
 
         Parameters
@@ -467,24 +425,21 @@ class Regions:
         masks = self.masks.cpu()
         weights = torch.zeros(masks.shape, dtype=torch.float32)
         for r, mask in enumerate(masks):
-            rows = torch.nonzero(mask.any(dim=1)).flatten()
-            cols = torch.nonzero(mask.any(dim=0)).flatten()
-            top, bottom = int(rows[0]), int(rows[-1]) + 1
-            left, right = int(cols[0]), int(cols[-1]) + 1
-            bump = _gaussian_bump((bottom - top, right - left), float(sigma))
-            weights[r, top:bottom, left:right] = bump * mask[top:bottom, left:right]
+            box: tuple[slice, ...] = tuple(slice(a, b) for a, b in bounding_box(mask))
+            bump = gaussian_bump(tuple(b.stop - b.start for b in box), float(sigma))
+            weights[r][box] = bump * mask[box]
         weights = weights.to(self.masks.device)
         return Regions(weights > 0, self.ids, weights)
 
     def label_map(self) -> Tensor:
-        """The regions as an integer map, shape (H, W): each pixel holds its region's id.
+        """The regions as an integer map, shape (*spatial): each pixel holds its region's id.
 
         Only defined for partitions (every pixel in exactly one region); this is the
         ``feature_mask`` captum's FeatureAblation takes.
 
         Returns
         -------
-        Tensor, shape (H, W), int64
+        Tensor, shape (*spatial), int64
             The id of the region that covers each pixel.
 
         Raises
@@ -505,21 +460,34 @@ class Regions:
                 "label_map: the regions must cover every pixel exactly once; these overlap or leave gaps"
             )
         id_tensor = torch.tensor(self.ids, dtype=torch.int64, device=self.masks.device)
-        return (self.masks.to(torch.int64) * id_tensor[:, None, None]).sum(dim=0)
+        id_tensor = id_tensor.reshape(-1, *([1] * self.ndim))
+        return (self.masks.to(torch.int64) * id_tensor).sum(dim=0)
 
     # -- constructors -------------------------------------------------------------------------
     @classmethod
-    def from_label_map(cls, label_map: Tensor | np.ndarray, ignore: int | None = None) -> Regions:
-        """Regions from an integer label map (superpixels, hand-drawn parts, captum feature_mask).
+    def from_label_map(
+        cls,
+        label_map: Tensor | np.ndarray,
+        ignore: int | None = None,
+        ndim: int | None = None,
+    ) -> Regions:
+        """Regions from an integer label map of any rank (superpixels, supervoxels, segments
+        of a signal, hand-drawn parts, captum's ``feature_mask``).
 
         Parameters
         ----------
-        label_map : Tensor or ndarray of integers, shape (H, W) or (1, ..., 1, H, W)
-            One map for all images; leading singleton dimensions are allowed, such as in
-            captum's (1, 1, H, W) ``feature_mask``.
+        label_map : Tensor or ndarray of integers, shape (*spatial) or (1, ..., 1, *spatial)
+            One map for all images. Leading singleton dimensions are dropped (captum's
+            (1, 1, H, W) ``feature_mask`` is an (H, W) map) down to `ndim` spatial axes, or,
+            when `ndim` is None, down to 2: an (L,) map is 1D, an (H, W) or (1, ..., 1, H, W)
+            map 2D and a (D, H, W) map with D > 1 3D.
         ignore : int, optional
             An integer label that is not a region (e.g. a background label); its pixels are
             never occluded.
+        ndim : int, optional
+            The number of spatial axes, 1 to 3, when the rule above would read the map
+            otherwise (e.g. ``ndim=3`` for a (1, H, W) volume of depth 1, ``ndim=1`` for a
+            (1, L) signal map).
 
         Returns
         -------
@@ -529,45 +497,68 @@ class Regions:
         Raises
         ------
         InputTypeError
-            When `label_map` is not a Tensor or ndarray, its dtype is not an integer dtype, or
-            `ignore` is neither None nor an integer.
+            When `label_map` is not a Tensor or ndarray, its dtype is not an integer dtype,
+            `ignore` is neither None nor an integer, or `ndim` is not an int.
         InputValueError
-            When its shape is neither (H, W) nor (1, ..., 1, H, W), or no label is left once
-            `ignore` is removed.
+            When `ndim` is not 1, 2 or 3, the map has more than `ndim` (or 3) axes that are
+            not leading singletons, fewer than `ndim`, or no label is left once `ignore` is
+            removed.
 
         Examples
         --------
         >>> Regions.from_label_map(torch.tensor([[0, 0, 1], [2, 2, 1]])).ids
         (0, 1, 2)
+        >>> Regions.from_label_map(torch.tensor([0, 0, 1, 1, 1])).spatial_shape
+        (5,)
+        >>> Regions.from_label_map(torch.zeros(1, 4, 4, dtype=torch.long), ndim=3).spatial_shape
+        (1, 4, 4)
         """
         if ignore is not None and integer_value(ignore) is None:
             raise InputTypeError(
                 f"ignore: expected None or an integer label, got {describe(ignore)}"
             )
+        if ndim is not None:
+            if isinstance(ndim, bool) or not isinstance(ndim, (int, np.integer)):
+                raise InputTypeError(f"ndim: expected None or an int 1..3, got {describe(ndim)}")
+            if not 1 <= ndim <= MAX_RANK:
+                raise InputValueError(f"ndim: expected 1, 2 or 3 spatial axes, got {ndim}")
         if isinstance(label_map, np.ndarray):
             label_map = torch.from_numpy(label_map)
         if not isinstance(label_map, Tensor):
             raise InputTypeError(
-                f"label_map: expected an integer Tensor or ndarray of shape (H, W), got {describe(label_map)}"
+                "label_map: expected an integer Tensor or ndarray of shape (*spatial), got "
+                f"{describe(label_map)}"
             )
         if label_map.dtype == torch.bool or label_map.is_floating_point() or label_map.is_complex():
             raise InputTypeError(
                 f"label_map: expected an integer dtype, got {label_map.dtype}; "
                 "convert it explicitly (e.g. label_map.long()) if the values are whole numbers"
             )
-        if label_map.dim() < 2 or any(size != 1 for size in label_map.shape[:-2]):
-            raise InputValueError(
-                "label_map: expected shape (H, W) or (1, ..., 1, H, W) (one map shared by all "
-                f"images), got shape {tuple(label_map.shape)}"
-            )
-        flat = label_map.reshape(label_map.shape[-2], label_map.shape[-1]).to(torch.int64)
+        flat = _spatial_map(label_map, ndim).to(torch.int64)
         labels = torch.unique(flat)
         if ignore is not None:
             labels = labels[labels != integer_value(ignore)]
         if labels.numel() == 0:
             raise InputValueError("label_map: no region labels left (every pixel is ignored)")
-        masks = flat.unsqueeze(0) == labels[:, None, None]
+        check_mask_size(int(labels.numel()), tuple(flat.shape), "label_map")
+        masks = flat.unsqueeze(0) == labels.reshape(-1, *([1] * flat.dim()))
         return cls(masks, tuple(int(v) for v in labels.tolist()))
+
+
+def _spatial_map(label_map: Tensor, ndim: int | None) -> Tensor:
+    """`label_map` without its leading singleton dims, `ndim` (or 1 to 3) axes left."""
+    shape = tuple(label_map.shape)
+    keep = len(shape)
+    floor = 2 if ndim is None else ndim
+    while keep > floor and shape[len(shape) - keep] == 1:
+        keep -= 1
+    wanted = "1 to 3" if ndim is None else str(ndim)
+    if keep == 0 or keep > MAX_RANK or (ndim is not None and keep != ndim):
+        raise InputValueError(
+            f"label_map: expected {wanted} spatial axes (after leading singleton dims), as "
+            f"(L,), (H, W), (D, H, W) or captum's (1, 1, H, W), got shape {shape}"
+        )
+    return label_map.reshape(shape[len(shape) - keep :])
 
 
 def _check_weights(weights: object, masks: Tensor) -> None:
@@ -590,45 +581,6 @@ def _check_weights(weights: object, masks: Tensor) -> None:
         )
 
 
-def _erf_kernel(sigma: float, length: int, centre: int) -> Tensor:
-    """MONAI's ``gaussian_1d(approx="erf", truncated=4.0)`` at offsets ``i - centre`` for
-    i in [0, length), zero beyond its tail: float32 as MONAI computes it."""
-    tail = int(max(sigma * 4.0, 0.5) + 0.5)
-    offsets = torch.arange(length, dtype=torch.float32) - centre
-    scale = 0.70710678 / torch.tensor(sigma, dtype=torch.float32)
-    values = 0.5 * (torch.erf(scale * (offsets + 0.5)) - torch.erf(scale * (offsets - 0.5)))
-    return torch.where(offsets.abs() <= tail, values.clamp(min=0), torch.zeros_like(values))
-
-
-def _gaussian_bump(size: tuple[int, ...], sigma: float) -> Tensor:
-    """MONAI's "gaussian" occlusion weight (1 - its multiplier) over a box of `size`."""
-    bump = torch.ones(size, dtype=torch.float32)
-    for axis, length in enumerate(size):
-        kernel = _erf_kernel(sigma * length, length, length // 2)
-        shape = [1] * len(size)
-        shape[axis] = length
-        bump = bump * kernel.reshape(shape)
-    low, high = bump.min(), bump.max()
-    if float(high - low) == 0.0:
-        return torch.ones(size, dtype=torch.float32)
-    return (bump - low) / (high - low)
-
-
-# The most mask elements (bools: bytes) `grid` and `sliding_windows` allocate: 4 GiB. More is
-# refused before allocating (grid(10**6, 10**6, 1, 1) would be 1 TB).
-MAX_MASK_ELEMENTS = 2**32
-
-
-def _check_mask_size(regions: int, height: int, width: int) -> None:
-    elements = regions * height * width
-    if elements > MAX_MASK_ELEMENTS:
-        raise InputValueError(
-            f"height, width: {regions} regions of {height}x{width} pixels need "
-            f"{elements / 2**30:.4g} GiB of masks (at most {MAX_MASK_ELEMENTS / 2**30:.0f} GiB); "
-            "use smaller images, fewer regions, or Regions.from_label_map for a partition"
-        )
-
-
 def mask_digest(masks: Tensor) -> str:
     """A digest of bool masks' shape and bits, packed 8 to a byte first (2,809 sliding
     windows on 224x224 are 141 MB of bools; packed, they hash about 6x faster).
@@ -646,125 +598,275 @@ def _id_summary(ids: Sequence[int]) -> str:
     return str(list(ids))
 
 
-def _cuts(size: int, parts: int) -> list[int]:
-    # floor(i * size / parts): parts differ by at most one pixel and tile [0, size) exactly.
-    return [i * size // parts for i in range(parts + 1)]
+def _grid_2d(height: int, width: int, rows: int = 4, cols: int = 4) -> None:
+    """The 2D form of `grid`'s arguments."""
 
 
-def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions:
-    """Split an image of size height x width into a rows x cols grid.
+def _grid_nd(shape: Sequence[int], cells: int | Sequence[int] = 4) -> None:
+    """The any-rank form of `grid`'s arguments."""
 
-    Cells are numbered 1..rows*cols row-major (left to right, top to bottom), as the paper
-    numbers its 16 areas (6 and 7 hold the eyes, 10 and 11 the mouth of an aligned face).
-    Sizes that do not divide evenly give cells whose sizes differ by at most one pixel; every
+
+def _windows_2d(
+    height: int,
+    width: int,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    *,
+    box: Sequence[tuple[int, int]] | None = None,
+) -> None:
+    """The 2D form of `sliding_windows`'s arguments."""
+
+
+def _windows_nd(
+    shape: Sequence[int],
+    window: int | Sequence[int],
+    stride: int | Sequence[int],
+    *,
+    box: Sequence[tuple[int, int]] | None = None,
+) -> None:
+    """The any-rank form of `sliding_windows`'s arguments."""
+
+
+def _bind(
+    function: str, forms: tuple[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bool, dict[str, Any]]:
+    """Which form the call uses (True: any rank, by a sequence as the first argument or a
+    ``shape=`` keyword) and its arguments by name, defaults applied."""
+    any_rank = "shape" in kwargs or bool(args and isinstance(args[0], (tuple, list, torch.Size)))
+    signature = inspect.signature(forms[any_rank])
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as error:
+        plain = [
+            p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()
+        ]
+        form = inspect.Signature(plain)
+        raise InputTypeError(f"{function}{form}: {error}") from None
+    bound.apply_defaults()
+    return any_rank, dict(bound.arguments)
+
+
+@overload
+def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions: ...
+
+
+@overload
+def grid(shape: Sequence[int], cells: int | Sequence[int] = 4) -> Regions: ...
+
+
+def grid(*args: Any, **kwargs: Any) -> Regions:
+    """Split an image, signal or volume into a grid of cells.
+
+    Two forms:
+
+    - ``grid(height, width, rows=4, cols=4)``: a 2D image of height x width pixels in rows x
+      cols cells;
+    - ``grid(shape, cells=4)``: any rank, with `shape` the spatial size, (L,), (H, W) or
+      (D, H, W), and `cells` the number of cells along each axis (one int for every axis).
+
+    Cells are numbered 1..R row-major (the last axis fastest), as the paper numbers its 16
+    areas (6 and 7 hold the eyes, 10 and 11 the mouth of an aligned face). Sizes that do not
+    divide evenly give cells whose sizes differ by at most one pixel along each axis; every
     pixel belongs to exactly one cell.
 
     Parameters
     ----------
     height, width : int
-        Image size in pixels.
+        Image size in pixels (2D form).
     rows, cols : int, default 4
-        Number of grid rows and columns, at most `height` and `width`.
+        Number of grid rows and columns, at most `height` and `width` (2D form).
+    shape : tuple of 1 to 3 int
+        Spatial size (any-rank form).
+    cells : int or tuple of int, default 4
+        Cells along each axis, at most the size along that axis (any-rank form).
 
     Returns
     -------
     Regions
-        A partition with masks of shape (rows * cols, height, width) and ids 1..rows*cols.
+        A partition with masks of shape (R, *spatial) and ids 1..R.
 
     Raises
     ------
     InputTypeError
-        When a size is not an int.
+        When a size is not an int, or the arguments fit neither form.
     InputValueError
-        When a size is not positive, ``rows > height`` or ``cols > width``.
+        When a size is not positive, more cells than pixels are asked along an axis, a
+        tuple's length differs from the rank, or the masks would exceed 4 GiB.
 
     Examples
     --------
     >>> r = grid(50, 47, rows=4, cols=4)
     >>> bool((r.coverage == 1).all()), len(r)
     (True, 16)
+    >>> tuple(grid((64, 64, 64), (2, 4, 4)).masks.shape)
+    (32, 64, 64, 64)
+    >>> grid((10,), 5).label_map()
+    tensor([1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
     """
-    height = _positive_int("height", height)
-    width = _positive_int("width", width)
-    rows = _positive_int("rows", rows)
-    cols = _positive_int("cols", cols)
-    if rows > height:
-        raise InputValueError(f"rows: expected at most height={height} rows, got {rows}")
-    if cols > width:
-        raise InputValueError(f"cols: expected at most width={width} columns, got {cols}")
-    _check_mask_size(rows * cols, height, width)
-    row_cuts, col_cuts = _cuts(height, rows), _cuts(width, cols)
-    row_index = torch.bucketize(torch.arange(height), torch.tensor(row_cuts[1:-1]), right=True)
-    col_index = torch.bucketize(torch.arange(width), torch.tensor(col_cuts[1:-1]), right=True)
-    cell = row_index[:, None] * cols + col_index[None, :]
-    masks = cell.unsqueeze(0) == torch.arange(rows * cols)[:, None, None]
-    return Regions(masks, tuple(range(1, rows * cols + 1)))
+    any_rank, arguments = _bind("grid", (_grid_2d, _grid_nd), args, kwargs)
+    if any_rank:
+        shape = spatial_shape("shape", arguments["shape"])
+        cells = per_axis("cells", arguments["cells"], len(shape))
+        names = [(f"cells[{axis}]", f"shape[{axis}]", "cells") for axis in range(len(shape))]
+    else:
+        shape = (
+            positive_int("height", arguments["height"]),
+            positive_int("width", arguments["width"]),
+        )
+        cells = (positive_int("rows", arguments["rows"]), positive_int("cols", arguments["cols"]))
+        names = [("rows", "height", "rows"), ("cols", "width", "columns")]
+    for size, parts, (cell_name, size_name, unit) in zip(shape, cells, names, strict=True):
+        if parts > size:
+            raise InputValueError(
+                f"{cell_name}: expected at most {size_name}={size} {unit}, got {parts}"
+            )
+    count = int(np.prod(cells))
+    check_mask_size(count, shape, "shape" if any_rank else "height, width")
+    cell = torch.zeros(shape, dtype=torch.int64)
+    for axis, (size, parts) in enumerate(zip(shape, cells, strict=True)):
+        bounds = torch.tensor(cuts(size, parts)[1:-1], dtype=torch.int64)
+        index = torch.bucketize(torch.arange(size), bounds, right=True)
+        view = [1] * len(shape)
+        view[axis] = size
+        cell = cell * parts + index.reshape(view)
+    masks = cell.unsqueeze(0) == torch.arange(count).reshape(-1, *([1] * len(shape)))
+    return Regions(masks, tuple(range(1, count + 1)))
 
 
+@overload
 def sliding_windows(
     height: int,
     width: int,
     window: int | tuple[int, int],
     stride: int | tuple[int, int],
-) -> Regions:
-    """Rectangular windows slid over the image; they overlap when stride < window.
+    *,
+    box: Sequence[tuple[int, int]] | None = None,
+) -> Regions: ...
 
-    Windows start at 0, stride, 2*stride, ... and stay inside the image; pixels past the last
-    window are not covered (see ``Regions.coverage``). Ids are 1..R row-major. captum's
-    ``Occlusion`` places the same windows when ``size - window`` is a multiple of the stride
-    along each axis; otherwise it adds a last window cut at the border (captum 0.9), which
-    this function does not make.
+
+@overload
+def sliding_windows(
+    shape: Sequence[int],
+    window: int | Sequence[int],
+    stride: int | Sequence[int],
+    *,
+    box: Sequence[tuple[int, int]] | None = None,
+) -> Regions: ...
+
+
+def sliding_windows(*args: Any, **kwargs: Any) -> Regions:
+    """Box windows slid over a signal, an image or a volume; they overlap when stride < window.
+
+    Two forms:
+
+    - ``sliding_windows(height, width, window, stride)``: a 2D image;
+    - ``sliding_windows(shape, window, stride)``: any rank, `shape` the spatial size (L,),
+      (H, W) or (D, H, W).
+
+    Along each axis windows start at 0, stride, 2*stride, ... and stay inside the input (or
+    inside `box`); pixels past the last window are not covered (see ``Regions.coverage``).
+    Ids are 1..R row-major (the last axis fastest). captum's ``Occlusion`` places the same
+    windows when ``size - window`` is a multiple of the stride along each axis; otherwise it
+    adds a last window cut at the border (captum 0.9), which this function does not make.
 
     Parameters
     ----------
     height, width : int
-        Image size in pixels.
-    window : int or (int, int)
-        Window size: one int for a square, or a pair (height, width); at most the image size.
-    stride : int or (int, int)
-        Step between window starts: one int for both axes, or a pair (height, width).
+        Image size in pixels (2D form).
+    shape : tuple of 1 to 3 int
+        Spatial size (any-rank form).
+    window : int or tuple of int
+        Window size: one int for every axis, or one per axis; at most the input (or box) size.
+    stride : int or tuple of int
+        Step between window starts: one int for every axis, or one per axis; at most the
+        window.
+    box : sequence of (start, stop) per axis, optional (keyword)
+        Only place windows inside this half-open box, as MONAI's ``b_box`` limits its
+        analysis; the masks keep the full spatial size and pixels outside the box are never
+        occluded. None (the default): the whole input.
 
     Returns
     -------
     Regions
-        Masks of shape (R, height, width), ids 1..R row-major.
+        Masks of shape (R, *spatial), ids 1..R.
 
     Raises
     ------
     InputTypeError
-        When a size is not an int (or a pair of ints).
+        When a size is not an int, or the arguments fit neither form.
     InputValueError
-        When a size is not positive, a pair does not have two entries, the window is larger
-        than the image, the stride larger than the window (pixels between windows would never
-        be occluded), or the masks would exceed 4 GiB.
+        When a size is not positive, a tuple's length differs from the rank, the window is
+        larger than the input or the box, the stride larger than the window (pixels between
+        windows would never be occluded), the box is empty or leaves the input, or the masks
+        would exceed 4 GiB.
 
     Examples
     --------
     >>> sliding_windows(8, 8, window=4, stride=2).masks.shape
     torch.Size([9, 8, 8])
+    >>> len(sliding_windows((64, 64, 64), window=16, stride=8))
+    343
+    >>> len(sliding_windows((32, 32, 32), window=8, stride=8, box=((8, 24), (0, 32), (0, 32))))
+    32
     """
-    height = _positive_int("height", height)
-    width = _positive_int("width", width)
-    window_h, window_w = _pair("window", window)
-    stride_h, stride_w = _pair("stride", stride)
-    if window_h > height or window_w > width:
-        raise InputValueError(
-            f"window: expected at most the image size ({height}, {width}), got ({window_h}, {window_w})"
+    any_rank, arguments = _bind("sliding_windows", (_windows_2d, _windows_nd), args, kwargs)
+    if any_rank:
+        shape = spatial_shape("shape", arguments["shape"])
+    else:
+        shape = (
+            positive_int("height", arguments["height"]),
+            positive_int("width", arguments["width"]),
         )
-    if stride_h > window_h or stride_w > window_w:
+    rank = len(shape)
+    window = per_axis("window", arguments["window"], rank)
+    stride = per_axis("stride", arguments["stride"], rank)
+    box = _window_box(arguments["box"], shape)
+    extent = tuple(stop - start for start, stop in box)
+    if any(w > e for w, e in zip(window, extent, strict=True)):
+        where = "the box" if arguments["box"] is not None else "the input"
         raise InputValueError(
-            f"stride: ({stride_h}, {stride_w}) is larger than the window ({window_h}, "
-            f"{window_w}), so pixels between windows would never be occluded (their heat map "
-            "would read 0); use a stride of at most the window"
+            f"window: expected at most the size of {where} {extent}, got {window}"
         )
-    tops = torch.arange(0, height - window_h + 1, stride_h)
-    lefts = torch.arange(0, width - window_w + 1, stride_w)
-    _check_mask_size(int(tops.numel() * lefts.numel()), height, width)
-    rows_in = (torch.arange(height)[None, :] >= tops[:, None]) & (
-        torch.arange(height)[None, :] < tops[:, None] + window_h
-    )
-    cols_in = (torch.arange(width)[None, :] >= lefts[:, None]) & (
-        torch.arange(width)[None, :] < lefts[:, None] + window_w
-    )
-    masks = (rows_in[:, None, :, None] & cols_in[None, :, None, :]).reshape(-1, height, width)
+    if any(s > w for s, w in zip(stride, window, strict=True)):
+        raise InputValueError(
+            f"stride: {stride} is larger than the window {window}, so pixels between windows "
+            "would never be occluded (their heat map would read 0); use a stride of at most "
+            "the window"
+        )
+    inside = []
+    for size, w, step, (start, stop) in zip(shape, window, stride, box, strict=True):
+        starts = torch.arange(start, stop - w + 1, step)
+        positions = torch.arange(size)
+        inside.append((positions >= starts[:, None]) & (positions < starts[:, None] + w))
+    check_mask_size(int(np.prod([len(i) for i in inside])), shape)
+    masks = inside[0]
+    for axis_inside in inside[1:]:
+        # every earlier window times every position along the next axis (row-major)
+        earlier = masks.reshape(masks.shape[0], 1, *masks.shape[1:], 1)
+        along = axis_inside.reshape(1, axis_inside.shape[0], *([1] * (masks.dim() - 1)), -1)
+        masks = (earlier & along).reshape(-1, *masks.shape[1:], axis_inside.shape[1])
     return Regions(masks, tuple(range(1, masks.shape[0] + 1)))
+
+
+def _window_box(box: object, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """`box` as one half-open (start, stop) per axis inside `shape` (the whole input if None)."""
+    if box is None:
+        return tuple((0, size) for size in shape)
+    expected = f"{len(shape)} (start, stop) pairs, one per spatial axis"
+    if not isinstance(box, (tuple, list)) or len(box) != len(shape):
+        raise InputValueError(f"box: expected {expected}, got {box!r}")
+    pairs = []
+    for axis, (pair, size) in enumerate(zip(box, shape, strict=True)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InputValueError(f"box[{axis}]: expected a (start, stop) pair, got {pair!r}")
+        start, stop = pair
+        for value in (start, stop):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputTypeError(f"box[{axis}]: expected int bounds, got {describe(value)}")
+        if not 0 <= start < stop <= size:
+            raise InputValueError(
+                f"box[{axis}]: expected 0 <= start < stop <= {size} (half-open, inside the "
+                f"input), got ({start}, {stop})"
+            )
+        pairs.append((int(start), int(stop)))
+    return tuple(pairs)
