@@ -15,7 +15,7 @@ from torch import Tensor
 
 import occlusion_probe as op
 from occlusion_probe import InputTypeError, InputValueError
-from occlusion_probe.fills import layer_fills, resolve_fills, stack_fills
+from occlusion_probe.fills import disjoint_layers, layer_fills, resolve_fills, stack_fills
 from occlusion_probe.imputation import neighbour_weights
 
 # The documented weights, by how many axes a neighbour's offset moves along.
@@ -259,3 +259,38 @@ def test_a_one_d_fill_tensor_names_the_last_axis_at_other_ranks() -> None:
         resolve_fills([torch.linspace(0, 1, 17)], (2, 17))
     with pytest.raises(InputValueError, match=r"shape \(1, 1, 1, 4\) for one per position"):
         resolve_fills([torch.linspace(0, 1, 4)], (2, 5, 6, 4))
+
+
+@pytest.mark.parametrize(
+    ("images", "regions"),
+    [
+        (SIGNALS, op.sliding_windows((17,), 5, 3)),
+        (VOLUMES, op.sliding_windows((5, 6, 4), (3, 3, 2), 2)),
+        (VOLUMES, op.grid((5, 6, 4), (2, 3, 2))),
+    ],
+    ids=["signal windows", "volume windows", "volume grid"],
+)
+def test_layers_of_any_rank_regions_hold_each_regions_own_fill(
+    images: Tensor, regions: op.Regions
+) -> None:
+    # What a sweep builds per layer of disjoint regions, against each region filled alone.
+    fills = resolve_fills(
+        [
+            op.fills.patch_mean(),
+            op.fills.image_mean(),
+            op.fills.blur(1.0),
+            op.fills.linear_imputation(noise=0.01, seed=2),
+        ],
+        tuple(images.shape[1:]),
+    )
+    masks = regions.masks
+    layers = disjoint_layers(masks)
+    assert sorted(p for layer in layers for p in layer) == list(range(len(regions)))
+    for layer in layers:
+        made = layer_fills(fills, images, masks, layer)
+        for position in layer:
+            mask = masks[position]
+            for v, fill in enumerate(fills):
+                assert fill.region is not None
+                alone = fill.region(images, mask[None])
+                assert torch.allclose(made[v][:, :, mask], alone[:, :, mask], atol=1e-6)

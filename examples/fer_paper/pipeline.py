@@ -74,9 +74,9 @@ class RunSettings:
         Use at most this many real images (a seeded random subset); None = all.
     curve_draws : int
         Random orders per test image for the random baseline of the perturbation curves
-        (each costs 15 forwards per image and mode, besides the ranked curves' 17 and the
-        two order-independent ends; 2 keeps the default run's curves to about as many
-        forwards as its sweep).
+        (each costs 15 forwards per image, besides 15 for the ranking, 15 for the reversed
+        ranking and the two order-independent ends; 2 keeps the default run's curves to
+        62 forwards per image, fewer than its sweep's 96).
     order_pool : int
         The random orders are drawn from this many seeded random orders, shared by all
         images and both fills (see `fer_paper.perturbation`): the imputed curves then meet
@@ -94,7 +94,7 @@ class RunSettings:
     real_test_limit: int | None = None
     curve_draws: int = 2
     order_pool: int = 16
-    imputation_images: int = 96
+    imputation_images: int = 48
 
 
 DEFAULT_SETTINGS = RunSettings(

@@ -74,6 +74,21 @@ def test_imputed_curves_use_the_constant_curves_orders_on_their_subset() -> None
         imputation_images=0, seed=1, left_out={},
     )  # fmt: skip
     assert none.imputed is None and torch.equal(none.keep.predicted, curves.keep.predicted)
+    # One keep call over ranking, reversed ranking and random orders gives the curves the
+    # library gives from the sweep's ranking and from the orders, mode by mode.
+    for mode, got in (("keep", curves.keep), ("remove", curves.remove)):
+        want = op.perturbation_curve(
+            model, images, REGIONS, result, mode=mode, labels=labels, fill=0.0, **common
+        )
+        assert torch.equal(got.orders, want.orders)
+        assert torch.equal(got.predicted, want.predicted)
+        torch.testing.assert_close(got.class_outputs, want.class_outputs)
+    random = op.perturbation_curve(
+        model, images, REGIONS, curves.keep_random.orders, labels=labels, **common
+    )
+    for got, want in ((curves.keep_random, random), (curves.remove_random, random.mirrored())):
+        assert got.mode == want.mode and torch.equal(got.orders, want.orders)
+        assert torch.equal(got.predicted, want.predicted)
 
 
 def _remove_curves(ranked: list[list[int]], random: list[list[int]]) -> CurveSet:
