@@ -124,6 +124,11 @@ def shared_random_orders(
 ) -> Tensor:
     """Region ids (draws, num_images, R): each image's `draws` orders, distinct, drawn
     uniformly from `pool` seeded uniform random orders of the regions."""
+    if not 1 <= draws <= pool:
+        raise ValueError(
+            f"draws, pool: expected 1 <= draws <= pool (distinct orders per image from the "
+            f"pool), got draws={draws}, pool={pool}"
+        )
     generator = torch.Generator().manual_seed(seed)
     r = len(regions)
     orders = torch.stack([torch.randperm(r, generator=generator) for _ in range(pool)])

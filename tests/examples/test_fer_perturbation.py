@@ -3,6 +3,7 @@ check and its sentence (tiny model and images; the full pipeline is in test_fer2
 
 from __future__ import annotations
 
+import pytest
 import torch
 from fer_paper.perturbation import (
     CurveSet,
@@ -31,6 +32,8 @@ def test_shared_random_orders_come_from_the_pool() -> None:
     assert torch.unique(orders[0], dim=0).shape[0] == 5
     assert torch.equal(orders, shared_random_orders(300, op.grid(8, 8), 2, 5, seed=3))
     assert not torch.equal(orders, shared_random_orders(300, op.grid(8, 8), 2, 5, seed=4))
+    with pytest.raises(ValueError, match="expected 1 <= draws <= pool"):
+        shared_random_orders(3, op.grid(8, 8), draws=3, pool=2, seed=0)
 
 
 def _model() -> nn.Module:
