@@ -94,7 +94,7 @@ class RunSettings:
     real_test_limit: int | None = None
     curve_draws: int = 2
     order_pool: int = 16
-    imputation_images: int = 48
+    imputation_images: int = 40
 
 
 DEFAULT_SETTINGS = RunSettings(
