@@ -202,7 +202,7 @@ def test_errors(model: nn.Module, inputs: Tensor) -> None:
         method.attribute(inputs, target=(0, 1))  # type: ignore[arg-type]
     with pytest.raises(InputValueError, match="inputs: expected one tensor"):
         method.attribute((inputs, inputs), target=0)  # type: ignore[arg-type]
-    with pytest.raises(InputValueError, match=r"inputs: expected shape \(N, C, H, W\)"):
+    with pytest.raises(InputValueError, match=r"rows, cols: the default grid is for 2D images"):
         method.attribute(inputs[0], target=0)
     with pytest.raises(InputValueError, match="feature_mask, regions: pass at most one"):
         method.attribute(inputs, target=0, feature_mask=_grid_mask(), regions=grid(H, W))
@@ -212,3 +212,43 @@ def test_errors(model: nn.Module, inputs: Tensor) -> None:
         method.attribute(inputs, target=0, baselines=torch.zeros(2, C, H, W))
     with pytest.raises(InputValueError, match="forward_func: expected outputs of shape"):
         GridOcclusion(lambda x: model(x).sum()).attribute(inputs, target=0)
+
+
+@pytest.mark.parametrize("shape", [(30,), (6, 7, 8)], ids=["1d", "3d"])
+def test_signals_and_volumes_equal_captum_feature_ablation(shape: tuple[int, ...]) -> None:
+    rank = len(shape)
+    conv = nn.Conv1d if rank == 1 else nn.Conv3d
+    torch.manual_seed(0)
+    net = nn.Sequential(conv(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(K)).eval()
+    batch = torch.rand(3, 2, *shape, generator=torch.Generator().manual_seed(4))
+    net(batch)
+    mask = grid(shape, 3 if rank == 1 else 2).label_map()[None, None]
+    target = torch.tensor([0, 2, 4])
+    ours = GridOcclusion(net).attribute(batch, target=target, feature_mask=mask, baselines=0.5)
+    theirs = FeatureAblation(net).attribute(batch, target=target, feature_mask=mask, baselines=0.5)
+    _assert_same(ours, theirs)
+    per_example = torch.rand(3, 2, *shape, generator=torch.Generator().manual_seed(5))
+    ours = GridOcclusion(net).attribute(batch, target=1, feature_mask=mask, baselines=per_example)
+    theirs = FeatureAblation(net).attribute(
+        batch, target=1, feature_mask=mask, baselines=per_example
+    )
+    _assert_same(ours, theirs)
+    with pytest.raises(InputValueError, match=r"rows, cols: the default grid is for 2D images"):
+        GridOcclusion(net).attribute(batch, target=1)
+    with pytest.raises(
+        InputValueError, match=r"feature_mask: expected one integer label map shared"
+    ):
+        GridOcclusion(net).attribute(batch, target=1, feature_mask=mask.expand(3, 2, *shape))
+    with pytest.raises(
+        InputTypeError, match=r"feature_mask: expected one integer label map .* integer dtype"
+    ):
+        GridOcclusion(net).attribute(batch, target=1, feature_mask=mask.float())
+
+
+def test_inputs_of_unsupported_rank_are_refused(model: nn.Module) -> None:
+    with pytest.raises(
+        InputValueError, match=r"inputs: expected shape \(N, C, L\), \(N, C, H, W\)"
+    ):
+        GridOcclusion(model).attribute(torch.rand(2, 3), target=0)
+    with pytest.raises(InputValueError, match=r"inputs: expected shape \(N, C, L\)"):
+        GridOcclusion(model).attribute(torch.rand(1, 1, 2, 2, 2, 2), target=0)

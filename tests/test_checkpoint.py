@@ -419,7 +419,7 @@ def _scaled(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _fingerprint(model: object, fills: list[object], output: object = "softmax") -> Fingerprint:
-    source = ImageSource(torch.zeros(2, 1, 12, 12), None, 12, 12)
+    source = ImageSource(torch.zeros(2, 1, 12, 12), None, (12, 12))
     image_shape = (1, 12, 12)
     return Fingerprint.of(
         model,

@@ -307,23 +307,30 @@ def test_bad_orders_get_the_library_errors() -> None:
 
 
 def test_orders_given_per_image_replay_an_earlier_curve() -> None:
-    images, labels = mouth_data(12)
+    images, labels = mouth_data(6)
     model = small_cnn(classes=2, size=8).eval()
-    random = curve(model, images, "random", labels=labels, draws=3, seed=7, fill=0.25)
-    replay = curve(model, images, random.orders, labels=labels, fill=0.25, batch_size=5)
+    random = curve(
+        model, images, "random", labels=labels, draws=3, seed=7, fill=0.25, batch_size=16
+    )
+    replay = curve(model, images, random.orders, labels=labels, fill=0.25, batch_size=7)
     assert replay.num_draws == 3 and "given per image" in replay.order
     assert torch.equal(replay.orders, random.orders)
     assert torch.equal(replay.predicted, random.predicted)
     assert torch.equal(replay.class_outputs, random.class_outputs)
-    stream = [(images[:5], labels[:5]), (images[5:], labels[5:])]
-    streamed = curve(model, stream, random.orders.numpy(), fill=0.25)
+    stream = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    streamed = curve(model, stream, random.orders.numpy(), fill=0.25, batch_size=16)
     assert torch.equal(streamed.class_outputs, random.class_outputs)
     # One order per image (N, R): each image as a curve of its own fixed order.
     first = random.orders[0]
-    per_image = curve(model, images, first, labels=labels, mode="remove")
+    per_image = curve(model, images, first, labels=labels, mode="remove", batch_size=16)
     for i in range(images.shape[0]):
         alone = curve(
-            model, images[i : i + 1], first[i].tolist(), labels=labels[i : i + 1], mode="remove"
+            model,
+            images[i : i + 1],
+            first[i].tolist(),
+            labels=labels[i : i + 1],
+            mode="remove",
+            batch_size=16,
         )
         assert torch.equal(per_image.class_outputs[:, i], alone.class_outputs[:, 0])
         assert torch.equal(per_image.predicted[:, i], alone.predicted[:, 0])

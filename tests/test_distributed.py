@@ -116,7 +116,7 @@ def test_describe_inputs_reads_what_decides_a_shard() -> None:
     def facts(
         model: object, x: torch.Tensor = images, fills: list[float] | None = None
     ) -> dict[str, str]:
-        source = ImageSource(x, None, 12, 12)
+        source = ImageSource(x, None, (12, 12))
         fill_list = resolve_fills(fills or [0.0], (1, 12, 12))
         return describe_inputs(model, x, None, source, op.grid(12, 12), fill_list, "softmax", None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -163,3 +164,56 @@ def test_fidelity_reached_equality_and_hash() -> None:
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
     assert a != Fidelity(0.95, math.nan, 0.0, 0.5, 1, 0.9, r2=0.9)
     assert a != "fidelity"
+
+
+def _ssim_by_loop(x: np.ndarray, y: np.ndarray, side: int, sigma: float = 1.5) -> float:
+    """Mean SSIM over every window position that fits, with a separable Gaussian window."""
+    coords = np.arange(side) - (side - 1) / 2
+    g = np.exp(-(coords**2) / (2 * sigma**2))
+    g /= g.sum()
+    weights = g
+    for _ in range(x.ndim - 1):
+        weights = np.multiply.outer(weights, g)
+    span = y.max() - y.min()
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    values = []
+    for corner in itertools.product(*[range(size - side + 1) for size in x.shape]):
+        box = tuple(slice(c, c + side) for c in corner)
+        a, b = x[box], y[box]
+        mx, my = (weights * a).sum(), (weights * b).sum()
+        vx = (weights * a * a).sum() - mx**2
+        vy = (weights * b * b).sum() - my**2
+        cov = (weights * a * b).sum() - mx * my
+        values.append(
+            ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        )
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("shape", [(30,), (12, 13), (7, 8, 9)], ids=["1d", "2d", "3d"])
+def test_ssim_and_r2_at_any_rank_equal_a_loop(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(len(shape))
+    reference = torch.rand(shape, generator=generator, dtype=torch.float64)
+    image = reference + 0.3 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    side = min(11, *shape)
+    side -= 1 - side % 2
+    found = float(ssim(image, reference, ndim=len(shape)))
+    assert found == pytest.approx(_ssim_by_loop(image.numpy(), reference.numpy(), side), rel=1e-9)
+    # a leading batch axis is kept
+    both = ssim(
+        torch.stack([image, reference]), torch.stack([reference, reference]), ndim=len(shape)
+    )
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(1.0)
+    r2 = float(heat_map_r2(image, reference, ndim=len(shape)))
+    y, x = reference.numpy(), image.numpy()
+    assert r2 == pytest.approx(1 - ((y - x) ** 2).sum() / ((y - y.mean()) ** 2).sum(), rel=1e-12)
+
+
+def test_map_comparisons_check_ndim() -> None:
+    a = torch.rand(4, 4)
+    with pytest.raises(InputValueError, match=r"ndim: expected 1, 2 or 3 spatial axes, got 4"):
+        ssim(a, a, ndim=4)
+    with pytest.raises(InputTypeError, match=r"ndim: expected an int 1..3"):
+        heat_map_r2(a, a, ndim=2.0)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"with 3 spatial axes, got \(4, 4\)"):
+        ssim(a, a, ndim=3)

@@ -265,7 +265,7 @@ def test_perturbation_curve_with_imputation_equals_a_plain_loop() -> None:
 
 def test_checkpoint_fingerprint_reads_the_fill_parameters() -> None:
     regions = op.grid(12, 12, 2, 2)
-    source = ImageSource(IMAGES, None, 12, 12)
+    source = ImageSource(IMAGES, None, (12, 12))
 
     def fingerprint(fill: object) -> str:
         fills = resolve_fills([fill], (2, 12, 12))  # type: ignore[list-item]

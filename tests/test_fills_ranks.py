@@ -4,6 +4,7 @@ scipy and a dense solve of the imputation system written from the documented ste
 from __future__ import annotations
 
 import itertools
+import math
 
 import hypothesis.strategies as st
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import scipy.ndimage
 import torch
 from hypothesis import given, settings
-from torch import Tensor
+from torch import Tensor, nn
 
 import occlusion_probe as op
 from occlusion_probe import InputTypeError, InputValueError
@@ -294,3 +295,78 @@ def test_layers_of_any_rank_regions_hold_each_regions_own_fill(
                 assert fill.region is not None
                 alone = fill.region(images, mask[None])
                 assert torch.allclose(made[v][:, :, mask], alone[:, :, mask], atol=1e-6)
+
+
+def _conv_model(rank: int, spatial: tuple[int, ...]) -> nn.Module:
+    conv = {1: nn.Conv1d, 3: nn.Conv3d}[rank]
+    torch.manual_seed(rank)
+    return nn.Sequential(
+        conv(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * math.prod(spatial), 4)
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("images", "regions"),
+    [
+        (SIGNALS, op.sliding_windows((17,), 5, 3)),
+        (VOLUMES, op.grid((5, 6, 4), (2, 3, 2))),
+        (VOLUMES, op.sliding_windows((5, 6, 4), (3, 3, 2), 2)),
+    ],
+    ids=["signal windows", "volume grid", "volume windows"],
+)
+def test_sweep_with_built_in_fills_equals_hand_built_forwards_at_ranks_1_and_3(
+    images: Tensor, regions: op.Regions
+) -> None:
+    model = _conv_model(images.dim() - 2, tuple(images.shape[2:]))
+    fills = [
+        0.5,
+        op.fills.patch_mean(),
+        op.fills.image_mean(),
+        op.fills.blur(1.0),
+        op.fills.linear_imputation(),
+    ]
+    result = op.sweep(
+        model, images, regions, fills=fills, output="logits", engine="dense", progress=False
+    )
+    assert result.occluded.shape == (images.shape[0], len(regions), len(fills), 4)
+    with torch.no_grad():
+        for r, mask in enumerate(regions.masks):
+            for v, fill in enumerate(fills):
+                made = (
+                    torch.full_like(images, fill)
+                    if isinstance(fill, float)
+                    else fill(images, mask[None])
+                )
+                occluded = torch.where(mask, made, images)
+                want = model(occluded)
+                torch.testing.assert_close(result.occluded[:, r, v], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("images", "regions"),
+    [(SIGNALS, op.grid((17,), (4,))), (VOLUMES, op.grid((5, 6, 4), (2, 2, 1)))],
+    ids=["signal grid", "volume grid"],
+)
+def test_curves_and_keep_only_impute_at_ranks_1_and_3(images: Tensor, regions: op.Regions) -> None:
+    model = _conv_model(images.dim() - 2, tuple(images.shape[2:]))
+    labels = torch.arange(images.shape[0]) % 4
+    fill = op.fills.linear_imputation(noise=0.02, seed=1)
+    order = list(reversed(regions.ids))
+    common = {"labels": labels, "fill": fill, "output": "logits", "progress": False}
+    removed = op.perturbation_curve(model, images, regions, order, mode="remove", **common)
+    kept = op.keep_only(model, images, labels, regions, keep=order[:2], fill=fill, progress=False)
+    with torch.no_grad():
+        for k in range(len(regions) + 1):
+            union = regions.masks[[regions.positions([i])[0] for i in order[:k]]].any(dim=0)
+            occluded = torch.where(union, fill(images, union[None]), images)
+            want = model(occluded)
+            torch.testing.assert_close(
+                removed.class_outputs[0, :, k], want[torch.arange(len(labels)), labels]
+            )
+            assert torch.equal(removed.predicted[0, :, k], want.argmax(dim=1))
+        hidden = ~regions.union(order[:2])
+        predicted = model(torch.where(hidden, fill(images, hidden[None]), images)).argmax(dim=1)
+    want_counts = torch.zeros(4, 4, dtype=torch.int64)
+    for t, p in zip(labels.tolist(), predicted.tolist(), strict=True):
+        want_counts[t, p] += 1
+    assert torch.equal(kept.confusion, want_counts)

@@ -102,7 +102,8 @@ def test_zero_channels_and_dict_images(model: nn.Module) -> None:
 
 def test_one_channel_images_given_as_n_h_w_to_a_conv_model(model: nn.Module) -> None:
     with pytest.raises(
-        InputValueError, match=r"images: given as \(N, H, W\), .*images.unsqueeze\(1\)"
+        InputValueError,
+        match=r"images: given without a channel axis \(N, 12x12\), .*images.unsqueeze\(1\)",
     ):
         op.sweep(model, IMAGES[:, 0], REGIONS, progress=False)
 
@@ -224,9 +225,17 @@ def test_exported_programs_run_as_exported(model: nn.Module) -> None:
         torch.testing.assert_close(result.occluded, plain.occluded)
         report = op.keep_only(given, IMAGES, LABELS, REGIONS, keep=[1], progress=False)  # type: ignore[arg-type]
         assert report.num_images == 4
+    message = "model: the exported program fails on batches of other sizes than it was exported"
     static = torch.export.export(model, (IMAGES,))
-    with pytest.raises(InputValueError, match="model: the exported program failed on a batch of 2"):
+    with pytest.raises(InputValueError, match=message):
         op.sweep(static, IMAGES, REGIONS, progress=False)  # type: ignore[arg-type]
+    # exported with the batch the first check uses (2): found by the probe of one image
+    two = torch.export.export(model, (IMAGES[:2],))
+    for engine in ("auto", "dense"):
+        with pytest.raises(InputValueError, match=message):
+            op.sweep(two, IMAGES, REGIONS, engine=engine, progress=False)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=message):
+        op.keep_only(two.module(), IMAGES, LABELS, REGIONS, keep=[1], progress=False)
 
 
 def test_keep_only_predicts_the_same_class_under_every_output(model: nn.Module) -> None:
@@ -255,3 +264,14 @@ def test_help_of_sweep_documents_every_argument() -> None:
     doc = op.sweep.__doc__ or ""
     for name in ("refine", "approximate", "checkpoint", "reduce", "engine"):
         assert f"\n    {name} : " in doc, name
+
+
+def test_compiled_modules_run_as_compiled(model: nn.Module) -> None:
+    # The "eager" backend gives torch.compile's wrapper (an OptimizedModule, whose forward
+    # is set on the instance) without the seconds inductor spends compiling.
+    compiled = torch.compile(model, backend="eager")
+    plain = op.sweep(model, IMAGES, REGIONS, engine="dense", progress=False)
+    result = op.sweep(compiled, IMAGES, REGIONS, engine="dense", progress=False)
+    torch.testing.assert_close(result.occluded, plain.occluded)
+    report = op.keep_only(compiled, IMAGES, LABELS, REGIONS, keep=[1], progress=False)
+    assert report.num_images == 4

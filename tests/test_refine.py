@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -172,8 +173,11 @@ def test_refine_settings_validated() -> None:
         Refine(coarse_stride=0)
     with pytest.raises(InputTypeError, match=r"Refine\.coarse_stride: expected a positive int"):
         Refine(coarse_stride=2.5)  # type: ignore[arg-type]
-    with pytest.raises(InputValueError, match=r"Refine\.coarse_stride: expected an int or a pair"):
-        Refine(coarse_stride=(4, 4, 4))  # type: ignore[arg-type]
+    with pytest.raises(
+        InputValueError, match=r"Refine\.coarse_stride: expected a positive int or a tuple"
+    ):
+        Refine(coarse_stride=(4, 4, 4, 4))
+    assert Refine(coarse_stride=(4, 4, 4)).coarse_stride == (4, 4, 4)
     with pytest.raises(InputTypeError, match=r"Refine\.cls: expected None"):
         Refine(coarse_stride=4, cls="cat")  # type: ignore[arg-type]
 
@@ -298,3 +302,73 @@ def test_without_a_target_no_fidelity(
     assert result.fidelity is None
     assert "APPROXIMATE" not in result.engine_note
     assert "top 0.25, predicted class" in result.engine_note
+
+
+def _loop_drill_down(
+    exact: torch.Tensor, plan: RefinePlan, baseline: torch.Tensor, top: float
+) -> torch.Tensor:
+    """The drill-down's outputs by a plain loop over windows and their nearest coarse window."""
+    grid = plan.grid
+    positions = list(itertools.product(*[range(len(s)) for s in grid.starts]))
+    factors = plan.factors
+    coarse_index = [
+        p for p in positions if all(i % f == 0 for i, f in zip(p, factors, strict=True))
+    ]
+    flat = {p: r for r, p in enumerate(positions)}
+    out = exact.clone()
+    n = exact.shape[0]
+    count = max(1, math.ceil(top * len(coarse_index) - 1e-9))
+    for image in range(n):
+        cls = int(baseline[image].argmax())
+        drops = [
+            float(baseline[image, cls] - exact[image, flat[c], :, cls].mean()) for c in coarse_index
+        ]
+        chosen = set(sorted(range(len(coarse_index)), key=lambda i: -drops[i])[:count])
+        for p in positions:
+            nearest = []
+            for i, f, size in zip(p, factors, grid.shape, strict=True):
+                q, rem = divmod(i, f)
+                cell = q + (1 if 2 * rem > f else 0)
+                nearest.append(min(cell, (size - 1) // f) * f)
+            owner = coarse_index.index(tuple(nearest))
+            if owner not in chosen and tuple(p) not in coarse_index:
+                out[image, flat[p]] = exact[image, flat[tuple(nearest)]]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "window", "stride", "coarse"),
+    [((40,), 8, 2, 8), ((12, 12, 12), 4, 2, (4, 4, 8))],
+    ids=["1d", "3d"],
+)
+def test_drill_down_at_any_rank_equals_a_loop_over_cells(
+    shape: tuple[int, ...], window: int, stride: int, coarse: int | tuple[int, ...]
+) -> None:
+    windows = op.sliding_windows(shape, window, stride)
+    plan = RefinePlan(windows, Refine(coarse_stride=coarse, top=0.3))
+    generator = torch.Generator().manual_seed(0)
+    exact = torch.rand(3, len(windows), 2, 4, generator=generator)
+    baseline = torch.rand(3, 4, generator=generator) + 1
+    assert torch.equal(
+        plan.from_exact(baseline, exact, 0.3), _loop_drill_down(exact, plan, baseline, 0.3)
+    )
+
+
+def test_drill_down_sweeps_volumes_and_signals() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    volumes = torch.rand(2, 1, 12, 12, 12)
+    windows = op.sliding_windows((12, 12, 12), 4, 2)
+    exact = op.sweep(model, volumes, windows, fills=0.0, engine="dense", progress=False)
+    full = op.sweep(model, volumes, windows, fills=0.0, engine="dense", refine=Refine(coarse_stride=4, top=1.0), progress=False)  # fmt: skip
+    torch.testing.assert_close(full.occluded, exact.occluded, rtol=1e-5, atol=1e-6)
+    some = op.sweep(model, volumes, windows, fills=0.0, engine="dense", refine=Refine(coarse_stride=4, top=0.2), progress=False)  # fmt: skip
+    assert some.computed is not None and 0 < int(some.computed.sum()) < some.computed.numel()
+    assert some.heatmap(0).shape == (2, 12, 12, 12)
+    with pytest.raises(
+        InputValueError, match=r"refine: coarse_stride \(4, 4\) has 2 entries, the windows 3"
+    ):
+        op.sweep(model, volumes, windows, refine=Refine(coarse_stride=(4, 4)), progress=False)

@@ -126,7 +126,7 @@ def test_soft_checkpoint_fingerprint_reads_the_weights() -> None:
     from occlusion_probe.data import ImageSource
     from occlusion_probe.fills import resolve_fills
 
-    source = ImageSource(IMAGES, None, 12, 12)
+    source = ImageSource(IMAGES, None, (12, 12))
     fills = resolve_fills([0.0], (2, 12, 12))
     hard = op.sliding_windows(12, 12, window=4, stride=2)
 

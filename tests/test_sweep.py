@@ -206,7 +206,7 @@ def test_image_size_must_match_regions(cnn: nn.Module) -> None:
         (
             torch.zeros(12, 12),
             InputValueError,
-            r"expected shape \(N, C, H, W\) or \(N, H, W\), got shape \(12, 12\)",
+            r"expected shape \(N, C, H, W\) or \(N, H, W\) for regions with 2 spatial axes, got shape \(12, 12\)",
         ),
         ("images", InputTypeError, "images: expected a Tensor"),
     ],
@@ -543,3 +543,97 @@ def test_fills_the_model_dtype_cannot_hold_or_that_are_not_real(
         InputValueError, match="fills: the callable 'nan_fill' returned NaN or inf values"
     ):
         op.sweep(cnn, images, regions, fills=[nan_fill], progress=False)
+
+
+# -- signals and volumes ----------------------------------------------------------------------
+
+
+def _rank_model(rank: int, channels: int, classes: int = 3) -> nn.Module:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    pool = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[rank]
+    torch.manual_seed(10 + rank)
+    return nn.Sequential(
+        conv(channels, 5, 3, padding=1), nn.ReLU(), pool(2), nn.Flatten(),
+        nn.Linear(5 * 2**rank, classes),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shape", "regions"),
+    [
+        ((32,), op.sliding_windows((32,), window=8, stride=4)),
+        ((6, 8, 10), op.grid((6, 8, 10), (2, 2, 3))),
+        (
+            (8, 8, 8),
+            op.sliding_windows((8, 8, 8), window=4, stride=4, box=((0, 8), (4, 8), (0, 8))),
+        ),
+    ],
+    ids=["1d-windows", "3d-grid", "3d-boxed-windows"],
+)
+@pytest.mark.parametrize("channel_axis", [True, False], ids=["channels", "no-channel-axis"])
+def test_signals_and_volumes_equal_a_loop_of_forwards(
+    shape: tuple[int, ...], regions: op.Regions, channel_axis: bool
+) -> None:
+    inner = _rank_model(len(shape), 2 if channel_axis else 1)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        # without a channel axis the model gets (B, *spatial), as the images were given
+        return inner(x if channel_axis else x[:, None])
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, *((2,) if channel_axis else ()), *shape, generator=generator)
+    fills = (0.0, 0.7)
+    result = op.sweep(model, images, regions, fills=fills, engine="dense", progress=False)
+    assert result.image_shape == tuple(images.shape[1:])
+    with torch.no_grad():
+        for r, mask in enumerate(regions.masks):
+            for v, fill in enumerate(fills):
+                want = torch.softmax(model(torch.where(mask, torch.tensor(fill), images)), dim=1)
+                torch.testing.assert_close(result.occluded[:, r, v], want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(result.baseline, torch.softmax(model(images), dim=1))
+    assert result.heatmap(0).shape == (3, *shape)
+    assert result.attribution(0).shape == images.shape
+    assert result.engine_note.startswith("dense engine requested")
+
+
+def test_keep_only_and_curves_on_volumes_equal_a_loop() -> None:
+    shape = (6, 6, 6)
+    model = _rank_model(3, 1)
+    volumes = torch.rand(4, 1, *shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 0])
+    regions = op.grid(shape, 2)
+    report = op.keep_only(model, volumes, labels, regions, keep=[1, 8], fill=0.1, progress=False)
+    with torch.no_grad():
+        kept = torch.where(regions.union([1, 8]), volumes, torch.tensor(0.1))
+        predicted = model(kept).argmax(dim=1)
+    assert report.confusion.sum() == 4
+    assert report.accuracy == pytest.approx(float((predicted == labels).float().mean()))
+    order = [3, 1, 8, 2, 4, 5, 6, 7]
+    curve = op.perturbation_curve(model, volumes, regions, order, mode="remove", labels=labels, fill=0.0, progress=False)  # fmt: skip
+    with torch.no_grad():
+        for k in range(len(regions) + 1):
+            removed = regions.union(order[:k])
+            correct = model(torch.where(removed, torch.tensor(0.0), volumes)).argmax(1) == labels
+            assert curve.accuracy[k] == pytest.approx(float(correct.float().mean()))
+
+
+def test_streams_of_volumes_and_their_errors() -> None:
+    shape = (4, 4, 4)
+    model = _rank_model(3, 1)
+    regions = op.grid(shape, 2)
+    volumes = torch.rand(5, 1, *shape, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    whole = op.sweep(model, volumes, regions, labels=labels, fills=0.0, progress=False)
+    batches = [(volumes[:2], labels[:2]), (volumes[2:], labels[2:])]
+    streamed = op.sweep(model, batches, regions, fills=0.0, progress=False)
+    torch.testing.assert_close(streamed.occluded, whole.occluded)
+    with pytest.raises(InputValueError, match=r"a 4-d tensor of shape \(2, 4, 4, 4\) without labels is ambiguous: one \(C, D, H, W\) image"):  # fmt: skip
+        op.sweep(model, iter([volumes[:2, 0]]), regions, progress=False)
+    with pytest.raises(InputValueError, match=r"expected shape \(N, C, D, H, W\) or \(N, D, H, W\) for regions with 3 spatial axes, got shape \(5, 4, 4\)"):  # fmt: skip
+        op.sweep(model, volumes[:, 0, 0], regions, progress=False)
+    with pytest.raises(
+        InputValueError, match=r"image size 4x4x5 does not match the regions' 4x4x4"
+    ):
+        op.sweep(model, torch.rand(2, 1, 4, 4, 5), regions, progress=False)
+    with pytest.raises(InputValueError, match=r"or \(N, C, L\) tensors; got"):
+        op.sweep(model, [torch.rand(3, 8)], op.grid((8,), 2), progress=False)

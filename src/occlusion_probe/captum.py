@@ -95,7 +95,7 @@ def _single_input(inputs: object) -> tuple[Tensor, bool]:
     if isinstance(inputs, tuple):
         if len(inputs) != 1:
             raise InputValueError(
-                f"inputs: expected one tensor (N, C, H, W) or a 1-tuple of it; GridOcclusion does "
+                f"inputs: expected one tensor (N, C, *spatial) or a 1-tuple of it; GridOcclusion does "
                 f"not attribute over several input tensors, got a tuple of {len(inputs)}"
             )
         (tensor,) = inputs
@@ -104,11 +104,12 @@ def _single_input(inputs: object) -> tuple[Tensor, bool]:
         tensor, as_tuple = inputs, False
     if not isinstance(tensor, Tensor):
         raise InputTypeError(
-            f"inputs: expected a Tensor of shape (N, C, H, W), got {describe(tensor)}"
+            f"inputs: expected a Tensor of shape (N, C, *spatial), got {describe(tensor)}"
         )
-    if tensor.dim() != 4:
+    if not 3 <= tensor.dim() <= 5:
         raise InputValueError(
-            f"inputs: expected shape (N, C, H, W), got shape {tuple(tensor.shape)}"
+            "inputs: expected shape (N, C, L), (N, C, H, W) or (N, C, D, H, W), got shape "
+            f"{tuple(tensor.shape)}"
         )
     return tensor, as_tuple
 
@@ -147,7 +148,7 @@ def _check_target(target: object, n: int) -> int | Tensor | None:
     )
 
 
-def _check_baselines(baselines: object, n: int) -> tuple[float | Tensor, bool]:
+def _check_baselines(baselines: object, n: int, dims: int) -> tuple[float | Tensor, bool]:
     """The baseline as a `sweep` fill, and whether it differs per example ((N, ...) tensor)."""
     if baselines is None:
         return 0.0, False  # captum's default baseline
@@ -158,19 +159,19 @@ def _check_baselines(baselines: object, n: int) -> tuple[float | Tensor, bool]:
     if isinstance(baselines, Tensor):
         if baselines.dim() == 0:
             return float(baselines), False
-        if baselines.dim() == 4:
+        if baselines.dim() == dims:
             if baselines.shape[0] == 1:
                 return baselines[0], False
             if baselines.shape[0] == n:
                 return baselines, True
             raise InputValueError(
-                f"baselines: expected a leading dimension of 1 or N = {n} for a 4-D baseline, "
+                f"baselines: expected a leading dimension of 1 or N = {n} for a {dims}-D baseline, "
                 f"got shape {tuple(baselines.shape)}"
             )
         return baselines, False
     raise InputTypeError(
-        "baselines: expected a number, a Tensor broadcastable to one image (C, H, W), or a "
-        f"Tensor (N, C, H, W) of one baseline per example, got {describe(baselines)}"
+        "baselines: expected a number, a Tensor broadcastable to one input (C, *spatial), or a "
+        f"Tensor (N, C, *spatial) of one baseline per example, got {describe(baselines)}"
     )
 
 
@@ -179,8 +180,7 @@ def _resolve_regions(
     regions: Regions | None,
     rows: int,
     cols: int,
-    height: int,
-    width: int,
+    spatial: tuple[int, ...],
 ) -> Regions:
     if feature_mask is not None and regions is not None:
         raise InputValueError("feature_mask, regions: pass at most one of them, got both")
@@ -191,14 +191,27 @@ def _resolve_regions(
                     f"feature_mask: expected one label map, got a tuple of {len(feature_mask)}"
                 )
             (feature_mask,) = feature_mask
-        return Regions.from_label_map(feature_mask)
+        try:
+            return Regions.from_label_map(feature_mask, ndim=len(spatial))
+        except (InputTypeError, InputValueError) as error:
+            # captum's name for the map, and what GridOcclusion takes of it
+            raise type(error)(
+                f"feature_mask: expected one integer label map shared by all examples and "
+                f"channels, shape {spatial} or (1, 1, ...) around it; {error}"
+            ) from error
     if regions is not None:
         if not isinstance(regions, Regions):
             raise InputTypeError(
                 f"regions: expected a Regions (see occlusion_probe.grid), got {describe(regions)}"
             )
         return regions
-    return grid(height, width, rows, cols)
+    if len(spatial) != 2:
+        raise InputValueError(
+            f"rows, cols: the default grid is for 2D images, these inputs have {len(spatial)} "
+            f"spatial axes {spatial}; pass feature_mask= or regions= (e.g. "
+            "occlusion_probe.grid(shape, cells))"
+        )
+    return grid(spatial[0], spatial[1], rows, cols)
 
 
 def _format_args(additional_forward_args: object) -> tuple[object, ...]:
@@ -260,25 +273,26 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
 
         Parameters
         ----------
-        inputs : Tensor, shape (N, C, H, W), or a 1-tuple of it
-            The images; given a 1-tuple, a 1-tuple is returned.
+        inputs : Tensor, shape (N, C, *spatial), or a 1-tuple of it
+            The inputs, with 1 to 3 spatial axes (signals, images, volumes); given a 1-tuple,
+            a 1-tuple is returned.
         target : int, integer Tensor (N,) or list of N ints, optional
             The output index per example; None when forward_func returns one output per
             example ((B,) or (B, 1)).
         baselines : number or Tensor, optional
-            A number, a Tensor broadcastable to one image (C, H, W) or (1, C, H, W), or a
-            Tensor (N, C, H, W) of one baseline per example; None means 0.
+            A number, a Tensor broadcastable to one input (C, *spatial) or (1, C, *spatial),
+            or a Tensor (N, C, *spatial) of one baseline per example; None means 0.
         additional_forward_args : object, optional
             Passed after the inputs, ``forward_func(x, *args)`` (a tuple is the argument list,
             anything else one argument). Tensors whose first dimension is N are per-example
             arguments, as in captum; each example is then swept on its own, with its row of
             the argument expanded to the batch of occluded copies. Other arguments are passed
             unchanged to every call.
-        feature_mask : Tensor, shape (H, W) or (1, 1, H, W), optional
-            Integer label map, captum-style; each label is one region. Otherwise `regions`,
-            else ``grid(H, W, rows, cols)``.
+        feature_mask : Tensor, shape (*spatial) or (1, 1, *spatial), optional
+            Integer label map, captum-style, shared by all examples and channels; each label
+            is one region. Otherwise `regions`, else ``grid(H, W, rows, cols)``.
         rows, cols : int
-            The grid used when neither feature_mask nor regions is given.
+            The grid used for 2D images when neither feature_mask nor regions is given.
         regions : Regions, optional
             The regions to occlude; overlapping ones (`sliding_windows`) average per pixel, as
             captum's ``Occlusion`` does.
@@ -289,7 +303,7 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
 
         Returns
         -------
-        Tensor, shape (N, C, H, W), or a 1-tuple of it
+        Tensor, shape (N, C, *spatial), or a 1-tuple of it
             The attributions, in the dtype of forward_func's outputs; a 1-tuple when `inputs`
             is one.
 
@@ -313,10 +327,10 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
         (2, 3, 8, 8)
         """
         images, as_tuple = _single_input(inputs)
-        n, _, height, width = images.shape
+        n, spatial = images.shape[0], tuple(images.shape[2:])
         checked_target = _check_target(target, n)
-        fill, per_example_baseline = _check_baselines(baselines, n)
-        chosen = _resolve_regions(feature_mask, regions, rows, cols, height, width)
+        fill, per_example_baseline = _check_baselines(baselines, n, images.dim())
+        chosen = _resolve_regions(feature_mask, regions, rows, cols, spatial)
         args = _format_args(additional_forward_args)
         per_example_args = frozenset(
             position

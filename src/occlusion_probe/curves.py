@@ -405,9 +405,9 @@ class _Items:
     def write(self, start: int, stop: int, out: Tensor) -> None:
         image, draw, k = self.index(start, stop)
         chosen = self.ranks[draw, image] < k[:, None]  # (b, R): among the first k regions
-        h, w = self.images.shape[-2:]
+        spatial = self.images.shape[2:]
         # Pixels in the union of the chosen regions (a count > 0; exact in float32).
-        inside = ((chosen.to(torch.float32) @ self.masks) > 0.5).reshape(-1, 1, h, w)
+        inside = ((chosen.to(torch.float32) @ self.masks) > 0.5).reshape(-1, 1, *spatial)
         kept = self.images[image]
         if self.region_fill is not None:
             filled = inside[:, 0] if self.mode == "remove" else ~inside[:, 0]
@@ -591,7 +591,7 @@ def perturbation_curve(
         target=target,
         class_names=names,
     )
-    source = ImageSource(images, labels, regions.height, regions.width)
+    source = ImageSource(images, labels, regions.spatial_shape)
     if not source.is_stream and labels is None:
         raise InputValueError(
             "labels: perturbation_curve needs the true class of every image, got None"
@@ -618,7 +618,6 @@ def perturbation_curve(
     total = None if source.num_images is None else source.num_images * slots
     per_call = fixed_batch_size(model, batch_size, source.image_shape, dtype, run_device, total)
     masks = regions.masks.to(run_device)
-    c, h, w = source.image_shape
     all_labels: list[Tensor] = []
     all_orders: list[Tensor] = []
     all_predicted: list[Tensor] = []
@@ -662,7 +661,7 @@ def perturbation_curve(
                     functools.partial(forward, scratch=True),
                     items.write,
                     n * items.slots,
-                    (c, h, w),
+                    source.image_shape,
                     torch.promote_types(x.dtype, items.fill.dtype),
                     run_device,
                     plan,

@@ -1,7 +1,9 @@
 """Image input: one tensor, or a stream of ``(images, labels)`` batches such as a DataLoader.
 
-Both are turned into a sequence of validated chunks ``(images (n, C, H, W), labels (n,) or
-None)``, so the rest of the library handles a tensor and a DataLoader the same way.
+Both are turned into a sequence of validated chunks ``(images (n, C, *spatial), labels (n,)
+or None)``, so the rest of the library handles a tensor and a DataLoader the same way. The
+regions fix the spatial rank: images with ``rank + 2`` dims are (N, C, *spatial), with
+``rank + 1`` one channel without its axis (the channel is added).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ _INT64_MAX = 2**63 - 1
 
 @dataclass(frozen=True)
 class Chunk:
-    """A validated piece of the input: images (n, C, H, W) and labels (n,) or None."""
+    """A validated piece of the input: images (n, C, *spatial) and labels (n,) or None."""
 
     index: int
     images: Tensor
@@ -83,13 +85,27 @@ def check_tensor_layout(name: str, tensor: Tensor) -> None:
         )
 
 
-def _as_image_tensor(name: str, images: object, height: int, width: int) -> tuple[Tensor, bool]:
-    """Validate one image tensor; returns it as (n, C, H, W) and whether it was (n, H, W)."""
+def batch_shape(spatial: tuple[int, ...], channels: bool = True, batch: bool = True) -> str:
+    """How images of this spatial rank are written: ``(N, C, H, W)``, ``(N, L)``, ``(C, L)``.
+
+    >>> batch_shape((32, 32, 32)), batch_shape((100,), channels=False)
+    ('(N, C, D, H, W)', '(N, L)')
+    """
+    names = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}[len(spatial)]
+    axes = ("N",) * batch + ("C",) * channels + names
+    return "(" + ", ".join(axes) + ")"
+
+
+def _as_image_tensor(name: str, images: object, spatial: tuple[int, ...]) -> tuple[Tensor, bool]:
+    """Validate one image tensor; returns it as (n, C, *spatial) and whether it came
+    without its channel axis (n, *spatial)."""
+    rank = len(spatial)
+    shapes = f"{batch_shape(spatial)} or {batch_shape(spatial, channels=False)}"
     if isinstance(images, np.ndarray):
         images = from_numpy(name, images)
     if not isinstance(images, Tensor):
         raise InputTypeError(
-            f"{name}: expected a float Tensor of shape (N, C, H, W) or (N, H, W), got {describe(images)}"
+            f"{name}: expected a float Tensor of shape {shapes}, got {describe(images)}"
         )
     check_tensor_layout(name, images)
     if not images.is_floating_point():
@@ -97,53 +113,66 @@ def _as_image_tensor(name: str, images: object, height: int, width: int) -> tupl
             f"{name}: expected a floating-point tensor, got dtype {images.dtype}; "
             "convert explicitly (e.g. images.float() / 255) so the fill values mean what you intend"
         )
-    if images.dim() not in (3, 4):
+    if images.dim() not in (rank + 1, rank + 2):
         raise InputValueError(
-            f"{name}: expected shape (N, C, H, W) or (N, H, W), got shape {tuple(images.shape)}"
+            f"{name}: expected shape {shapes} for regions with {rank} spatial axes, got shape "
+            f"{tuple(images.shape)}"
         )
-    single_channel = images.dim() == 3
+    single_channel = images.dim() == rank + 1
     if single_channel:
         images = images.unsqueeze(1)
     if images.shape[1] == 0:
         raise InputValueError(
             f"{name}: expected at least one channel, got shape {tuple(images.shape)}"
         )
-    if (images.shape[-2], images.shape[-1]) != (height, width):
+    found = tuple(int(size) for size in images.shape[2:])
+    if found != spatial:
         raise InputValueError(
-            f"{name}: image size {images.shape[-2]}x{images.shape[-1]} does not match the "
-            f"regions' {height}x{width}"
+            f"{name}: image size {'x'.join(map(str, found))} does not match the "
+            f"regions' {'x'.join(map(str, spatial))}"
         )
     return images, single_channel
 
 
-def _check_listed_batches(items: list[object] | tuple[object, ...]) -> None:
+def _check_listed_batches(
+    items: list[object] | tuple[object, ...], spatial: tuple[int, ...]
+) -> None:
     """A list or tuple given as `images` must hold batches, never bare images.
 
-    A bare (C, H, W) image and a (n, H, W) batch of one channel look alike, so items that
-    are neither (images, labels) pairs, {"images": ...} dicts nor 4-d (n, C, H, W) batches
-    are refused instead of being read one way or the other.
+    A bare (C, *spatial) image and a (n, *spatial) batch of one channel look alike, so items
+    that are neither (images, labels) pairs, {"images": ...} dicts nor (n, C, *spatial)
+    batches are refused instead of being read one way or the other.
     """
     for position, item in enumerate(items):
         if isinstance(item, (tuple, list, dict)):
             continue
-        if isinstance(item, (Tensor, np.ndarray)) and item.ndim == 4:
+        if isinstance(item, (Tensor, np.ndarray)) and item.ndim == len(spatial) + 2:
             continue
         raise InputValueError(
             f"images[{position}]: a list or tuple given as images must hold batches: "
-            "(images, labels) pairs, {'images': ...} dicts or (n, C, H, W) tensors; got "
-            f"{describe(item)}. For a list of single images (C, H, W) pass "
-            "torch.stack(images); for one-channel batches (n, H, W) add the channel "
-            "(batch.unsqueeze(1)) or pass (images, labels) pairs"
+            f"(images, labels) pairs, {{'images': ...}} dicts or {batch_shape(spatial)} "
+            f"tensors; got {describe(item)}. For a list of single images "
+            f"{batch_shape(spatial, batch=False)} pass torch.stack(images); for one-channel batches "
+            f"{batch_shape(spatial, channels=False)} add the channel (batch.unsqueeze(1)) or "
+            "pass (images, labels) pairs"
         )
 
 
-def _refuse_bare_three_d(name: str, images: object, labels: object) -> None:
-    """A stream's 3-d item without labels may be one (C, H, W) image or a one-channel batch
-    (n, H, W); labels (one per image) tell them apart, so only a bare one is refused."""
-    if labels is None and isinstance(images, (Tensor, np.ndarray)) and images.ndim == 3:
+def _refuse_bare_unbatched(
+    name: str, images: object, labels: object, spatial: tuple[int, ...]
+) -> None:
+    """A stream's item of rank + 1 dims without labels may be one (C, *spatial) image or a
+    one-channel batch (n, *spatial); labels (one per image) tell them apart, so only a bare
+    one is refused."""
+    if (
+        labels is None
+        and isinstance(images, (Tensor, np.ndarray))
+        and images.ndim == len(spatial) + 1
+    ):
         raise InputValueError(
-            f"{name}: a 3-d tensor of shape {tuple(images.shape)} without labels is ambiguous: "
-            "one (C, H, W) image or a batch of one-channel (n, H, W) images; yield (n, C, H, W) "
+            f"{name}: a {images.ndim}-d tensor of shape {tuple(images.shape)} without labels is "
+            f"ambiguous: one {batch_shape(spatial, batch=False)} image or a batch of one-channel "
+            f"{batch_shape(spatial, channels=False)} images; yield {batch_shape(spatial)} "
             "batches (image.unsqueeze(0) for one image, batch.unsqueeze(1) for one channel), "
             "or (images, labels) pairs"
         )
@@ -209,19 +238,19 @@ def _check_finite(name: str, images: Tensor, offset: int) -> None:
 class ImageSource:
     """Iterates validated `Chunk`s of a tensor or of a stream of batches.
 
-    Attributes known before iterating: ``single_channel``, ``image_shape`` (C, H, W) and,
-    for a tensor, ``num_images``.
+    Attributes known before iterating: ``single_channel``, ``image_shape`` (C, *spatial)
+    and, for a tensor, ``num_images``. `spatial` is the regions' spatial shape: it fixes the
+    rank the images are read at.
     """
 
     def __init__(
         self,
         images: Images,
         labels: object,
-        height: int,
-        width: int,
+        spatial: tuple[int, ...],
         chunk_images: int = DEFAULT_CHUNK_IMAGES,
     ) -> None:
-        self.height, self.width = height, width
+        self.spatial = tuple(spatial)
         self._stream: Iterable[object] | None = None
         self._tensor: Tensor | None = None
         self._labels: Tensor | None = None
@@ -231,7 +260,7 @@ class ImageSource:
         self.dtype: torch.dtype
         self.device: torch.device
         if isinstance(images, (Tensor, np.ndarray)):
-            tensor, self.single_channel = _as_image_tensor("images", images, height, width)
+            tensor, self.single_channel = _as_image_tensor("images", images, self.spatial)
             if tensor.shape[0] == 0:
                 raise InputValueError(
                     "images: expected at least one image, got an empty batch (N = 0)"
@@ -252,7 +281,7 @@ class ImageSource:
             )
         elif isinstance(images, Iterable) and not isinstance(images, (str, bytes)):
             if isinstance(images, (list, tuple)):
-                _check_listed_batches(images)
+                _check_listed_batches(images, self.spatial)
             if labels is not None:
                 raise InputValueError(
                     "labels: must be None when images is a stream of (images, labels) batches; "
@@ -269,9 +298,9 @@ class ImageSource:
             self._first = first
             self._iterator = iterator
             batch_images, first_labels = self._split_batch(first, 0)
-            _refuse_bare_three_d("images[batch 0]", batch_images, first_labels)
+            _refuse_bare_unbatched("images[batch 0]", batch_images, first_labels, self.spatial)
             tensor, self.single_channel = _as_image_tensor(
-                "images[batch 0]", batch_images, height, width
+                "images[batch 0]", batch_images, self.spatial
             )
             self.image_shape = tuple(int(s) for s in tensor.shape[1:])
             self.dtype, self.device = tensor.dtype, tensor.device
@@ -281,7 +310,8 @@ class ImageSource:
                 _check_finite("images[batch 0]", self._probe, 0)
         else:
             raise InputTypeError(
-                "images: expected a Tensor (N, C, H, W) / (N, H, W) or an iterable of "
+                f"images: expected a Tensor {batch_shape(self.spatial)} / "
+                f"{batch_shape(self.spatial, channels=False)} or an iterable of "
                 f"(images, labels) batches, got {describe(images)}"
             )
 
@@ -290,7 +320,7 @@ class ImageSource:
         return self._stream is not None
 
     def first_images(self) -> Tensor | None:
-        """Up to two of the first images (n, C, H, W), for checking the model before the
+        """Up to two of the first images (n, C, *spatial), for checking the model before the
         run; None when the first batch of a stream is empty."""
         return self._probe
 
@@ -318,8 +348,8 @@ class ImageSource:
         for index, batch in enumerate(batches):
             raw_images, raw_labels = self._split_batch(batch, index)
             name = f"images[batch {index}]"
-            _refuse_bare_three_d(name, raw_images, raw_labels)
-            tensor, single = _as_image_tensor(name, raw_images, self.height, self.width)
+            _refuse_bare_unbatched(name, raw_images, raw_labels, self.spatial)
+            tensor, single = _as_image_tensor(name, raw_images, self.spatial)
             if single != self.single_channel or tuple(tensor.shape[1:]) != self.image_shape:
                 raise InputValueError(
                     f"{name}: expected images of shape {self.image_shape} like the first batch, "

@@ -186,24 +186,37 @@ class Fidelity:
         )
 
 
-def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> Tensor:
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, ndim: int) -> Tensor:
+    """A normalised Gaussian window of `size` along each of `ndim` axes (separable)."""
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     weights = torch.exp(-(coords**2) / (2 * sigma**2))
     weights = weights / weights.sum()
-    return weights[:, None] * weights[None, :]
+    window = weights
+    for _ in range(ndim - 1):
+        window = window[..., None] * weights
+    return window
 
 
-def _check_map_pair(image: object, reference: object) -> None:
-    """Raise unless `image` and `reference` are Tensors of one shape (..., H, W)."""
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _check_map_pair(image: object, reference: object, ndim: object) -> int:
+    """Raise unless `image` and `reference` are Tensors of one shape (..., *spatial) with
+    `ndim` (1 to 3) spatial axes; returns `ndim`."""
+    if isinstance(ndim, bool) or not isinstance(ndim, int):
+        raise InputTypeError(f"ndim: expected an int 1..3, got {describe(ndim)}")
+    if not 1 <= ndim <= 3:
+        raise InputValueError(f"ndim: expected 1, 2 or 3 spatial axes, got {ndim}")
     if not isinstance(image, Tensor) or not isinstance(reference, Tensor):
         raise InputTypeError(
             f"image, reference: expected Tensors, got {describe(image)} and {describe(reference)}"
         )
-    if image.shape != reference.shape or image.dim() < 2:
+    if image.shape != reference.shape or image.dim() < ndim:
         raise InputValueError(
-            "image, reference: expected equal shapes (..., H, W), got "
-            f"{tuple(image.shape)} and {tuple(reference.shape)}"
+            f"image, reference: expected equal shapes (..., *spatial) with {ndim} spatial "
+            f"axes, got {tuple(image.shape)} and {tuple(reference.shape)}"
         )
+    return ndim
 
 
 def ssim(
@@ -213,25 +226,30 @@ def ssim(
     data_range: float | None = None,
     window: int = 11,
     sigma: float = 1.5,
+    ndim: int = 2,
 ) -> Tensor:
-    """Structural similarity (Wang et al. 2004) of maps against reference maps.
+    """Structural similarity (Wang et al. 2004) of maps against reference maps, at any rank.
 
-    Gaussian-weighted local statistics (an 11x11 window of sigma 1.5 by default) over the
-    positions where the whole window fits (no padding), ``K1 = 0.01``, ``K2 = 0.03``,
-    population (not sample) covariances; the mean of the SSIM map is returned per pair. This
-    is ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=...)`` up to skimage's border crop. Maps smaller
-    than the window use a window of their smaller side (odd).
+    Gaussian-weighted local statistics (an 11x11 window of sigma 1.5 by default; 11 along
+    each axis for signals and volumes) over the positions where the whole window fits (no
+    padding), ``K1 = 0.01``, ``K2 = 0.03``, population (not sample) covariances; the mean of
+    the SSIM map is returned per pair. This is ``skimage.metrics.structural_similarity(a, b,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=...)`` up to
+    skimage's border crop (skimage treats 3D arrays as volumes alike). Maps smaller than the
+    window use a window of their smallest side (odd).
 
     Parameters
     ----------
-    image, reference : Tensor, shape (..., H, W)
+    image, reference : Tensor, shape (..., *spatial)
         The maps to compare, same shape.
     data_range : float, optional
         L of the constants ``C1 = (K1 L)^2``, ``C2 = (K2 L)^2``. Default: per pair, the
         reference's max minus min (1 when the reference is constant).
     window, sigma : int, float
         Side of the Gaussian window and its standard deviation.
+    ndim : int
+        How many trailing axes are spatial: 1 (signals), 2 (images, the default) or 3
+        (volumes).
 
     Returns
     -------
@@ -242,26 +260,31 @@ def ssim(
     >>> a = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
     >>> float(ssim(a, a))
     1.0
+    >>> volume = torch.rand(2, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    >>> ssim(volume, volume, ndim=3).tolist()
+    [1.0, 1.0]
     """
-    _check_map_pair(image, reference)
-    lead = image.shape[:-2]
-    height, width = image.shape[-2:]
-    x = image.reshape(-1, 1, height, width).to(torch.float64)
-    y = reference.reshape(-1, 1, height, width).to(torch.float64)
-    side = min(window, height, width)
+    rank = _check_map_pair(image, reference, ndim)
+    lead = image.shape[: image.dim() - rank]
+    spatial = tuple(image.shape[image.dim() - rank :])
+    x = image.reshape(-1, 1, *spatial).to(torch.float64)
+    y = reference.reshape(-1, 1, *spatial).to(torch.float64)
+    side = min(window, *spatial)
     side -= 1 - side % 2
-    kernel = _gaussian_window(side, sigma, torch.float64)[None, None]
+    kernel = _gaussian_window(side, sigma, torch.float64, rank)[None, None]
+    convolve = _CONVOLUTIONS[rank]
     if data_range is None:
         flat = y.flatten(1)
         span = flat.amax(dim=1) - flat.amin(dim=1)
         span = torch.where(span > 0, span, torch.ones_like(span))
     else:
         span = torch.full((x.shape[0],), float(data_range), dtype=torch.float64)
-    c1 = ((0.01 * span) ** 2)[:, None, None, None]
-    c2 = ((0.03 * span) ** 2)[:, None, None, None]
+    c1 = ((0.01 * span) ** 2).reshape(-1, *([1] * (rank + 1)))
+    c2 = ((0.03 * span) ** 2).reshape(-1, *([1] * (rank + 1)))
 
     def local(value: Tensor) -> Tensor:
-        return F.conv2d(value, kernel)
+        result: Tensor = convolve(value, kernel)
+        return result
 
     mu_x, mu_y = local(x), local(y)
     var_x = local(x * x) - mu_x**2
@@ -272,7 +295,7 @@ def ssim(
     return (numerator / denominator).flatten(1).mean(dim=1).reshape(lead)
 
 
-def heat_map_r2(image: Tensor, reference: Tensor) -> Tensor:
+def heat_map_r2(image: Tensor, reference: Tensor, ndim: int = 2) -> Tensor:
     """R^2 (coefficient of determination) of maps as predictions of reference maps, over
     their pixels: ``1 - sum((reference - image)^2) / sum((reference - mean(reference))^2)``.
 
@@ -283,8 +306,10 @@ def heat_map_r2(image: Tensor, reference: Tensor) -> Tensor:
 
     Parameters
     ----------
-    image, reference : Tensor, shape (..., H, W)
+    image, reference : Tensor, shape (..., *spatial)
         The maps to compare, same shape.
+    ndim : int
+        How many trailing axes are spatial: 1, 2 (the default) or 3.
 
     Returns
     -------
@@ -296,9 +321,9 @@ def heat_map_r2(image: Tensor, reference: Tensor) -> Tensor:
     >>> float(heat_map_r2(a, a)), abs(round(float(heat_map_r2(0 * a + a.mean(), a)), 6))
     (1.0, 0.0)
     """
-    _check_map_pair(image, reference)
-    x = image.flatten(-2).to(torch.float64)
-    y = reference.flatten(-2).to(torch.float64)
+    rank = _check_map_pair(image, reference, ndim)
+    x = image.flatten(image.dim() - rank).to(torch.float64)
+    y = reference.flatten(reference.dim() - rank).to(torch.float64)
     residual = ((y - x) ** 2).sum(dim=-1)
     total = ((y - y.mean(dim=-1, keepdim=True)) ** 2).sum(dim=-1)
     explained = 1.0 - residual / torch.where(total > 0, total, torch.ones_like(total))
@@ -385,8 +410,9 @@ class ExactReference:
         n, r = exact.shape[:2]
         drops_approx = self._drops_of(approximate)
         heat_approx = self.regions.pixel_mean(drops_approx)
-        similarity = float(ssim(heat_approx, self._heat).mean())
-        r2 = float(heat_map_r2(heat_approx, self._heat).mean())
+        rank = self.regions.ndim
+        similarity = float(ssim(heat_approx, self._heat, ndim=rank).mean())
+        r2 = float(heat_map_r2(heat_approx, self._heat, ndim=rank).mean())
         correlations = []
         for a, b in zip(drops_approx.reshape(-1, r), self._drops.reshape(-1, r), strict=True):
             if r < 2:

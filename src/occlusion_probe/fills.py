@@ -115,9 +115,9 @@ class Fill:
         if self.region is not None:
             raise RuntimeError(f"fill {self.label!r} needs the region's mask")
         if self.value is not None:
-            return torch.full(
-                (1,) * images.dim(), self.value, dtype=images.dtype, device=images.device
-            )
+            # one entry per axis of the batch (n, C, *spatial): broadcast, never materialised
+            shape = (1,) * images.dim()
+            return torch.full(shape, self.value, dtype=images.dtype, device=images.device)
         if self.tensor is not None:
             return self.tensor.to(device=images.device, dtype=images.dtype).unsqueeze(0)
         if self.function is None:  # unreachable by construction; keeps the type checker honest

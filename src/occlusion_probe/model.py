@@ -479,7 +479,8 @@ class CheckedForward:
         ``"softmax"``, ``"logits"``, ``"probabilities"`` or a callable receiving the raw
         model output and returning the (B, K) floating tensor to record.
     single_channel : bool
-        The caller gave images as (N, H, W); the model is then fed (b, H, W).
+        The caller gave images without their channel axis, (N, *spatial); the model is then
+        fed (b, *spatial).
     dtype : torch.dtype or None
         The model's floating dtype (images are cast to it); None keeps the images' dtype.
 
@@ -512,7 +513,7 @@ class CheckedForward:
         self.first_call: tuple[Tensor, Tensor] | None = None
 
     def __call__(self, batch: Tensor, *, scratch: bool = False) -> Tensor:
-        """Recorded outputs (b, K) of the model on `batch` (b, C, H, W).
+        """Recorded outputs (b, K) of the model on `batch` (b, C, *spatial).
 
         scratch : `batch` is a buffer the library built and rewrites before reusing it, so
             the model may get it without a copy.
@@ -535,22 +536,30 @@ class CheckedForward:
         given = cast_images(images.to(device), self.dtype)
         before = _state_versions(self.model)
         with evaluation_mode(self.model):
+            exported = isinstance(self.model, nn.Module) and _is_exported(self.model)
             try:
                 outputs = self(given)
+                if exported:
+                    # The sweep calls it with batches of every size: a program exported
+                    # with a fixed batch fails on the first other one, so try one now.
+                    other = given[:1] if given.shape[0] > 1 else given.expand(2, *given.shape[1:])
+                    self(other)
             except (RuntimeError, AssertionError) as error:
-                if isinstance(self.model, nn.Module) and _is_exported(self.model):
+                if exported:
                     raise InputValueError(
-                        f"model: the exported program failed on a batch of {given.shape[0]} "
-                        f"images ({type(error).__name__}: {str(error)[:200]}); export it with a "
-                        "dynamic batch dimension, e.g. dynamic_shapes=({0: "
-                        'torch.export.Dim("batch")},)'
+                        "model: the exported program fails on batches of other sizes than it "
+                        f"was exported with ({type(error).__name__}: {str(error)[:200]}); the "
+                        "sweep runs batches of many sizes: export it with a dynamic batch "
+                        'dimension, e.g. dynamic_shapes=({0: torch.export.Dim("batch")},)'
                     ) from error
                 if not self.single_channel or not isinstance(error, RuntimeError):
                     raise
+                spatial = "x".join(str(size) for size in given.shape[2:])
                 raise InputValueError(
-                    "images: given as (N, H, W), so the model is called with (B, H, W), and "
-                    f"it failed ({type(error).__name__}: {str(error)[:200]}); pass "
-                    "images.unsqueeze(1) for a model that takes (B, 1, H, W)"
+                    f"images: given without a channel axis (N, {spatial}), so the model is "
+                    f"called with (B, {spatial}), and it failed ({type(error).__name__}: "
+                    f"{str(error)[:200]}); pass images.unsqueeze(1) for a model that takes "
+                    f"(B, 1, {spatial})"
                 ) from error
             again = self(given)
         changed = [name for name, state in _state_versions(self.model).items()

@@ -6,12 +6,18 @@ Save it with ``fig.savefig("curves.png")``.
 
 - `class_curves`: the paper's Figs 4-9, mean class output against the occluded region, one
   line per fill, optionally with bootstrap confidence bands;
-- `heatmap`: the mean output drop of each region painted over an example image;
-- `pixel_heatmap`: a per-pixel heat map (`SweepResult.heatmap` of one image, or the
-  class-mean `class_heatmap`) over an example image, for overlapping sliding windows;
+- `heatmap`: the output drop of each region (one image's, or the class mean) painted over
+  the image, labelled with region ids and ranks;
+- `pixel_heatmap`: a per-position heat map (`SweepResult.heatmap` of one image, or the
+  class-mean `class_heatmap`) over the image, for overlapping sliding windows;
+- `compare_fills`: one `pixel_heatmap` panel per fill, all on one colour scale;
 - `confusion`: a keep-only confusion matrix (rows = true class, row-normalised percent);
 - `perturbation_curve`: keep and remove curves, ranked orders with their area shaded and
   random orders with their band, keep-only results marked.
+
+The heat maps (defined in `occlusion_probe.plot_maps`) follow the regions' rank: a curve
+under a 1D signal, the map over a 2D image, three orthogonal slices through a 3D map's peak;
+``scale=`` gives several figures one colour scale.
 """
 
 from __future__ import annotations
@@ -21,20 +27,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib import patheffects
 from matplotlib.axes import Axes
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
-from torch import Tensor
 
 from .errors import InputTypeError, InputValueError, describe
+from .plot_maps import compare_fills, heatmap, output_label, pixel_heatmap, readings_of
 from .results import ClassReadings, PerturbationCurve, SweepResult
 from .selection import check_bool, class_index, class_label
 
 if TYPE_CHECKING:
     from .results import ConfusionReport
 
-__all__ = ["class_curves", "confusion", "heatmap", "perturbation_curve", "pixel_heatmap"]
+__all__ = [
+    "class_curves",
+    "compare_fills",
+    "confusion",
+    "heatmap",
+    "perturbation_curve",
+    "pixel_heatmap",
+]
 
 # Above this many regions, tick labels are thinned so that they stay readable.
 _MAX_TICK_LABELS = 24
@@ -50,21 +61,6 @@ def _target_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure,
     # A subfigure's axes still belong to one root figure, which is what callers save.
     root = parent.figure if isinstance(parent, SubFigure) else parent
     return root, ax
-
-
-def _readings(result: object) -> ClassReadings:
-    if not isinstance(result, ClassReadings):
-        raise InputTypeError(
-            f"result: expected a SweepResult or ClassMeanResult, got {describe(result)}"
-        )
-    return result
-
-
-def _output_label(result: ClassReadings) -> str:
-    output = str(getattr(result, "output", "softmax"))
-    if output == "logits":
-        return "logit"
-    return f"{output} output"
 
 
 def _selection_label(result: ClassReadings, correct_only: bool) -> str:
@@ -137,7 +133,7 @@ def class_curves(
     >>> len(fig.axes[0].get_lines())  # 6 fills and the unoccluded level
     7
     """
-    readings = _readings(result)
+    readings = readings_of(result)
     index = readings.class_index(cls)
     flag = check_bool("correct_only", correct_only)
     show_bands = check_bool("bands", bands)
@@ -152,7 +148,7 @@ def class_curves(
     name = class_label(index, readings.class_names)
     figure, axes = _target_axes(ax, (7.0, 4.5))
     axes.set_xlabel("occluded region")
-    axes.set_ylabel(f"mean {_output_label(readings)} of {name}")
+    axes.set_ylabel(f"mean {output_label(readings)} of {name}")
     axes.set_title(f"{name}: mean over {count} {_selection_label(readings, flag)}")
     positions = np.arange(len(readings.regions))
     # The fills are usually an ordered scale (0.0 .. 1.0), so a sequential colour map reads
@@ -195,283 +191,6 @@ def _region_ticks(axes: Axes, ids: Sequence[int]) -> None:
     step = max(1, -(-len(ids) // _MAX_TICK_LABELS))
     shown = list(range(0, len(ids), step))
     axes.set_xticks(shown, [str(ids[i]) for i in shown])
-
-
-def _display_image(image: Tensor, height: int, width: int) -> np.ndarray:
-    if not isinstance(image, Tensor):
-        raise InputTypeError(
-            f"image: expected a Tensor of shape (C, H, W) or (H, W), got {describe(image)}"
-        )
-    if image.dim() == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.dim() == 2:
-        pixels = image
-    elif image.dim() == 3 and image.shape[0] == 3:
-        pixels = image.permute(1, 2, 0)
-    else:
-        raise InputValueError(
-            f"image: expected shape (H, W), (1, H, W) or (3, H, W), got {tuple(image.shape)}"
-        )
-    if tuple(pixels.shape[:2]) != (height, width):
-        raise InputValueError(
-            f"image: expected spatial size ({height}, {width}) to match the regions, "
-            f"got {tuple(pixels.shape[:2])}"
-        )
-    array = pixels.detach().to("cpu", torch.float64).numpy()
-    finite = array[np.isfinite(array)]
-    if finite.size == 0:
-        return np.zeros_like(array)
-    low, high = float(finite.min()), float(finite.max())
-    # Min-max to [0, 1] so that whitened or GCN-normalised inputs display as images.
-    span = high - low if high > low else 1.0
-    return np.clip(np.nan_to_num((array - low) / span), 0.0, 1.0)
-
-
-def heatmap(
-    result: ClassReadings,
-    cls: object,
-    image: Tensor,
-    *,
-    correct_only: bool = True,
-    fill: object = None,
-    fill_index: object = None,
-    ax: Axes | None = None,
-) -> Figure:
-    """Mean output drop of class `cls` per region, painted over an example image.
-
-    Each region's pixels get a semi-transparent colour of ``result.mean_drop(cls, fill=...)``
-    (red: occluding lowers the output, blue: raises it; pixels of overlapping regions get
-    the mean), its id and its rank (#1 = largest drop) are written at the region's centroid,
-    and a colour bar gives the scale.
-
-    Parameters
-    ----------
-    result : SweepResult or ClassMeanResult
-        The sweep to plot.
-    cls : int, numpy integer, 0-d integer Tensor or str
-        Class index or name.
-    image : Tensor, shape (H, W), (1, H, W) or (3, H, W)
-        Shown in gray or colour, min-max normalised for display (so whitened inputs work).
-    correct_only : bool
-        Which images `SweepResult.mean_drop` averages over (as in `class_curves`).
-    fill : number or str, optional
-        Value or label of one fill; with neither `fill` nor `fill_index`, the mean over the
-        fills.
-    fill_index : int, optional
-        Position of one fill.
-    ax : Axes, optional
-        Axes to draw into; a new figure when None.
-
-    Returns
-    -------
-    Figure
-        The new figure, or the one holding `ax` when given.
-
-    Raises
-    ------
-    EmptySelectionError
-        When no image is selected.
-    InputValueError
-        When `image` does not match the regions' size.
-    InputTypeError
-        When `result` is not a result, `image` is not a Tensor or `ax` is neither None nor a
-        matplotlib ``Axes``.
-
-    Examples
-    --------
-    >>> import torch, occlusion_probe as op
-    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    >>> images = torch.rand(10, 1, 8, 8)
-    >>> result = op.sweep(model, images, op.grid(8, 8, 2, 2), progress=False)
-    >>> fig = heatmap(result, 1, images[0], correct_only=False)
-    >>> fig.axes[0].get_title()
-    'class 1: drop of softmax output\\n(mean over fills, 10 images)'
-    """
-    readings = _readings(result)
-    index = readings.class_index(cls)
-    regions = readings.regions
-    display = _display_image(image, regions.height, regions.width)
-    flag = check_bool("correct_only", correct_only)
-    drops = (
-        readings.mean_drop(index, fill=fill, fill_index=fill_index, correct_only=flag)
-        .tensor.double()
-        .cpu()
-    )
-    count = readings.selected_count(index, correct_only=flag)
-    order = torch.sort(drops, descending=True, stable=True).indices.tolist()
-    rank_of = {position: rank for rank, position in enumerate(order, start=1)}
-
-    coverage = regions.coverage.cpu()
-    painted = regions.to("cpu").pixel_mean(drops)
-    overlay = np.ma.masked_array(painted.numpy(), mask=(coverage == 0).numpy())
-    finite = drops[torch.isfinite(drops)]
-    limit = float(finite.abs().max()) if finite.numel() else 0.0
-    limit = limit if limit > 0.0 else 1.0
-
-    name = class_label(index, readings.class_names)
-    figure, axes = _target_axes(ax, (5.5, 4.8))
-    if display.ndim == 2:
-        axes.imshow(display, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        axes.imshow(display, interpolation="nearest")
-    painted_image = axes.imshow(
-        overlay,
-        cmap="coolwarm",
-        norm=Normalize(vmin=-limit, vmax=limit),
-        alpha=0.55,
-        interpolation="nearest",
-    )
-    outline = [patheffects.withStroke(linewidth=2, foreground="black")]
-    for position, region_id in enumerate(regions.ids):
-        rows, cols = torch.nonzero(regions.masks[position].cpu(), as_tuple=True)
-        axes.text(
-            float(cols.double().mean()),
-            float(rows.double().mean()),
-            f"{region_id}\n#{rank_of[position]}",
-            ha="center",
-            va="center",
-            fontsize="x-small",
-            color="white",
-            path_effects=outline,
-        )
-    fill_text = (
-        "mean over fills"
-        if fill is None and fill_index is None
-        else f"fill {readings.fill_labels[readings.fill_position(fill, fill_index=fill_index)]}"
-    )
-    output = _output_label(readings)
-    axes.set_title(f"{name}: drop of {output}\n({fill_text}, {count} images)")
-    axes.set_axis_off()
-    figure.colorbar(painted_image, ax=axes, label=f"mean drop of {output}")
-    return figure
-
-
-def pixel_heatmap(
-    result: ClassReadings,
-    cls: object,
-    image: Tensor,
-    *,
-    image_index: int | None = None,
-    correct_only: bool = True,
-    fill: object = None,
-    fill_index: object = None,
-    ax: Axes | None = None,
-) -> Figure:
-    """A per-pixel heat map of the output drop of class `cls`, over an example image.
-
-    With `image_index`, the map is ``result.heatmap(cls)[image_index]`` (captum
-    ``Occlusion``'s map of that image; `image` should be that image); without it, the
-    class-mean map ``result.class_heatmap(cls)`` over the selected images (the only choice
-    for a `ClassMeanResult`). Unlike `heatmap`, which labels each region, this paints pixels
-    only, so it suits hundreds of overlapping sliding windows. Red: occluding lowers the
-    output, blue: raises it; pixels no window covers are left unpainted. A drill-down
-    result's title gives the share of windows computed for that image.
-
-    Parameters
-    ----------
-    result : SweepResult or ClassMeanResult
-        The sweep to plot.
-    cls : int, numpy integer, 0-d integer Tensor or str
-        Class index or name.
-    image : Tensor, shape (H, W), (1, H, W) or (3, H, W)
-        Shown in gray or colour under the map, min-max normalised for display.
-    image_index : int, optional
-        Which image of a `SweepResult` to map; None: the class mean.
-    correct_only : bool
-        Which images the class-mean map averages (ignored with `image_index`).
-    fill : number or str, optional
-        Value or label of one fill; with neither `fill` nor `fill_index`, the mean over fills.
-    fill_index : int, optional
-        Position of one fill.
-    ax : Axes, optional
-        Axes to draw into; a new figure when None.
-
-    Returns
-    -------
-    Figure
-        The new figure, or the one holding `ax` when given.
-
-    Raises
-    ------
-    InputTypeError
-        When `result` is not a result, `image` is not a Tensor, `image_index` is not an int
-        or is given for a `ClassMeanResult`, or `ax` is not an ``Axes``.
-    InputValueError
-        When `image_index` is out of range or `image` does not match the regions' size.
-    EmptySelectionError
-        For a class-mean map with no image selected.
-
-    Examples
-    --------
-    >>> import torch, occlusion_probe as op
-    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    >>> images = torch.rand(2, 1, 8, 8)
-    >>> result = op.sweep(model, images, op.sliding_windows(8, 8, 4, 1), fills=0.0,
-    ...                   progress=False)
-    >>> fig = pixel_heatmap(result, 1, images[0], image_index=0, fill=0.0)
-    >>> fig.axes[0].get_title()
-    'class 1: drop of softmax output, image 0\\n(fill 0.0, 25 windows)'
-    """
-    readings = _readings(result)
-    index = readings.class_index(cls)
-    regions = readings.regions
-    display = _display_image(image, regions.height, regions.width)
-    flag = check_bool("correct_only", correct_only)
-    fill_text = (
-        "mean over fills"
-        if fill is None and fill_index is None
-        else f"fill {readings.fill_labels[readings.fill_position(fill, fill_index=fill_index)]}"
-    )
-    if image_index is not None:
-        if not isinstance(result, SweepResult):
-            raise InputTypeError(
-                "image_index: only a SweepResult has per-image maps; got it for "
-                f"{describe(result)} (leave image_index=None for the class mean)"
-            )
-        if isinstance(image_index, bool) or not isinstance(image_index, (int, np.integer)):
-            raise InputTypeError(
-                f"image_index: expected None or an int, got {describe(image_index)}"
-            )
-        if not 0 <= image_index < result.num_images:
-            raise InputValueError(
-                f"image_index: expected an index in [0, {result.num_images - 1}], got {image_index}"
-            )
-        painted = result.heatmap(index, fill=fill, fill_index=fill_index)[int(image_index)]
-        which = f"image {int(image_index)}"
-        detail = f"{len(regions)} windows"
-        if result.computed is not None:
-            share = float(result.computed[int(image_index)].double().mean())
-            detail = f"{100 * share:.0f} % of {len(regions)} windows computed"
-    else:
-        painted = readings.class_heatmap(index, fill=fill, fill_index=fill_index, correct_only=flag)
-        count = readings.selected_count(index, correct_only=flag)
-        which = f"mean of {count} images"
-        detail = f"{len(regions)} windows"
-    values = painted.detach().to("cpu", torch.float64)
-    coverage = regions.coverage.cpu()
-    overlay = np.ma.masked_array(values.numpy(), mask=(coverage == 0).numpy())
-    finite = values[torch.isfinite(values)]
-    limit = float(finite.abs().max()) if finite.numel() else 0.0
-    limit = limit if limit > 0.0 else 1.0
-
-    name = class_label(index, readings.class_names)
-    output = _output_label(readings)
-    figure, axes = _target_axes(ax, (5.5, 4.8))
-    if display.ndim == 2:
-        axes.imshow(display, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    else:
-        axes.imshow(display, interpolation="nearest")
-    painted_image = axes.imshow(
-        overlay,
-        cmap="coolwarm",
-        norm=Normalize(vmin=-limit, vmax=limit),
-        alpha=0.6,
-        interpolation="nearest",
-    )
-    axes.set_title(f"{name}: drop of {output}, {which}\n({fill_text}, {detail})")
-    axes.set_axis_off()
-    figure.colorbar(painted_image, ax=axes, label=f"drop of {output}")
-    return figure
 
 
 def confusion(

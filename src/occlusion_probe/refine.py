@@ -1,7 +1,7 @@
 """Drill-down sweeps: coarse windows first, the fine stride only where the coarse map is hot.
 
-``sweep(model, images, sliding_windows(H, W, window, stride), refine=Refine(coarse_stride=...,
-top=0.25))`` follows Krypton's adaptive drill-down (Nakandala et al., SIGMOD 2019), per image:
+``sweep(model, images, sliding_windows(shape, window, stride), refine=Refine(coarse_stride=...,
+top=0.25))`` (signals, images or volumes) follows Krypton's adaptive drill-down (Nakandala et al., SIGMOD 2019), per image:
 
 1. the *coarse pass* computes, for every image, the windows whose starts lie on the coarse
    grid (every ``coarse_stride / stride``-th window along each axis, from the first);
@@ -41,25 +41,25 @@ from .regions import Regions, WindowGrid
 __all__ = ["Refine", "RefinePlan"]
 
 
-def _stride_pair(value: object) -> tuple[int, int]:
+def _coarse_stride(value: object) -> int | tuple[int, ...]:
+    """`value` as a positive int, or a tuple of 1 to 3 of them (one per spatial axis)."""
+    expected = "a positive int or a tuple of them (one per spatial axis)"
     if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise InputValueError(
-                f"Refine.coarse_stride: expected an int or a pair (rows, cols), got {value!r}"
-            )
+        if not 1 <= len(value) <= 3:
+            raise InputValueError(f"Refine.coarse_stride: expected {expected}, got {value!r}")
         items = list(value)
     else:
-        items = [value, value]
+        items = [value]
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
             raise InputTypeError(
-                f"Refine.coarse_stride: expected a positive int or a pair of them, got {describe(value)}"
+                f"Refine.coarse_stride: expected {expected}, got {describe(value)}"
             )
         if item < 1:
-            raise InputValueError(
-                f"Refine.coarse_stride: expected a positive int or a pair of them, got {value!r}"
-            )
-    return int(items[0]), int(items[1])
+            raise InputValueError(f"Refine.coarse_stride: expected {expected}, got {value!r}")
+    if isinstance(value, (tuple, list)):
+        return tuple(int(item) for item in items)
+    return int(items[0])
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,10 @@ class Refine:
 
     Parameters
     ----------
-    coarse_stride : int or (int, int)
-        Stride in pixels of the coarse pass: a multiple of the windows' stride along each
-        axis (any value along an axis with one window position).
+    coarse_stride : int or tuple of int
+        Stride in pixels of the coarse pass, one int for every axis or one per spatial axis:
+        a multiple of the windows' stride along each axis (any value along an axis with one
+        window position).
     top : float
         Fraction of the coarse windows, per image, whose cells are computed at the fine
         stride: in (0, 1]; 1.0 computes every window (an exact sweep).
@@ -95,19 +96,19 @@ class Refine:
     Examples
     --------
     >>> Refine(coarse_stride=8, top=0.25)
-    Refine(coarse_stride=(8, 8), top=0.25, cls=None, ssim=None, calibration_images=4)
+    Refine(coarse_stride=8, top=0.25, cls=None, ssim=None, calibration_images=4)
     >>> Refine(coarse_stride=8, top=0.1, ssim=0.9).candidate_tops()
     (0.1, 0.2, 0.4, 0.8, 1.0)
     """
 
-    coarse_stride: int | tuple[int, int]
+    coarse_stride: int | tuple[int, ...]
     top: float = 0.25
     cls: int | None = None
     ssim: float | None = None
     calibration_images: int = 4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "coarse_stride", _stride_pair(self.coarse_stride))
+        object.__setattr__(self, "coarse_stride", _coarse_stride(self.coarse_stride))
         object.__setattr__(self, "top", check_fraction("Refine.top", self.top))
         cls = self.cls
         if cls is not None and (isinstance(cls, bool) or not isinstance(cls, (int, np.integer))):
@@ -137,6 +138,14 @@ class Refine:
         return (*tops, 1.0)
 
 
+def _row_major(index: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Flat row-major positions (last axis fastest) of the (P, rank) indices in `shape`."""
+    flat = torch.zeros(index.shape[0], dtype=torch.int64)
+    for axis, size in enumerate(shape):
+        flat = flat * size + index[:, axis]
+    return flat
+
+
 def _axis_cells(positions: int, factor: int) -> tuple[list[int], list[int]]:
     """Coarse indices along one axis and, per fine index, the position of its nearest
     coarse index in that list (ties to the earlier)."""
@@ -164,40 +173,47 @@ class RefinePlan:
         layout = regions.window_grid()
         if layout is None:
             raise InputValueError(
-                "refine: expected regions made by sliding_windows (equal rectangles on a regular "
+                "refine: expected regions made by sliding_windows (equal boxes on a regular "
                 f"grid, row-major), got {regions!r}; drill-down needs the windows' geometry"
             )
         self.grid: WindowGrid = layout
+        strides = refine.coarse_stride
+        if isinstance(strides, tuple) and len(strides) != layout.ndim:
+            raise InputValueError(
+                f"refine: coarse_stride {strides} has {len(strides)} entries, the windows "
+                f"{layout.ndim} spatial axes; give one int, or one per axis"
+            )
+        coarse_strides = strides if isinstance(strides, tuple) else (strides,) * layout.ndim
         factors = []
-        stride_pair = _stride_pair(refine.coarse_stride)
-        for axis, name in enumerate(("rows", "columns")):
-            count = layout.shape[axis]
-            fine, coarse = layout.stride[axis], stride_pair[axis]
+        for axis, (count, fine, coarse) in enumerate(
+            zip(layout.shape, layout.stride, coarse_strides, strict=True)
+        ):
             if count == 1:
                 factors.append(1)
                 continue
             if coarse % fine:
                 raise InputValueError(
-                    f"refine: coarse_stride {stride_pair} must be a multiple of the windows' "
-                    f"stride {layout.stride} along the {name}; got {coarse} for stride {fine}"
+                    f"refine: coarse_stride {coarse_strides} must be a multiple of the windows' "
+                    f"stride {layout.stride} along axis {axis}; got {coarse} for stride {fine}"
                 )
             factors.append(coarse // fine)
-        self.factors = (factors[0], factors[1])
+        self.factors = tuple(factors)
         self.settings = refine
         #: The fraction of coarse cells refined per image (a target's calibration sets it).
         self.top = refine.top
-        rows, row_cell = _axis_cells(layout.shape[0], factors[0])
-        cols, col_cell = _axis_cells(layout.shape[1], factors[1])
-        width = layout.shape[1]
-        self.coarse = [r * width + c for r in rows for c in cols]
-        self.cell = torch.tensor(
-            [
-                row_cell[i] * len(cols) + col_cell[j]
-                for i in range(layout.shape[0])
-                for j in range(width)
-            ],
-            dtype=torch.int64,
+        axes = [
+            _axis_cells(count, factor) for count, factor in zip(layout.shape, factors, strict=True)
+        ]
+        # Row-major (last axis fastest) positions of the coarse windows and, per window, the
+        # row-major index of its cell among the coarse windows.
+        fine_shape = layout.shape
+        coarse_shape = tuple(len(coarse) for coarse, _ in axes)
+        coarse_at = torch.cartesian_prod(*[torch.tensor(c) for c, _ in axes]).reshape(-1, len(axes))
+        self.coarse = _row_major(coarse_at, fine_shape).tolist()
+        nearest_at = torch.cartesian_prod(*[torch.tensor(n) for _, n in axes]).reshape(
+            -1, len(axes)
         )
+        self.cell = _row_major(nearest_at, coarse_shape)
         self.num_regions = len(regions)
         self._on_coarse = torch.zeros(self.num_regions, dtype=torch.bool)
         self._on_coarse[self.coarse] = True
@@ -276,7 +292,7 @@ class RefinePlan:
     ) -> tuple[Tensor | None, Tensor, Tensor]:
         """The drill-down of one chunk of images.
 
-        images : (n, C, H, W); fill_images : (V, n or 1, ...); baseline : (n, K) unoccluded
+        images : (n, C, *spatial); fill_images : (V, n or 1, ...); baseline : (n, K) unoccluded
         outputs (they rank the coarse windows); threshold : the projective-field cap of every
         run (None: exact)
         returns : the incremental engine's unoccluded outputs of the coarse pass (or None),

@@ -91,7 +91,12 @@ def check_common_arguments(
         raise InputTypeError(
             f"model: expected a callable (B, C, H, W) -> (B, K), got {describe(model)}"
         )
-    if isinstance(model, nn.Module) and type(model).forward is nn.Module.forward:
+    # torch.compile's wrapper sets its forward on the instance
+    if (
+        isinstance(model, nn.Module)
+        and type(model).forward is nn.Module.forward
+        and "forward" not in vars(model)
+    ):
         raise InputTypeError(
             f"model: the {type(model).__name__} given defines no forward(); expected a "
             "module (B, C, H, W) -> (B, K)"
@@ -304,10 +309,9 @@ def sweep(
     if shard is not None and isinstance(images, (Tensor, np.ndarray)):
         # Chunks are the unit of sharding: make sure every rank gets a share of a small N.
         chunk_images = max(1, min(chunk_images, -(-int(images.shape[0]) // shard.world_size)))
-    source = ImageSource(images, labels, regions.height, regions.width, chunk_images)
+    source = ImageSource(images, labels, regions.spatial_shape, chunk_images)
     image_shape = source.image_shape
-    c, h, w = image_shape
-    fill_list = resolve_fills(fills, (c, h, w))
+    fill_list = resolve_fills(fills, image_shape)
     run_device = resolve_device(device, model, source.device)
     # The model gets its images (and so the fills) in its own floating dtype.
     dtype = input_dtype(model) or source.dtype
@@ -350,7 +354,7 @@ def sweep(
         incremental, engine_note = choose_engine(
             "incremental" if approx is not None else resumed_engine(engine, stored),
             model,
-            (c, h, w),
+            image_shape,
             source.single_channel,
             masks,
             None if source.num_images is None else source.num_images * r * v,
@@ -464,7 +468,7 @@ def sweep(
         regions=regions,
         fill_labels=tuple(f.label for f in fill_list),
         class_names=names,
-        image_shape=tuple(image_shape) if not source.single_channel else (h, w),
+        image_shape=image_shape[1:] if source.single_channel else image_shape,
         output=out_name,
         engine=engine_run.name,
         engine_note=engine_run.note,

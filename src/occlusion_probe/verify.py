@@ -122,7 +122,7 @@ def keep_only(
         )
     check_class_names(class_names)
     kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
-    source = ImageSource(images, labels, regions.height, regions.width)
+    source = ImageSource(images, labels, regions.spatial_shape)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")
     (fill_spec,) = resolve_fills([fill], source.image_shape, "fill")

@@ -7,6 +7,9 @@ each test forces both and compares them with ``torch.where`` per occluded image.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -136,24 +139,28 @@ def test_plan_blocks_prefers_whole_slabs_per_image() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.lists(st.booleans(), min_size=35, max_size=35).map(
-            lambda bits: torch.tensor(bits).reshape(5, 7)
-        ),
-        min_size=1,
-        max_size=4,
+    st.sampled_from([(9,), (5, 7), (3, 4, 5)]).flatmap(
+        lambda shape: st.lists(
+            st.lists(st.booleans(), min_size=math.prod(shape), max_size=math.prod(shape)).map(
+                lambda bits: torch.tensor(bits).reshape(shape)
+            ),
+            min_size=1,
+            max_size=4,
+        )
     )
 )
 def test_region_boxes_match_a_pixel_loop(mask_list: list[Tensor]) -> None:
     masks = torch.stack(mask_list)
     for mask, box in zip(masks, region_boxes(masks), strict=True):
-        points = [(y, x) for y in range(5) for x in range(7) if mask[y, x]]
+        points = [p for p in itertools.product(*map(range, mask.shape)) if mask[p]]
         if not points:
             assert box is None
             continue
-        ys, xs = [p[0] for p in points], [p[1] for p in points]
-        top, bottom, left, right = min(ys), max(ys) + 1, min(xs), max(xs) + 1
-        assert box == (top, bottom, left, right, len(points) == (bottom - top) * (right - left))
+        lows = [min(p[axis] for p in points) for axis in range(mask.dim())]
+        highs = [max(p[axis] for p in points) + 1 for axis in range(mask.dim())]
+        volume = math.prod(high - low for low, high in zip(lows, highs, strict=True))
+        expected = tuple(slice(low, high) for low, high in zip(lows, highs, strict=True))
+        assert box == (expected, len(points) == volume)
 
 
 # --- occluded_blocks ---------------------------------------------------------------------

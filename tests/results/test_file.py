@@ -165,7 +165,7 @@ def test_dropped_field_without_new_checksum_is_corruption(tmp_path: Path) -> Non
         ),
         ("region_masks", np.zeros((4, 4, 4)), "field 'region_masks': expected a bool array"),
         ("kind", np.array("ClassMeanResult"), "field 'kind': expected 'SweepResult'"),
-        ("format_version", np.array(4), "field 'format_version': expected 3 \\(or 2, 1\\)"),
+        ("format_version", np.array(5), "field 'format_version': expected 4 \\(or 3, 2, 1\\)"),
         ("format_version", np.array("2"), "field 'format_version': expected an integer scalar"),
         ("checksum", None, "field 'checksum': expected the field to be present"),
     ],
@@ -470,8 +470,8 @@ def test_format_two_files_with_bool_masks_still_load(tmp_path: Path) -> None:
         {
             "format_version": np.array(2, dtype=np.int64),
             "region_window": None,
-            "region_tops": None,
-            "region_lefts": None,
+            "region_starts_0": None,
+            "region_starts_1": None,
             "region_masks": result.regions.masks.numpy(),
         },
     )
@@ -485,14 +485,18 @@ def test_format_two_files_with_bool_masks_still_load(tmp_path: Path) -> None:
         (
             {
                 "region_window": np.array([10**5, 10**5, 1, 1]),
-                "region_tops": np.arange(1000),
-                "region_lefts": np.arange(1000),
+                "region_starts_0": np.arange(1000),
+                "region_starts_1": np.arange(1000),
             },
             "field 'region_window': expected masks of at most",
         ),
         ({"region_window": np.array([4, 4, 5, 1])}, "expected a window inside the image"),
-        ({"region_tops": np.array([2, 0])}, "field 'region_tops': expected increasing starts"),
-        ({"region_lefts": np.array([0, 3])}, "field 'region_lefts': expected increasing starts"),
+        ({"region_starts_0": np.array([2, 0])}, "field 'region_starts_0': expected increasing"),
+        ({"region_starts_1": np.array([0, 3])}, "field 'region_starts_1': expected increasing"),
+        (
+            {"region_window": np.array([4, 4, 1])},
+            "field 'region_window': expected the spatial size",
+        ),
         ({"region_window": None}, "field 'region_mask_shape': expected the field to be present"),
     ],
 )
@@ -517,3 +521,56 @@ def test_packed_masks_are_validated(tmp_path: Path) -> None:
     _rewrite(path, {"region_mask_shape": np.array([3, 8, 8])})
     with pytest.raises(ResultFileError, match=r"field 'region_masks_packed': expected a uint8"):
         SweepResult.load(path)
+    _rewrite(path, {"region_mask_shape": np.array([3])})
+    with pytest.raises(
+        ResultFileError, match=r"field 'region_mask_shape': expected \(R, \*spatial\)"
+    ):
+        SweepResult.load(path)
+
+
+def test_format_three_files_with_rows_and_columns_of_windows_still_load(tmp_path: Path) -> None:
+    result = _result_over(op.sliding_windows(16, 16, 4, 4))
+    path = result.save(tmp_path / "r.npz")
+    stored = _stored(path)
+    _rewrite(
+        path,
+        {
+            "format_version": np.array(3, dtype=np.int64),
+            "region_starts_0": None,
+            "region_starts_1": None,
+            "region_tops": stored["region_starts_0"],
+            "region_lefts": stored["region_starts_1"],
+        },
+    )
+    assert _same(SweepResult.load(path), result)
+    _rewrite(path, {"region_tops": np.array([2, 0])})
+    with pytest.raises(ResultFileError, match="field 'region_tops': expected increasing"):
+        SweepResult.load(path)
+
+
+@pytest.mark.parametrize(
+    "regions",
+    [
+        op.sliding_windows((40,), window=8, stride=4),
+        op.grid((6, 8, 10), (2, 2, 5)),
+        op.sliding_windows((8, 8, 8), window=4, stride=2),
+        op.Regions.from_label_map(torch.arange(60).reshape(3, 4, 5) % 7),
+        op.Regions.from_label_map(torch.arange(30) % 4),
+    ],
+    ids=["1d-windows", "3d-grid", "3d-windows", "3d-label-map", "1d-label-map"],
+)
+def test_regions_of_any_rank_round_trip(tmp_path: Path, regions: op.Regions) -> None:
+    result = _result_over(regions)
+    path = result.save(tmp_path / "r.npz")
+    stored = _stored(path)
+    if regions.window_grid() is not None:
+        rank = regions.ndim
+        assert stored["region_window"].size == 2 * rank
+        assert sorted(k for k in stored if k.startswith("region_starts_")) == [
+            f"region_starts_{axis}" for axis in range(rank)
+        ]
+    else:
+        assert stored["region_mask_shape"].tolist() == list(regions.masks.shape)
+    loaded = SweepResult.load(path)
+    assert torch.equal(loaded.regions.masks, regions.masks) and loaded.regions.ids == regions.ids
+    assert _same(loaded, result)

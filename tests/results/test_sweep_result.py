@@ -702,3 +702,79 @@ def test_image_ranking_equals_a_plain_sort(result: SweepResult) -> None:
     for bad, error in ((12, InputValueError), (-1, InputValueError), (1.0, InputTypeError)):
         with pytest.raises(error, match=r"image: expected an int in \[0, 11\]"):
             result.image_ranking(bad)
+
+
+def _conv_net(rank: int, channels: int, classes: int) -> nn.Module:
+    conv = {1: nn.Conv1d, 3: nn.Conv3d}[rank]
+    pool = {1: nn.AdaptiveAvgPool1d, 3: nn.AdaptiveAvgPool3d}[rank]
+    torch.manual_seed(rank)
+    return nn.Sequential(
+        conv(channels, 6, 3, padding=1), nn.ReLU(), conv(6, 6, 3, stride=2), nn.ReLU(),
+        pool(2), nn.Flatten(), nn.Linear(6 * 2**rank, classes),
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shape", "window", "stride"),
+    [((40,), (8,), (4,)), ((9, 10, 11), (3, 4, 3), (3, 2, 2))],
+    ids=["1d", "3d"],
+)
+def test_heatmap_at_any_rank_equals_captum_occlusion(
+    shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...]
+) -> None:
+    from captum.attr import Occlusion
+
+    channels = 2
+    model = _conv_net(len(shape), channels, 3)
+    images = torch.rand(2, channels, *shape, generator=torch.Generator().manual_seed(3))
+    windows = op.sliding_windows(shape, window, stride)
+    result = op.sweep(model, images, windows, fills=(0.0, 0.4), engine="dense", progress=False)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x), dim=1)
+
+    for cls, fill in ((0, 0.0), (2, 0.4)):
+        expected = Occlusion(forward).attribute(
+            images,
+            sliding_window_shapes=(channels, *window),
+            strides=(channels, *stride),
+            baselines=fill,
+            target=cls,
+        )
+        heat = result.heatmap(cls, fill=fill)
+        assert heat.shape == (2, *shape)
+        torch.testing.assert_close(expected, heat[:, None].expand_as(expected), rtol=0, atol=1e-5)
+        attribution = result.attribution(cls, fill=fill)
+        assert attribution.shape == images.shape
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_attribution_at_any_rank_equals_captum_feature_ablation(rank: int) -> None:
+    from captum.attr import FeatureAblation
+
+    shape = (24,) if rank == 1 else (6, 7, 8)
+    model = _conv_net(rank, 1, 4)
+    images = torch.rand(3, 1, *shape, generator=torch.Generator().manual_seed(5))
+    regions = op.grid(shape, 3 if rank == 1 else (2, 2, 3))
+    result = op.sweep(model, images, regions, fills=0.25, output="logits", engine="dense", progress=False)  # fmt: skip
+    mask = regions.label_map()[None, None]
+    expected = FeatureAblation(model).attribute(images, target=1, baselines=0.25, feature_mask=mask)
+    torch.testing.assert_close(result.attribution(1, fill=0.25), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
+def test_volume_heatmap_matches_monai_occlusion_sensitivity() -> None:
+    monai = pytest.importorskip("monai.visualize")
+    model = _conv_net(3, 1, 3)
+    volume = torch.rand(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(6))
+    sensitivity = monai.OcclusionSensitivity(
+        model, mask_size=4, n_batch=64, verbose=False, mode=0.0, overlap=0.5, activate=False
+    )
+    with torch.no_grad():
+        monai_map = sensitivity(volume)[0][0].as_tensor()  # (K, D, H, W): occluded outputs
+    windows = op.sliding_windows((12, 12, 12), window=4, stride=2)
+    result = op.sweep(model, volume, windows, fills=0.0, output="logits", engine="dense", progress=False)  # fmt: skip
+    # MONAI's map holds, per voxel and class, the occluded output averaged over the windows
+    # covering the voxel: the unoccluded output minus the heat map (the mean drop).
+    ours = torch.stack([result.baseline[0, k] - result.heatmap(k)[0] for k in range(3)])
+    torch.testing.assert_close(ours.float(), monai_map.float(), rtol=0, atol=1e-5)

@@ -217,7 +217,7 @@ def _export_set_up() -> bool:
 
 def _prepare(
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     dtype: torch.dtype,
 ) -> tuple[IncrementalEngine | str, float]:
@@ -228,21 +228,26 @@ def _prepare(
         return prepared, time.perf_counter() - start
 
 
-def _reason_not_to_read(model: object, single_channel: bool) -> str | None:
+def _reason_not_to_read(model: object, single_channel: bool, rank: int) -> str | None:
     if not isinstance(model, nn.Module):
         return f"the model is {describe(model)}, not an nn.Module whose graph can be read"
     hooked = hook_reason(model)
     if hooked is not None:
         return hooked
     if single_channel:
-        return "images were given as (N, H, W); the incremental engine needs (N, C, H, W) input"
+        return (
+            "images were given without their channel axis; the incremental engine needs "
+            "(N, C, *spatial) input"
+        )
+    if rank != 2:
+        return f"the incremental engine plans 2D images only, these have {rank} spatial axes"
     return None
 
 
 def choose_engine(
     engine: str,
     model: object,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     single_channel: bool,
     masks: Tensor,
     items: int | None,
@@ -259,11 +264,11 @@ def choose_engine(
     model : object
         The model.
     image_shape : tuple of int
-        (C, H, W) of one image.
+        (C, *spatial) of one image.
     single_channel : bool
-        Whether the images were given as (N, H, W); the incremental engine needs
-        (N, C, H, W) input.
-    masks : Tensor, shape (R, H, W), bool
+        Whether the images came without their channel axis; the incremental engine needs
+        (N, C, *spatial) input.
+    masks : Tensor, shape (R, *spatial), bool
         The regions, on the device the model runs on.
     items : int or None
         How many occluded images the sweep computes (None: unknown, a stream).
@@ -302,7 +307,7 @@ def choose_engine(
         raise InputValueError(f'engine: expected "auto", "dense" or "incremental", got {engine!r}')
     if engine == "dense":
         return None, "dense engine requested"
-    reason = _reason_not_to_read(model, single_channel)
+    reason = _reason_not_to_read(model, single_channel, masks.dim() - 1)
     if reason is None and isinstance(model, nn.Module):
         with _STATE.lock:
             prepared, estimate = _cached_or_read(
@@ -333,7 +338,7 @@ def choose_engine(
 def _cached_or_read(
     auto: bool,
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     items: int | None,
     dtype: torch.dtype,

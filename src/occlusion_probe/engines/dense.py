@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from occlusion_probe.batching import BatchPlan, clock
-from occlusion_probe.engines.boxes import bounding_boxes
+from occlusion_probe.geometry import axis_extents
 
 __all__ = [
     "BlockBuilder",
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 Block = tuple[slice, slice, slice]
+# A region's bounding box, one slice per spatial axis, and whether the box is all region.
+RegionBox = tuple[tuple[slice, ...], bool]
 
 # On CPU, per region and block the box path costs a few small tensor ops (~10 us of Python
 # and dispatch); with fewer occluded values per region than this, one broadcast where is as
@@ -99,17 +101,37 @@ def _even_slices(total: int, most: int) -> Iterator[slice]:
         start = stop
 
 
-def region_boxes(masks: Tensor) -> list[tuple[int, int, int, int, bool] | None]:
-    """Per region, ``(top, bottom, left, right, full)`` of its bounding box, where `full`
-    means every pixel of the box belongs to the region; None for an empty mask.
+def region_boxes(masks: Tensor) -> list[RegionBox | None]:
+    """Per region, its bounding box (a slice per spatial axis) and whether every pixel of the
+    box belongs to the region; None for an empty mask.
 
-    masks : Tensor, shape (R, H, W), bool. Copied to the host once if it is not there.
+    masks : Tensor, shape (R, *spatial), bool. Copied to the host once if it is not there.
     """
     host = masks.cpu()
-    return [
-        None if box is None else (*box, bool(host[j, box[0] : box[1], box[2] : box[3]].all()))
-        for j, box in enumerate(bounding_boxes(host))
+    extents = axis_extents(host)
+    sizes = [extent.shape[1] for extent in extents]
+    starts = [extent.argmax(dim=1).tolist() for extent in extents]
+    # argmax returns the first maximum: from the flipped end, the last True
+    stops = [
+        (size - extent.flip(1).argmax(dim=1)).tolist()
+        for extent, size in zip(extents, sizes, strict=True)
     ]
+    nonempty = extents[0].amax(dim=1).tolist()
+    boxes: list[RegionBox | None] = []
+    for j, keep in enumerate(nonempty):
+        if not keep:
+            boxes.append(None)
+            continue
+        box = tuple(slice(a[j], b[j]) for a, b in zip(starts, stops, strict=True))
+        boxes.append((box, bool(host[j][box].all())))
+    return boxes
+
+
+def _volume(box: tuple[slice, ...]) -> int:
+    volume = 1
+    for axis in box:
+        volume *= axis.stop - axis.start
+    return volume
 
 
 class BlockBuilder:
@@ -119,18 +141,18 @@ class BlockBuilder:
     exactly (dtype promoted alike), whichever way it is built (bit select, boxes or where;
     see the module docstring).
 
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
+    masks : Tensor, shape (R, *spatial), bool
     batch_size : about how many images a block holds (decides between the ways)
     """
 
     def __init__(self, images: Tensor, fill_images: Tensor, masks: Tensor, batch_size: int) -> None:
-        n, _channels, h, w = images.shape
+        n, spatial = images.shape[0], tuple(images.shape[2:])
         self.images, self.masks = images, masks
         self.shape = (n, masks.shape[0], fill_images.shape[0])
         self.dtype = torch.promote_types(images.dtype, fill_images.dtype)
-        # (n, R, V, C, H, W) views: everything broadcasts, only the output block is written.
+        # (n, R, V, C, *spatial) views: everything broadcasts, only the output block is written.
         self.fills_by_image = fill_images.transpose(0, 1).unsqueeze(1)
         self.masks_view = masks[None, :, None, None]
         self.images_view = images[:, None, None]
@@ -138,11 +160,14 @@ class BlockBuilder:
         self.boxes = _boxes_worth_it(images, masks, fill_images.shape[0], batch_size)
         self.bits = None if self.boxes is not None else _bit_select_type(images, fill_images, masks)
         # Fills with full spatial dims, so that a box can be sliced out of any of them.
-        self.fills_full = self.fills_by_image.expand(*self.fills_by_image.shape[:-2], h, w)
+        rank = len(spatial)
+        self.fills_full = self.fills_by_image.expand(
+            *self.fills_by_image.shape[: self.fills_by_image.dim() - rank], *spatial
+        )
         self._tables: tuple[Tensor, Tensor] | None = None
 
     def _bit_tables(self) -> tuple[Tensor, Tensor]:
-        """(fill bits (1, R, V, C, H, W), keep (1, R, 1, 1, H, W)), made once; blocks read
+        """(fill bits (1, R, V, C, *spatial), keep (1, R, 1, 1, *spatial)), made once; blocks read
         slices of them."""
         if self._tables is None:
             if self.bits is None:
@@ -153,7 +178,7 @@ class BlockBuilder:
         return self._tables
 
     def write(self, block: Block, out: Tensor) -> None:
-        """Write `block`'s occluded images into `out`, shape (k, nr, nv, C, H, W)."""
+        """Write `block`'s occluded images into `out`, shape (k, nr, nv, C, *spatial)."""
         rows, regions, fills = block
         fill_rows = rows if self.per_image_fill else slice(None)
         if self.bits is not None:
@@ -168,22 +193,23 @@ class BlockBuilder:
             torch.where(condition, fill_block, self.images_view[rows], out=out)
             return
         out.copy_(self.images_view[rows].expand(out.shape))
-        fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, H, W)
-        for j, box in enumerate(self.boxes[regions]):
-            if box is None:
+        fill_block = self.fills_full[fill_rows, :, fills]  # (k or 1, 1, nv, C or 1, *spatial)
+        for j, found in enumerate(self.boxes[regions]):
+            if found is None:
                 continue
-            top, bottom, left, right, full = box
-            target = out[:, j : j + 1, :, :, top:bottom, left:right]
-            fill_box = fill_block[..., top:bottom, left:right]
+            box, full = found
+            lead: tuple[slice, ...] = (slice(None), slice(j, j + 1), slice(None), slice(None))
+            target = out[lead + box]
+            fill_box = fill_block[(slice(None),) * (fill_block.dim() - len(box)) + box]
             if full:
                 target.copy_(fill_box)
             else:
-                region = self.masks[regions.start + j, top:bottom, left:right]
+                region = self.masks[regions.start + j][box]
                 target.copy_(torch.where(region, fill_box, target))
 
     def write_range(self, start: int, stop: int, out: Tensor) -> None:
         """Write flat items [start, stop) of the (n, R, V) order into `out` (stop - start,
-        C, H, W), as at most five rectangular blocks."""
+        C, *spatial), as at most five rectangular blocks."""
         offset = 0
         _n, r, v = self.shape
         for block in flat_blocks(start, stop, r, v):
@@ -231,19 +257,19 @@ def occluded_blocks(
     *,
     reuse_buffers: bool = False,
 ) -> Iterator[tuple[Block, Tensor]]:
-    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, H, W): the occluded images of
+    """Yield ``(block, batch)`` with ``batch`` of shape (b, C, *spatial): the occluded images of
     the block in (image, region, fill) order; each equals
     ``torch.where(masks[r], fill_images[v, i], images[i])`` exactly (dtype promoted alike).
 
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
+    masks : Tensor, shape (R, *spatial), bool
     reuse_buffers : when True, a later block of the same shape is written into the memory of
         an earlier batch (about a third faster for large images on CPU, where allocating
         fresh pages costs as much as filling them); use each batch before asking for the
         next one. When False, every batch is a new tensor.
     """
-    n, c, h, w = images.shape
+    n, item = images.shape[0], tuple(images.shape[1:])
     r, v = masks.shape[0], fill_images.shape[0]
     builder = BlockBuilder(images, fill_images, masks, batch_size)
     buffers: dict[tuple[int, int, int], Tensor] = {}
@@ -252,17 +278,17 @@ def occluded_blocks(
         shape = (rows.stop - rows.start, regions.stop - regions.start, fills.stop - fills.start)
         batch = buffers.get(shape) if reuse_buffers else None
         if batch is None:
-            batch = torch.empty((*shape, c, h, w), dtype=builder.dtype, device=images.device)
+            batch = torch.empty((*shape, *item), dtype=builder.dtype, device=images.device)
             if reuse_buffers:
                 buffers[shape] = batch
         builder.write(block, batch)
-        yield block, batch.reshape(-1, c, h, w)
+        yield block, batch.reshape(-1, *item)
 
 
 def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torch.dtype | None:
     """The integer type for the bit select when it applies (CPU, fills shared by all images,
     one float type, tables within budget), else None."""
-    h, w = images.shape[-2:]
+    pixels = masks[0].numel()
     if (
         images.device.type != "cpu"
         or fill_images.shape[1] != 1
@@ -270,7 +296,7 @@ def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torc
         or images.dtype not in _BITS_TYPES
     ):
         return None
-    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * h * w
+    table_bytes = masks.shape[0] * fill_images.shape[0] * fill_images.shape[2] * pixels
     if table_bytes * images.element_size() > _BITS_MAX_TABLE_BYTES:
         return None
     return _BITS_TYPES[images.dtype]
@@ -278,19 +304,19 @@ def _bit_select_type(images: Tensor, fill_images: Tensor, masks: Tensor) -> torc
 
 def _boxes_worth_it(
     images: Tensor, masks: Tensor, v: int, batch_size: int
-) -> list[tuple[int, int, int, int, bool] | None] | None:
+) -> list[RegionBox | None] | None:
     """The regions' boxes when building blocks box by box beats one where, else None."""
-    n, c, h, w = images.shape
+    n, c, pixels = images.shape[0], images.shape[1], masks[0].numel()
     r = masks.shape[0]
     if images.device.type != "cpu" or n == 0 or r == 0 or v == 0:
         return None
     rows, _regions, fills = next(plan_blocks(n, r, v, batch_size))
-    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * c * h * w
+    per_region = (rows.stop - rows.start) * (fills.stop - fills.start) * c * pixels
     if per_region < _BOX_MIN_VALUES:
         return None
     boxes = region_boxes(masks)
-    partial = sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes if b is not None and not b[4])
-    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * h * w else None
+    partial = sum(_volume(b[0]) for b in boxes if b is not None and not b[1])
+    return boxes if partial <= _BOX_MAX_PARTIAL_AREA * r * pixels else None
 
 
 def run_dense(
@@ -306,14 +332,14 @@ def run_dense(
 ) -> tuple[Tensor | None, Tensor]:
     """Outputs of `forward` on every occluded image (and on `unoccluded` images).
 
-    forward : callable, (b, C, H, W) -> (b, K)
-    images : Tensor, shape (n, C, H, W)
-    fill_images : Tensor, shape (V, n or 1, C or 1, H or 1, W or 1)
-    masks : Tensor, shape (R, H, W), bool
+    forward : callable, (b, C, *spatial) -> (b, K)
+    images : Tensor, shape (n, C, *spatial)
+    fill_images : Tensor, shape (V, n or 1, C or 1, *spatial or 1s)
+    masks : Tensor, shape (R, *spatial), bool
     batches : the sizes (and memory formats) of the model calls: a `BatchPlan` (which may
         time its candidates on these blocks), or a fixed number of images per call
     on_progress : called with the number of occluded images done, as blocks finish
-    unoccluded : Tensor, shape (m, C, H, W), optional: images to run as m more items after
+    unoccluded : Tensor, shape (m, C, *spatial), optional: images to run as m more items after
         the occluded ones, in the same blocks (the sweep's unoccluded images: a call of
         their own would cost a whole small forward, 1-2 % of a sweep of one image over 49
         regions x 2 fills on a 2-core CPU)
@@ -323,7 +349,7 @@ def run_dense(
         entry (i, r, v) equal to
         ``forward(torch.where(masks[r], fill_images[v, i], images[i])[None])[0]``)
     """
-    n, c, h, w = images.shape
+    n = images.shape[0]
     r, v = masks.shape[0], fill_images.shape[0]
     plan = BatchPlan.fixed(batches) if isinstance(batches, int) else batches
     builder = BlockBuilder(images, fill_images, masks, plan.current.size)
@@ -349,7 +375,7 @@ def run_dense(
         forward,
         write_range,
         occluded_items + (0 if unoccluded is None else unoccluded.shape[0]),
-        (c, h, w),
+        tuple(images.shape[1:]),
         builder.dtype,
         images.device,
         plan,
@@ -364,7 +390,7 @@ def run_items(
     forward: Callable[[Tensor], Tensor],
     write_range: Callable[[int, int, Tensor], None],
     total: int,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     dtype: torch.dtype,
     device: torch.device,
     plan: BatchPlan,
@@ -378,18 +404,17 @@ def run_items(
     channels-last input gets the same block contiguous, and so does the rest), and the
     block's time goes back to the plan.
 
-    forward : callable, (b, C, H, W) -> (b, K)
+    forward : callable, (b, C, *spatial) -> (b, K)
     write_range : callable ``(start, stop, out)`` that writes items [start, stop) into
-        `out`, shape (stop - start, C, H, W)
+        `out`, shape (stop - start, C, *spatial)
     total : how many items there are
-    image_shape : (C, H, W) of one item
+    image_shape : (C, *spatial) of one item
     dtype, device : of the items' buffers
     plan : the sizes (and memory formats) of the model calls
     num_classes : K, for the shape of an empty result
     returns : Tensor, shape (total, K), on `forward`'s output device; row j is
         ``forward(item j [None])[0]`` up to the model's batch dependence.
     """
-    c, h, w = image_shape
     out: Tensor | None = None
     buffers: dict[int, Tensor] = {}  # a block's memory is reused by the next of its size
     start = 0
@@ -398,7 +423,7 @@ def run_items(
         stop = start + config.size
         batch = buffers.get(config.size)
         if batch is None:
-            batch = torch.empty((config.size, c, h, w), dtype=dtype, device=device)
+            batch = torch.empty((config.size, *image_shape), dtype=dtype, device=device)
             buffers[config.size] = batch
         write_range(start, stop, batch)
         try:

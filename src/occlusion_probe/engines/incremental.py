@@ -211,7 +211,7 @@ class IncrementalEngine:
     def prepare(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
@@ -240,7 +240,7 @@ class IncrementalEngine:
     def kept(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
@@ -253,7 +253,7 @@ class IncrementalEngine:
     def _prepare(
         cls,
         model: nn.Module,
-        image_shape: tuple[int, int, int],
+        image_shape: tuple[int, ...],
         masks: Tensor,
         dtype: torch.dtype,
         device: torch.device,
@@ -854,7 +854,7 @@ def _kept(model: nn.Module, key: tuple[object, ...]) -> IncrementalEngine | str 
 
 def _key(
     model: nn.Module,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, ...],
     masks: Tensor,
     dtype: torch.dtype,
     device: torch.device,

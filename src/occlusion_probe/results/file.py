@@ -1,17 +1,19 @@
 """The on-disk format of `SweepResult` and `ClassMeanResult`: checksummed ``.npz`` files.
 
 A result file is an ``.npz`` archive (no pickles) holding the result's arrays, its metadata
-as small string / integer arrays, ``format_version`` (3), ``kind`` (``"SweepResult"`` or
+as small string / integer arrays, ``format_version`` (4), ``kind`` (``"SweepResult"`` or
 ``"ClassMeanResult"``) and ``checksum``: the SHA-256 over the name, dtype, shape and bytes of
 every other array (`payload_checksum`). Loading recomputes the checksum, then validates every
 field (dtype, shape, range, and agreement between fields) before a result is built, and
 raises `ResultFileError` naming the file and the field; no other exception escapes.
 
-Regions are stored by their geometry when they are sliding windows (``region_window`` = H,
-W, window height and width; ``region_tops``, ``region_lefts``: a 2,809-window 224 x 224
-result no longer carries 141 MB of masks), else as bit-packed masks
-(``region_masks_packed``, 8 pixels per byte, with ``region_mask_shape``). Format 2 stored
-the bool masks (``region_masks``) and is read as before.
+Regions of any spatial rank are stored by their geometry when they are sliding windows
+(``region_window`` = the spatial size, then the window size, one int per axis each;
+``region_starts_0``, ``region_starts_1``, ...: the window starts along each axis, so a
+2,809-window 224 x 224 result carries no 141 MB of masks), else as bit-packed masks
+(``region_masks_packed``, 8 pixels per byte, with ``region_mask_shape`` = (R, *spatial)).
+Format 3 (2D only) named the starts ``region_tops`` and ``region_lefts`` and is read as
+before; format 2 stored the bool masks (``region_masks``) and is read as before.
 
 Format 1 (written before checksums existed) is still read, with every field validated and an
 `OcclusionProbeWarning` that the file carries no checksum; a file claiming format 1 that
@@ -44,9 +46,11 @@ from ..storage import ARCHIVE_ERRORS, atomic_write_npz, payload_checksum, read_n
 
 __all__ = ["FORMAT_VERSION", "check_path", "read_result", "write_result"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _LEGACY_VERSION = 1
-_VERSIONS = (1, 2, 3)
+_VERSIONS = (1, 2, 3, 4)
+# Format 3 named the window starts of its (2D) windows by row and column.
+_FORMAT_3_STARTS = ("region_tops", "region_lefts")
 # Masks a window file may expand to: a few integers describe R x H x W bools, so a hostile
 # file could ask for terabytes. Larger masks are written packed (8 pixels per byte) instead.
 _MAX_WINDOW_MASK_BYTES = 1 << 28
@@ -206,7 +210,7 @@ def _read_checked(path: str | os.PathLike[str], kind: str) -> tuple[_Fields, int
     if version not in _VERSIONS:
         raise fields.error(
             "format_version",
-            f"{FORMAT_VERSION} (or 2, 1) -- this file may come from a newer occlusion_probe",
+            f"{FORMAT_VERSION} (or 3, 2, 1) -- this file may come from a newer occlusion_probe",
             str(version),
         )
     stored = fields.string("checksum")
@@ -239,7 +243,7 @@ def _write(
     payload["checksum"] = np.array(payload_checksum(payload), dtype=np.str_)
     # Refuse to write what `read` would refuse: a saved file always loads again.
     fields = _Fields(path, payload)
-    if masks is not None and masks.dtype == np.bool_ and masks.ndim == 3:
+    if masks is not None and masks.dtype == np.bool_ and 2 <= masks.ndim <= 4:
         fields.decoded_masks = masks  # what the stored form encodes, without decoding it
     _validate(fields, kind, FORMAT_VERSION, writing=True)
     try:
@@ -284,82 +288,116 @@ def _metadata_arrays(
     return arrays
 
 
-def _window_masks(h: int, w: int, window: tuple[int, int], tops: Any, lefts: Any) -> np.ndarray:
-    """(R, H, W) bool masks of windows at every (top, left), row-major, as sliding_windows."""
-    rows = np.zeros((len(tops), h), dtype=np.bool_)
-    cols = np.zeros((len(lefts), w), dtype=np.bool_)
-    for i, top in enumerate(tops):
-        rows[i, int(top) : int(top) + window[0]] = True
-    for j, left in enumerate(lefts):
-        cols[j, int(left) : int(left) + window[1]] = True
-    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(-1, h, w)
+def _window_masks(
+    spatial: tuple[int, ...], window: tuple[int, ...], starts: list[list[int]]
+) -> np.ndarray:
+    """(R, *spatial) bool masks of the windows at every combination of starts, row-major
+    (the last axis fastest), as sliding_windows makes them."""
+    masks = np.ones((1,) * (len(spatial) + 1), dtype=np.bool_)
+    for axis, (size, length, axis_starts) in enumerate(zip(spatial, window, starts, strict=True)):
+        inside = np.zeros((len(axis_starts), size), dtype=np.bool_)
+        for i, start in enumerate(axis_starts):
+            inside[i, int(start) : int(start) + length] = True
+        # every earlier window times every position along this axis
+        earlier = masks.reshape(masks.shape[0], 1, *masks.shape[1 : axis + 1], 1)
+        along = inside.reshape(1, len(axis_starts), *([1] * axis), size)
+        masks = (earlier & along).reshape(-1, *masks.shape[1 : axis + 1], size)
+    return masks
+
+
+def _starts_fields(version: int, rank: int) -> tuple[str, ...]:
+    if version == 3:
+        return _FORMAT_3_STARTS
+    return tuple(f"region_starts_{axis}" for axis in range(rank))
 
 
 def _region_arrays(regions: Regions) -> dict[str, np.ndarray]:
-    """Format 3's regions: sliding windows by their geometry, other masks packed."""
+    """Format 4's regions: sliding windows by their geometry, other masks packed."""
     masks = regions.masks.detach().cpu().numpy()
-    if masks.dtype != np.bool_ or masks.ndim != 3:
+    if masks.dtype != np.bool_ or not 2 <= masks.ndim <= 4:
         return {"region_masks": masks}  # refused by the validation that follows
-    r, h, w = masks.shape
+    spatial = tuple(int(size) for size in masks.shape[1:])
     geometry = regions.window_grid()
     if geometry is not None and masks.size <= _MAX_WINDOW_MASK_BYTES:
-        # window_grid checked one area and the row and column extents of every mask; equal
-        # row and column profiles to the windows' make each mask exactly its window.
-        rows = _window_masks(h, 1, (geometry.window[0], 1), geometry.tops, [0])[:, :, 0]
-        cols = _window_masks(1, w, (1, geometry.window[1]), [0], geometry.lefts)[:, 0, :]
-        grid_rows, grid_cols = len(geometry.tops), len(geometry.lefts)
-        if np.array_equal(masks.any(axis=2), np.repeat(rows, grid_cols, axis=0)) and np.array_equal(
-            masks.any(axis=1), np.tile(cols, (grid_rows, 1))
-        ):
-            return {
-                "region_window": np.array([h, w, *geometry.window], dtype=np.int64),
-                "region_tops": np.array(geometry.tops, dtype=np.int64),
-                "region_lefts": np.array(geometry.lefts, dtype=np.int64),
-            }
+        # window_grid proved every mask equal to its window (filled boxes, row-major lattice)
+        names = _starts_fields(FORMAT_VERSION, len(spatial))
+        return {
+            "region_window": np.array([*spatial, *geometry.window], dtype=np.int64),
+            **{
+                name: np.array(starts, dtype=np.int64)
+                for name, starts in zip(names, geometry.starts, strict=True)
+            },
+        }
     return {
-        "region_masks_packed": np.packbits(masks.reshape(r, -1), axis=1),
-        "region_mask_shape": np.array([r, h, w], dtype=np.int64),
+        "region_masks_packed": np.packbits(masks.reshape(masks.shape[0], -1), axis=1),
+        "region_mask_shape": np.array(masks.shape, dtype=np.int64),
     }
 
 
 def _stored_masks(fields: _Fields, version: int) -> np.ndarray:
-    """The (R, H, W) masks of any format version, validated before anything large is made."""
+    """The (R, *spatial) masks of any format version, validated before anything large is made."""
     if fields.decoded_masks is not None:
         return fields.decoded_masks
     if version < 3 or fields.has("region_masks"):
         masks = fields.array("region_masks")
     elif fields.has("region_window"):
-        window = fields.integers("region_window", (4,), low=1)
-        h, w, wh, ww = (int(x) for x in window)
-        if wh > h or ww > w:
-            raise fields.error("region_window", "a window inside the image", str(window.tolist()))
-        tops = fields.integers("region_tops", (None,))
-        lefts = fields.integers("region_lefts", (None,))
-        for name, starts, limit in (("region_tops", tops, h - wh), ("region_lefts", lefts, w - ww)):
-            if not starts.size or int(starts.max()) > limit or np.any(np.diff(starts) <= 0):
-                raise fields.error(
-                    name, f"increasing starts in [0, {limit}], at least one", str(starts[:10])
-                )
-        if tops.size * lefts.size * h * w > _MAX_WINDOW_MASK_BYTES:
-            raise fields.error(
-                "region_window",
-                f"masks of at most {_MAX_WINDOW_MASK_BYTES} bytes",
-                f"{tops.size * lefts.size} windows of {h}x{w}",
-            )
-        masks = _window_masks(h, w, (wh, ww), tops.tolist(), lefts.tolist())
+        masks = _stored_windows(fields, version)
     else:
-        shape = fields.integers("region_mask_shape", (3,), low=1)
-        r, h, w = (int(x) for x in shape)
+        shape = fields.integers("region_mask_shape", (None,), low=1)
+        sizes = (3,) if version == 3 else (2, 3, 4)  # format 3 held 2D regions only
+        if shape.size not in sizes:
+            raise fields.error(
+                "region_mask_shape", "(R, *spatial) with 1 to 3 spatial axes", str(shape.tolist())
+            )
+        r, pixels = int(shape[0]), int(np.prod(shape[1:]))
         packed = fields.array("region_masks_packed")
-        if packed.dtype != np.uint8 or packed.shape != (r, (h * w + 7) // 8):
+        if packed.dtype != np.uint8 or packed.shape != (r, (pixels + 7) // 8):
             raise fields.error(
                 "region_masks_packed",
-                f"a uint8 array of shape ({r}, {(h * w + 7) // 8})",
+                f"a uint8 array of shape ({r}, {(pixels + 7) // 8})",
                 f"dtype {packed.dtype}, shape {packed.shape}",
             )
-        masks = np.unpackbits(packed, axis=1, count=h * w).astype(np.bool_).reshape(r, h, w)
+        unpacked = np.unpackbits(packed, axis=1, count=pixels).astype(np.bool_)
+        masks = unpacked.reshape(tuple(int(size) for size in shape))
     fields.decoded_masks = masks
     return masks
+
+
+def _stored_windows(fields: _Fields, version: int) -> np.ndarray:
+    """The masks of a file that stores sliding windows by their geometry."""
+    window = fields.integers("region_window", (None,), low=1)
+    rank = window.size // 2
+    if window.size % 2 or not (rank == 2 if version == 3 else 1 <= rank <= 3):
+        raise fields.error(
+            "region_window",
+            "the spatial size then the window size, one int per axis (1 to 3 axes)",
+            str(window.tolist()),
+        )
+    spatial = tuple(int(x) for x in window[:rank])
+    sizes = tuple(int(x) for x in window[rank:])
+    if any(length > size for length, size in zip(sizes, spatial, strict=True)):
+        raise fields.error("region_window", "a window inside the image", str(window.tolist()))
+    starts = []
+    for name, size, length in zip(_starts_fields(version, rank), spatial, sizes, strict=True):
+        axis_starts = fields.integers(name, (None,))
+        limit = size - length
+        if (
+            not axis_starts.size
+            or int(axis_starts.max()) > limit
+            or np.any(np.diff(axis_starts) <= 0)
+        ):
+            raise fields.error(
+                name, f"increasing starts in [0, {limit}], at least one", str(axis_starts[:10])
+            )
+        starts.append(axis_starts.tolist())
+    count = int(np.prod([len(axis_starts) for axis_starts in starts]))
+    if count * int(np.prod(spatial)) > _MAX_WINDOW_MASK_BYTES:
+        raise fields.error(
+            "region_window",
+            f"masks of at most {_MAX_WINDOW_MASK_BYTES} bytes",
+            f"{count} windows of {'x'.join(map(str, spatial))}",
+        )
+    return _window_masks(spatial, sizes, starts)
 
 
 def _region_count(fields: _Fields, version: int) -> int | None:
@@ -368,19 +406,19 @@ def _region_count(fields: _Fields, version: int) -> int | None:
         shape = _stored_masks(fields, version).shape
     except ResultFileError:
         return None
-    return shape[0] if len(shape) == 3 else None
+    return shape[0] if 2 <= len(shape) <= 4 else None
 
 
 def _metadata(fields: _Fields, version: int, k: int, writing: bool) -> dict[str, Any]:
     """Validated regions, fills, class names, image shape, output and engine."""
     masks = _stored_masks(fields, version)
-    if masks.dtype != np.bool_ or masks.ndim != 3 or masks.shape[0] == 0:
+    if masks.dtype != np.bool_ or not 2 <= masks.ndim <= 4 or masks.shape[0] == 0:
         raise fields.error(
             "region_masks",
-            "a bool array of shape (R, H, W), R >= 1",
+            "a bool array of shape (R, *spatial), 1 to 3 spatial axes, R >= 1",
             f"dtype {masks.dtype}, shape {masks.shape}",
         )
-    r, h, w = masks.shape
+    r, spatial = masks.shape[0], tuple(int(size) for size in masks.shape[1:])
     ids = fields.integers("region_ids", (r,), low=-(2**62))
     if len(set(ids.tolist())) != r:
         raise fields.error("region_ids", "distinct ids", str(ids.tolist()[:20]))
@@ -396,12 +434,10 @@ def _metadata(fields: _Fields, version: int, k: int, writing: bool) -> dict[str,
         raise fields.error("fill_labels", "at least one label, all distinct", str(fill_labels[:10]))
     class_names = fields.strings("class_names", k) if fields.has("class_names") else None
     image_shape = tuple(int(s) for s in fields.integers("image_shape", (None,), low=1))
-    if image_shape and not (
-        (len(image_shape) == 2 and image_shape == (h, w))
-        or (len(image_shape) == 3 and image_shape[1:] == (h, w))
-    ):
+    if image_shape and image_shape != spatial and image_shape[1:] != spatial:
+        size = ", ".join(map(str, spatial))
         raise fields.error(
-            "image_shape", f"(), ({h}, {w}) or (C, {h}, {w}) to match the regions", str(image_shape)
+            "image_shape", f"(), ({size}) or (C, {size}) to match the regions", str(image_shape)
         )
     output = fields.string("output")
     if version == _LEGACY_VERSION:

@@ -256,7 +256,7 @@ class ClassReadings(abc.ABC):
         correct_only: bool = True,
     ) -> Tensor:
         """Per-pixel heat map of `mean_drop`: the class-mean counterpart of
-        `SweepResult.heatmap`, shape (H, W).
+        `SweepResult.heatmap`, shape (*spatial).
 
         Each pixel holds the mean, over the regions covering it, of the region's mean drop
         of class `cls` over the selected images (0 where no region covers it). Because the
@@ -267,7 +267,7 @@ class ClassReadings(abc.ABC):
 
         Returns
         -------
-        Tensor, shape (H, W), float64
+        Tensor, shape (*spatial), float64
 
         Raises
         ------

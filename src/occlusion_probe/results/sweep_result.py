@@ -59,7 +59,8 @@ class SweepResult(ClassReadings):
     class_names : tuple of str or None
         The K distinct class names given to `sweep`, if any.
     image_shape : tuple of int
-        Shape of one image as given to `sweep`: (C, H, W), or (H, W) for single-channel input.
+        Shape of one image as given to `sweep`: (C, *spatial), or (*spatial) for images given
+        without their channel axis.
     output : str
         ``"softmax"``, ``"logits"`` or the name of the callable applied to the model output.
     engine : str
@@ -342,7 +343,7 @@ class SweepResult(ClassReadings):
 
         Returns
         -------
-        Tensor, shape (N, C, H, W) or (N, H, W)
+        Tensor, shape (N, C, *spatial) or (N, *spatial)
             Shaped like the images given to `sweep`, in the dtype of the outputs.
 
         Raises
@@ -370,7 +371,7 @@ class SweepResult(ClassReadings):
             fill,
             fill_index,
         )
-        if len(self.image_shape) == 3:
+        if len(self.image_shape) == self.regions.ndim + 1:
             return pixels[:, None].expand(self.num_images, *self.image_shape).clone()
         return pixels
 
@@ -398,8 +399,9 @@ class SweepResult(ClassReadings):
 
         Returns
         -------
-        Tensor, shape (N, H, W)
-            In the dtype of the outputs; plot one with `occlusion_probe.plot.pixel_heatmap`.
+        Tensor, shape (N, *spatial)
+            (N, L) for signals, (N, H, W) for images, (N, D, H, W) for volumes, in the dtype
+            of the outputs; plot one with `occlusion_probe.plot.pixel_heatmap`.
 
         Raises
         ------
@@ -419,7 +421,7 @@ class SweepResult(ClassReadings):
         return self._pixel_drops(cls, "cls", fill, fill_index)
 
     def _pixel_drops(self, cls: object, name: str, fill: object, fill_index: object) -> Tensor:
-        """(N, H, W): the region drops of `cls` (one or per image) painted per pixel."""
+        """(N, *spatial): the region drops of `cls` (one or per image) painted per pixel."""
         targets = self._per_image_class(cls, name)
         position = fill_position(fill, fill_index, self.fill_labels)
         n = self.num_images
