@@ -370,3 +370,36 @@ def test_curves_and_keep_only_impute_at_ranks_1_and_3(images: Tensor, regions: o
     for t, p in zip(labels.tolist(), predicted.tolist(), strict=True):
         want_counts[t, p] += 1
     assert torch.equal(kept.confusion, want_counts)
+
+
+@pytest.mark.parametrize(
+    ("images", "regions"),
+    [
+        (SIGNALS, op.sliding_windows((17,), 5, 3)),
+        (VOLUMES, op.sliding_windows((5, 6, 4), (3, 3, 2), 2)),
+    ],
+    ids=["signal windows", "volume windows"],
+)
+def test_soft_regions_blend_every_fill_at_ranks_1_and_3(
+    images: Tensor, regions: op.Regions
+) -> None:
+    model = _conv_model(images.dim() - 2, tuple(images.shape[2:]))
+    soft = regions.soften("gaussian", sigma=0.25)
+    assert soft.weights is not None
+    fills = [0.5, op.fills.patch_mean(), op.fills.linear_imputation(noise=0.0)]
+    result = op.sweep(
+        model, images, soft, fills=fills, output="logits", engine="dense", progress=False
+    )
+    with torch.no_grad():
+        for r, (mask, weight) in enumerate(zip(soft.masks, soft.weights, strict=True)):
+            for v, fill in enumerate(fills):
+                made = (
+                    torch.full_like(images, fill)
+                    if isinstance(fill, float)
+                    else fill(images, mask[None])
+                )
+                # x (1 - w) + fill w on the region's support, the image elsewhere
+                blended = torch.where(mask, images * (1 - weight) + made * weight, images)
+                torch.testing.assert_close(
+                    result.occluded[:, r, v], model(blended), atol=1e-5, rtol=1e-5
+                )
