@@ -219,7 +219,7 @@ def compute_curves(
     generator = torch.Generator().manual_seed(seed)
     subset = torch.randperm(images.shape[0], generator=generator)[:count].sort().values
     started = time.perf_counter()
-    # One fill object for the three calls: it keeps each mask's factorised system.
+    # One keep call runs every order, so the fill factorises each distinct mask once.
     imputation = op.fills.linear_imputation()
     imputed = _curve_set(
         model,
