@@ -246,27 +246,30 @@ def compute_curves(
 def leakage(curves: CurveSet) -> dict[str, Any]:
     """Where the ranked remove curve's accuracy lies above the random one's.
 
-    Per k = 0..R: the ranked minus the random accuracy and its 95 % paired percentile
-    bootstrap interval over the images (each image: its 0/1 correctness at k under the
-    ranked order minus its mean over its random orders). ``above``: the k where the ranked
-    curve is higher; ``significant``: those whose interval lies above 0.
+    ``difference``: per k = 0..R, the ranked minus the random accuracy; ``above``: the k
+    where the ranked curve is higher; ``intervals``: for each such k, the 95 % paired
+    percentile bootstrap interval of the difference over the images (each image: its 0/1
+    correctness at k under the ranked order minus its mean over its random orders);
+    ``significant``: the k whose interval lies above 0.
     """
     ranked = curves.remove.correct.to(torch.float64).mean(dim=0)  # (N, R + 1)
     random = curves.remove_random.correct.to(torch.float64).mean(dim=0)
     differences = ranked - random
-    low, high = op.stats.bootstrap_bands(
-        differences[:, :, None], n_resamples=BOOTSTRAP_RESAMPLES, seed=0
-    )
     mean = differences.mean(dim=0)
     above = [k for k in range(1, mean.shape[0] - 1) if float(mean[k]) > 0]
+    intervals: dict[int, tuple[float, float]] = {}
+    if above:
+        low, high = op.stats.bootstrap_bands(
+            differences[:, above, None], n_resamples=BOOTSTRAP_RESAMPLES, seed=0
+        )
+        intervals = {k: (float(low[j, 0]), float(high[j, 0])) for j, k in enumerate(above)}
     return {
         "fill": curves.fill,
         "num_images": curves.remove.num_images,
         "difference": mean.tolist(),
-        "low": low[:, 0].tolist(),
-        "high": high[:, 0].tolist(),
         "above": above,
-        "significant": [k for k in above if float(low[k, 0]) > 0],
+        "intervals": {str(k): list(bounds) for k, bounds in intervals.items()},
+        "significant": [k for k in above if intervals[k][0] > 0],
     }
 
 

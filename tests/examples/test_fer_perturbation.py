@@ -117,6 +117,7 @@ def test_leakage_finds_where_ranked_removal_beats_random_and_says_so() -> None:
     found = leakage(_remove_curves(ranked, random))
     assert found["above"] == [2, 3] and found["significant"] == [2, 3]
     assert found["difference"][1] == -1.0 and found["difference"][2] == 1.0
+    assert found["intervals"] == {"2": [1.0, 1.0], "3": [1.0, 1.0]}  # every image alike
     sentence = leakage_sentence(found, "20 images")
     assert sentence.startswith("With fill 0.0 (20 images), the ranked remove curve rises")
     assert "rises above the random one at k = 2-3 (by up to 100.0 points, at k = 2" in sentence
@@ -129,9 +130,11 @@ def test_leakage_finds_where_ranked_removal_beats_random_and_says_so() -> None:
         )
     )
     assert mixed["above"] == [2] and mixed["significant"] == []
+    low, high = mixed["intervals"]["2"]
+    assert low < 0 < mixed["difference"][2] < high
     assert "includes 0 at every such k" in leakage_sentence(mixed, "20 images")
     flat = leakage(_remove_curves(random, random))
-    assert flat["above"] == []
+    assert flat["above"] == [] and flat["intervals"] == {}
     assert "stays at or below the random one at every k" in leakage_sentence(flat, "n")
 
 
