@@ -252,3 +252,63 @@ def test_inputs_of_unsupported_rank_are_refused(model: nn.Module) -> None:
         GridOcclusion(model).attribute(torch.rand(2, 3), target=0)
     with pytest.raises(InputValueError, match=r"inputs: expected shape \(N, C, L\)"):
         GridOcclusion(model).attribute(torch.rand(1, 1, 2, 2, 2, 2), target=0)
+
+
+def test_bad_baselines_and_regions_of_another_rank_name_their_argument() -> None:
+    volume_model = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    volumes = torch.rand(3, 1, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    cells = grid((4, 6, 6), (2, 2, 3))
+    attribute = GridOcclusion(volume_model).attribute
+    for baseline in (float("nan"), float("inf"), 10**400, torch.tensor(float("nan"))):
+        with pytest.raises(InputValueError, match=r"^baselines: expected (a )?finite"):
+            attribute(volumes, target=0, regions=cells, baselines=baseline)
+    with pytest.raises(
+        InputValueError, match=r"^baselines: expected finite values, got NaN or inf"
+    ):
+        attribute(
+            volumes, target=0, regions=cells, baselines=torch.full((1, 4, 6, 6), float("nan"))
+        )
+    with pytest.raises(
+        InputValueError,
+        match=r"^baselines: expected a Tensor broadcastable to one input \(1, 4, 6, 6\)",
+    ):
+        attribute(volumes, target=0, regions=cells, baselines=torch.zeros(5, 6, 6))
+    with pytest.raises(
+        InputTypeError, match=r"^baselines: expected a real number or a floating-point Tensor"
+    ):
+        attribute(volumes, target=0, regions=cells, baselines=torch.zeros(6, dtype=torch.int64))
+    with pytest.raises(
+        InputValueError,
+        match=r"^regions: expected the spatial shape of the inputs, which have shape \(3, 1, 4, 6, 6\)",
+    ):
+        attribute(volumes, target=0, regions=grid(6, 6, 2, 2))
+    with pytest.raises(
+        InputValueError, match=r"^feature_mask: expected the spatial shape of the inputs"
+    ):
+        attribute(volumes, target=0, feature_mask=torch.zeros(4, 6, 5, dtype=torch.int64))
+    with pytest.raises(InputValueError, match=r"^regions: expected the spatial shape"):
+        GridOcclusion(nn.Sequential(nn.Flatten(), nn.Linear(16, 2))).attribute(
+            torch.rand(2, 1, 16), target=0, regions=cells
+        )
+    # a broadcastable baseline and one-channel volumes without their axis still equal captum
+    baseline = torch.rand(6, generator=torch.Generator().manual_seed(1))
+    label_map = cells.label_map() - 1
+    expected = FeatureAblation(volume_model).attribute(
+        volumes,
+        target=0,
+        baselines=baseline.expand(1, 1, 4, 6, 6),
+        feature_mask=label_map[None, None],
+    )
+    got = attribute(volumes, target=0, regions=cells, baselines=baseline)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    squeezed = GridOcclusion(lambda b: volume_model(b[:, None])).attribute(
+        volumes[:, 0], target=0, regions=cells
+    )
+    torch.testing.assert_close(
+        squeezed,
+        FeatureAblation(volume_model).attribute(
+            volumes, target=0, feature_mask=label_map[None, None]
+        )[:, 0],
+        rtol=0,
+        atol=1e-6,
+    )

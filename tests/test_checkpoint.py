@@ -341,7 +341,10 @@ def test_lock_refuses_a_second_user_and_is_released(
     model, images, _ = setup
     path = tmp_path / "run.ckpt"
     holder = Checkpoint(path)  # another sweep on the same path, holding the flock
-    with pytest.raises(CheckpointError, match=r"'.*run\.ckpt' is in use by another process"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'.*run\.ckpt' is in use by another sweep, in this process or another",
+    ):
         op.sweep(model, images, op.grid(12, 12), progress=False, checkpoint=path)
     holder.close()
 

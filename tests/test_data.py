@@ -79,3 +79,36 @@ def test_stream_errors(data: tuple[torch.Tensor, torch.Tensor]) -> None:
             regions,
             progress=False,
         )
+
+
+def test_a_stream_mixing_batches_with_and_without_their_channel_axis_says_so() -> None:
+    signals = torch.rand(4, 1, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 0])
+    segments = op.grid((16,), 4)
+
+    def classify(batch: torch.Tensor) -> torch.Tensor:
+        return batch.reshape(batch.shape[0], -1)[:, :3]
+
+    without_first = [(signals[:2, 0], labels[:2]), (signals[2:], labels[2:])]
+    with pytest.raises(
+        InputValueError,
+        match=r"^images\[batch 1\]: the first batch was given without a channel axis \(N, L\), "
+        r"this one with \(shape \(2, 1, 16\)\)",
+    ):
+        op.sweep(classify, without_first, segments, progress=False)
+    with_first = [(signals[:2], labels[:2]), (signals[2:, 0], labels[2:])]
+    with pytest.raises(
+        InputValueError,
+        match=r"^images\[batch 1\]: the first batch was given with a channel axis \(N, C, L\), "
+        r"this one without \(shape \(2, 16\)\)",
+    ):
+        op.sweep(classify, with_first, segments, progress=False)
+    # one form throughout equals the whole tensor's sweep
+    streamed = op.sweep(
+        classify,
+        [(signals[:2, 0], labels[:2]), (signals[2:, 0], labels[2:])],
+        segments,
+        progress=False,
+    )
+    whole = op.sweep(classify, signals[:, 0], segments, labels=labels, progress=False)
+    assert torch.equal(streamed.occluded, whole.occluded)

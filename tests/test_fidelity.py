@@ -217,3 +217,34 @@ def test_map_comparisons_check_ndim() -> None:
         heat_map_r2(a, a, ndim=2.0)  # type: ignore[arg-type]
     with pytest.raises(InputValueError, match=r"with 3 spatial axes, got \(4, 4\)"):
         ssim(a, a, ndim=3)
+
+
+def test_map_comparisons_refuse_non_finite_maps_and_bad_parameters() -> None:
+    a = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    nan = torch.full((2, 8, 8), float("nan"))
+    for compare in (ssim, heat_map_r2):
+        with pytest.raises(
+            InputValueError, match=r"^image: expected finite values, got NaN or inf"
+        ):
+            compare(nan, a)
+        with pytest.raises(InputValueError, match=r"^reference: expected finite values"):
+            compare(a, torch.full((2, 8, 8), float("inf")))
+        with pytest.raises(InputTypeError, match=r"^image: expected a real-valued map"):
+            compare(a.to(torch.complex64), a.to(torch.complex64))
+    for value in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputValueError, match=r"^data_range: expected a finite number > 0"):
+            ssim(a, a, data_range=value)
+        with pytest.raises(InputValueError, match=r"^sigma: expected a finite number > 0"):
+            ssim(a, a, sigma=value)
+    with pytest.raises(InputTypeError, match=r"^data_range: expected a finite number > 0, got str"):
+        ssim(a, a, data_range="x")  # type: ignore[arg-type]
+    for window in (0, -3):
+        with pytest.raises(InputValueError, match=r"^window: expected a positive int"):
+            ssim(a, a, window=window)
+    with pytest.raises(InputTypeError, match=r"^window: expected a positive int, got float 2.5"):
+        ssim(a, a, window=2.5)  # type: ignore[arg-type]
+    # the checks leave valid calls as they were: numpy ints and floats are numbers
+    assert ssim(a, a, window=np.int64(7), sigma=np.float32(1.5), data_range=1).tolist() == [
+        1.0,
+        1.0,
+    ]

@@ -89,6 +89,27 @@ def test_display_input_errors() -> None:
         display_input(torch.zeros(2, 9), (8,))
 
 
+def test_display_input_refuses_pictures_it_could_not_draw() -> None:
+    volume = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    volume[1, 2, 0] = float("nan")
+    with pytest.raises(
+        InputValueError, match=r"^image: expected finite values to draw, got NaN or inf at 1 of 18"
+    ):
+        display_input(volume, (2, 3, 3))
+    with pytest.raises(InputValueError, match=r"^image: expected finite values to draw"):
+        display_input(torch.tensor([0.0, float("inf"), 1.0]), (3,))
+    with pytest.raises(InputValueError, match=r"^image: got a tensor on the meta device"):
+        display_input(torch.zeros(4, 4, device="meta"), (4, 4))
+    with pytest.raises(InputTypeError, match=r"^image: expected a dense \(strided\) tensor"):
+        display_input(torch.zeros(4, 4).to_sparse(), (4, 4))
+    # finite pictures draw as before: a volume min-max normalised as a whole
+    volume[1, 2, 0] = 0.5
+    drawn = display_input(volume, (2, 3, 3))
+    wide = volume.double()
+    expected = ((wide - wide.min()) / (wide.max() - wide.min())).numpy()
+    np.testing.assert_allclose(drawn, expected, rtol=0, atol=1e-12)
+
+
 # -- colour_limit and peak_index --------------------------------------------------------------
 
 

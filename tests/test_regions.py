@@ -417,3 +417,108 @@ def test_soften_at_any_rank_is_the_separable_bump_of_each_box() -> None:
     assert torch.equal(volume.weights[0] > 0, volume.masks[0])
     assert float(volume.weights[0, 2, 2, 2]) == 1.0
     assert torch.argmax(volume.weights[0, 2]).item() == torch.argmax(plane.weights[0]).item()
+
+
+def test_mask_sizes_are_checked_before_allocating_and_without_int64_wrap() -> None:
+    # 2**17 windows of a 2**17-sample signal: 16 GiB, refused before the per-axis masks exist
+    with pytest.raises(
+        InputValueError, match=r"^shape: 131072 regions of 131072 pixels need 16 GiB"
+    ):
+        sliding_windows((2**17,), 1, 1)
+    # counts whose product passes 2**63 (np.prod wraps them to 0 or negative)
+    with pytest.raises(InputValueError, match=r"^shape: 9223372036854775808 regions"):
+        grid((2**21,) * 3, 2**21)
+    with pytest.raises(InputValueError, match=r"^shape: \d+ regions of 1099511627776x"):
+        grid((2**40,) * 3, 2**40)
+    with pytest.raises(InputValueError, match=r"^shape: 73786976294838206464 regions"):
+        sliding_windows((2**22,) * 3, 1, 1)
+    # just under the cap still builds, and equals a loop
+    windows = sliding_windows((12,), 3, 3, box=((3, 12),))
+    expected = torch.zeros(3, 12, dtype=torch.bool)
+    for row, start in enumerate((3, 6, 9)):
+        expected[row, start : start + 3] = True
+    assert torch.equal(windows.masks, expected)
+
+
+def test_label_maps_torch_or_numpy_cannot_take_as_they_are() -> None:
+    # numpy arrays torch.from_numpy refuses are read with the same values
+    reversed_map = np.array([2, 1, 0, 0])[::-1]
+    assert Regions.from_label_map(reversed_map).ids == (0, 1, 2)
+    assert torch.equal(Regions.from_label_map(reversed_map).label_map(), torch.tensor([0, 0, 1, 2]))
+    big_endian = np.array([[0, 3], [3, 0]], dtype=">i4")
+    assert torch.equal(
+        Regions.from_label_map(big_endian).masks,
+        Regions.from_label_map(torch.tensor([[0, 3], [3, 0]])).masks,
+    )
+    with pytest.raises(InputTypeError, match=r"^label_map: got a numpy masked array"):
+        Regions.from_label_map(np.ma.masked_array([0, 1, 2], mask=[0, 0, 1]))
+    with pytest.raises(InputTypeError, match=r"^label_map: expected a numpy array of a dtype"):
+        Regions.from_label_map(np.array([0, 1], dtype=object))
+    with pytest.raises(InputValueError, match=r"^label_map: got a tensor on the meta device"):
+        Regions.from_label_map(torch.zeros(4, 4, dtype=torch.long, device="meta"))
+    with pytest.raises(InputTypeError, match=r"^label_map: expected a dense \(strided\) tensor"):
+        Regions.from_label_map(torch.zeros(4, 4, dtype=torch.long).to_sparse())
+    with pytest.raises(InputValueError, match=r"^label_map: expected at least one pixel"):
+        Regions.from_label_map(torch.zeros(0, 4, dtype=torch.long))
+    # uint64 labels above int64 would wrap to negative ids
+    for huge in (
+        np.array([0, 2**63 + 5], dtype=np.uint64),
+        torch.tensor([0, 2**63 + 5], dtype=torch.uint64),
+    ):
+        with pytest.raises(
+            InputValueError,
+            match=r"^label_map: expected labels in int64 range.*9223372036854775813",
+        ):
+            Regions.from_label_map(huge)
+    fits = Regions.from_label_map(np.array([7, 2**63 - 1, 7], dtype=np.uint64))
+    assert fits.ids == (7, 2**63 - 1)
+    assert torch.equal(fits.masks[1], torch.tensor([False, True, False]))
+    with pytest.raises(InputValueError, match=r"^ignore: expected a label in int64 range"):
+        Regions.from_label_map(torch.tensor([0, 1]), ignore=2**70)
+
+
+def test_regions_refuse_masks_without_values_and_ids_outside_int64() -> None:
+    with pytest.raises(InputValueError, match=r"^Regions.masks: got a tensor on the meta device"):
+        Regions(torch.ones(2, 4, dtype=torch.bool, device="meta"), (1, 2))
+    with pytest.raises(
+        InputTypeError, match=r"^Regions.masks: expected a dense \(strided\) tensor"
+    ):
+        Regions(torch.ones(2, 4, dtype=torch.bool).to_sparse(), (1, 2))
+    with pytest.raises(
+        InputValueError, match=r"^Regions.ids: expected ids in int64 range.*18446744073709551616"
+    ):
+        Regions(torch.ones(1, 4, dtype=torch.bool), (2**64,))
+    edge = Regions(torch.ones(2, 4, dtype=torch.bool), (-(2**63), 2**63 - 1))
+    assert edge.ids == (-(2**63), 2**63 - 1)
+    cells = grid((4, 6, 6), (2, 2, 3))
+    with pytest.raises(InputValueError, match=r"^device: got the meta device"):
+        cells.to("meta")
+    with pytest.raises(InputTypeError, match=r"^device: expected a torch.device or a str"):
+        cells.to(123)  # type: ignore[arg-type]
+    with pytest.raises(InputValueError, match=r"^device: expected a device this machine has"):
+        cells.to("banana")
+    moved = cells.to(torch.device("cpu"))
+    assert torch.equal(moved.masks, cells.masks) and moved.ids == cells.ids
+
+
+def test_positions_name_the_argument() -> None:
+    cells = grid((16,), 4)
+    with pytest.raises(InputTypeError, match=r"^keep: expected integer region ids, got \[1.0\]"):
+        cells.positions([1.0], "keep")
+    with pytest.raises(
+        InputValueError, match=r"^keep: unknown region ids \[5\]; valid ids are 1..4"
+    ):
+        cells.positions([5], "keep")
+    with pytest.raises(InputTypeError, match=r"^ids: expected integer region ids, got \[True\]"):
+        cells.positions([True])
+
+
+def test_a_shape_held_in_an_array_is_refused_as_the_shape() -> None:
+    for make, shape in ((grid, np.array([4, 6, 6])), (sliding_windows, torch.tensor([16]))):
+        with pytest.raises(
+            InputTypeError,
+            match=rf"^shape: {make.__name__} expected a tuple of 1 to 3 ints, got .*pass tuple\(shape.tolist\(\)\)",
+        ):
+            make(shape, 4, 2) if make is sliding_windows else make(shape, 2)
+    # the same sizes as a tuple are the any-rank form
+    assert grid(tuple(np.array([4, 6, 6]).tolist()), 2).spatial_shape == (4, 6, 6)

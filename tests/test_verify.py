@@ -45,7 +45,7 @@ def test_keep_only_errors() -> None:
     images = torch.rand(3, 1, 4, 4)
     regions = op.grid(4, 4, 2, 2)
     with pytest.raises(
-        InputValueError, match=r"ids: unknown region ids \[10, 11\]; valid ids are 1..4"
+        InputValueError, match=r"keep: unknown region ids \[10, 11\]; valid ids are 1..4"
     ):
         op.keep_only(model, images, torch.zeros(3, dtype=torch.int64), regions, progress=False)
     with pytest.raises(
@@ -132,3 +132,17 @@ def test_keep_only_refuses_a_bare_id_and_bad_class_names() -> None:
         confusion_report(labels, labels, 2, class_names=["a", "a"])
     report = op.keep_only(model, images, labels, regions, keep=(1,), progress=False)
     assert report.kept_ids == (1,)
+
+
+def test_keep_only_names_keep_for_bad_ids() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    signals = torch.rand(3, 1, 16)
+    segments = op.grid((16,), 4)
+    labels = torch.tensor([0, 1, 0])
+    for bad in ([1.0], [True]):
+        with pytest.raises(InputTypeError, match=r"^keep: expected integer region ids, got \["):
+            op.keep_only(model, signals, labels, segments, keep=bad, progress=False)
+    with pytest.raises(
+        InputValueError, match=r"^keep: unknown region ids \[5\]; valid ids are 1..4"
+    ):
+        op.keep_only(model, signals, labels, segments, keep=[5], progress=False)

@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeAlias
 
@@ -28,6 +29,7 @@ import torch
 from captum.attr._utils.attribution import PerturbationAttribution
 from torch import Tensor
 
+from .data import check_tensor_layout
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions, grid
 from .sweep import sweep
@@ -148,15 +150,36 @@ def _check_target(target: object, n: int) -> int | Tensor | None:
     )
 
 
-def _check_baselines(baselines: object, n: int, dims: int) -> tuple[float | Tensor, bool]:
-    """The baseline as a `sweep` fill, and whether it differs per example ((N, ...) tensor)."""
+def _check_baselines(
+    baselines: object, n: int, image_shape: tuple[int, ...]
+) -> tuple[float | Tensor, bool]:
+    """The baseline as a `sweep` fill, and whether it differs per example ((N, ...) tensor).
+
+    Checked here, so that errors name `baselines` (not the `fills` of the sweep inside)."""
+    dims = len(image_shape) + 1
     if baselines is None:
         return 0.0, False  # captum's default baseline
-    if isinstance(baselines, bool):
+    if isinstance(baselines, (bool, np.bool_)):
         raise InputTypeError(f"baselines: expected a number or a Tensor, got {baselines!r}")
     if isinstance(baselines, (int, float, np.integer, np.floating)):
-        return float(baselines), False
+        try:
+            value = float(baselines)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise InputValueError(f"baselines: expected a finite number, got {baselines!r}")
+        return value, False
     if isinstance(baselines, Tensor):
+        check_tensor_layout("baselines", baselines)
+        if not baselines.is_floating_point() and (
+            baselines.dim() > 0 or baselines.is_complex() or baselines.dtype == torch.bool
+        ):
+            raise InputTypeError(
+                "baselines: expected a real number or a floating-point Tensor, got "
+                f"{describe(baselines)}"
+            )
+        if not bool(torch.isfinite(baselines).all()):
+            raise InputValueError("baselines: expected finite values, got NaN or inf")
         if baselines.dim() == 0:
             return float(baselines), False
         if baselines.dim() == dims:
@@ -168,7 +191,19 @@ def _check_baselines(baselines: object, n: int, dims: int) -> tuple[float | Tens
                 f"baselines: expected a leading dimension of 1 or N = {n} for a {dims}-D baseline, "
                 f"got shape {tuple(baselines.shape)}"
             )
-        return baselines, False
+        # broadcastable to one input without growing it: each size 1 or the input's
+        trailing = image_shape[len(image_shape) - baselines.dim() :]
+        fits = baselines.dim() <= len(image_shape) and all(
+            b in (1, s) for b, s in zip(baselines.shape, trailing, strict=True)
+        )
+        if not fits:
+            raise InputValueError(
+                f"baselines: expected a Tensor broadcastable to one input {image_shape} or of "
+                f"shape (1 or N = {n}, *{image_shape}), got shape {tuple(baselines.shape)}"
+            )
+        # captum broadcasts a (W,) baseline to the input; as a sweep fill a 1-d tensor would
+        # be ambiguous (W fills or one per column), so it is given at one input's shape
+        return baselines.expand(image_shape), False
     raise InputTypeError(
         "baselines: expected a number, a Tensor broadcastable to one input (C, *spatial), or a "
         f"Tensor (N, C, *spatial) of one baseline per example, got {describe(baselines)}"
@@ -329,8 +364,18 @@ class GridOcclusion(PerturbationAttribution):  # type: ignore[misc]
         images, as_tuple = _single_input(inputs)
         n, spatial = images.shape[0], tuple(images.shape[2:])
         checked_target = _check_target(target, n)
-        fill, per_example_baseline = _check_baselines(baselines, n, images.dim())
+        fill, per_example_baseline = _check_baselines(baselines, n, tuple(images.shape[1:]))
         chosen = _resolve_regions(feature_mask, regions, rows, cols, spatial)
+        # as in sweep, the regions fix the rank: inputs (N, C, *spatial) or (N, *spatial)
+        if images.dim() - chosen.ndim not in (1, 2) or (
+            tuple(images.shape[images.dim() - chosen.ndim :]) != chosen.spatial_shape
+        ):
+            given = "feature_mask" if feature_mask is not None else "regions"
+            raise InputValueError(
+                f"{given}: expected the spatial shape of the inputs, which have shape "
+                f"{tuple(images.shape)} (N, C, *spatial), got {given} of spatial shape "
+                f"{chosen.spatial_shape}"
+            )
         args = _format_args(additional_forward_args)
         per_example_args = frozenset(
             position

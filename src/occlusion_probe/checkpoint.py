@@ -467,8 +467,9 @@ class Checkpoint:
         if not _lock(handle):
             handle.close()
             raise CheckpointError(
-                f"checkpoint: {shown!r} is in use by another process (it holds "
-                f"{os.fspath(lock_path)!r}); wait for it to finish or use another checkpoint path"
+                f"checkpoint: {shown!r} is in use by another sweep, in this process or another "
+                f"(it holds {os.fspath(lock_path)!r}); wait for it to finish or use another "
+                "checkpoint path"
             )
         self._lock_file = handle
 

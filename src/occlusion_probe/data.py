@@ -350,7 +350,18 @@ class ImageSource:
             name = f"images[batch {index}]"
             _refuse_bare_unbatched(name, raw_images, raw_labels, self.spatial)
             tensor, single = _as_image_tensor(name, raw_images, self.spatial)
-            if single != self.single_channel or tuple(tensor.shape[1:]) != self.image_shape:
+            if single != self.single_channel:
+                # (n, L) and (n, 1, L) hold images of the same shape; the model would get both
+                have = "without" if self.single_channel else "with"
+                got = "without" if single else "with"
+                given = tuple(tensor.shape[:1]) + tuple(tensor.shape[1 + single :])
+                raise InputValueError(
+                    f"{name}: the first batch was given {have} a channel axis "
+                    f"{batch_shape(self.spatial, channels=not self.single_channel)}, this one "
+                    f"{got} (shape {given}); the model is called with the "
+                    "batches as given, so give every batch the same form"
+                )
+            if tuple(tensor.shape[1:]) != self.image_shape:
                 raise InputValueError(
                     f"{name}: expected images of shape {self.image_shape} like the first batch, "
                     f"got {tuple(tensor.shape[1:])}"

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy import stats as scipy_stats
 from torch import Tensor
 
+from .data import check_tensor_layout
 from .errors import InputTypeError, InputValueError, describe
 from .regions import Regions
 
@@ -216,7 +217,24 @@ def _check_map_pair(image: object, reference: object, ndim: object) -> int:
             f"image, reference: expected equal shapes (..., *spatial) with {ndim} spatial "
             f"axes, got {tuple(image.shape)} and {tuple(reference.shape)}"
         )
+    for name, tensor in (("image", image), ("reference", reference)):
+        check_tensor_layout(name, tensor)
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise InputTypeError(f"{name}: expected a real-valued map, got {describe(tensor)}")
+        if not bool(torch.isfinite(tensor).all()):
+            # NaN would come back as a NaN score, read as "no threshold reached"
+            raise InputValueError(f"{name}: expected finite values, got NaN or inf")
     return ndim
+
+
+def _check_positive(name: str, value: object) -> float:
+    """`value` as a finite float > 0, or the library's error naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise InputTypeError(f"{name}: expected a finite number > 0, got {describe(value)}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise InputValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return number
 
 
 def ssim(
@@ -255,6 +273,15 @@ def ssim(
     -------
     Tensor, shape (...), float64
 
+    Raises
+    ------
+    InputTypeError
+        When a map is not a real Tensor, `window` not an int, `sigma` or `data_range` not a
+        number.
+    InputValueError
+        When the shapes differ, a map holds NaN or inf, `window` < 1, or `sigma` or
+        `data_range` is not a finite number > 0.
+
     Examples
     --------
     >>> a = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
@@ -265,6 +292,13 @@ def ssim(
     [1.0, 1.0]
     """
     rank = _check_map_pair(image, reference, ndim)
+    if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)):
+        raise InputTypeError(f"window: expected a positive int, got {describe(window)}")
+    if window < 1:
+        raise InputValueError(f"window: expected a positive int, got {window}")
+    sigma = _check_positive("sigma", sigma)
+    if data_range is not None:
+        data_range = _check_positive("data_range", data_range)
     lead = image.shape[: image.dim() - rank]
     spatial = tuple(image.shape[image.dim() - rank :])
     x = image.reshape(-1, 1, *spatial).to(torch.float64)
@@ -314,6 +348,13 @@ def heat_map_r2(image: Tensor, reference: Tensor, ndim: int = 2) -> Tensor:
     Returns
     -------
     Tensor, shape (...), float64
+
+    Raises
+    ------
+    InputTypeError
+        When a map is not a real Tensor or `ndim` not an int.
+    InputValueError
+        When the shapes differ, a map holds NaN or inf, or `ndim` is not 1, 2 or 3.
 
     Examples
     --------

@@ -7,6 +7,7 @@ knows about `Regions` itself, so every module can use it without an import circl
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ def spatial_shape(name: str, value: object) -> tuple[int, ...]:
 
 def check_mask_size(regions: int, shape: Sequence[int], name: str = "shape") -> None:
     """Refuse masks over `MAX_MASK_ELEMENTS` before they are allocated."""
-    elements = regions * int(np.prod(shape, dtype=np.float64))
+    elements = regions * math.prod(int(s) for s in shape)
     if elements > MAX_MASK_ELEMENTS:
         size = "x".join(str(s) for s in shape)
         raise InputValueError(

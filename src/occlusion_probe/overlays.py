@@ -28,6 +28,7 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.image import AxesImage
 from torch import Tensor
 
+from .data import check_tensor_layout
 from .errors import InputTypeError, InputValueError, describe
 
 __all__ = [
@@ -174,7 +175,8 @@ def display_input(image: object, spatial: tuple[int, ...]) -> np.ndarray:
     InputTypeError
         When `image` is not a real-valued Tensor.
     InputValueError
-        When its shape is none of the above or its spatial size is not `spatial`.
+        When its shape is none of the above, its spatial size is not `spatial`, it holds
+        NaN or inf, or it is on the meta device.
 
     Examples
     --------
@@ -187,6 +189,7 @@ def display_input(image: object, spatial: tuple[int, ...]) -> np.ndarray:
         raise InputTypeError(
             f"image: expected a Tensor of real numbers, shape {expected}, got {describe(image)}"
         )
+    check_tensor_layout("image", image)
     pixels = image.detach()
     if pixels.dim() == rank:
         pixels = pixels[None]
@@ -203,6 +206,12 @@ def display_input(image: object, spatial: tuple[int, ...]) -> np.ndarray:
             f"got {tuple(pixels.shape[1:])}"
         )
     array = pixels.to("cpu", torch.float64).numpy()
+    if not np.isfinite(array).all():
+        # a min-max of NaN is NaN: the picture under the map would come out blank
+        raise InputValueError(
+            f"image: expected finite values to draw, got NaN or inf at "
+            f"{int((~np.isfinite(array)).sum())} of {array.size} positions"
+        )
     if rank == 1:
         return array
     if rank == 2 and array.shape[0] == 3:

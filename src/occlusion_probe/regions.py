@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .data import check_tensor_layout, from_numpy
 from .errors import InputTypeError, InputValueError, describe
 from .geometry import (
     MAX_RANK,
@@ -40,6 +42,9 @@ from .selection import integer_value
 __all__ = ["Regions", "WindowGrid", "grid", "mask_digest", "sliding_windows"]
 
 _SHAPES = "(R, L), (R, H, W) or (R, D, H, W)"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# unsigned dtypes whose values can exceed int64 (torch.uint64; uint32 always fits)
+_UNSIGNED_WIDE = tuple(getattr(torch, name) for name in ("uint64",) if hasattr(torch, name))
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +97,7 @@ class Regions:
             raise InputTypeError(
                 f"Regions.masks: expected a bool torch.Tensor of shape {_SHAPES}, got {describe(masks)}"
             )
+        check_tensor_layout("Regions.masks", masks)
         if masks.dtype != torch.bool or not 2 <= masks.dim() <= MAX_RANK + 1:
             raise InputValueError(
                 f"Regions.masks: expected a bool tensor of shape {_SHAPES}, got {describe(masks)}"
@@ -109,6 +115,12 @@ class Regions:
                 f"Regions.ids: expected integer ids (int, numpy integer), got {not_integer[:5]!r}"
             )
         ids = tuple(int(i) for i in self.ids)
+        too_large = [i for i in ids if not _INT64_MIN <= i <= _INT64_MAX]
+        if too_large:
+            # result files and label maps store ids as int64; 2**64 would fail only in save
+            raise InputValueError(
+                f"Regions.ids: expected ids in int64 range [-2**63, 2**63 - 1], got {too_large[:5]}"
+            )
         if len(ids) != masks.shape[0]:
             raise InputValueError(
                 f"Regions.ids: expected {masks.shape[0]} ids (one per mask), got {len(ids)}"
@@ -270,7 +282,7 @@ class Regions:
         return window_grid(self.masks)
 
     # -- selection ----------------------------------------------------------------------------
-    def positions(self, ids: Iterable[int]) -> list[int]:
+    def positions(self, ids: Iterable[int], name: str = "ids") -> list[int]:
         """Positions (0-based indices into ``masks``) of the given region ids, in that order.
 
         Parameters
@@ -278,6 +290,8 @@ class Regions:
         ids : iterable of int
             Region ids (ints, numpy integers or 0-d integer tensors); a single int is taken
             as one id.
+        name : str, default "ids"
+            The argument the errors name (e.g. ``"keep"`` for `keep_only`'s ids).
 
         Returns
         -------
@@ -300,17 +314,17 @@ class Regions:
         if single is not None:
             ids = [single]
         if isinstance(ids, (str, bytes)):
-            raise InputTypeError(f"ids: expected integer region ids, got {describe(ids)}")
+            raise InputTypeError(f"{name}: expected integer region ids, got {describe(ids)}")
         given = list(ids)
         bad_type = [i for i in given if integer_value(i) is None]
         if bad_type:
-            raise InputTypeError(f"ids: expected integer region ids, got {bad_type!r}")
+            raise InputTypeError(f"{name}: expected integer region ids, got {bad_type!r}")
         wanted = [int(i) for i in given]
         lookup = {region_id: position for position, region_id in enumerate(self.ids)}
         unknown = [i for i in wanted if i not in lookup]
         if unknown:
             raise InputValueError(
-                f"ids: unknown region ids {unknown}; valid ids are {_id_summary(self.ids)}"
+                f"{name}: unknown region ids {unknown}; valid ids are {_id_summary(self.ids)}"
             )
         return [lookup[i] for i in wanted]
 
@@ -375,7 +389,31 @@ class Regions:
         -------
         Regions
             The same ids, with the masks on `device`.
+
+        Raises
+        ------
+        InputTypeError
+            When `device` is neither a str nor a torch.device.
+        InputValueError
+            When `device` names no device this machine has, or the meta device (which holds
+            no mask values).
         """
+        if not isinstance(device, (str, torch.device)):
+            raise InputTypeError(
+                f"device: expected a torch.device or a str such as 'cpu' or 'cuda:0', got "
+                f"{describe(device)}"
+            )
+        try:
+            target = torch.device(device)
+            torch.empty(0, device=target)
+        except (RuntimeError, AssertionError) as error:
+            raise InputValueError(
+                f"device: expected a device this machine has, got {str(device)!r} ({error})"
+            ) from None
+        if target.type == "meta":
+            raise InputValueError(
+                "device: got the meta device, which holds no values; regions need their masks"
+            )
         weights = None if self.weights is None else self.weights.to(device)
         return Regions(self.masks.to(device), self.ids, weights)
 
@@ -499,11 +537,13 @@ class Regions:
         ------
         InputTypeError
             When `label_map` is not a Tensor or ndarray, its dtype is not an integer dtype,
-            `ignore` is neither None nor an integer, or `ndim` is not an int.
+            it is sparse, a numpy masked or object array, `ignore` is neither None nor an
+            integer, or `ndim` is not an int.
         InputValueError
             When `ndim` is not 1, 2 or 3, the map has more than `ndim` (or 3) axes that are
-            not leading singletons, fewer than `ndim`, or no label is left once `ignore` is
-            removed.
+            not leading singletons, fewer than `ndim`, no pixels, a label outside int64
+            (a uint64 map), or no label is left once `ignore` is removed; when it is on the
+            meta device.
 
         Examples
         --------
@@ -523,22 +563,42 @@ class Regions:
                 raise InputTypeError(f"ndim: expected None or an int 1..3, got {describe(ndim)}")
             if not 1 <= ndim <= MAX_RANK:
                 raise InputValueError(f"ndim: expected 1, 2 or 3 spatial axes, got {ndim}")
+        ignored = None if ignore is None else integer_value(ignore)
+        if ignored is not None and not _INT64_MIN <= ignored <= _INT64_MAX:
+            raise InputValueError(f"ignore: expected a label in int64 range, got {ignored}")
         if isinstance(label_map, np.ndarray):
-            label_map = torch.from_numpy(label_map)
+            label_map = from_numpy("label_map", label_map)
         if not isinstance(label_map, Tensor):
             raise InputTypeError(
                 "label_map: expected an integer Tensor or ndarray of shape (*spatial), got "
                 f"{describe(label_map)}"
             )
+        check_tensor_layout("label_map", label_map)
         if label_map.dtype == torch.bool or label_map.is_floating_point() or label_map.is_complex():
             raise InputTypeError(
                 f"label_map: expected an integer dtype, got {label_map.dtype}; "
                 "convert it explicitly (e.g. label_map.long()) if the values are whole numbers"
             )
-        flat = _spatial_map(label_map, ndim).to(torch.int64)
+        spatial = _spatial_map(label_map, ndim)
+        if spatial.numel() == 0:
+            raise InputValueError(
+                f"label_map: expected at least one pixel, got shape {tuple(label_map.shape)}"
+            )
+        if spatial.dtype in _UNSIGNED_WIDE:
+            # the same bits as int64: labels above 2**63 - 1 read negative (a cast would wrap
+            # 2**63 + 5 to a negative id silently)
+            flat = spatial.contiguous().view(torch.int64)
+            if bool((flat < 0).any()):
+                raise InputValueError(
+                    f"label_map: expected labels in int64 range, got {spatial.dtype} labels "
+                    f"up to {int(flat[flat < 0].max()) + 2**64} > 2**63 - 1; relabel the map "
+                    "(e.g. by each label's rank among the distinct labels)"
+                )
+        else:
+            flat = spatial.to(torch.int64)
         labels = torch.unique(flat)
-        if ignore is not None:
-            labels = labels[labels != integer_value(ignore)]
+        if ignored is not None:
+            labels = labels[labels != ignored]
         if labels.numel() == 0:
             raise InputValueError("label_map: no region labels left (every pixel is ignored)")
         check_mask_size(int(labels.numel()), tuple(flat.shape), "label_map")
@@ -633,6 +693,12 @@ def _bind(
 ) -> tuple[bool, dict[str, Any]]:
     """Which form the call uses (True: any rank, by a sequence as the first argument or a
     ``shape=`` keyword) and its arguments by name, defaults applied."""
+    if args and isinstance(args[0], (Tensor, np.ndarray)) and args[0].ndim >= 1:
+        # a shape held in an array reads as neither form (the 2D form would call it `height`)
+        raise InputTypeError(
+            f"shape: {function} expected a tuple of 1 to {MAX_RANK} ints, got "
+            f"{describe(args[0])}; pass tuple(shape.tolist())"
+        )
     any_rank = "shape" in kwargs or bool(args and isinstance(args[0], (tuple, list, torch.Size)))
     signature = inspect.signature(forms[any_rank])
     try:
@@ -721,7 +787,7 @@ def grid(*args: Any, **kwargs: Any) -> Regions:
             raise InputValueError(
                 f"{cell_name}: expected at most {size_name}={size} {unit}, got {parts}"
             )
-    count = int(np.prod(cells))
+    count = math.prod(cells)  # a Python int: np.prod wraps past 2**63 (2**120 cells read 0)
     check_mask_size(count, shape, "shape" if any_rank else "height, width")
     cell = torch.zeros(shape, dtype=torch.int64)
     for axis, (size, parts) in enumerate(zip(shape, cells, strict=True)):
@@ -834,14 +900,18 @@ def sliding_windows(*args: Any, **kwargs: Any) -> Regions:
             "would never be occluded (their heat map would read 0); use a stride of at most "
             "the window"
         )
+    # counted before any allocation: along one axis alone, 2**17 windows of a 2**17-sample
+    # signal are 16 GiB of bools
+    counts = [
+        len(range(start, stop - w + 1, step))
+        for w, step, (start, stop) in zip(window, stride, box, strict=True)
+    ]
+    check_mask_size(math.prod(counts), shape, "shape" if any_rank else "height, width")
     inside = []
     for size, w, step, (start, stop) in zip(shape, window, stride, box, strict=True):
         starts = torch.arange(start, stop - w + 1, step)
         positions = torch.arange(size)
         inside.append((positions >= starts[:, None]) & (positions < starts[:, None] + w))
-    check_mask_size(
-        int(np.prod([len(i) for i in inside])), shape, "shape" if any_rank else "height, width"
-    )
     masks = inside[0]
     for axis_inside in inside[1:]:
         # every earlier window times every position along the next axis (row-major)

@@ -121,7 +121,7 @@ def keep_only(
             f"got {describe(keep)}"
         )
     check_class_names(class_names)
-    kept_ids = tuple(regions.ids[p] for p in regions.positions(keep))
+    kept_ids = tuple(regions.ids[p] for p in regions.positions(keep, "keep"))
     source = ImageSource(images, labels, regions.spatial_shape)
     if not source.is_stream and labels is None:
         raise InputValueError("labels: keep_only needs the true class of every image, got None")

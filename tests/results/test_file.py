@@ -574,3 +574,31 @@ def test_regions_of_any_rank_round_trip(tmp_path: Path, regions: op.Regions) -> 
     loaded = SweepResult.load(path)
     assert torch.equal(loaded.regions.masks, regions.masks) and loaded.regions.ids == regions.ids
     assert _same(loaded, result)
+
+
+def test_stored_sizes_whose_product_passes_int64_are_refused_before_allocating(
+    tmp_path: Path,
+) -> None:
+    # volumes: (2**32)**3 pixels wrapped to 0 in an int64 product, so a 1 KB file asked for
+    # TiB of masks; sizes are multiplied as Python ints and refused by the cap
+    path = tmp_path / "r.npz"
+    _result_over(op.sliding_windows((4, 6, 6), 2, 2)).save(path)
+    for sizes in ([2**32] * 3, [2**21] * 3):
+        _rewrite(path, {"region_window": np.array([*sizes, 2, 2, 2], dtype=np.int64)})
+        tracemalloc.start()
+        with pytest.raises(
+            ResultFileError, match=r"field 'region_window': expected masks of at most"
+        ):
+            SweepResult.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 2**24
+    packed = tmp_path / "p.npz"
+    label_map = torch.arange(4 * 6 * 6).reshape(4, 6, 6) % 4
+    _result_over(op.Regions.from_label_map(label_map)).save(packed)
+    _rewrite(packed, {"region_mask_shape": np.array([4, 2**32, 2**32, 1], dtype=np.int64)})
+    with pytest.raises(
+        ResultFileError,
+        match=r"field 'region_masks_packed': expected a uint8 array of shape \(4, 2305843009213693952\)",
+    ):
+        SweepResult.load(packed)

@@ -25,6 +25,7 @@ renamed over the target, and archive members checked before they are read.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -349,7 +350,7 @@ def _stored_masks(fields: _Fields, version: int) -> np.ndarray:
             raise fields.error(
                 "region_mask_shape", "(R, *spatial) with 1 to 3 spatial axes", str(shape.tolist())
             )
-        r, pixels = int(shape[0]), int(np.prod(shape[1:]))
+        r, pixels = int(shape[0]), math.prod(int(size) for size in shape[1:])
         packed = fields.array("region_masks_packed")
         if packed.dtype != np.uint8 or packed.shape != (r, (pixels + 7) // 8):
             raise fields.error(
@@ -390,8 +391,9 @@ def _stored_windows(fields: _Fields, version: int) -> np.ndarray:
                 name, f"increasing starts in [0, {limit}], at least one", str(axis_starts[:10])
             )
         starts.append(axis_starts.tolist())
-    count = int(np.prod([len(axis_starts) for axis_starts in starts]))
-    if count * int(np.prod(spatial)) > _MAX_WINDOW_MASK_BYTES:
+    # Python ints: np.prod wraps past 2**63, and (2**32)**3 pixels would read as 0
+    count = math.prod(len(axis_starts) for axis_starts in starts)
+    if count * math.prod(spatial) > _MAX_WINDOW_MASK_BYTES:
         raise fields.error(
             "region_window",
             f"masks of at most {_MAX_WINDOW_MASK_BYTES} bytes",
