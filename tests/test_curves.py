@@ -306,6 +306,68 @@ def test_bad_orders_get_the_library_errors() -> None:
             curve(model, images, order, labels=labels)
 
 
+def test_orders_given_per_image_replay_an_earlier_curve() -> None:
+    images, labels = mouth_data(6)
+    model = small_cnn(classes=2, size=8).eval()
+    random = curve(
+        model, images, "random", labels=labels, draws=3, seed=7, fill=0.25, batch_size=16
+    )
+    replay = curve(model, images, random.orders, labels=labels, fill=0.25, batch_size=7)
+    assert replay.num_draws == 3 and "given per image" in replay.order
+    assert torch.equal(replay.orders, random.orders)
+    assert torch.equal(replay.predicted, random.predicted)
+    assert torch.equal(replay.class_outputs, random.class_outputs)
+    stream = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    streamed = curve(model, stream, random.orders.numpy(), fill=0.25, batch_size=16)
+    assert torch.equal(streamed.class_outputs, random.class_outputs)
+    # One order per image (N, R): each image as a curve of its own fixed order.
+    first = random.orders[0]
+    per_image = curve(model, images, first, labels=labels, mode="remove", batch_size=16)
+    for i in range(images.shape[0]):
+        alone = curve(
+            model,
+            images[i : i + 1],
+            first[i].tolist(),
+            labels=labels[i : i + 1],
+            mode="remove",
+            batch_size=16,
+        )
+        assert torch.equal(per_image.class_outputs[:, i], alone.class_outputs[:, 0])
+        assert torch.equal(per_image.predicted[:, i], alone.predicted[:, 0])
+
+
+def test_bad_orders_given_per_image_get_the_library_errors() -> None:
+    images, labels = mouth_data(4)
+    model = MouthReader()
+    good = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) + 1
+                        for i in range(4)])  # fmt: skip
+    repeated = good.clone()
+    repeated[2, 0] = repeated[2, 1]
+    unknown = good.clone()
+    unknown[1, 3] = 17
+    cases: list[tuple[object, type[Exception], str]] = [
+        (good.float(), InputTypeError, "order: expected integer region ids, got Tensor"),
+        (
+            good[:, :15],
+            InputValueError,
+            "order: expected region ids of shape (N, 16) or (D, N, 16)",
+        ),
+        (good[None, :0][:0], InputValueError, "order: expected region ids of shape"),
+        (unknown, InputValueError, "order: unknown region ids [17]"),
+        (repeated, InputValueError, "order: the order of draw 0, image 2 is no permutation"),
+        (good[:3], InputValueError, "order: orders given for 3 images, but there are 4 images"),
+        (good[None, None], InputValueError, "order: expected region ids of shape (R,), one"),
+    ]
+    for order, error, message in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            curve(model, images, order, labels=labels)
+    stream = [(images[:2], labels[:2]), (images[2:], labels[2:])]
+    with pytest.raises(InputValueError, match=re.escape("go on past image 2")):
+        curve(model, stream, good[:3])
+    with pytest.raises(InputValueError, match=re.escape("but the stream held 4")):
+        curve(model, stream, torch.cat([good, good[:1]]))
+
+
 def test_a_ranking_from_another_grid_or_other_images_is_refused() -> None:
     images, labels = mouth_data(4)
     model = MouthReader()

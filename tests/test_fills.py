@@ -408,6 +408,39 @@ def test_translated_masks_share_one_factorisation() -> None:
     assert torch.equal(fill(IMAGES, empty), IMAGES)
 
 
+def test_kept_systems_are_bounded_by_nonzeros_and_factorised_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import occlusion_probe.imputation as imputation
+
+    calls: list[int] = []
+    splu = scipy.sparse.linalg.splu
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return splu(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.sparse.linalg, "splu", counted)
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.unique(torch.rand(420, 12, 12, generator=generator) < 0.3, dim=0)[:400]
+    assert masks.shape[0] == 400  # distinct masks
+    fill = op.fills.linear_imputation(noise=0.0)
+    first = fill.regions(IMAGES, masks)
+    made = len(calls)
+    assert 0 < made <= 400 and len(fill._systems) == 400
+    again = fill.regions(IMAGES, masks)
+    assert len(calls) == made  # every system was kept: nothing factorised twice
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    # A smaller budget of nonzeros keeps fewer systems (the newest), with equal values.
+    budget = fill._systems.nonzeros // 4
+    monkeypatch.setattr(imputation, "_KEPT_NONZEROS", budget)
+    small = op.fills.linear_imputation(noise=0.0)
+    values = small.regions(IMAGES, masks)
+    assert 1 <= len(small._systems) < 400 and small._systems.nonzeros <= budget
+    assert small._factors.nonzeros <= budget
+    assert all(torch.equal(a, b) for a, b in zip(first, values, strict=True))
+
+
 def test_checkpointed_sweep_with_region_fills_resumes_equal(tmp_path: Path) -> None:
     regions = op.grid(12, 12, 2, 2)
     fills = [op.fills.linear_imputation(noise=0.02), op.fills.blur(1.5)]

@@ -31,9 +31,9 @@ import occlusion_probe as op
 from .classes import CLASS_NAMES
 from .data import TEST_SPLITS, FERData, load_fer2013_csv, load_fer_folder
 from .model import build_model, fit_preprocess, load_model
+from .perturbation import PerturbationCurves, compute_curves
 from .report import (
     AnalysisTables,
-    PerturbationCurves,
     report_payload,
     write_curves,
     write_figures,
@@ -74,9 +74,16 @@ class RunSettings:
         Use at most this many real images (a seeded random subset); None = all.
     curve_draws : int
         Random orders per test image for the random baseline of the perturbation curves
-        (each costs 15 forwards per image and mode, besides the ranked curves' 17 and the
-        two order-independent ends; 2 keeps the default run's curves to about as many
-        forwards as its sweep).
+        (each costs 15 forwards per image, besides 15 for the ranking, 15 for the reversed
+        ranking and the two order-independent ends; 2 keeps the default run's curves to
+        62 forwards per image, fewer than its sweep's 96).
+    order_pool : int
+        The random orders are drawn from this many seeded random orders, shared by all
+        images and both fills (see `fer_paper.perturbation`): the imputed curves then meet
+        at most ``order_pool x 15`` distinct random masks.
+    imputation_images : int
+        Test images (a seeded random subset) of the perturbation curves under linear
+        imputation; 0 leaves them out.
     """
 
     synthetic_train: int
@@ -86,6 +93,8 @@ class RunSettings:
     real_train_limit: int | None = None
     real_test_limit: int | None = None
     curve_draws: int = 2
+    order_pool: int = 16
+    imputation_images: int = 40
 
 
 DEFAULT_SETTINGS = RunSettings(
@@ -103,6 +112,7 @@ QUICK_SETTINGS = RunSettings(
     real_epochs=3,
     real_train_limit=3000,
     real_test_limit=300,
+    imputation_images=32,
 )
 """``--quick``: small data and few epochs, for tests and smoke runs. On the synthetic data it
 still recovers the ground truth (checked for seeds 0-3 with the one-cycle schedule at batch 64:
@@ -429,7 +439,7 @@ def analyse(
     data: FERData,
     process: _Process,
     progress: bool,
-    curve_draws: int = DEFAULT_SETTINGS.curve_draws,
+    settings: RunSettings = DEFAULT_SETTINGS,
     seed: int = 0,
 ) -> tuple[op.SweepResult, AnalysisTables, Tensor]:
     """The paper's analysis of the test set: Tables 2, 3 and 4, the sweep of Figs 4-9 and the
@@ -490,7 +500,7 @@ def analyse(
         batch_size=batch_size,
         device=process.device,
         progress=progress,
-        draws=curve_draws,
+        settings=settings,
         seed=seed,
     )
     tables = AnalysisTables(table2=table2, table3=table3, table4=table4, curves=curves)
@@ -506,17 +516,19 @@ def perturbation_curves(
     batch_size: int | Literal["auto"],
     device: torch.device,
     progress: bool,
-    draws: int,
+    settings: RunSettings,
     seed: int,
 ) -> PerturbationCurves | None:
-    """Keep and remove curves over the test images of Tables 3 and 4, ranked vs random.
+    """Keep and remove curves over the test images of Tables 3 and 4, ranked vs random,
+    under fill 0.0 and (over a seeded subset) under linear imputation.
 
     The ranked order of an image is its true class's ranking in the sweep (the areas by mean
     drop of the class output over the fills, over its correctly classified test images);
-    the baseline orders are `draws` random permutations per image (seeded; the remove
-    baseline is the keep baseline mirrored: the same forwards, orders reversed). A class the
-    sweep cannot rank (no correctly classified test image: the paper's Disgust) has no
-    ranked order, so its images are left out of all four curves (and counted in
+    the baseline orders are ``settings.curve_draws`` random orders per image from a pool of
+    ``settings.order_pool`` (seeded; the remove baseline is the keep baseline mirrored: the
+    same forwards, orders reversed), the same for both fills (see `fer_paper.perturbation`).
+    A class the sweep cannot rank (no correctly classified test image: the paper's Disgust)
+    has no ranked order, so its images are left out of all curves (and counted in
     ``left_out``); None when no test image is left.
     """
     rankable = [cls for cls in range(len(CLASS_NAMES)) if result.selected_count(cls)]
@@ -528,33 +540,24 @@ def perturbation_curves(
     }
     if not bool(usable.any()):
         return None
-    images, labels = data.test_images[usable], data.test_labels[usable]
     common: dict[str, Any] = {
-        "labels": labels,
-        "fill": 0.0,
         "output": "softmax",
         "batch_size": batch_size,
         "device": device,
         "progress": progress,
         "class_names": CLASS_NAMES,
     }
-    made = {
-        mode: op.perturbation_curve(model, images, regions, result, mode=mode, **common)
-        for mode in ("keep", "remove")
-    }
-    # The reverse of a uniform random order is uniform, and on a grid keeping the first
-    # 16 - k areas is removing the other k: the random remove curve is the random keep
-    # curve mirrored, from the same forwards.
-    keep_random = op.perturbation_curve(
-        model, images, regions, "random", mode="keep", draws=draws, seed=seed, **common
-    )
-    made["keep_random"] = keep_random
-    made["remove_random"] = keep_random.mirrored()
-    return PerturbationCurves(
-        keep=made["keep"],
-        keep_random=made["keep_random"],
-        remove=made["remove"],
-        remove_random=made["remove_random"],
+    return compute_curves(
+        model,
+        data.test_images[usable],
+        data.test_labels[usable],
+        result,
+        regions,
+        common=common,
+        draws=settings.curve_draws,
+        pool=settings.order_pool,
+        imputation_images=settings.imputation_images,
+        seed=seed,
         left_out=left_out,
     )
 
@@ -590,10 +593,17 @@ def run(config: RunConfig) -> dict[str, Any]:
             data,
             process,
             config.progress and process.is_main,
-            curve_draws=config.settings.curve_draws,
+            settings=config.settings,
             seed=config.seed,
         )
         timing["analysis"] = time.perf_counter() - stage
+        if tables.curves is not None and tables.curves.imputed is not None:
+            _say(
+                config,
+                process,
+                f"imputed perturbation curves: {len(tables.curves.subset)} images in "
+                f"{tables.curves.imputation_seconds:.1f} s (part of the analysis)",
+            )
 
         stage = time.perf_counter()
         data_summary = {

@@ -21,6 +21,13 @@ from torch import Tensor
 import occlusion_probe as op
 
 from .classes import CLASS_NAMES, NUM_CLASSES
+from .markdown import markdown_table, percent
+from .perturbation import (
+    PerturbationCurves,
+    perturbation_figure,
+    perturbation_markdown,
+    perturbation_payload,
+)
 
 __all__ = [
     "CONVENTION",
@@ -53,20 +60,6 @@ PAPER: dict[str, Any] = {
     "table3_table4": "accuracy drops below the full test accuracy; Happiness stays above 50 %",
 }
 """The paper's numbers and findings that this reproduction compares against."""
-
-
-@dataclass(frozen=True, eq=False)
-class PerturbationCurves:
-    """Keep and remove curves of the test images, ranked by the sweep vs random orders.
-
-    ``left_out``: class name -> test images left out (their class has no ranking).
-    """
-
-    keep: op.PerturbationCurve
-    keep_random: op.PerturbationCurve
-    remove: op.PerturbationCurve
-    remove_random: op.PerturbationCurve
-    left_out: dict[str, int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,7 +210,7 @@ def report_payload(
         "timing_seconds": dict(timing),
         "paper": PAPER,
         "engine": {"name": result.engine, "note": result.engine_note},
-        "perturbation_curves": perturbation_payload(tables),
+        "perturbation_curves": perturbation_payload(tables.curves, (tables.table3, tables.table4)),
     }
     if ground_truth is not None:
         payload["ground_truth"] = dict(ground_truth)
@@ -229,59 +222,6 @@ def report_payload(
         )
     json_ready: dict[str, Any] = _json_safe(payload)
     return json_ready
-
-
-def perturbation_payload(tables: AnalysisTables) -> dict[str, Any] | None:
-    """The perturbation curves for report.json, or None without curves.
-
-    Keys: ``keep``, ``keep_random``, ``remove``, ``remove_random`` (each
-    `PerturbationCurve.as_dict`: fraction k/16, accuracy, bands, recall, class output, AUCs),
-    ``auc_difference`` (mode -> ranked minus random AUC of the accuracy with its 95 % paired
-    bootstrap interval over the images, 2000 resamples), ``table_points`` (Tables 3 and 4 as
-    points of the keep curve: k, kept areas, the table's accuracy and the ranked and random
-    curves' accuracy at that k), ``num_images``, ``left_out``.
-    """
-    curves = tables.curves
-    if curves is None:
-        return None
-    named = {
-        "keep": curves.keep,
-        "keep_random": curves.keep_random,
-        "remove": curves.remove,
-        "remove_random": curves.remove_random,
-    }
-    differences = {}
-    for mode, ranked, random in (
-        ("keep", curves.keep, curves.keep_random),
-        ("remove", curves.remove, curves.remove_random),
-    ):
-        difference = ranked.compare(random)
-        differences[mode] = {
-            "auc": difference.auc,
-            "random_auc": difference.baseline_auc,
-            "difference": difference.difference,
-            "low": difference.low,
-            "high": difference.high,
-            "confidence": difference.confidence,
-            "n_resamples": difference.n_resamples,
-        }
-    points = {}
-    for name, report in (("table3", tables.table3), ("table4", tables.table4)):
-        k = len(report.kept_ids)
-        points[name] = {
-            "k": k,
-            "kept_areas": list(report.kept_ids),
-            "table_accuracy": report.accuracy,
-            "ranked_accuracy": float(curves.keep.accuracy[k]),
-            "random_accuracy": float(curves.keep_random.accuracy[k]),
-        }
-    return {
-        **{name: curve.as_dict() for name, curve in named.items()},
-        "auc_difference": differences,
-        "table_points": points,
-        "num_images": curves.keep.num_images,
-        "left_out": dict(curves.left_out),
-    }
 
 
 def write_curves(out: Path, payload: Mapping[str, Any]) -> None:
@@ -324,7 +264,8 @@ def write_figures(
     - ``heatmaps.png``: each class's mean drop per area over a correctly classified example;
     - ``table2.png``, ``table3.png``, ``table4.png``: the confusion matrices;
     - ``perturbation_curves.png``: keep and remove accuracy curves, ranked vs random (with
-      its band), Tables 3 and 4 marked on the keep curve (when there are curves).
+      its band), Tables 3 and 4 marked on the keep curve, a second row under imputation
+      (when there are curves; see `fer_paper.perturbation.perturbation_figure`).
 
     test_images : Tensor, shape (N, 1, 48, 48), the images of the sweep, in its order (for the
         heat maps).
@@ -362,125 +303,10 @@ def write_figures(
         ("table4", tables.table4),
     ):
         save(op.plot.confusion(report, class_names=CLASS_NAMES), f"{name}.png")
-    curves = tables.curves
-    if curves is not None:
-        marks = {
-            f"Table {number}: keep {{{', '.join(map(str, sorted(report.kept_ids)))}}}": (
-                len(report.kept_ids),
-                report.accuracy,
-            )
-            for number, report in ((3, tables.table3), (4, tables.table4))
-        }
-        figure = op.plot.perturbation_curve(
-            [curves.keep, curves.keep_random, curves.remove, curves.remove_random],
-            labels=[
-                "ranked (class ranking)",
-                f"random, {curves.keep_random.num_draws} draws",
-                "ranked (class ranking)",
-                f"random, {curves.remove_random.num_draws} draws",
-            ],
-            marks=marks,
-        )
+    if tables.curves is not None:
+        figure = perturbation_figure(tables.curves, (tables.table3, tables.table4))
         save(figure, "perturbation_curves.png")
     return written
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} %"
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _perturbation_markdown(payload: Mapping[str, Any]) -> list[str]:
-    """The report section on the keep and remove curves."""
-    curves = payload.get("perturbation_curves")
-    parts = ["## Tables 3 and 4 as points of curves: keep and remove, ranked vs random\n"]
-    if curves is None:
-        return [*parts, "No curves: no test image is of a class the sweep could rank.\n"]
-    keep, remove = curves["keep"], curves["remove"]
-    left_out = curves["left_out"]
-    parts.append(
-        "Tables 3 and 4 are two points of a curve: keep only the first k areas of an order "
-        "(everything else set to 0.0) for k = 0..16 (insertion), or set the first k areas "
-        "to 0.0 (deletion). Ranked: each test image's areas in its true class's ranking from "
-        "the sweep (largest mean drop first); random: "
-        f"{curves['keep_random']['draws']} seeded random orders per image, mean and the "
-        "2.5-97.5 percentiles of the draws (the random remove curve is the random keep curve "
-        "mirrored: on a grid, keeping the first 16 - k areas of an order is removing the last "
-        "k, the first k of the reversed order, which is random too). AUC: trapezoid over k / 16 in [0, 1] "
-        "(keep: higher is a better ranking; remove: lower is). Difference: ranked minus "
-        "random, with a 95 % paired bootstrap interval over the images (2000 resamples). "
-        f"Over {curves['num_images']} test images"
-        + (
-            " (left out, their class has no correctly classified test image to rank by: "
-            + ", ".join(f"{name} {count}" for name, count in left_out.items())
-            + "; Tables 3 and 4 count them)"
-            if left_out
-            else ""
-        )
-        + ". Figure: `perturbation_curves.png`.\n"
-    )
-    rows = []
-    for mode in ("keep", "remove"):
-        difference = curves["auc_difference"][mode]
-        rows.append(
-            [
-                mode,
-                f"{difference['auc']:.3f}",
-                f"{difference['random_auc']:.3f}",
-                f"{difference['difference']:+.3f} [{difference['low']:+.3f}, "
-                f"{difference['high']:+.3f}]",
-                f"{curves[mode]['auc_class_output']:.3f}",
-            ]
-        )
-    parts.append(
-        _markdown_table(
-            [
-                "mode",
-                "AUC accuracy, ranked",
-                "AUC accuracy, random",
-                "ranked - random [95 % CI]",
-                "AUC true-class softmax, ranked",
-            ],
-            rows,
-        )
-    )
-    shown = [0, 1, 2, 3, 4, 6, 8, 12, 16]
-    parts.append(
-        _markdown_table(
-            ["k", *[str(k) for k in shown]],
-            [
-                ["keep, ranked", *[_percent(keep["accuracy"][k]) for k in shown]],
-                ["keep, random", *[_percent(curves["keep_random"]["accuracy"][k]) for k in shown]],
-                ["remove, ranked", *[_percent(remove["accuracy"][k]) for k in shown]],
-                [
-                    "remove, random",
-                    *[_percent(curves["remove_random"]["accuracy"][k]) for k in shown],
-                ],
-            ],
-        )
-    )
-    parts.append(
-        _markdown_table(
-            ["table", "kept areas", "k", "table accuracy", "ranked keep at k", "random keep at k"],
-            [
-                [
-                    name.replace("table", "Table "),
-                    str(point["kept_areas"]),
-                    str(point["k"]),
-                    _percent(point["table_accuracy"]),
-                    _percent(point["ranked_accuracy"]),
-                    _percent(point["random_accuracy"]),
-                ]
-                for name, point in curves["table_points"].items()
-            ],
-        )
-    )
-    return parts
 
 
 def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
@@ -500,7 +326,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
             else "**Real FER-2013 data.** "
         )
         + f"Source: {data['description']}.\n",
-        _markdown_table(
+        markdown_table(
             ["split", *CLASS_NAMES, "total"],
             [
                 [split, *[str(counts[name]) for name in CLASS_NAMES], str(sum(counts.values()))]
@@ -514,36 +340,36 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "and the Disgust row is non-zero although Disgust is never predicted, so the rows are "
         "the true classes.\n",
         "## Summary: paper vs this run\n",
-        _markdown_table(
+        markdown_table(
             ["quantity", "paper", "this run"],
             [
                 [
                     "test accuracy",
                     f"{PAPER['accuracy_percent']:.2f} %",
-                    _percent(payload["accuracy"]),
+                    percent(payload["accuracy"]),
                 ],
-                ["Happiness recall", "about 70 %", _percent(recall["table2"]["Happiness"])],
-                ["Surprise recall", "about 70 %", _percent(recall["table2"]["Surprise"])],
-                ["Disgust recall", "0 %", _percent(recall["table2"]["Disgust"])],
+                ["Happiness recall", "about 70 %", percent(recall["table2"]["Happiness"])],
+                ["Surprise recall", "about 70 %", percent(recall["table2"]["Surprise"])],
+                ["Disgust recall", "0 %", percent(recall["table2"]["Disgust"])],
                 [
                     "accuracy, keep areas 10, 11 (Table 3)",
                     "drops",
-                    _percent(payload["accuracy_keep_10_11"]),
+                    percent(payload["accuracy_keep_10_11"]),
                 ],
                 [
                     "Happiness recall, keep 10, 11",
                     "above 50 %",
-                    _percent(recall["table3"]["Happiness"]),
+                    percent(recall["table3"]["Happiness"]),
                 ],
                 [
                     "accuracy, keep areas 6, 7, 10, 11 (Table 4)",
                     "drops",
-                    _percent(payload["accuracy_keep_6_7_10_11"]),
+                    percent(payload["accuracy_keep_6_7_10_11"]),
                 ],
                 [
                     "Happiness recall, keep 6, 7, 10, 11",
                     "above 50 %",
-                    _percent(recall["table4"]["Happiness"]),
+                    percent(recall["table4"]["Happiness"]),
                 ],
             ],
         ),
@@ -558,7 +384,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "Figures: `curves_<class>.png`, `curves_all.png`, `heatmaps.png`; numbers: "
         "`curves.csv`, `curves.json`. Ranking = areas by mean drop of the class output "
         "(over the fills), largest first.\n",
-        _markdown_table(
+        markdown_table(
             ["class", "images", "unoccluded output", "top areas (mean drop)"],
             [
                 [
@@ -582,7 +408,7 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "## Table 4: only areas 6, 7, 10, 11 visible (eyes and mouth)\n",
         tables.table4.to_markdown(CLASS_NAMES, classes="all"),
         f"Paper: {PAPER['table3_table4']}. Everything outside the kept areas is set to 0.0.\n",
-        *_perturbation_markdown(payload),
+        *perturbation_markdown(payload),
     ]
     if "checks" in payload:
         checks = payload["checks"]
@@ -590,14 +416,14 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
             "## Ground truth of the synthetic data\n",
             "Each synthetic expression is defined by the geometry of the mouth, eyes and brows "
             "only; what the construction predicts and whether the analysis recovered it:\n",
-            _markdown_table(
+            markdown_table(
                 ["class", "defined by", "top 3 areas"],
                 [
                     [name, payload["ground_truth"][name], str(payload["ranking"][name][:3])]
                     for name in CLASS_NAMES
                 ],
             ),
-            _markdown_table(
+            markdown_table(
                 ["check", "expected", "result"],
                 [
                     [
@@ -615,9 +441,9 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
                     [
                         "accuracy full > keep {6,7,10,11} > keep {10,11} > 1/7",
                         "yes",
-                        f"{_percent(payload['accuracy'])} > "
-                        f"{_percent(payload['accuracy_keep_6_7_10_11'])} > "
-                        f"{_percent(payload['accuracy_keep_10_11'])} > 14.3 %: "
+                        f"{percent(payload['accuracy'])} > "
+                        f"{percent(payload['accuracy_keep_6_7_10_11'])} > "
+                        f"{percent(payload['accuracy_keep_10_11'])} > 14.3 %: "
                         + ("yes" if checks["keep_only_order"] else "NO"),
                     ],
                 ],
@@ -628,12 +454,19 @@ def render_markdown(payload: Mapping[str, Any], tables: AnalysisTables) -> str:
         "## Model and training\n",
         f"{training['description']}\n",
         "## Timing\n",
-        _markdown_table(
+        markdown_table(
             ["stage", "seconds"],
             [[stage, f"{seconds:.1f}"] for stage, seconds in payload["timing_seconds"].items()],
         ),
         f"Sweep engine: {payload['engine']['name']} ({payload['engine']['note']}).\n",
     ]
+    imputation = (payload.get("perturbation_curves") or {}).get("imputation")
+    if imputation is not None:
+        parts.insert(
+            -1,
+            f"Of the analysis, the imputed perturbation curves ({imputation['num_images']} "
+            f"images) took {imputation['seconds']:.1f} s.\n",
+        )
     return "\n".join(parts)
 
 

@@ -72,7 +72,8 @@ def _permutation(name: str, order: object, regions: Regions) -> Tensor:
     if isinstance(order, (Tensor, np.ndarray)):
         if order.ndim != 1:
             raise InputValueError(
-                f"{name}: expected a 1-d sequence of region ids, got {describe(order)}"
+                f"{name}: expected region ids of shape (R,), one order for every image, "
+                f"(N, R) or (D, N, R), orders per image, got {describe(order)}"
             )
         items: list[object] = list(order.tolist())
     elif isinstance(order, Sequence) and not isinstance(order, (str, bytes)):
@@ -110,6 +111,40 @@ def _permutation(name: str, order: object, regions: Regions) -> Tensor:
     return torch.tensor([lookup[i] for i in wanted], dtype=torch.int64)
 
 
+def _per_image_orders(name: str, order: Tensor | np.ndarray, regions: Regions) -> Tensor:
+    """Positions (D, N, R) int64 of region ids given per image: (N, R) or (D, N, R)."""
+    ids = torch.as_tensor(order)
+    if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+        raise InputTypeError(f"{name}: expected integer region ids, got {describe(order)}")
+    if ids.dim() == 2:
+        ids = ids[None]
+    r = len(regions)
+    if ids.shape[0] < 1 or ids.shape[2] != r:
+        raise InputValueError(
+            f"{name}: expected region ids of shape (N, {r}) or (D, N, {r}) (every one of the "
+            f"{r} regions once per image and draw), got shape {tuple(order.shape)}"
+        )
+    known = torch.tensor(regions.ids, dtype=torch.int64)
+    ordered, rank = known.sort()
+    flat = ids.to(torch.int64).reshape(-1)
+    slot = torch.searchsorted(ordered, flat).clamp(max=r - 1)
+    unknown = ordered[slot] != flat
+    if bool(unknown.any()):
+        bad = torch.unique(flat[unknown])[:10].tolist()
+        raise InputValueError(
+            f"{name}: unknown region ids {bad}; valid ids are the {r} ids of `regions`"
+        )
+    positions = rank[slot].reshape(ids.shape)
+    rows = positions.sort(dim=2).values != torch.arange(r)
+    if bool(rows.any()):
+        d, n = (int(i) for i in torch.nonzero(rows.any(dim=2))[0])
+        raise InputValueError(
+            f"{name}: the order of draw {d}, image {n} is no permutation of the {r} region "
+            f"ids (it repeats some): {ids[d, n].tolist()}"
+        )
+    return positions.contiguous()
+
+
 def _check_same_regions(result: ClassReadings, regions: Regions) -> None:
     theirs = result.regions
     if theirs.ids != regions.ids or not torch.equal(theirs.masks.cpu(), regions.masks.cpu()):
@@ -139,6 +174,7 @@ class _Orders:
         self.by_class: dict[int, Tensor] = {}
         self.readings: ClassReadings | None = None
         self.rng: np.random.Generator | None = None
+        self.given: Tensor | None = None
         self.class_names = class_names
         if per_image and not isinstance(order, SweepResult):
             raise InputValueError(
@@ -177,6 +213,10 @@ class _Orders:
                 index = self._class_key(key)
                 self.by_class[index] = _permutation(f"order[{key!r}]", value, regions)
             self.description = "per class: given orders of each image's true class"
+        elif isinstance(order, (Tensor, np.ndarray)) and order.ndim in (2, 3):
+            self.given = _per_image_orders("order", order, regions)
+            self.draws = int(self.given.shape[0])
+            self.description = f"given per image ({self.draws} per image)"
         elif isinstance(order, (Sequence, Tensor, np.ndarray)) and not isinstance(order, bytes):
             self.fixed = _permutation("order", order, regions)
             ids = [regions.ids[p] for p in self.fixed.tolist()]
@@ -205,7 +245,14 @@ class _Orders:
         return index
 
     def check_images(self, num_images: int | None) -> None:
-        """Before the run: a per-image ranking must be of the same images."""
+        """Before the run: a per-image ranking or orders given per image must be of the
+        same images."""
+        if self.given is not None and num_images is not None:
+            if int(self.given.shape[1]) != num_images:
+                raise InputValueError(
+                    f"order: orders given for {int(self.given.shape[1])} images, but there are "
+                    f"{num_images} images"
+                )
         if self.per_image and num_images is not None and self.readings is not None:
             count = int(self.readings_result.num_images)
             if count != num_images:
@@ -265,6 +312,13 @@ class _Orders:
             keys = self.rng.random((n, self.draws, r))
             positions = torch.from_numpy(np.argsort(keys, axis=-1, kind="stable"))
             return positions.transpose(0, 1).to(torch.int64)
+        if self.given is not None:
+            if offset + n > int(self.given.shape[1]):
+                raise InputValueError(
+                    f"order: orders given for {int(self.given.shape[1])} images, but the images "
+                    f"go on past image {int(self.given.shape[1]) - 1}"
+                )
+            return self.given[:, offset : offset + n]
         if self.fixed is not None:
             return self.fixed.expand(1, n, r)
         if self.per_image:
@@ -299,7 +353,13 @@ class _Orders:
         return torch.sort(keys, dim=1, descending=True, stable=True).indices
 
     def check_count(self, seen: int) -> None:
-        """After the run: a per-image ranking must cover exactly the images seen."""
+        """After the run: a per-image ranking or orders given per image must cover exactly
+        the images seen."""
+        if self.given is not None and int(self.given.shape[1]) != seen:
+            raise InputValueError(
+                f"order: orders given for {int(self.given.shape[1])} images, but the stream "
+                f"held {seen}"
+            )
         if self.per_image and self.readings_result.num_images != seen:
             raise InputValueError(
                 f"order: per_image=True needs a SweepResult of the same images, but it holds "
@@ -375,7 +435,7 @@ def perturbation_curve(
     model: Model,
     images: Images,
     regions: Regions,
-    order: Sequence[int] | Mapping[object, Sequence[int]] | ClassReadings | str,
+    order: Sequence[int] | Mapping[object, Sequence[int]] | ClassReadings | str | Tensor,
     *,
     mode: Literal["keep", "remove"] = "keep",
     labels: Tensor | Sequence[int] | None = None,
@@ -409,7 +469,7 @@ def perturbation_curve(
         Raw images in the space where `fill` makes sense, as in `sweep`.
     regions : Regions, masks (R, H, W)
         The regions the orders rank.
-    order : sequence of int, mapping, SweepResult, ClassMeanResult or "random"
+    order : sequence of int, mapping, SweepResult, ClassMeanResult, "random" or Tensor
         How each image's regions are ordered:
 
         - a sequence naming every region id once: the same order for every image;
@@ -423,7 +483,11 @@ def perturbation_curve(
           mean over the fills, largest first (ties: the earlier region first);
         - ``"random"``: `draws` independent uniform orders per image (seeded by `seed`);
           the curves are the mean over the draws, and the bands their 2.5th to 97.5th
-          percentiles.
+          percentiles;
+        - a Tensor (or array) of region ids of shape (N, R), one order per image, or
+          (D, N, R), D orders per image (the curves are the mean over them, with bands, as
+          for ``"random"``): e.g. ``order=earlier.orders`` runs another fill with the very
+          orders of an earlier curve (over the same N images).
     mode : {"keep", "remove"}
         Keep the first k regions (fill the rest), or fill the first k regions.
     labels : Tensor or sequence of int, shape (N,), or None
@@ -438,7 +502,8 @@ def perturbation_curve(
     per_image : bool
         With a `SweepResult` as `order`: rank each image by its own occlusion outputs.
     draws : int
-        Orders per image with ``order="random"`` (default 10); ignored otherwise.
+        Orders per image with ``order="random"`` (default 10); ignored otherwise (orders
+        given per image bring their own D).
     seed : int
         Seed of the random orders (numpy's default generator; the same orders however the
         images are batched); ignored otherwise.
@@ -469,7 +534,8 @@ def perturbation_curve(
     InputValueError
         When an argument has an unusable value: an order with unknown or repeated region
         ids or that is not a permutation of the regions, a result swept over other regions
-        (or, with ``per_image=True``, over other images), a class without an order,
+        (or, with ``per_image=True``, over other images), orders given per image for
+        another number of images, a class without an order,
         missing labels, an unknown mode; or the model produces NaN or inf outputs.
     EmptySelectionError
         When a result ranks a class with no correctly classified image, and an image is of

@@ -3,13 +3,16 @@
 A fill is one of
 
 * a number: every occluded pixel gets that value (the paper's 0.0, 0.2, ..., 1.0);
-* a tensor broadcastable to one image (C, H, W): e.g. the data set mean image, or a
-  per-channel colour of shape (C, 1, 1);
-* a callable ``images -> fill images``: gets a batch (n, C, H, W) and returns tensors
+* a tensor broadcastable to one image (C, *spatial): e.g. the data set mean image, or a
+  per-channel colour of shape (C, 1, 1) for images (C, H, W);
+* a callable ``images -> fill images``: gets a batch (n, C, *spatial) and returns tensors
   broadcastable to it, e.g. a blurred copy of each image;
 * a region-aware fill (`RegionFill`): gets the images and the mask of the region it fills
   and returns the values there. Built-ins: `patch_mean`, `image_mean`, `blur` and
   `linear_imputation` (ROAD's noisy linear imputation).
+
+Every fill works at every spatial rank: signals (n, C, L), images (n, C, H, W) and volumes
+(n, C, D, H, W), with masks (n or 1, *spatial).
 
 A sweep with region-aware fills runs its regions in layers of pairwise disjoint regions
 (`disjoint_layers`): each layer's fill image holds every region's own fill on its pixels
@@ -83,7 +86,8 @@ _RANGE_SLACK = 1.5
 
 @runtime_checkable
 class FillFunction(Protocol):
-    """A callable that makes fill images from a batch: (n, C, H, W) -> broadcastable to it."""
+    """A callable that makes fill images from a batch: (n, C, *spatial) -> broadcastable to
+    it."""
 
     def __call__(self, images: Tensor, /) -> Tensor: ...
 
@@ -106,7 +110,7 @@ class Fill:
     region: RegionFill | None = None
 
     def for_batch(self, images: Tensor) -> Tensor:
-        """The fill for a batch of images (n, C, H, W), as a tensor broadcastable to it
+        """The fill for a batch of images (n, C, *spatial), as a tensor broadcastable to it
         (not for region-aware fills: see `fill_for_masks` and `layer_fills`)."""
         if self.region is not None:
             raise RuntimeError(f"fill {self.label!r} needs the region's mask")
@@ -195,7 +199,7 @@ def resolve_fills(
     image_shape: tuple[int, ...],
     argument: str = "fills",
 ) -> tuple[Fill, ...]:
-    """Check and normalise the `fills` argument for images of shape (C, H, W).
+    """Check and normalise the `fills` argument for images of shape (C, *spatial).
 
     A single number, tensor or callable is accepted as one fill. Raises `InputValueError`
     for an empty sequence and for tensors that do not broadcast to one image. Errors name
@@ -244,11 +248,14 @@ def resolve_fills(
                     f"{name}: expected a floating-point tensor, got {describe(spec)}"
                 )
             if spec.dim() == 1 and spec.shape[0] > 1:
-                # (W,) broadcasts as one value per column, but reads just as well as W fills.
+                # (W,) broadcasts as one value per column (per position of the last axis at
+                # any rank), but reads just as well as W fills.
+                along = "column" if len(image_shape) == 3 else "position of the last axis"
+                wanted = (1,) * (len(image_shape) - 1) + (spec.shape[0],)
                 raise InputValueError(
                     f"{name}: a 1-d tensor of {spec.shape[0]} values is ambiguous (one fill per "
-                    "column, or several fills?); pass a list of numbers for several fills "
-                    f"(fills=t.tolist()), or shape (1, 1, {spec.shape[0]}) for one per column"
+                    f"{along}, or several fills?); pass a list of numbers for several fills "
+                    f"(fills=t.tolist()), or shape {wanted} for one per {along}"
                 )
             try:
                 shape = _broadcast_shapes(spec.shape, image_shape)
@@ -265,7 +272,7 @@ def resolve_fills(
         elif isinstance(spec, RegionFill):
             resolved.append(Fill(label=spec.label, region=spec))
         elif callable(spec):
-            check_one_argument_callable(name, spec, "a batch of images (n, C, H, W)")
+            check_one_argument_callable(name, spec, "a batch of images (n, C, *spatial)")
             label = getattr(spec, "__name__", type(spec).__name__)
             resolved.append(Fill(label=str(label), function=spec))
         else:
@@ -348,7 +355,8 @@ def warn_if_outside(fills: Sequence[Fill], images: Tensor) -> bool:
 
 
 def stack_fills(fills: Sequence[Fill], images: Tensor) -> Tensor:
-    """All fills for a batch, stacked: Tensor, shape (V, n or 1, C or 1, H or 1, W or 1).
+    """All fills for a batch, stacked: Tensor, shape (V, n or 1, C or 1, *(each spatial size
+    or 1)).
 
     Constants stay (V, 1, 1, 1, 1), so building occluded images broadcasts them instead of
     materialising V full images. Region-aware fills need their regions: see `layer_fills`.
@@ -368,7 +376,7 @@ def disjoint_layers(masks: Tensor) -> list[list[int]]:
     """The regions in layers of pairwise disjoint masks, each region in the first layer
     where it overlaps no other.
 
-    masks : Tensor, shape (R, H, W), bool
+    masks : Tensor, shape (R, *spatial), bool
     returns : lists of region positions, increasing within each layer
 
     Examples
@@ -415,7 +423,7 @@ def _checked_values(fill: Fill, made: Tensor, want: tuple[int, ...], images: Ten
 
 
 def fill_for_masks(fill: Fill, images: Tensor, masks: Tensor) -> Tensor:
-    """The fill for `images` (n, C, H, W) where `masks` (n or 1, H, W), bool, is True.
+    """The fill for `images` (n, C, *spatial) where `masks` (n or 1, *spatial), bool, is True.
 
     Returns a tensor broadcastable to the images whose values at the masked positions are
     the fill's (elsewhere they are unspecified).
@@ -433,11 +441,11 @@ def layer_fills(
     layer: Sequence[int],
     weights: Tensor | None = None,
 ) -> Tensor:
-    """All fills of one layer of disjoint regions: Tensor, shape (V, n or 1, C or 1, H or 1,
-    W or 1).
+    """All fills of one layer of disjoint regions: Tensor, shape (V, n or 1, C or 1, *(each
+    spatial size or 1)).
 
-    masks : Tensor, shape (R, H, W), bool; layer : positions of pairwise disjoint regions;
-    weights : Tensor, shape (R, H, W), soft regions' weights w (None: hard regions).
+    masks : Tensor, shape (R, *spatial), bool; layer : positions of pairwise disjoint regions;
+    weights : Tensor, shape (R, *spatial), soft regions' weights w (None: hard regions).
     A region-aware fill's image holds, on each of the layer's masks, that region's fill and
     elsewhere the images; with weights every fill's image holds ``x * (1 - w) + fill * w``
     there. Other fills of hard regions are as in `stack_fills`.

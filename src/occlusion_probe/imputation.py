@@ -13,9 +13,19 @@ Here the system depends only on the mask, so it is factorised once per mask
 (``scipy.sparse.linalg.splu``) and solved for every image and channel of a chunk at once
 (one right-hand side each); factorisations are kept across chunks and shared by translated
 masks (equal pattern in the bounding box, touching the same image borders), such as the
-inner cells of a grid or the inner sliding windows. Other ranks use
-the same rule over all 3**d - 1 axis and diagonal neighbours, with weights proportional to
-``2 ** (1 - |offset|_1)`` normalised to sum 1 (1/6 and 1/12 in 2D, 1/2 in 1D).
+inner cells of a grid or the inner sliding windows.
+
+Every spatial rank uses the same rule over all 3**d - 1 neighbours that differ by at most
+one step along each axis: a neighbour whose offset moves along j axes weighs
+``2 ** (1 - j)`` before the weights are normalised to sum 1, so each further axis halves the
+weight (in 2D the direct neighbours weigh twice the diagonal ones, ROAD's ratio). Exactly:
+
+* rank 1, signals (n, C, L): the 2 neighbours, 1/2 each;
+* rank 2, images (n, C, H, W): ROAD's 4 direct neighbours 1/6 each, 4 diagonal 1/12 each;
+* rank 3, volumes (n, C, D, H, W): 6 face neighbours 1/14 each, 12 edge neighbours 1/28
+  each, 8 corner neighbours 1/56 each.
+
+At the border the same renormalisation as ROAD's applies at every rank.
 
 The noise is one field, Tensor of shape (C, *spatial), drawn from N(0, noise**2) with the
 generator seeded by `seed`, the same for every image and mask, so results repeat and do not
@@ -29,6 +39,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import scipy.sparse
@@ -42,18 +53,59 @@ from .region_fills import RegionFill, check_images_and_masks, positive_float
 
 __all__ = ["LinearImputation", "linear_imputation", "neighbour_weights"]
 
-# Kept factorisations: at most this many masks, and at most this many nonzeros of L and U
-# together (12 bytes each: about 240 MB), the oldest dropped first.
-_KEPT_SYSTEMS = 256
+# Kept systems (and, apart, shared factorisations): at most this many, and at most this many
+# nonzeros of L and U and of the known neighbours' weights together (12 bytes each: about
+# 240 MB), the least recently used dropped first. The nonzeros bound the memory; the count
+# is high enough for the working set of perturbation curves with a few orders (a 4x4 grid:
+# 15 unions per order; a 48x48 union's factors hold about 40,000 nonzeros on average).
+_KEPT_SYSTEMS = 4096
 _KEPT_NONZEROS = 20_000_000
+
+_Kept = TypeVar("_Kept")
+
+
+class _LeastRecentlyUsed(Generic[_Kept]):
+    """Entries by key, each with its size in nonzeros; `put` drops the least recently used
+    while there are over `_KEPT_SYSTEMS` of them or over `_KEPT_NONZEROS` in all (never the
+    newest)."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[bytes, tuple[_Kept, int]] = OrderedDict()
+        self.nonzeros = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: bytes) -> _Kept | None:
+        found = self.entries.get(key)
+        if found is None:
+            return None
+        self.entries.move_to_end(key)
+        return found[0]
+
+    def put(self, key: bytes, value: _Kept, size: int) -> None:
+        self.entries[key] = (value, size)
+        self.nonzeros += size
+        while len(self.entries) > 1 and (
+            len(self.entries) > _KEPT_SYSTEMS or self.nonzeros > _KEPT_NONZEROS
+        ):
+            _, (_, dropped) = self.entries.popitem(last=False)
+            self.nonzeros -= dropped
 
 
 def neighbour_weights(rank: int) -> list[tuple[tuple[int, ...], float]]:
     """The stencil of `rank` spatial axes: (offset, weight) for every axis and diagonal
     neighbour, weights proportional to ``2 ** (1 - |offset|_1)`` and summing to 1.
 
+    Rank 1: 1/2 per neighbour; rank 2: 1/6 direct, 1/12 diagonal (ROAD's); rank 3: 1/14
+    per face, 1/28 per edge, 1/56 per corner neighbour.
+
     >>> neighbour_weights(2)[:3]  # doctest: +ELLIPSIS
     [((-1, -1), 0.0833...), ((-1, 0), 0.1666...), ((-1, 1), 0.0833...)]
+    >>> neighbour_weights(1)
+    [((-1,), 0.5), ((1,), 0.5)]
+    >>> sorted({round(w * 56) for _, w in neighbour_weights(3)})
+    [1, 2, 4]
     """
     offsets = [o for o in itertools.product((-1, 0, 1), repeat=rank) if any(o)]
     raw = [2.0 ** (1 - sum(abs(x) for x in o)) for o in offsets]
@@ -127,7 +179,7 @@ def _build_system(
     )
     if m == 0 or m == p:
         # Nothing to impute, or nothing known (the system is singular: any constant solves it).
-        return _System(unknown, known, None, 0)
+        return _System(unknown, known, None, int(known.nnz))
     matrix = scipy.sparse.csc_matrix(
         (
             np.concatenate([*vals_a, -present]),
@@ -136,7 +188,7 @@ def _build_system(
         shape=(m, m),
     )
     factors = factorise(_shape_key(mask), matrix)
-    return _System(unknown, known, factors, int(factors.nnz))
+    return _System(unknown, known, factors, int(factors.nnz) + int(known.nnz))
 
 
 @dataclass(frozen=True)
@@ -145,11 +197,11 @@ class LinearImputation(RegionFill):
 
     noise: float = 0.01
     seed: int = 0
-    _systems: OrderedDict[bytes, _System] = field(
-        default_factory=OrderedDict, init=False, repr=False, compare=False
+    _systems: _LeastRecentlyUsed[_System] = field(
+        default_factory=_LeastRecentlyUsed, init=False, repr=False, compare=False
     )
-    _factors: OrderedDict[bytes, SuperLU] = field(
-        default_factory=OrderedDict, init=False, repr=False, compare=False
+    _factors: _LeastRecentlyUsed[SuperLU] = field(
+        default_factory=_LeastRecentlyUsed, init=False, repr=False, compare=False
     )
     _noise_fields: dict[tuple[int, int], np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -193,19 +245,15 @@ class LinearImputation(RegionFill):
         key = repr(array.shape).encode() + np.packbits(array).tobytes()
         found = self._systems.get(key)
         if found is not None:
-            self._systems.move_to_end(key)
             return found
         built = _build_system(array, self._factorise)
-        self._systems[key] = built
-        while len(self._systems) > _KEPT_SYSTEMS:
-            self._systems.popitem(last=False)
+        self._systems.put(key, built, built.nonzeros)
         return built
 
     def _factorise(self, key: bytes, matrix: scipy.sparse.csc_matrix) -> SuperLU:
         """The LU factors of `matrix`, shared by every mask of the same shape key."""
         found = self._factors.get(key)
         if found is not None:
-            self._factors.move_to_end(key)
             return found
         # The matrix is structurally symmetric and diagonally dominant (each diagonal entry
         # is the sum of the in-image neighbours' weights, the unknown ones among them off
@@ -217,13 +265,7 @@ class LinearImputation(RegionFill):
             diag_pivot_thresh=0.0,
             options={"SymmetricMode": True},
         )
-        self._factors[key] = made
-        total = sum(int(f.nnz) for f in self._factors.values())
-        while len(self._factors) > 1 and (
-            len(self._factors) > _KEPT_SYSTEMS or total > _KEPT_NONZEROS
-        ):
-            _, dropped = self._factors.popitem(last=False)
-            total -= int(dropped.nnz)
+        self._factors.put(key, made, int(made.nnz))
         return made
 
     def _solve(
@@ -281,7 +323,10 @@ def linear_imputation(noise: float = 0.01, seed: int = 0) -> LinearImputation:
     Each filled pixel is the weighted mean of its eight neighbours (1/6 direct, 1/12
     diagonal, renormalised over the neighbours inside the image), solved jointly for all
     pixels of the region, plus Gaussian noise of standard deviation `noise` (one field drawn
-    with `seed`, the same for every image and region).
+    with `seed`, the same for every image and region). Signals (n, C, L) use their 2
+    neighbours at 1/2 each, volumes (n, C, D, H, W) their 26 neighbours at 1/14 per face,
+    1/28 per edge and 1/56 per corner (each axis an offset moves along halves its weight;
+    see `neighbour_weights`).
 
     Parameters
     ----------

@@ -3,7 +3,8 @@
 A region-aware fill gets the images, Tensor of shape (n, C, *spatial), and a boolean mask,
 Tensor of shape (n or 1, *spatial), True on the pixels to fill, and returns a full-size fill
 image, Tensor of shape (n, C, *spatial), of which only the masked positions are used (the
-values elsewhere are unspecified). Here *spatial is (H, W) for the images the library takes.
+values elsewhere are unspecified). *spatial is (L,) for signals, (H, W) for images and
+(D, H, W) for volumes: every built-in works at every rank.
 
 Built-ins (public through ``occlusion_probe.fills``):
 
@@ -11,7 +12,8 @@ Built-ins (public through ``occlusion_probe.fills``):
   ``mean_patch`` averages over the channels too: ``patch_mean(over_channels=True)``);
 * `image_mean` — the mean of the whole image, per image and channel (MONAI's ``mean_img``:
   ``image_mean(over_channels=True)``);
-* `blur` — the image blurred with a Gaussian, taken inside the region;
+* `blur` — the image blurred with a separable Gaussian along every spatial axis, taken
+  inside the region;
 * `linear_imputation` (in `occlusion_probe.imputation`) — ROAD's noisy linear imputation.
 
 Write your own by subclassing `RegionFill` and defining ``__call__`` and ``label``.
@@ -255,8 +257,11 @@ def image_mean(over_channels: bool = False) -> ImageMean:
 def blur(sigma: float) -> Blur:
     """Fill each region with the image blurred by a Gaussian of `sigma` pixels.
 
-    The blur is ``scipy.ndimage.gaussian_filter(mode="nearest", truncate=4.0)`` over the
-    spatial axes of each channel; only the pixels inside the region are used.
+    The blur is separable: one 1-d Gaussian (radius ``int(4 sigma + 0.5)``, weights summing
+    to 1) along each spatial axis in turn, the border value repeated outwards, so it equals
+    ``scipy.ndimage.gaussian_filter(x, sigma=(0, 0, sigma, ...), mode="nearest",
+    truncate=4.0)`` at every rank: signals (n, C, L), images (n, C, H, W) and volumes
+    (n, C, D, H, W). Only the pixels inside the region are used.
 
     Raises
     ------

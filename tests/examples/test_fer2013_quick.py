@@ -21,6 +21,7 @@ from fer2013 import parse_args
 from fer_paper import pipeline
 from fer_paper.classes import CLASS_NAMES
 from fer_paper.model import load_model
+from fer_paper.perturbation import leakage_sentence
 from fer_paper.pipeline import (
     QUICK_SETTINGS,
     DistributedLaunchError,
@@ -140,6 +141,47 @@ def test_perturbation_curves_through_tables_3_and_4(
     report = (config.out / "report.md").read_text(encoding="utf-8")
     assert "Tables 3 and 4 as points of curves" in report
     assert "perturbation_curves.png" in payload["figures"]
+
+
+def test_perturbation_curves_under_imputation(
+    quick_run: tuple[RunConfig, dict[str, Any]],
+) -> None:
+    config, payload = quick_run
+    curves = payload["perturbation_curves"]
+    assert curves["order_pool"] == QUICK_SETTINGS.order_pool
+    imputation = curves["imputation"]
+    count = QUICK_SETTINGS.imputation_images
+    assert imputation["num_images"] == count == len(imputation["subset"])
+    assert imputation["fill"] == "linear_imputation(noise=0.01, seed=0)"
+    assert imputation["seconds"] > 0
+    imputed, constant = imputation["imputed"], imputation["constant_on_subset"]
+    for part, fill in ((imputed, imputation["fill"]), (constant, "0.0")):
+        assert part["num_images"] == count and part["fill"] == fill
+        for name in ("keep", "keep_random", "remove", "remove_random"):
+            assert part[name]["fill"] == fill and len(part[name]["accuracy"]) == 17
+        assert part["keep_random"]["draws"] == QUICK_SETTINGS.curve_draws
+        # The ends: nothing filled is the unoccluded image under either fill.
+        assert part["keep"]["accuracy"][16] == part["remove"]["accuracy"][0]
+        found = part["leakage"]
+        above = [
+            k
+            for k in range(1, 16)
+            if part["remove"]["accuracy"][k] > part["remove_random"]["accuracy"][k] + 1e-12
+        ]
+        assert found["above"] == above
+        assert set(found["significant"]) <= set(above)
+    # The imputed ranked keep curve beats its random orders: the ranking still shows.
+    assert imputed["auc_difference"]["keep"]["difference"] > 0
+    report = (config.out / "report.md").read_text(encoding="utf-8")
+    assert "**Imputation.**" in report and "**Leakage check.**" in report
+    # The leakage sentences are the numbers' own.
+    total = f"{curves['num_images']} images"
+    assert leakage_sentence(curves["leakage"], total) in report
+    for part in (constant, imputed):
+        assert leakage_sentence(part["leakage"], f"{count} images") in report
+    assert f"imputed perturbation curves ({count} images) took" in report
+    subset = imputation["subset"]
+    assert len(subset) == len(set(subset)) and subset == sorted(subset)
 
 
 def test_output_files(quick_run: tuple[RunConfig, dict[str, Any]]) -> None:
