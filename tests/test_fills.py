@@ -460,3 +460,28 @@ def test_checkpointed_sweep_with_region_fills_resumes_equal(tmp_path: Path) -> N
             MODEL, IMAGES, regions, fills=[op.fills.linear_imputation(noise=0.03)],
             checkpoint=path, progress=False,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda batch: torch.tensor(0.25),  # 0-d: one value for every pixel
+        lambda batch: torch.full(batch.shape[-2:], 0.25),  # (H, W): no batch or channel axis
+        lambda batch: torch.full((1, 1), 0.25),  # fewer axes than the batch, broadcastable
+    ],
+    ids=["0-d", "spatial", "two-axes"],
+)
+def test_fills_of_fewer_axes_broadcast_like_the_number(make: object) -> None:
+    regions = op.grid(12, 12, 2, 2)
+    labels = torch.tensor([0, 1, 2])
+    want = op.sweep(MODEL, IMAGES, regions, fills=0.25, engine="dense", progress=False)
+    got = op.sweep(MODEL, IMAGES, regions, fills=[make], engine="dense", progress=False)
+    torch.testing.assert_close(got.occluded, want.occluded, rtol=0, atol=0)
+    tensor = op.sweep(MODEL, IMAGES, regions, fills=[torch.full((12, 12), 0.25)], progress=False)
+    torch.testing.assert_close(tensor.occluded, want.occluded, rtol=0, atol=1e-6)
+    curve = op.perturbation_curve(MODEL, IMAGES, regions, [1, 2, 3, 4], labels=labels, fill=make, progress=False)  # fmt: skip
+    plain = op.perturbation_curve(MODEL, IMAGES, regions, [1, 2, 3, 4], labels=labels, fill=0.25, progress=False)  # fmt: skip
+    assert torch.equal(curve.accuracy, plain.accuracy)
+    report = op.keep_only(MODEL, IMAGES, labels, regions, keep=[1], fill=make, progress=False)
+    plain_report = op.keep_only(MODEL, IMAGES, labels, regions, keep=[1], fill=0.25, progress=False)
+    assert torch.equal(report.confusion, plain_report.confusion)

@@ -119,7 +119,7 @@ class Fill:
             shape = (1,) * images.dim()
             return torch.full(shape, self.value, dtype=images.dtype, device=images.device)
         if self.tensor is not None:
-            return self.tensor.to(device=images.device, dtype=images.dtype).unsqueeze(0)
+            return _full_rank(self.tensor.to(device=images.device, dtype=images.dtype), images)
         if self.function is None:  # unreachable by construction; keeps the type checker honest
             raise InputValueError(f"fill {self.label!r}: has neither value, tensor nor function")
         # A copy: a callable that writes into its input must not change the caller's images.
@@ -141,7 +141,7 @@ class Fill:
                 f"fills: the callable {self.label!r} returned shape {tuple(made.shape)}, "
                 f"which would enlarge the batch shape {tuple(images.shape)}"
             )
-        made = made.to(device=images.device, dtype=images.dtype)
+        made = _full_rank(made.to(device=images.device, dtype=images.dtype), images)
         if not bool(torch.isfinite(made).all()):
             finite = torch.isfinite(made.expand(images.shape).flatten(1)).all(dim=1)
             bad = torch.nonzero(~finite).flatten()[:10].tolist()
@@ -178,6 +178,12 @@ class Fill:
                 "must treat each image on its own (results would depend on how the images are "
                 "split into chunks and batches)"
             )
+
+
+def _full_rank(fill: Tensor, images: Tensor) -> Tensor:
+    """`fill` with leading singleton axes up to the batch's number of dims: the same
+    broadcast, in the (n or 1, C or 1, *spatial or 1s) form the engines index."""
+    return fill.reshape((1,) * (images.dim() - fill.dim()) + tuple(fill.shape))
 
 
 # Fills whose callable was checked to treat each image on its own (see Fill._check_per_image).
