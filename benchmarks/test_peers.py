@@ -136,6 +136,7 @@ def _tiny(size: int) -> nn.Module:
     ).eval()  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
 @pytest.mark.parametrize(
     "method", ["monai", "sweep, first call", "sweep, later calls", "forward limit"]
 )
