@@ -688,6 +688,24 @@ def _windows_nd(
     """The any-rank form of `sliding_windows`'s arguments."""
 
 
+def _call(
+    leading: tuple[Any, ...], keywords: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call as positional arguments (the leading ones given, in order) and keywords
+    (those given), so that `_bind` reads it in whichever form it was written."""
+    names = ("height", "width", "window", "stride")[: len(leading)]
+    args: list[Any] = []
+    kwargs = {name: value for name, value in keywords.items() if value is not None}
+    for name, value in zip(names, leading, strict=True):
+        if value is None:
+            continue
+        if len(args) == names.index(name):
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
+
+
 def _bind(
     function: str, forms: tuple[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[bool, dict[str, Any]]:
@@ -721,7 +739,17 @@ def grid(height: int, width: int, rows: int = 4, cols: int = 4) -> Regions: ...
 def grid(shape: Sequence[int], cells: int | Sequence[int] = 4) -> Regions: ...
 
 
-def grid(*args: Any, **kwargs: Any) -> Regions:
+# One signature names every parameter of both forms (the docs list them): the any-rank
+# form's first two arguments arrive as height and width when given by position.
+def grid(  # type: ignore[misc]
+    height: Any = None,
+    width: Any = None,
+    rows: Any = None,
+    cols: Any = None,
+    *,
+    shape: Any = None,
+    cells: Any = None,
+) -> Regions:
     """Split an image, signal or volume into a grid of cells.
 
     Two forms:
@@ -770,6 +798,9 @@ def grid(*args: Any, **kwargs: Any) -> Regions:
     >>> grid((10,), 5).label_map()
     tensor([1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
     """
+    args, kwargs = _call(
+        (height, width), {"rows": rows, "cols": cols, "shape": shape, "cells": cells}
+    )
     any_rank, arguments = _bind("grid", (_grid_2d, _grid_nd), args, kwargs)
     if any_rank:
         shape = spatial_shape("shape", arguments["shape"])
@@ -821,7 +852,15 @@ def sliding_windows(
 ) -> Regions: ...
 
 
-def sliding_windows(*args: Any, **kwargs: Any) -> Regions:
+def sliding_windows(  # type: ignore[misc]  # as grid: both forms in one signature
+    height: Any = None,
+    width: Any = None,
+    window: Any = None,
+    stride: Any = None,
+    *,
+    shape: Any = None,
+    box: Any = None,
+) -> Regions:
     """Box windows slid over a signal, an image or a volume; they overlap when stride < window.
 
     Two forms:
@@ -876,6 +915,7 @@ def sliding_windows(*args: Any, **kwargs: Any) -> Regions:
     >>> len(sliding_windows((32, 32, 32), window=8, stride=8, box=((8, 24), (0, 32), (0, 32))))
     32
     """
+    args, kwargs = _call((height, width, window, stride), {"shape": shape, "box": box})
     any_rank, arguments = _bind("sliding_windows", (_windows_2d, _windows_nd), args, kwargs)
     if any_rank:
         shape = spatial_shape("shape", arguments["shape"])
